@@ -1,0 +1,129 @@
+"""Command line for every experiment of the project (LightningCLI).
+
+Usage::
+
+    python cli.py fit      --config configs/hgcl_mosei.yaml
+    python cli.py validate --config configs/hgcl_mosei.yaml --ckpt_path runs/hgcl_mosei/checkpoints/last.ckpt
+    python cli.py test     --config configs/hgcl_mosei.yaml --ckpt_path best
+    python cli.py predict  --config configs/fer/predict_video.yaml
+    python cli.py fit      --config configs/hgcl_mosei.yaml --ckpt_path last      # resume
+
+Generic trainer pieces merge in with a second ``--config`` (``configs/trainer/{cpu,gpu,...}.yaml``).
+
+Defaults added to every run:
+
+- ``seed_everything`` (42 unless the config says otherwise);
+- a ``ModelCheckpoint`` on the monitored validation metric plus ``last.ckpt``, configured under ``checkpoint:``
+  (``checkpoint.monitor``, ``checkpoint.mode``, ``checkpoint.dirpath``);
+- a learning-rate monitor (when a logger is active) and a rich progress bar (unless
+  ``trainer.enable_progress_bar: false``);
+- a W&B logger (:class:`callbacks.loggers.AutoWandbLogger`) that runs offline when there is no API key or network;
+  ``trainer.logger: {class_path: lightning.pytorch.loggers.CSVLogger, ...}`` selects CSV instead;
+- the resolved config saved as ``config.yaml`` in the run directory (the parent of the checkpoint directory),
+  overwritten on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.loggers import AutoWandbLogger
+
+__all__ = ["AffectCLI", "RunDirSaveConfig", "cli_main"]
+
+log = logging.getLogger(__name__)
+
+
+class RunDirSaveConfig(SaveConfigCallback):
+    """Saves the resolved config as ``config.yaml`` in the run directory: the parent of the checkpoint directory
+    (``runs/<experiment>/`` when ``checkpoint.dirpath`` is ``runs/<experiment>/checkpoints``), else the trainer's
+    ``log_dir``. A resumed run overwrites it."""
+
+    def __init__(
+        self,
+        parser: LightningArgumentParser,
+        config: Any,
+        config_filename: str = "config.yaml",
+        overwrite: bool = True,
+        multifile: bool = False,
+    ) -> None:
+        super().__init__(
+            parser, config, config_filename=config_filename, overwrite=overwrite, multifile=multifile,
+            save_to_log_dir=False,
+        )
+
+    @staticmethod
+    def run_dir(trainer: Trainer) -> Path:
+        ckpt = trainer.checkpoint_callback
+        dirpath = getattr(ckpt, "dirpath", None)
+        if dirpath:
+            return Path(dirpath).parent
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        run_dir = self.run_dir(trainer)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / self.config_filename
+        self.parser.save(self.config, str(path), overwrite=True, multifile=self.multifile)
+        rank_zero_info(f"Resolved config saved to {path}")
+
+
+class AffectCLI(LightningCLI):
+    """LightningCLI with the project's defaults (see the module docstring)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {
+                    "class_path": f"{AutoWandbLogger.__module__}.{AutoWandbLogger.__name__}",
+                    "init_args": {"save_dir": "runs"},
+                },
+            }
+        )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        callbacks = list(callbacks)
+        user_callbacks = config.get("callbacks") or []
+        if not isinstance(user_callbacks, list):
+            user_callbacks = [user_callbacks]
+        if config.get("logger") not in (False, None) and not any(
+            isinstance(c, LearningRateMonitor) for c in user_callbacks
+        ):
+            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in user_callbacks
+        ):
+            callbacks.append(RichProgressBar())
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
+    """Entry point, also used by the tests: ``cli_main(["fit", "--config", ...])``."""
+    return AffectCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_callback=RunDirSaveConfig,
+        seed_everything_default=42,
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()
