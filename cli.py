@@ -33,6 +33,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.loggers import AutoWandbLogger
 
@@ -80,6 +81,10 @@ class AffectCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="after fit, validate and test the best checkpoint so the run prints its final metrics",
+        )
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -93,6 +98,24 @@ class AffectCLI(LightningCLI):
                 },
             }
         )
+
+    def after_fit(self) -> None:
+        """Validate and test the best checkpoint (``last`` when none is monitored) so that every ``fit`` prints its
+        validation and test metrics; ``--test_after_fit false`` skips it."""
+        if not self.config.fit.get("test_after_fit", True) or self.trainer.fast_dev_run:
+            return
+        if self.trainer.interrupted:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        ckpt_path = None
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            ckpt_path = ckpt.best_model_path
+        elif ckpt is not None and getattr(ckpt, "last_model_path", ""):
+            ckpt_path = ckpt.last_model_path
+        rank_zero_info(f"Evaluating {ckpt_path or 'the final weights'} on the validation and test splits")
+        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        if self.datamodule is not None and is_overridden("test_dataloader", self.datamodule):
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = list(callbacks)
