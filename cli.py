@@ -13,7 +13,8 @@ Generic trainer pieces merge in with a second ``--config`` (``configs/trainer/{c
 Defaults added to every run:
 
 - ``seed_everything`` (42 unless the config says otherwise);
-- a ``ModelCheckpoint`` on the monitored validation metric plus ``last.ckpt``, configured under ``checkpoint:``
+- a ``ModelCheckpoint`` (:class:`callbacks.checkpoint.EpochCheckpoint`) on the monitored validation metric plus
+  ``last.ckpt`` refreshed every epoch, configured under ``checkpoint:``
   (``checkpoint.monitor``, ``checkpoint.mode``, ``checkpoint.dirpath``);
 - a learning-rate monitor (when a logger is active) and a rich progress bar (unless
   ``trainer.enable_progress_bar: false``);
@@ -30,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from callbacks.checkpoint import EpochCheckpoint
 from callbacks.loggers import AutoWandbLogger
 
 __all__ = ["AffectCLI", "RunDirSaveConfig", "cli_main"]
@@ -80,7 +82,7 @@ class AffectCLI(LightningCLI):
     """LightningCLI with the project's defaults (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="after fit, validate and test the best checkpoint so the run prints its final metrics",

@@ -17,6 +17,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from torchmetrics import MeanMetric
+
 from lightning_modules.metrics_msa import MSAMetrics
 
 __all__ = ["LitMSA", "build_param_groups"]
@@ -112,6 +114,10 @@ class LitMSA(LightningModule):
         self.train_metrics = MSAMetrics()
         self.val_metrics = MSAMetrics()
         self.test_metrics = MSAMetrics()
+        # Sample-weighted means, gathered exactly across DDP processes (uneven shards included).
+        self.loss_means = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "loss_task")}
+        )
 
     # ------------------------------------------------------------------ construction
     def _build(self, feature_dims: dict[str, int], seq_lens: dict[str, int]) -> None:
@@ -147,8 +153,11 @@ class LitMSA(LightningModule):
         loss = task + sum(aux.values()) if aux else task
         bs = label.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log(f"{stage}/loss_task", task, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in (("loss", loss), ("loss_task", task)):
+            mean = self.loss_means[f"{stage}_{name}"]
+            mean(value.detach(), weight=bs)
+            self.log(f"{stage}/{name}", mean, on_step=on_step and name == "loss", on_epoch=True,
+                     prog_bar=name == "loss", batch_size=bs)
         for name, value in aux.items():
             self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for name, value in (out.get("logs") or {}).items():

@@ -1,0 +1,108 @@
+"""The LightningCLI front end: configs parse, a tiny fit writes checkpoints and its resolved config."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cli import cli_main
+from tests.fakes import write_mmsa_pickle
+
+REPO = Path(__file__).resolve().parents[1]
+# Pieces merged with a second --config (not experiments on their own).
+PIECES = {"trainer", "data"}
+
+
+def experiment_configs() -> list[Path]:
+    return sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.relative_to(REPO / "configs").parts[0] not in PIECES)
+
+
+def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
+    cfg = {
+        "seed_everything": 3,
+        "model": {
+            "class_path": "lightning_modules.msa.LitMSA",
+            "init_args": {
+                "net": {"class_path": "models.tfn.TFN", "init_args": {"text_hidden": 8, "text_out": 8,
+                                                                       "audio_hidden": 4, "vision_hidden": 4,
+                                                                       "post_fusion_dim": 8}},
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+            },
+        },
+        "data": {"class_path": "datamodules.mosei.MOSEIDataModule",
+                 "init_args": {"path": str(data_path), "batch_size": 8}},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 1,
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "logs"), "name": "tiny", "version": "v"}},
+                    **trainer},
+        "checkpoint": {"dirpath": str(tmp_path / "run" / "checkpoints"), "monitor": "val/mae", "mode": "min"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_experiment_config_parses_and_instantiates(config: Path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
+    assert cli.model is not None and cli.datamodule is not None
+
+
+def test_fit_writes_checkpoints_config_and_metric_keys(tmp_path: Path) -> None:
+    data = write_mmsa_pickle(tmp_path / "aligned_50.pkl", n_train=24, n_valid=8, n_test=8)
+    cfg = _tiny_tfn_config(tmp_path, data)
+    cli_main(["fit", "--config", str(cfg)])
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert any(p.name.startswith("best-") for p in (run / "checkpoints").iterdir())
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["net"]["class_path"] == "models.tfn.TFN"
+    with open(tmp_path / "logs" / "tiny" / "v" / "metrics.csv") as f:
+        header = next(csv.reader(f))
+    for key in ("train/loss_epoch", "val/mae", "val/acc2_has0", "val/f1_non0", "val/acc7", "test/mae",
+                "test/acc2_non0", "test/corr", "test/mse", "lr-Adam/base"):
+        assert key in header, key
+    # The checkpoint holds the data-derived dims and rebuilds the same net.
+    from lightning_modules.msa import LitMSA
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["feature_dims"] == {"text": 16, "audio": 5, "vision": 7}
+    model = LitMSA.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_resolved_config_is_overwritten_on_rerun(tmp_path: Path) -> None:
+    data = write_mmsa_pickle(tmp_path / "aligned_50.pkl")
+    cfg = _tiny_tfn_config(tmp_path, data, max_epochs=1)
+    cli_main(["fit", "--config", str(cfg), "--test_after_fit", "false"])
+    cli_main(["fit", "--config", str(cfg), "--test_after_fit", "false", "--seed_everything", "7"])
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["seed_everything"] == 7
+
+
+def test_default_logger_is_offline_wandb(tmp_path: Path, monkeypatch) -> None:
+    from callbacks.loggers import AutoWandbLogger
+
+    monkeypatch.chdir(tmp_path)
+    data = write_mmsa_pickle(tmp_path / "aligned_50.pkl")
+    cli = cli_main(["--config", str(_tiny_tfn_config(tmp_path, data)), "--trainer.logger",
+                    "callbacks.loggers.AutoWandbLogger", "--trainer.logger.save_dir", str(tmp_path / "wb")], run=False)
+    assert isinstance(cli.trainer.logger, AutoWandbLogger)
+    assert cli.trainer.logger._offline is True
+
+
+def test_wandb_offline_without_api_key(monkeypatch) -> None:
+    from callbacks import loggers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setattr(loggers, "_has_api_key", lambda host: False)
+    online, reason = loggers.wandb_reachable(timeout=0.1)
+    assert not online and "API key" in reason
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert loggers.wandb_reachable(timeout=0.1) == (False, "WANDB_MODE=offline")
