@@ -1,0 +1,260 @@
+"""Multimodal Transformer (MulT).
+
+Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language Sequences", ACL 2019,
+https://aclanthology.org/P19-1656/
+
+1. Temporal 1D convolutions project every modality to a common width :math:`d` (paper eq. 3).
+2. Sinusoidal positions are added (eq. 4) and six **crossmodal transformers** let each target modality
+   :math:`\\beta` attend to each source :math:`\\alpha` (eqs. 5-6, pre-LayerNorm blocks):
+
+   .. math::
+       Z^{[i]}_{\\alpha \\to \\beta} = \\mathrm{CM}_{\\beta \\alpha}(\\mathrm{LN}(Z^{[i-1]}_{\\alpha \\to \\beta}),
+       \\mathrm{LN}(Z^{[0]}_{\\alpha})) + \\mathrm{LN}(Z^{[i-1]}_{\\alpha \\to \\beta}),\\quad
+       Z^{[i]} = f_\\theta(\\mathrm{LN}(\\hat{Z}^{[i]})) + \\mathrm{LN}(\\hat{Z}^{[i]})
+
+   where :math:`\\mathrm{CM}_{\\beta\\alpha}` is multi-head attention with queries from :math:`\\beta` and
+   keys/values from :math:`\\alpha`.
+3. The two crossmodal outputs per target are concatenated and passed through a self-attention transformer; the
+   last element of each sequence is kept, the three are concatenated and a residual MLP predicts the score.
+
+Works on unaligned sequences: attention masks exclude every padded key, and the "last element" is each sample's
+last valid step. Two documented deviations from the reference code, both to make padding exactly inert: the
+convolutions use "same" zero padding on zeroed padded steps (the reference uses ``padding=0``, which shortens the
+sequences by ``kernel_size - 1``), and no causal attention mask is used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
+
+__all__ = ["MulT"]
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Sinusoidal position table of Vaswani et al. (sin on the first half, cos on the second, as fairseq).
+
+    Shapes:
+        -> ``[length, dim]``.
+    """
+    half = dim // 2
+    freq = torch.exp(
+        torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1))
+    )
+    angles = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1) * freq.unsqueeze(0)
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    if dim % 2:
+        table = F.pad(table, (0, 1))
+    return table.to(dtype)
+
+
+class CrossmodalLayer(nn.Module):
+    """One pre-LayerNorm transformer block; crossmodal when ``source`` is given, self-attention otherwise.
+
+    Args:
+        dim: model width.
+        num_heads: attention heads.
+        attn_dropout: dropout on the attention weights.
+        relu_dropout: dropout after the feed-forward ReLU.
+        res_dropout: dropout on both residual branches.
+
+    Shapes:
+        target: ``[B, Lq, dim]``, source: ``[B, Lk, dim]``, source_pad: ``[B, Lk]`` bool (True = padding)
+        -> ``[B, Lq, dim]``.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
+    ):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=attn_dropout, batch_first=True)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(4 * dim, dim)
+        )
+        self.res_drop = nn.Dropout(res_dropout)
+
+    def forward(self, target: Tensor, source_pad: Tensor, source: Tensor | None = None) -> Tensor:
+        q = self.norm_attn(target)
+        kv = q if source is None else self.norm_attn(source)
+        attended, _ = self.attn(q, kv, kv, key_padding_mask=source_pad, need_weights=False)
+        x = target + self.res_drop(attended)
+        return x + self.res_drop(self.ff(self.norm_ff(x)))
+
+
+class CrossmodalTransformer(nn.Module):
+    """A stack of :class:`CrossmodalLayer` with scaled embeddings, sinusoidal positions and a final LayerNorm.
+
+    The source sequence (when given) is embedded the same way once, and every layer attends to it (the paper's
+    :math:`Z^{[0]}_\\alpha`).
+
+    Shapes:
+        target: ``[B, Lq, dim]``, target_pad: ``[B, Lq]``; source: ``[B, Lk, dim]``, source_pad: ``[B, Lk]``
+        (True = padding) -> ``[B, Lq, dim]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_layers: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.layers = nn.ModuleList(
+            CrossmodalLayer(dim, num_heads, attn_dropout, relu_dropout, res_dropout)
+            for _ in range(num_layers)
+        )
+        self.embed_drop = nn.Dropout(embed_dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        pos = sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype)
+        return self.embed_drop(math.sqrt(self.dim) * x + pos)
+
+    def forward(
+        self,
+        target: Tensor,
+        target_pad: Tensor,
+        source: Tensor | None = None,
+        source_pad: Tensor | None = None,
+    ) -> Tensor:
+        x = self._embed(target)
+        if source is None:
+            for layer in self.layers:
+                x = layer(x, target_pad)
+        else:
+            src = self._embed(source)
+            for layer in self.layers:
+                x = layer(x, source_pad, src)
+        return self.norm(x)
+
+
+class MulT(nn.Module):
+    """Multimodal Transformer for sentiment intensity regression on aligned or unaligned sequences.
+
+    Defaults are MMSA's ``config_regression.json`` values for MOSI (``dst_feature_dim_nheads=[50, 10]``,
+    ``nlevels=4``, kernel sizes 5, the dropouts below). The self-attention memory transformers have
+    ``max(num_layers, 3)`` layers, as in the reference code.
+
+    Args:
+        feature_dims: feature width per modality, ``{"text": Dt, "audio": Da, "vision": Dv}``.
+        seq_lens: sequence length per modality (MulT handles any lengths; unused).
+        dim: common width :math:`d` after the 1D convolutions (per modality; memories are ``2 d`` wide).
+        num_heads: attention heads (must divide ``dim``).
+        num_layers: depth of each crossmodal transformer (``nlevels``).
+        text_kernel_size: kernel of the text 1D convolution.
+        audio_kernel_size: kernel of the audio 1D convolution.
+        vision_kernel_size: kernel of the visual 1D convolution.
+        text_dropout: dropout on the input text features.
+        attn_dropout: attention dropout of transformers whose target is text, and of the memory transformers.
+        audio_attn_dropout: attention dropout of transformers whose target is audio.
+        vision_attn_dropout: attention dropout of transformers whose target is vision.
+        relu_dropout: feed-forward dropout.
+        res_dropout: residual dropout.
+        embed_dropout: dropout after embedding + positions.
+        output_dropout: dropout inside the residual output block.
+
+    Shapes:
+        batch["text"]: ``[B, Lt, Dt]``, batch["audio"]: ``[B, La, Da]``, batch["vision"]: ``[B, Lv, Dv]``,
+        ``*_mask``: ``[B, L]`` bool -> ``{"pred": [B]}``.
+    """
+
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        seq_lens: dict[str, int] | None = None,
+        *,
+        dim: int = 50,
+        num_heads: int = 10,
+        num_layers: int = 4,
+        text_kernel_size: int = 5,
+        audio_kernel_size: int = 5,
+        vision_kernel_size: int = 5,
+        text_dropout: float = 0.5,
+        attn_dropout: float = 0.3,
+        audio_attn_dropout: float = 0.2,
+        vision_attn_dropout: float = 0.0,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        embed_dropout: float = 0.2,
+        output_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        check_feature_dims("MulT", feature_dims)
+        if dim <= 0 or num_heads <= 0 or num_layers <= 0:
+            raise ValueError("MulT: dim, num_heads and num_layers must be positive")
+        if dim % num_heads:
+            raise ValueError(f"MulT: num_heads ({num_heads}) must divide dim ({dim})")
+        kernels = {"text": text_kernel_size, "audio": audio_kernel_size, "vision": vision_kernel_size}
+        if any(k <= 0 or k % 2 == 0 for k in kernels.values()):
+            raise ValueError(f"MulT: kernel sizes must be positive and odd ('same' padding), got {kernels}")
+        self.feature_dims = dict(feature_dims)
+        self.dim = dim
+        self.num_layers = num_layers
+
+        self.proj = nn.ModuleDict(
+            {
+                m: nn.Conv1d(feature_dims[m], dim, kernels[m], padding=kernels[m] // 2, bias=False)
+                for m in MODALITIES
+            }
+        )
+        self.text_drop = nn.Dropout(text_dropout)
+        target_attn = {"text": attn_dropout, "audio": audio_attn_dropout, "vision": vision_attn_dropout}
+
+        def transformer(width: int, layers: int, p_attn: float) -> CrossmodalTransformer:
+            return CrossmodalTransformer(
+                width, num_heads, layers, p_attn, relu_dropout, res_dropout, embed_dropout
+            )
+
+        # crossmodal[f"{source}_to_{target}"]: target attends to source.
+        self.crossmodal = nn.ModuleDict(
+            {
+                f"{s}_to_{t}": transformer(dim, num_layers, target_attn[t])
+                for t in MODALITIES
+                for s in MODALITIES
+                if s != t
+            }
+        )
+        self.memory = nn.ModuleDict(
+            {m: transformer(2 * dim, max(num_layers, 3), attn_dropout) for m in MODALITIES}
+        )
+        combined = 6 * dim
+        self.out_proj1 = nn.Linear(combined, combined)
+        self.out_proj2 = nn.Linear(combined, combined)
+        self.out_drop = nn.Dropout(output_dropout)
+        self.head = nn.Linear(combined, 1)
+
+    def extra_repr(self) -> str:
+        return f"feature_dims={self.feature_dims}, dim={self.dim}, num_layers={self.num_layers}"
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        masks = {m: batch[f"{m}_mask"].clone() for m in MODALITIES}
+        for m in MODALITIES:  # an empty sequence keeps its first (zeroed) step, so attention is defined
+            masks[m][:, 0] |= ~masks[m].any(1)
+        pads = {m: ~masks[m] for m in MODALITIES}
+        x = {m: zero_padding(batch[m], masks[m]) for m in MODALITIES}
+        x["text"] = self.text_drop(x["text"])
+        z = {m: self.proj[m](x[m].transpose(1, 2)).transpose(1, 2) for m in MODALITIES}  # [B, L_m, d]
+
+        last = []
+        for t in MODALITIES:
+            sources = [s for s in MODALITIES if s != t]
+            h = torch.cat(
+                [self.crossmodal[f"{s}_to_{t}"](z[t], pads[t], z[s], pads[s]) for s in sources], dim=-1
+            )
+            h = self.memory[t](h, pads[t])
+            last.append(last_valid(h, masks[t]))
+        last_hs = torch.cat(last, dim=-1)
+        proj = self.out_proj2(self.out_drop(F.relu(self.out_proj1(last_hs))))
+        return {"pred": self.head(proj + last_hs).squeeze(-1)}

@@ -1,0 +1,118 @@
+"""Every multimodal-sentiment baseline trains through ``LitMSA`` on the tiny fake MMSA files (``fast_dev_run``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from datamodules.mosei import MOSEIDataModule
+from lightning_modules.msa import LitMSA
+from models.lmf import LMF
+from models.mag_bert import MAGBERT
+from models.mfn import MFN
+from models.misa import MISA
+from models.mult import MulT
+from models.self_mm import SelfMM
+from tests.fakes import write_mmsa_pickle
+
+TINY = {
+    "lmf": functools.partial(LMF, text_hidden=8, text_out=4, audio_hidden=4, vision_hidden=4, rank=2),
+    "mfn": functools.partial(
+        MFN,
+        text_hidden=8,
+        audio_hidden=4,
+        vision_hidden=4,
+        memory_dim=8,
+        attention_hidden=8,
+        proposal_hidden=8,
+        retain_hidden=8,
+        update_hidden=8,
+        output_hidden=8,
+    ),
+    "mult": functools.partial(
+        MulT, dim=8, num_heads=2, num_layers=1, text_kernel_size=3, audio_kernel_size=3, vision_kernel_size=3
+    ),
+    "misa": functools.partial(MISA, hidden_size=8),
+    "self_mm": functools.partial(SelfMM, fusion_dim=8, text_dim=4, audio_dim=4, vision_dim=4),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_full_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1-layer, 16-wide random BERT with the uncased vocabulary size (the fakes use real word-piece ids)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    path = tmp_path_factory.mktemp("tiny_bert_vocab")
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def _fit(tmp_path: Path, net: Callable[..., nn.Module], aligned: bool = True) -> Trainer:
+    data = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
+    model = LitMSA(net=net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    trainer = Trainer(
+        fast_dev_run=True,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_baseline_fast_dev_run(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    trainer = _fit(tmp_path, TINY[name])
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"])
+    assert "val/mae" in metrics
+    if name == "misa":
+        assert {"train/loss_diff", "train/loss_sim", "train/loss_recon"} <= set(metrics)
+    if name == "self_mm":
+        assert {"train/loss_text", "train/ulgm_shift_audio"} <= set(metrics)
+        assert trainer.lightning_module.net.ulgm_count.sum().item() == 4  # one training batch of 4 ids
+
+
+@pytest.mark.parametrize("name", ["mult", "self_mm"])
+def test_baseline_fast_dev_run_unaligned(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    trainer = _fit(tmp_path, TINY[name], aligned=False)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_mag_bert_fast_dev_run(tmp_path: Path, tiny_bert_full_vocab: str) -> None:
+    torch.manual_seed(0)
+    trainer = _fit(tmp_path, functools.partial(MAGBERT, text_encoder=tiny_bert_full_vocab))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_self_mm_checkpoint_round_trip(tmp_path: Path) -> None:
+    """The ULGM state (buffers sized by the number of training ids + the id dict) survives a checkpoint."""
+    torch.manual_seed(0)
+    trainer = _fit(tmp_path, TINY["self_mm"])
+    net = trainer.lightning_module.net
+    assert len(net.get_extra_state()["ids"]) == 4
+    path = tmp_path / "self_mm.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = LitMSA.load_from_checkpoint(path, weights_only=False)
+    ids = net.get_extra_state()["ids"]
+    assert loaded.net.get_extra_state()["ids"] == ids
+    assert torch.equal(loaded.net.pseudo_labels(ids), net.pseudo_labels(ids))
+    assert torch.equal(loaded.net.ulgm_count, net.ulgm_count)
