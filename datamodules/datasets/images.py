@@ -1,0 +1,599 @@
+"""Face-image folders: scanning, robust loading, splits, in-memory datasets and batched augmentation.
+
+Pure torch / PIL / numpy (no ``lightning``, no OpenCV). Used by :class:`datamodules.fer.FERDataModule` for the
+learning-emotion pipeline of Ji et al., *Multimodal and multiscale facial expression recognition analysis for
+learning emotions* (J. Zhengzhou Univ. Eng. Sci. 2026, 47(3)), §2.1 (256x256 face crops) and §3.1.1 (70/15/15
+stratified split).
+
+Folder layout: ``<root>/<class folder>/<image file>``; class folders are mapped to ``class_names`` either by
+name or through ``class_aliases`` (folder -> class). Batches follow ``docs/architecture.md`` ("Face images").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Names of split partitions, in order.
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+#: Files in a root/class folder that are never treated as images (side-car files written by this project).
+SIDECAR_NAMES: frozenset[str] = frozenset({"manifest.jsonl", "manifest.csv", "Thumbs.db"})
+#: Origin tag of images from the main root (generated images carry the name of their extra root).
+REAL_ORIGIN = "real"
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; ``reason`` is a short machine-readable tag.
+
+    Reasons: ``"empty_file"``, ``"not_an_image"``, ``"truncated"``, ``"corrupt"``, ``"unsupported_mode"``.
+    """
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file found under a class folder.
+
+    Attributes:
+        path: absolute path of the source file.
+        rel: path relative to its root, POSIX style (``"anger/S010_004_00000017.png"``); split files use it.
+        label: class index into ``class_names``.
+        class_name: the class the folder maps to.
+        origin: ``"real"`` for the main root, otherwise the name of the extra root (generated images).
+    """
+
+    path: str
+    rel: str
+    label: int
+    class_name: str
+    origin: str
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scanning
+# ----------------------------------------------------------------------------------------------------------
+def scan_class_folders(
+    root: str | Path,
+    class_names: Sequence[str],
+    class_aliases: dict[str, str] | None = None,
+    unknown_folders: str = "error",
+    origin: str = REAL_ORIGIN,
+    require_all_classes: bool = True,
+) -> list[ImageRecord]:
+    """List the files of a class-folder dataset.
+
+    Every regular, non-hidden file under a class folder is returned (whether it is a readable image is
+    decided when it is loaded, so that corrupt / non-image files end up as counted skips in the manifest).
+
+    Args:
+        root: dataset root with one sub-folder per class.
+        class_names: the class list; the label is the index into it.
+        class_aliases: optional folder name -> class name map (e.g. ``{"happiness": "happy"}``).
+        unknown_folders: ``"error"`` (default) raises on a folder that maps to no class, naming it;
+            ``"ignore"`` skips it with a log message.
+        origin: origin tag stored in every record.
+        require_all_classes: when True (main root) every class must have a folder; extra roots of generated
+            images may cover only some classes.
+
+    Returns:
+        Records sorted by relative path.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or (``require_all_classes``) a class has no folder.
+        ValueError: unknown folder (with ``unknown_folders="error"``), an empty class folder (always an error:
+            an empty folder is almost always a failed copy, and silently training without a class is worse),
+            loose files directly in ``root``, or an alias to a class that is not in ``class_names``.
+    """
+    if unknown_folders not in ("error", "ignore"):
+        raise ValueError(
+            f"scan_class_folders: unknown_folders must be 'error' or 'ignore', got {unknown_folders!r}"
+        )
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image root {str(root)!r} does not exist or is not a directory")
+    aliases = dict(class_aliases or {})
+    index = {name: i for i, name in enumerate(class_names)}
+    for folder, target in aliases.items():
+        if target not in index:
+            raise ValueError(
+                f"class_aliases maps folder {folder!r} to {target!r}, which is not in class_names {list(class_names)}"
+            )
+    records: list[ImageRecord] = []
+    seen_classes: set[str] = set()
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or entry.name in SIDECAR_NAMES:
+            continue
+        if not entry.is_dir():
+            if entry.suffix.lower() in (".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"):
+                continue  # metadata next to the class folders
+            raise ValueError(
+                f"{str(entry)!r}: loose file in image root {str(root)!r}; expected class folders only"
+            )
+        class_name = aliases.get(entry.name, entry.name)
+        if class_name not in index:
+            if unknown_folders == "error":
+                raise ValueError(
+                    f"Unknown class folder {str(entry)!r}: {entry.name!r} is not in class_names {list(class_names)}"
+                    " (add it to class_aliases, or set unknown_folders='ignore')"
+                )
+            log.info("Ignoring folder %s (not in class_names)", entry)
+            continue
+        files = sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in files if p.name not in SIDECAR_NAMES]
+        if not files:
+            raise ValueError(f"Empty class folder {str(entry)!r} (class {class_name!r}): it holds no files")
+        seen_classes.add(class_name)
+        for p in files:
+            records.append(
+                ImageRecord(
+                    path=str(p.resolve()),
+                    rel=p.relative_to(root).as_posix(),
+                    label=index[class_name],
+                    class_name=class_name,
+                    origin=origin,
+                )
+            )
+    if require_all_classes:
+        missing = [c for c in class_names if c not in seen_classes]
+        if missing:
+            raise FileNotFoundError(f"Image root {str(root)!r} has no folder for classes {missing}")
+    records.sort(key=lambda r: r.rel)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Robust loading
+# ----------------------------------------------------------------------------------------------------------
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel high-bit-depth array to uint8 (scaling, never clipping)."""
+    if array.dtype == np.uint8:
+        return array
+    a = array.astype(np.float64)
+    if mode.startswith("I;16") or array.dtype == np.uint16:
+        return np.round(a * (255.0 / 65535.0)).astype(np.uint8)
+    if mode == "I":  # 32-bit signed; usually 16-bit data decoded into int32
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 65535:
+            return np.round(a * (255.0 / 65535.0)).astype(np.uint8)
+        return np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
+    # mode "F": float data; [0, 1] is taken as normalised intensity, anything else min-max scaled
+    a = np.nan_to_num(a)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return np.round(a * 255.0).astype(np.uint8)
+    return np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
+
+
+def pil_to_rgb_array(image: Image.Image, background: str = "black") -> np.ndarray:
+    """Convert any PIL image to 8-bit RGB.
+
+    * ``1``/``L``/``P``/``RGB``/``CMYK``/``YCbCr``/``LAB``/``HSV``: PIL's own conversion (palette looked up).
+    * ``LA``/``RGBA``/``PA``/palette with transparency: alpha-composited over a black (default) or white
+      background, so transparent regions do not leak arbitrary colour values.
+    * ``I;16*`` (16-bit) and ``I`` holding 16-bit data: scaled by 255/65535 (the full 16-bit range maps to the
+      full 8-bit range; values are never clipped). ``I`` data outside [0, 65535] and ``F`` data outside
+      [0, 1] are min-max scaled.
+
+    Args:
+        image: an opened (and loaded) PIL image.
+        background: ``"black"`` or ``"white"``, used for transparent pixels.
+
+    Returns:
+        ``[H, W, 3]`` uint8 array.
+    """
+    if background not in ("black", "white"):
+        raise ValueError(f"pil_to_rgb_array: background must be 'black' or 'white', got {background!r}")
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode == "PA":
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = image.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if background == "black" else (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"), dtype=np.uint8).copy()
+    if mode.startswith("I") or mode == "F":
+        gray = _to_uint8(np.asarray(image), mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_image_rgb(path: str | Path, background: str = "black") -> np.ndarray:
+    """Read an image file as 8-bit RGB, never modifying it.
+
+    The first frame of multi-frame files is used; EXIF orientation is applied.
+
+    Args:
+        path: image file.
+        background: colour under transparent pixels (``"black"`` or ``"white"``).
+
+    Returns:
+        ``[H, W, 3]`` uint8 array.
+
+    Raises:
+        BadImageError: with ``reason`` ``"empty_file"`` (zero bytes), ``"not_an_image"`` (PIL cannot identify
+            it), ``"truncated"`` or ``"corrupt"`` (decoding failed), ``"unsupported_mode"``.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "empty_file", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im) if im.getexif() else im
+                return pil_to_rgb_array(im, background)
+    except UnidentifiedImageError as err:
+        raise BadImageError(path, "not_an_image", str(err)) from None
+    except (OSError, SyntaxError, EOFError) as err:
+        reason = "truncated" if "truncat" in str(err).lower() else "corrupt"
+        raise BadImageError(path, reason, str(err)) from None
+    except ValueError as err:
+        if isinstance(err, BadImageError):
+            raise
+        raise BadImageError(path, "unsupported_mode", str(err)) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------------------------
+def subject_from_name(path: str, pattern: str) -> str:
+    """Subject id from a file name with a regex whose first group (or whole match) is the id.
+
+    Examples: CK+ ``^(S\\d+)_`` on ``S010_004_00000017.png`` -> ``S010``; JAFFE ``^([A-Z]{2})\\.`` on
+    ``KA.AN1.39.tiff`` -> ``KA``.
+
+    Raises:
+        ValueError: the pattern does not match the file name (naming the file).
+    """
+    name = Path(path).name
+    m = re.search(pattern, name)
+    if m is None:
+        raise ValueError(f"subject_pattern {pattern!r} does not match file name {name!r} ({path})")
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def _check_ratios(ratios: Sequence[float]) -> np.ndarray:
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
+        raise ValueError(
+            f"split ratios must be three non-negative numbers (train, val, test), got {list(ratios)}"
+        )
+    return r / r.sum()
+
+
+def _largest_remainder(n: int, ratios: np.ndarray) -> np.ndarray:
+    raw = ratios * n
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    return counts
+
+
+def stratified_split(labels: Sequence[int], ratios: Sequence[float], seed: int) -> list[str]:
+    """Seeded per-class random split (paper §3.1.1: 70/15/15 stratified).
+
+    Args:
+        labels: class index per item.
+        ratios: (train, val, test) fractions; normalised to sum 1.
+        seed: RNG seed.
+
+    Returns:
+        Split name per item (``"train"``/``"val"``/``"test"``).
+    """
+    r = _check_ratios(ratios)
+    labels = np.asarray(labels)
+    out = np.empty(len(labels), dtype=object)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        counts = _largest_remainder(len(idx), r)
+        bounds = np.cumsum(counts)
+        for s, part in zip(SPLITS, np.split(idx, bounds[:-1])):
+            out[part] = s
+    return out.tolist()
+
+
+def group_split(
+    labels: Sequence[int], groups: Sequence[str], ratios: Sequence[float], seed: int
+) -> list[str]:
+    """Seeded subject-disjoint split, approximately stratified by class.
+
+    Groups are visited largest first (ties in random order) and each goes to the split whose remaining
+    per-class need (target minus assigned counts) best matches the group's class histogram, normalised by the
+    split's target size. Afterwards every split with a positive ratio receives at least one group when there
+    are enough groups. No group ever appears in two splits.
+
+    Args:
+        labels: class index per item.
+        groups: group (subject) id per item.
+        ratios: (train, val, test) fractions.
+        seed: RNG seed.
+
+    Returns:
+        Split name per item.
+    """
+    r = _check_ratios(ratios)
+    labels = np.asarray(labels)
+    groups_arr = np.asarray(groups, dtype=object)
+    uniq, inverse = np.unique(groups_arr.astype(str), return_inverse=True)
+    classes, label_idx = np.unique(labels, return_inverse=True)
+    hist = np.zeros((len(uniq), len(classes)), dtype=np.float64)
+    np.add.at(hist, (inverse, label_idx), 1.0)
+    target = r[:, None] * hist.sum(axis=0)[None, :]  # [3, C]
+    assigned = np.zeros_like(target)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    order = order[np.argsort(-hist[order].sum(axis=1), kind="stable")]
+    group_split_idx = np.full(len(uniq), -1, dtype=np.int64)
+    active = np.flatnonzero(r > 0)
+    for g in order:
+        need = np.clip(target - assigned, 0, None)  # [3, C]
+        score = (need * hist[g][None, :]).sum(axis=1) / np.maximum(target.sum(axis=1), 1e-9)
+        remaining = (target.sum(axis=1) - assigned.sum(axis=1)) / np.maximum(target.sum(axis=1), 1e-9)
+        key = score + 1e-6 * remaining
+        key[r == 0] = -np.inf
+        s = (
+            int(np.argmax(key))
+            if np.isfinite(key).any() and key.max() > 0
+            else int(active[np.argmax(remaining[active])])
+        )
+        group_split_idx[g] = s
+        assigned[s] += hist[g]
+    # Guarantee non-empty splits when possible: move the smallest group of the largest split.
+    for s in active:
+        if not (group_split_idx == s).any():
+            sizes = np.array([(group_split_idx == k).sum() for k in range(3)])
+            donor = int(np.argmax(sizes))
+            if sizes[donor] <= 1:
+                continue
+            cand = np.flatnonzero(group_split_idx == donor)
+            g = cand[np.argmin(hist[cand].sum(axis=1))]
+            group_split_idx[g] = s
+    return [SPLITS[i] for i in group_split_idx[inverse]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batched augmentation + normalisation (applied in the collate function: vectorised over the batch)
+# ----------------------------------------------------------------------------------------------------------
+class FaceBatchTransform:
+    """Turn a list of samples into a normalised batch; optional train-time augmentation, vectorised.
+
+    The geometric part (horizontal flip, affine rotation/translation/scale) is drawn once per sample and applied
+    identically to the RGB image and the descriptor map (they are warped together as one 4-channel tensor with
+    :func:`torch.nn.functional.grid_sample`, bilinear, zero padding). Colour jitter (brightness, contrast,
+    saturation; no hue) is applied to the image only.
+
+    Args:
+        mean: per-channel RGB mean for normalisation (images first scaled to [0, 1]).
+        std: per-channel RGB std.
+        descriptor_mean: mean subtracted from the [0, 1] descriptor map.
+        descriptor_std: std dividing the descriptor map.
+        hflip_prob: probability of a horizontal flip.
+        affine_degrees: rotation drawn uniformly from [-d, d] degrees.
+        affine_translate: translation drawn uniformly from [-t, t] as a fraction of the image size.
+        affine_scale: (min, max) isotropic scale.
+        brightness: brightness factor drawn from [1 - b, 1 + b].
+        contrast: contrast factor drawn from [1 - c, 1 + c] (blend with the image's mean grey level).
+        saturation: saturation factor drawn from [1 - s, 1 + s] (blend with the grey image).
+        augment: ``"train"`` applies the random transforms, ``"none"`` only converts and normalises.
+
+    Shapes:
+        Input samples: ``image`` ``[3, H, W]`` uint8, ``descriptor`` ``[1, H, W]`` uint8 (optional).
+        Output: ``image`` ``[B, 3, H, W]`` float32, ``descriptor`` ``[B, 1, H, W]`` float32, other tensor
+        keys stacked, string keys as lists.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        descriptor_mean: float = 0.5,
+        descriptor_std: float = 0.5,
+        hflip_prob: float = 0.0,
+        affine_degrees: float = 0.0,
+        affine_translate: float = 0.0,
+        affine_scale: Sequence[float] = (1.0, 1.0),
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        augment: str = "none",
+    ) -> None:
+        if augment not in ("train", "none"):
+            raise ValueError(f"FaceBatchTransform: augment must be 'train' or 'none', got {augment!r}")
+        if not 0.0 <= hflip_prob <= 1.0:
+            raise ValueError(f"FaceBatchTransform: hflip_prob must be in [0, 1], got {hflip_prob}")
+        if len(affine_scale) != 2 or not 0 < affine_scale[0] <= affine_scale[1]:
+            raise ValueError(
+                f"FaceBatchTransform: affine_scale must be (min, max) with 0 < min <= max, got {affine_scale}"
+            )
+        for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"FaceBatchTransform: {name} must be in [0, 1), got {v}")
+        if descriptor_std <= 0 or min(std) <= 0:
+            raise ValueError("FaceBatchTransform: std values must be positive")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.descriptor_mean = float(descriptor_mean)
+        self.descriptor_std = float(descriptor_std)
+        self.hflip_prob = float(hflip_prob)
+        self.affine_degrees = float(affine_degrees)
+        self.affine_translate = float(affine_translate)
+        self.affine_scale = (float(affine_scale[0]), float(affine_scale[1]))
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.saturation = float(saturation)
+        self.augment = augment
+        self._grids: dict[tuple[int, int], Tensor] = {}
+
+    def _geometric(self, x: Tensor) -> Tensor:
+        """Random flip + affine warp of ``x`` ``[B, C, H, W]`` float, same parameters for all channels."""
+        b = x.shape[0]
+        angle = (torch.rand(b) * 2 - 1) * math.radians(self.affine_degrees)
+        lo, hi = self.affine_scale
+        scale = lo + torch.rand(b) * (hi - lo)
+        shift = (torch.rand(b, 2) * 2 - 1) * (2 * self.affine_translate)  # normalised coords span 2
+        flip = torch.where(torch.rand(b) < self.hflip_prob, -1.0, 1.0)
+        if self.affine_degrees == 0 and self.affine_translate == 0 and lo == hi == 1.0 and (flip > 0).all():
+            return x
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.zeros(b, 3, 2)
+        # output->input sampling grid: inverse rotation/scale, then horizontal flip of the source; rows of
+        # theta (transposed affine matrix) multiply the homogeneous output coordinates (x, y, 1)
+        theta[:, 0, 0], theta[:, 1, 0] = cos * flip, sin * flip
+        theta[:, 0, 1], theta[:, 1, 1] = -sin, cos
+        theta[:, 2, :] = -shift
+        h, w = x.shape[-2:]
+        grid = torch.matmul(self._base_grid(h, w), theta).view(b, h, w, 2)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _base_grid(self, h: int, w: int) -> Tensor:
+        """Homogeneous pixel-centre coordinates in [-1, 1] (``align_corners=False``), ``[1, H*W, 3]``, cached."""
+        key = (h, w)
+        if key not in self._grids:
+            ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
+            xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            self._grids[key] = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, h * w, 3)
+        return self._grids[key]
+
+    def _colour(self, img: Tensor) -> Tensor:
+        """Brightness / contrast / saturation jitter of ``img`` ``[B, 3, H, W]`` in [0, 1]."""
+        b = img.shape[0]
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        if self.brightness > 0 or self.contrast > 0:
+            # brightness b then contrast c around the grey mean m of the brightened image:
+            # c * (b * x) + (1 - c) * b * m, one fused pass
+            fb = 1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * self.brightness
+            fc = 1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * self.contrast
+            m = (img.mean((2, 3), keepdim=True) * weights).sum(1, keepdim=True)
+            img = torch.addcmul((1 - fc) * fb * m, img, fc * fb)
+        if self.saturation > 0:
+            grey = (img * weights).sum(1, keepdim=True)
+            f = 1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * self.saturation
+            img = grey + f * (img - grey)
+        return img.clamp(0, 1)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        """Collate ``samples`` into a batch dict (see class docstring)."""
+        batch: dict = {}
+        keys = samples[0].keys()
+        for k in keys:
+            vals = [s[k] for s in samples]
+            batch[k] = torch.stack(vals) if isinstance(vals[0], Tensor) else vals
+        has_desc = "descriptor" in batch
+        if self.augment == "train":
+            x = torch.cat([batch["image"], batch["descriptor"]], dim=1) if has_desc else batch["image"]
+            x = self._geometric(x.float().div_(255.0))
+            image = self._colour(x[:, :3])
+            desc = x[:, 3:] if has_desc else None
+        else:
+            image = batch["image"].float().div_(255.0)
+            desc = batch["descriptor"].float().div_(255.0) if has_desc else None
+        batch["image"] = (image - self.mean) / self.std
+        if desc is not None:
+            batch["descriptor"] = (desc - self.descriptor_mean) / self.descriptor_std
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------
+class FaceTensorDataset(Dataset):
+    """In-memory face dataset over pre-cropped uint8 tensors (epoch >= 2 costs only indexing).
+
+    Args:
+        images: uint8 RGB faces.
+        labels: class indices.
+        origins: origin tag per item (``"real"`` or an extra root's name).
+        paths: source file per item.
+        descriptors: uint8 descriptor maps (0..255 encodes [0, 1]) or None.
+
+    Shapes:
+        images: ``[N, 3, H, W]`` uint8; descriptors: ``[N, 1, H, W]`` uint8; labels: ``[N]`` int64.
+        Item: ``{"image": [3, H, W] uint8, "descriptor": [1, H, W] uint8, "label": [] int64, "origin": str,
+        "path": str}`` (normalised to float by :class:`FaceBatchTransform`).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        origins: Sequence[str],
+        paths: Sequence[str],
+        descriptors: Tensor | None = None,
+    ) -> None:
+        n = images.shape[0]
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"FaceTensorDataset: images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != (n,) or len(origins) != n or len(paths) != n:
+            raise ValueError("FaceTensorDataset: images, labels, origins and paths must have the same length")
+        if descriptors is not None and (descriptors.shape[0] != n or descriptors.shape[1] != 1):
+            raise ValueError(
+                f"FaceTensorDataset: descriptors must be [N, 1, H, W], got {tuple(descriptors.shape)}"
+            )
+        self.images = images
+        self.labels = labels.long()
+        self.origins = list(origins)
+        self.paths = list(paths)
+        self.descriptors = descriptors
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        item = {
+            "image": self.images[i],
+            "label": self.labels[i],
+            "origin": self.origins[i],
+            "path": self.paths[i],
+        }
+        if self.descriptors is not None:
+            item["descriptor"] = self.descriptors[i]
+        return item
+
+
+def class_balanced_weights(labels: Tensor, num_classes: int) -> Tensor:
+    """Per-sample weights ``1 / count(class)`` for :class:`torch.utils.data.WeightedRandomSampler`.
+
+    Shapes:
+        labels: ``[N]`` int64 -> weights ``[N]`` float64.
+    """
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return 1.0 / counts.clamp_min(1.0)[labels]
+
+
+def stack_hwc_uint8(arrays: Sequence[np.ndarray], channels: int) -> Tensor:
+    """Stack ``[H, W, C]`` (or ``[H, W]``) uint8 arrays into a ``[N, C, H, W]`` uint8 tensor."""
+    if not arrays:
+        return torch.zeros(0, channels, 1, 1, dtype=torch.uint8)
+    a = np.stack([x if x.ndim == 3 else x[:, :, None] for x in arrays])
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+
+def read_paths(paths: Sequence[str | Path], reader: Callable[[Path], np.ndarray]) -> list[np.ndarray]:
+    """Read several cache files with ``reader`` (a loop over files, not pixels)."""
+    return [reader(Path(p)) for p in paths]
