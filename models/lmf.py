@@ -22,28 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from models.msa_utils import check_feature_dims, masked_mean, rnn_final_state
+from models.tfn import SubNet
 
 __all__ = ["LMF"]
-
-
-class _SubNet(nn.Module):
-    """BatchNorm -> dropout -> three ReLU layers (the audio/visual sub-network of TFN and LMF)."""
-
-    def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.BatchNorm1d(in_dim),
-            nn.Dropout(dropout),
-            nn.Linear(in_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class LMF(nn.Module):
@@ -93,8 +74,8 @@ class LMF(nn.Module):
         self.feature_dims = dict(feature_dims)
         self.rank = rank
 
-        self.audio_net = _SubNet(feature_dims["audio"], audio_hidden, audio_dropout)
-        self.vision_net = _SubNet(feature_dims["vision"], vision_hidden, vision_dropout)
+        self.audio_net = SubNet(feature_dims["audio"], audio_hidden, audio_dropout)
+        self.vision_net = SubNet(feature_dims["vision"], vision_hidden, vision_dropout)
         self.text_lstm = nn.LSTM(feature_dims["text"], text_hidden, batch_first=True)
         self.text_drop = nn.Dropout(text_dropout)
         self.text_fc = nn.Linear(text_hidden, text_out)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-__all__ = ["TFN", "masked_mean"]
+__all__ = ["TFN", "SubNet", "masked_mean"]
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -33,8 +33,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class _SubNet(nn.Module):
-    """BatchNorm -> dropout -> three ReLU layers (TFN's audio/visual sub-network)."""
+class SubNet(nn.Module):
+    """BatchNorm -> dropout -> three ReLU layers: the audio/visual sub-network of TFN (and LMF).
+
+    Shapes:
+        x: ``[B, in_dim]`` -> ``[B, hidden]``.
+    """
 
     def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -100,8 +104,8 @@ class TFN(nn.Module):
         self.output_range = output_range
         self.output_shift = output_shift
 
-        self.audio_net = _SubNet(feature_dims["audio"], audio_hidden, dropout)
-        self.vision_net = _SubNet(feature_dims["vision"], vision_hidden, dropout)
+        self.audio_net = SubNet(feature_dims["audio"], audio_hidden, dropout)
+        self.vision_net = SubNet(feature_dims["vision"], vision_hidden, dropout)
         self.text_lstm = nn.LSTM(feature_dims["text"], text_hidden, batch_first=True)
         self.text_drop = nn.Dropout(dropout)
         self.text_fc = nn.Linear(text_hidden, text_out)
