@@ -30,6 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -100,6 +101,34 @@ class AffectCLI(LightningCLI):
                 },
             }
         )
+
+    def _resolve_best_checkpoint(self) -> None:
+        """``--ckpt_path best`` outside ``fit``: read the best checkpoint's path from the run's ``last.ckpt``
+        (the checkpoint callback's saved state), since a fresh process has not tracked it."""
+        cfg = self.config_init[self.subcommand]
+        ckpt = self.trainer.checkpoint_callback
+        if cfg.get("ckpt_path") != "best" or ckpt is None or getattr(ckpt, "best_model_path", ""):
+            return
+        if not ckpt.dirpath:
+            raise ValueError("--ckpt_path best needs checkpoint.dirpath in the config (where fit wrote last.ckpt)")
+        last = Path(ckpt.dirpath) / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"--ckpt_path best: {last} does not exist; run fit first or give a checkpoint file")
+        state = torch.load(last, weights_only=True, map_location="cpu").get("callbacks", {}).get(ckpt.state_key, {})
+        best = state.get("best_model_path", "")
+        if not best or not Path(best).is_file():
+            raise FileNotFoundError(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
+        rank_zero_info(f"--ckpt_path best resolved to {best}")
+        cfg["ckpt_path"] = best
+
+    def before_validate(self) -> None:
+        self._resolve_best_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_best_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_best_checkpoint()
 
     def after_fit(self) -> None:
         """Validate and test the best checkpoint (``last`` when none is monitored) so that every ``fit`` prints its

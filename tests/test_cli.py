@@ -74,6 +74,10 @@ def test_fit_writes_checkpoints_config_and_metric_keys(tmp_path: Path) -> None:
     assert ckpt["hyper_parameters"]["feature_dims"] == {"text": 16, "audio": 5, "vision": 7}
     model = LitMSA.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert sum(p.numel() for p in model.parameters()) > 0
+    # `test --ckpt_path best` in a new process finds the best checkpoint through last.ckpt.
+    cli = cli_main(["test", "--config", str(cfg), "--ckpt_path", "best",
+                    "--trainer.logger", "false"])
+    assert Path(cli.config_init["test"]["ckpt_path"]).name.startswith("best-")
 
 
 def test_resolved_config_is_overwritten_on_rerun(tmp_path: Path) -> None:
