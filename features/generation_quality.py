@@ -1,0 +1,284 @@
+"""Quality of diffusion-generated faces (Ji et al. 2026, §2.1.2 quality control, §3.4.2 Table 4: FID / IS).
+
+The paper reports FID and IS from an ImageNet InceptionV3. No Inception weights can be downloaded here, so the
+default scores are computed in the feature space of a classifier TRAINED IN THE PROJECT on the real faces, and are
+named for what they are:
+
+- ``fd_clf``: Fréchet distance between generated and real features of that classifier ("FD-clf", NOT FID), via
+  ``torchmetrics.image.FrechetInceptionDistance(feature=<module>)``;
+- ``kid_clf``: kernel (polynomial MMD) distance, ``KernelInceptionDistance(feature=<module>)`` ("KID-clf");
+- ``fd_clf_floor`` / ``kid_clf_floor``: the same scores between two DISJOINT halves of the real images (the value a
+  perfect generator would get at that sample size); the generated set is compared with the first half, subsampled to
+  the size of the second, so both numbers use the same sample sizes;
+- ``is_clf``: Inception-Score-style ``exp E[KL(p(y|x) || p(y))]`` of the classifier's softmax
+  (``InceptionScore(feature=<logits module>)``), for generated and real images;
+- ``acc_clf/<class>``: the classifier's accuracy on generated images w.r.t. the conditioned class.
+
+With ``inception_weights`` (a LOCAL file) the standard ``FID``/``IS`` of torchmetrics are added; they need the
+``torch-fidelity`` package.
+
+:class:`QualityFilter` is the per-image gate used by ``callbacks.augmented_writer.AugmentedImageWriter``: a generated
+image is rejected when the classifier's probability of the conditioned class is below ``min_confidence``
+(``"low_confidence"``) or when it is a near-duplicate of a real image (``"memorised"``: cosine similarity of
+classifier features >= ``duplicate_threshold``, or pixel MSE <= ``duplicate_threshold`` for
+``duplicate_metric="mse"``).
+
+All images here are float ``[B, 3, H, W]`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DUPLICATE_METRICS = ("cosine", "mse", "none")
+
+
+class ClassifierView(nn.Module):
+    """Features or logits of a timm classifier for images in ``[0, 1]`` (normalised inside).
+
+    Args:
+        classifier: a timm model, or a module holding one as ``.model`` (``TimmClassifier``,
+            ``models.diffusion.FrozenImageEncoder``).
+        output: ``"features"`` (pre-logits) or ``"logits"``.
+        mean, std: normalisation the classifier was trained with.
+        image_size: resize input to this side first (``None`` = as is).
+
+    Shapes:
+        images: ``[B, 3, H, W]`` in ``[0, 1]`` -> ``[B, num_features]``.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        output: str = "features",
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if output not in ("features", "logits"):
+            raise ValueError(f"ClassifierView: output must be 'features' or 'logits', got {output!r}")
+        model = getattr(classifier, "model", classifier)
+        if not hasattr(model, "forward_features"):
+            raise ValueError("ClassifierView: classifier must be a timm model (or hold one as .model)")
+        self.model = model.eval().requires_grad_(False)
+        self.output = output
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.num_features = int(model.num_classes if output == "logits" else
+                                getattr(model, "head_hidden_size", None) or model.num_features)
+
+    def train(self, mode: bool = True) -> ClassifierView:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float()
+        if self.image_size is not None and x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        if self.output == "features":
+            return feats
+        return self.model.get_classifier()(feats)
+
+
+def load_image_folder(root: str | Path, class_names: list[str], size: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Read ``root/<class>/*`` images as RGB ``[N, 3, size, size]`` in ``[0, 1]`` (read only, never modified)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_image_folder: image folder not found: {root}")
+    images, labels, paths = [], [], []
+    for k, c in enumerate(class_names):
+        folder = root / c
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            images.append(arr)
+            labels.append(k)
+            paths.append(str(p))
+    if not images:
+        raise ValueError(f"load_image_folder: no images of classes {class_names} under {root}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return x, torch.tensor(labels), paths
+
+
+def _batched(fn: nn.Module, x: Tensor, batch_size: int = 64) -> Tensor:
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def generation_quality(
+    classifier: nn.Module,
+    real: Tensor,
+    generated: Tensor,
+    generated_labels: Tensor,
+    class_names: list[str],
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    image_size: int | None = None,
+    kid_subsets: int = 50,
+    seed: int = 0,
+    inception_weights: str | None = None,
+) -> dict[str, float]:
+    """FD-clf, KID-clf (with real-vs-real floors), IS-clf and per-class classifier accuracy (module docstring).
+
+    Shapes:
+        real: ``[N, 3, H, W]``; generated: ``[M, 3, H', W']`` in ``[0, 1]``; generated_labels: ``[M]``.
+    """
+    # torchmetrics.image only re-exports these when torch-fidelity is installed; a custom `feature` module
+    # does not need it
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if len(real) < 8 or len(generated) < 4:
+        raise ValueError(f"generation_quality: need >= 8 real and >= 4 generated images, got {len(real)}, "
+                         f"{len(generated)}")
+    g = torch.Generator().manual_seed(seed)
+    feat = ClassifierView(classifier, "features", mean, std, image_size)
+    logit = ClassifierView(classifier, "logits", mean, std, image_size)
+    size = real.shape[-1]
+    if generated.shape[-1] != size:
+        generated = F.interpolate(generated, size=(size, size), mode="bilinear", align_corners=False)
+    perm = torch.randperm(len(real), generator=g)
+    half_a, half_b = real[perm[: len(real) // 2]], real[perm[len(real) // 2:]]
+    n = min(len(half_b), len(generated))
+    gen_sub = generated[torch.randperm(len(generated), generator=g)[:n]]
+    half_b = half_b[:n]
+    out: dict[str, float] = {}
+    for name, other in (("fd_clf", gen_sub), ("fd_clf_floor", half_b)):
+        fid = FrechetInceptionDistance(feature=feat)
+        for i in range(0, len(half_a), 64):
+            fid.update(half_a[i:i + 64], real=True)
+        for i in range(0, len(other), 64):
+            fid.update(other[i:i + 64], real=False)
+        out[name] = float(fid.compute())
+    subset = min(len(half_a), n, 100)
+    for name, other in (("kid_clf", gen_sub), ("kid_clf_floor", half_b)):
+        torch.manual_seed(seed)
+        kid = KernelInceptionDistance(feature=feat, subsets=kid_subsets, subset_size=subset)
+        kid.update(half_a, real=True)
+        kid.update(other, real=False)
+        out[name] = float(kid.compute()[0])
+    for name, imgs in (("is_clf", generated), ("is_clf_real", real)):
+        torch.manual_seed(seed)
+        score = InceptionScore(feature=logit, splits=1)
+        score.update(imgs)
+        out[name] = float(score.compute()[0])
+    pred = _batched(logit, generated).argmax(dim=1)
+    for k, c in enumerate(class_names):
+        sel = generated_labels == k
+        if sel.any():
+            out[f"acc_clf/{c}"] = float((pred[sel] == k).float().mean())
+    out["acc_clf/all"] = float((pred == generated_labels).float().mean())
+    if inception_weights is not None:
+        out.update(inception_scores(real, generated, inception_weights))
+    return out
+
+
+def inception_scores(real: Tensor, generated: Tensor, weights_file: str) -> dict[str, float]:
+    """Standard FID (torchmetrics, InceptionV3 from a LOCAL weights file); needs ``torch-fidelity``."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not Path(weights_file).is_file():
+        raise FileNotFoundError(f"inception_scores: InceptionV3 weights file not found: {weights_file}")
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise ImportError("inception_scores: the standard FID needs the 'torch-fidelity' package (not installed)")
+    fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_file)
+    fid.update(real, real=True)
+    fid.update(generated, real=False)
+    return {"fid_inception": float(fid.compute())}
+
+
+class QualityFilter:
+    """Per-image acceptance test for generated faces (module docstring).
+
+    Args:
+        classifier: recognition classifier trained in the project (timm model or module with ``.model``), e.g.
+            ``models.diffusion.FrozenImageEncoder`` built from its checkpoint.
+        min_confidence: minimum softmax probability of the conditioned class (0 disables).
+        duplicate_metric: ``"cosine"`` (classifier features), ``"mse"`` (pixels) or ``"none"``.
+        duplicate_threshold: cosine similarity >= threshold, or pixel MSE <= threshold, means memorised.
+        reference_root: real image folder (``<root>/<class>/*``) to compare against, read only.
+        class_names: class order of the labels.
+        mean, std: the classifier's normalisation.
+        image_size: classifier input side (``None`` = generated size).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        min_confidence: float = 0.5,
+        duplicate_metric: str = "cosine",
+        duplicate_threshold: float = 0.995,
+        reference_root: str | None = None,
+        class_names: list[str] | None = None,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        image_size: int | None = None,
+    ) -> None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"QualityFilter: min_confidence must be in [0, 1], got {min_confidence}")
+        if duplicate_metric not in DUPLICATE_METRICS:
+            raise ValueError(f"QualityFilter: duplicate_metric must be one of {DUPLICATE_METRICS}, got "
+                             f"{duplicate_metric!r}")
+        if duplicate_metric != "none" and reference_root is None:
+            raise ValueError("QualityFilter: duplicate_metric needs reference_root (the real training images)")
+        if reference_root is not None and class_names is None:
+            raise ValueError("QualityFilter: reference_root needs class_names")
+        self.features = ClassifierView(classifier, "features", mean, std, image_size)
+        self.logits = ClassifierView(classifier, "logits", mean, std, image_size)
+        self.min_confidence = min_confidence
+        self.duplicate_metric = duplicate_metric
+        self.duplicate_threshold = duplicate_threshold
+        self.reference_root = reference_root
+        self.class_names = class_names
+        self._ref: Tensor | None = None
+        self._ref_size: int | None = None
+
+    def _reference(self, size: int) -> Tensor:
+        if self._ref is None or self._ref_size != size:
+            images, _, _ = load_image_folder(self.reference_root, self.class_names, size)
+            self._ref_pixels = images.flatten(1)
+            self._ref = F.normalize(_batched(self.features, images), dim=1)
+            self._ref_size = size
+            log.info("QualityFilter: %d reference images from %s", len(images), self.reference_root)
+        return self._ref
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, labels: Tensor) -> dict[str, Tensor | list[str]]:
+        """Scores and decisions. Returns ``confidence`` ``[B]``, ``similarity`` ``[B]`` (max cosine or min MSE to
+        the references; NaN when not checked), ``accept`` ``[B]`` bool and ``reason`` (``"ok"``,
+        ``"low_confidence"``, ``"memorised"``)."""
+        images = images.float()
+        probs = self.logits(images).softmax(dim=1)
+        conf = probs.gather(1, labels.view(-1, 1).long()).squeeze(1)
+        sim = torch.full_like(conf, float("nan"))
+        memorised = torch.zeros_like(conf, dtype=torch.bool)
+        if self.duplicate_metric == "cosine":
+            ref = self._reference(images.shape[-1])
+            sim = (F.normalize(self.features(images), dim=1) @ ref.t()).max(dim=1).values
+            memorised = sim >= self.duplicate_threshold
+        elif self.duplicate_metric == "mse":
+            self._reference(images.shape[-1])
+            sim = torch.cdist(images.flatten(1), self._ref_pixels).pow(2).min(dim=1).values / images[0].numel()
+            memorised = sim <= self.duplicate_threshold
+        low = conf < self.min_confidence
+        reason = ["memorised" if m else "low_confidence" if lo else "ok" for m, lo in zip(memorised, low)]
+        return {"confidence": conf, "similarity": sim, "accept": ~(memorised | low), "reason": reason}

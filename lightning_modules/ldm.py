@@ -1,0 +1,451 @@
+"""Systems for the class-conditioned latent diffusion augmenter (Ji et al. 2026, §2.1, eqs. 1-2; §3.1.1).
+
+- :class:`LitVAE` trains the ``AutoencoderKL`` that maps faces to latents (reconstruction + KL), or wraps one loaded
+  from a LOCAL ``save_pretrained`` directory; :meth:`LitVAE.export_pretrained` writes such a directory.
+- :class:`LitLDM` trains the noise predictor of eq. (1) with plain DDPM noise-prediction MSE, label dropout for
+  classifier-free guidance and the contrastive consistency loss of eq. (2); ``predict_step`` turns generation jobs
+  (label, seed, job index) into images.
+
+Images arrive as the FER batch (``docs/architecture.md``): ``image`` ``[B, 3, H, W]`` normalised with the datamodule's
+``mean``/``std``; the systems undo that normalisation to work in ``[-1, 1]`` (``image_mean``/``image_std`` must match
+the datamodule's).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from models.diffusion import (
+    PAIRINGS,
+    ConditionalLatentUNet,
+    build_autoencoder_kl,
+    contrastive_consistency_loss,
+    decode_latents,
+    encode_latents,
+    load_autoencoder_kl,
+    make_sampling_scheduler,
+    predict_x0,
+    sample_latents,
+)
+
+log = logging.getLogger(__name__)
+
+RECON_LOSSES = ("l1", "mse")
+CONSISTENCY = ("none",) + PAIRINGS
+SAMPLERS = ("ddim", "ddpm")
+MAX_GUIDANCE = 50.0
+
+
+class _ImageNorm:
+    """Converts between the datamodule's normalisation and ``[-1, 1]``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def to_pm1(self, image: Tensor) -> Tensor:
+        return (image * self.std.to(image) + self.mean.to(image)) * 2 - 1
+
+    def from_pm1(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2 - self.mean.to(x)) / self.std.to(x)
+
+
+class LitVAE(LightningModule):
+    """Trains an ``AutoencoderKL`` on the train split: ``L = recon(x, D(z)) + kl_weight * KL(q(z|x) || N(0, I))``.
+
+    After each training epoch the latent ``scaling_factor`` is set to ``1 / std`` of the posterior means seen in that
+    epoch (as in Stable Diffusion), so the diffusion model sees unit-variance latents.
+
+    Args:
+        in_channels: image channels (3 for the FER batch).
+        block_out_channels: encoder widths; down-sampling factor ``2 ** (len - 1)``.
+        latent_channels: latent channels.
+        layers_per_block: resnet layers per block.
+        norm_num_groups: group-norm groups.
+        sample_size: image side.
+        pretrained_dir: LOCAL ``save_pretrained`` directory to start from instead of building the architecture.
+        kl_weight: weight of the KL term.
+        recon_loss: ``"l1"`` or ``"mse"``.
+        image_mean, image_std: the datamodule's normalisation (to map images back to ``[-1, 1]``).
+        optimizer, scheduler: factories.
+
+    Shapes:
+        batch["image"]: ``[B, 3, H, W]`` -> latents ``[B, latent_channels, H/f, W/f]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        latent_channels: int = 4,
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        sample_size: int = 32,
+        pretrained_dir: str | None = None,
+        kl_weight: float = 1e-4,
+        recon_loss: str = "l1",
+        image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"LitVAE: recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        if kl_weight < 0:
+            raise ValueError(f"LitVAE: kl_weight must be >= 0, got {kl_weight}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if pretrained_dir is not None:
+            self.vae = load_autoencoder_kl(pretrained_dir)
+        else:
+            self.vae = build_autoencoder_kl(
+                in_channels, tuple(block_out_channels), latent_channels, layers_per_block, norm_num_groups,
+                sample_size,
+            )
+        self.norm = _ImageNorm(tuple(image_mean), tuple(image_std))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self._latent_sq_sum = 0.0
+        self._latent_count = 0
+
+    def forward(self, x_pm1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (reconstruction, posterior mean, KL per sample)."""
+        dist = self.vae.encode(x_pm1).latent_dist
+        z = dist.sample() if self.training else dist.mode()
+        return self.vae.decode(z).sample, dist.mean, dist.kl()
+
+    def _shared_step(self, batch: dict, stage: str) -> Tensor:
+        x = self.norm.to_pm1(batch["image"])
+        recon, mean, kl = self(x)
+        fn = F.l1_loss if self.hparams.recon_loss == "l1" else F.mse_loss
+        rec = fn(recon, x)
+        kl = kl.mean() / mean[0].numel()  # per latent element, comparable across sizes
+        loss = rec + self.hparams.kl_weight * kl
+        b = x.shape[0]
+        self.log(f"{stage}/loss", loss, on_epoch=True, on_step=stage == "train", batch_size=b, prog_bar=True)
+        self.log(f"{stage}/recon", rec, on_epoch=True, on_step=False, batch_size=b)
+        self.log(f"{stage}/kl", kl, on_epoch=True, on_step=False, batch_size=b)
+        if stage == "train":
+            self._latent_sq_sum += float(mean.detach().pow(2).sum())
+            self._latent_count += mean.numel()
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        if self._latent_count:
+            std = (self._latent_sq_sum / self._latent_count) ** 0.5
+            self.vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
+            self.log("train/latent_rms", std)
+        self._latent_sq_sum, self._latent_count = 0.0, 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vae_config"] = dict(self.vae.config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "vae_config" in checkpoint:
+            self.vae.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.vae.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "monitor": "val/loss"}}
+
+    def export_pretrained(self, local_dir: str | Path) -> Path:
+        """Write the autoencoder as a diffusers ``save_pretrained`` directory (loadable by ``LitLDM(vae_path=)``)."""
+        path = Path(local_dir)
+        self.vae.save_pretrained(str(path))
+        return path
+
+
+def load_vae(path: str | Path) -> AutoencoderKL:
+    """Load an autoencoder from a local ``save_pretrained`` directory or a :class:`LitVAE` checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        return load_autoencoder_kl(p)
+    if p.is_file():
+        return LitVAE.load_from_checkpoint(str(p), map_location="cpu").vae
+    raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained directory)")
+
+
+class LitLDM(LightningModule):
+    """Class-conditioned latent DDPM (eq. 1) with the contrastive consistency loss (eq. 2).
+
+    Training step, written out (diffusers ``PHILOSOPHY.md``): ``z_0 = s * E(x)`` with the frozen VAE, ``t ~ U{0..T-1}``,
+    ``eps ~ N(0, I)``, ``z_t = scheduler.add_noise(z_0, eps, t)``; the label is replaced by the NULL label with
+    probability ``p_uncond`` (classifier-free guidance); ``L = ||eps - eps_theta(z_t, t, y)||^2 +
+    consistency_weight * L_con``. ``L_con`` (eq. 2, pairs documented in
+    :func:`models.diffusion.contrastive_consistency_loss`) is computed on the samples with ``t <
+    consistency_max_timestep`` that kept their label: the generated sample is the one-step estimate
+    ``z0_hat = predict_x0(z_t, eps_theta)`` decoded by the frozen VAE, the high-level features come from the FROZEN
+    ``consistency_encoder`` (gradients flow through it to the UNet, its weights never change).
+
+    Args:
+        net: the noise predictor.
+        vae_path: LOCAL ``save_pretrained`` directory or :class:`LitVAE` checkpoint; required unless ``vae_config``
+            is given.
+        vae_config: the autoencoder's diffusers config (filled in automatically and saved in the checkpoint, so a
+            checkpoint reloads without the original VAE file; the weights come from the state dict).
+        class_names: class names (index order); default ``class_0 ...``.
+        num_train_timesteps: ``T``.
+        beta_schedule: diffusers beta schedule (``"linear"``, ``"scaled_linear"``, ``"squaredcos_cap_v2"``).
+        p_uncond: label-dropout probability.
+        consistency: ``"none"``, ``"triplet"`` or ``"contrastive"`` (pairing of eq. 2).
+        consistency_weight, consistency_margin, consistency_max_timestep: weight, margin ``m`` and timestep cut-off.
+        consistency_encoder: frozen image encoder returning ``[B, F]`` features of normalised images (e.g.
+            :class:`models.diffusion.FrozenImageEncoder`); required when ``consistency != "none"``.
+        sampler, num_inference_steps, guidance_scale: generation settings of ``predict_step``/:meth:`generate`.
+        image_mean, image_std: the datamodule's normalisation.
+        optimizer, scheduler: factories (only ``net`` is optimised).
+
+    Shapes:
+        batch["image"]: ``[B, 3, H, W]``; batch["label"]: ``[B]``.
+        predict batch: ``{"label": [B], "seed": [B], "job_index": [B]}`` -> ``{"images": [B, 3, H, W] in [0, 1], ...}``.
+    """
+
+    def __init__(
+        self,
+        net: ConditionalLatentUNet,
+        vae_path: str | None = None,
+        vae_config: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        p_uncond: float = 0.1,
+        consistency: str = "triplet",
+        consistency_weight: float = 0.1,
+        consistency_margin: float = 1.0,
+        consistency_max_timestep: int = 300,
+        consistency_encoder: nn.Module | None = None,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.0,
+        image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if consistency not in CONSISTENCY:
+            raise ValueError(f"LitLDM: consistency must be one of {CONSISTENCY}, got {consistency!r}")
+        if consistency != "none" and consistency_encoder is None:
+            raise ValueError(f"LitLDM: consistency={consistency!r} needs a consistency_encoder (or use 'none')")
+        if not 0.0 <= p_uncond < 1.0:
+            raise ValueError(f"LitLDM: p_uncond must be in [0, 1), got {p_uncond}")
+        if class_names is not None and len(class_names) != net.num_classes:
+            raise ValueError(f"LitLDM: {len(class_names)} class_names for a net with {net.num_classes} classes")
+        self._check_sampling(sampler, num_inference_steps, guidance_scale, num_train_timesteps)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "net", "consistency_encoder"])
+        self.net = net
+        self.consistency_encoder = consistency_encoder
+        if consistency_encoder is not None:
+            consistency_encoder.requires_grad_(False).eval()
+        if vae_config is not None:
+            vae = AutoencoderKL.from_config(vae_config)
+        elif vae_path is not None:
+            vae = load_vae(vae_path)
+        else:
+            raise ValueError("LitLDM: give vae_path (a local VAE directory or LitVAE checkpoint)")
+        self.hparams["vae_config"] = dict(vae.config)
+        self.vae = vae.requires_grad_(False).eval()
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+        self.class_names = list(class_names) if class_names is not None else [
+            f"class_{i}" for i in range(net.num_classes)]
+        self.norm = _ImageNorm(tuple(image_mean), tuple(image_std))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    @staticmethod
+    def _check_sampling(sampler: str, steps: int, guidance: float, num_train_timesteps: int) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"LitLDM: sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if not 1 <= steps <= num_train_timesteps:
+            raise ValueError(f"LitLDM: num_inference_steps must be in [1, {num_train_timesteps}], got {steps}")
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise ValueError(f"LitLDM: guidance_scale must be in [0, {MAX_GUIDANCE}], got {guidance}")
+
+    def train(self, mode: bool = True) -> LitLDM:
+        super().train(mode)
+        self.vae.eval()
+        if self.consistency_encoder is not None:
+            self.consistency_encoder.eval()
+        return self
+
+    def forward(self, z_t: Tensor, timesteps: Tensor, labels: Tensor) -> Tensor:
+        return self.net(z_t, timesteps, labels)
+
+    def class_index(self, name: str) -> int:
+        """Index of a class name; ``ValueError`` listing the known names otherwise."""
+        if name not in self.class_names:
+            raise ValueError(f"LitLDM: unknown class {name!r}; known classes: {self.class_names}")
+        return self.class_names.index(name)
+
+    def _diffusion_losses(self, batch: dict, generator: torch.Generator | None = None, train: bool = True
+                          ) -> dict[str, Tensor]:
+        image, labels = batch["image"], batch["label"]
+        b = image.shape[0]
+        x = self.norm.to_pm1(image)
+        with torch.no_grad():
+            z0 = encode_latents(self.vae, x)
+        dev = z0.device
+        noise = torch.randn(z0.shape, generator=generator, device="cpu").to(dev)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(dev)
+        z_t = self.noise_scheduler.add_noise(z0, noise, t)
+        y_in = labels
+        if train and self.hparams.p_uncond > 0:
+            drop = torch.rand(b, device=dev) < self.hparams.p_uncond
+            y_in = torch.where(drop, torch.full_like(labels, self.net.null_label), labels)
+        eps = self.net(z_t, t, y_in)
+        losses = {"mse": F.mse_loss(eps, noise)}
+        if self.hparams.consistency != "none" and self.hparams.consistency_weight > 0:
+            mask = (t < self.hparams.consistency_max_timestep) & (y_in == labels)
+            if int(mask.sum()) >= 2:
+                z0_hat = predict_x0(self.noise_scheduler, z_t[mask], eps[mask], t[mask])
+                x_hat = decode_latents(self.vae, z0_hat).clamp(-1, 1)
+                feat_gen = self.consistency_encoder(self.norm.from_pm1(x_hat))
+                with torch.no_grad():
+                    feat_real = self.consistency_encoder(image[mask])
+                losses["con"] = contrastive_consistency_loss(
+                    feat_gen, feat_real, z0_hat, z0[mask], labels[mask], margin=self.hparams.consistency_margin,
+                    pairing=self.hparams.consistency,
+                )
+            else:
+                losses["con"] = eps.new_zeros(())
+        losses["loss"] = losses["mse"] + self.hparams.consistency_weight * losses.get("con", eps.new_zeros(()))
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses = self._diffusion_losses(batch, train=True)
+        b = batch["image"].shape[0]
+        for k, v in losses.items():
+            self.log(f"train/{k}" if k != "loss" else "train/loss", v, on_epoch=True, on_step=k == "loss",
+                     batch_size=b, prog_bar=k == "loss")
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
+        # fixed noise and timesteps per batch index: epochs are comparable
+        gen = torch.Generator().manual_seed(1000 + batch_idx)
+        losses = self._diffusion_losses(batch, generator=gen, train=False)
+        b = batch["image"].shape[0]
+        for k, v in losses.items():
+            self.log(f"{stage}/{k}", v, on_epoch=True, on_step=False, batch_size=b, prog_bar=k == "loss")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: Tensor,
+        seeds: Tensor | list[int],
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+    ) -> Tensor:
+        """Images in ``[0, 1]`` for the given labels, one seed per image.
+
+        Shapes:
+            labels: ``[B]`` int64 -> ``[B, 3, H, W]``.
+        """
+        steps = self.hparams.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
+        sampler = self.hparams.sampler if sampler is None else sampler
+        self._check_sampling(sampler, steps, guidance, self.noise_scheduler.config.num_train_timesteps)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.net.num_classes):
+            raise ValueError(f"LitLDM: labels must be in [0, {self.net.num_classes - 1}], got {labels.tolist()}")
+        sched = make_sampling_scheduler(self.noise_scheduler, sampler)
+        latents = sample_latents(self.net, sched, labels.to(self.device), seeds, steps, guidance)
+        return ((decode_latents(self.vae, latents).clamp(-1, 1) + 1) / 2).float()
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        images = self.generate(batch["label"], batch["seed"].tolist())
+        return {
+            "images": images.cpu(),
+            "label": batch["label"].cpu(),
+            "seed": batch["seed"].cpu(),
+            "job_index": batch["job_index"].cpu(),
+            "steps": self.hparams.num_inference_steps,
+            "guidance": self.hparams.guidance_scale,
+            "sampler": self.hparams.sampler,
+        }
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "monitor": "val/loss"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # how to rebuild the injected modules, so a checkpoint reloads on its own (see load_ldm)
+        checkpoint["ldm_modules"] = {"net": _module_spec(self.net),
+                                     "consistency_encoder": _module_spec(self.consistency_encoder)}
+        # the frozen encoder is only a training-time loss; its weights live in its own checkpoint, so generation
+        # configs need not declare it
+        sd = checkpoint["state_dict"]
+        for k in [k for k in sd if k.startswith("consistency_encoder.")]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint["state_dict"]
+        if self.consistency_encoder is not None:
+            for k, v in self.consistency_encoder.state_dict().items():
+                sd.setdefault(f"consistency_encoder.{k}", v)
+        else:
+            for k in [k for k in sd if k.startswith("consistency_encoder.")]:
+                del sd[k]
+
+
+def _module_spec(module: nn.Module | None) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a module exposing ``init_args`` (weights come from the state dict)."""
+    if module is None or not hasattr(module, "init_args"):
+        return None
+    return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": dict(module.init_args)}
+
+
+def _build_module(spec: dict[str, Any] | None) -> nn.Module | None:
+    if spec is None:
+        return None
+    import importlib
+
+    mod_name, _, cls_name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(mod_name), cls_name)(**spec["init_args"])
+
+
+def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Module | None = None,
+             consistency_encoder: nn.Module | None = None) -> LitLDM:
+    """Reload a :class:`LitLDM` checkpoint without its config, e.g. for generation: the net is rebuilt from the
+    ``init_args`` stored in the checkpoint unless given. Without ``consistency_encoder`` the model comes back with
+    ``consistency="none"`` (the frozen encoder is a training-time loss, its weights are not in the checkpoint)."""
+    p = Path(checkpoint_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"LDM checkpoint not found: {p}")
+    ckpt = torch.load(str(p), map_location=map_location, weights_only=True)
+    specs = ckpt.get("ldm_modules") or {}
+    net = net if net is not None else _build_module(specs.get("net"))
+    if net is None:
+        raise ValueError(f"LDM checkpoint {p} does not describe its net; pass net=")
+    extra = {} if consistency_encoder is not None else {"consistency": "none"}
+    return LitLDM.load_from_checkpoint(str(p), map_location=map_location, net=net,
+                                       consistency_encoder=consistency_encoder, **extra)

@@ -1,0 +1,156 @@
+import errno
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from PIL import Image
+
+from callbacks.augmented_writer import AugmentedImageWriter, summarise_manifest
+from datamodules.generation import GenerationDataModule
+from features.generation_quality import QualityFilter
+from models.diffusion import FrozenImageEncoder
+
+CLASSES = ["anger", "contempt", "fear"]
+COUNTS = {"anger": 4, "contempt": 1, "fear": 2}
+
+
+class FakeGenerator(LightningModule):
+    """Returns LitLDM-shaped predictions; fails at ``fail_at_batch`` to simulate an interruption."""
+
+    def __init__(self, fail_at_batch: int | None = None) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.class_names = CLASSES
+        self.fail_at_batch = fail_at_batch
+
+    def predict_step(self, batch, batch_idx):
+        if batch_idx == self.fail_at_batch:
+            raise RuntimeError("simulated crash")
+        n = len(batch["label"])
+        g = torch.Generator().manual_seed(int(batch["seed"][0]))
+        return {"images": torch.rand(n, 3, 8, 8, generator=g), "label": batch["label"], "seed": batch["seed"],
+                "job_index": batch["job_index"], "steps": 10, "guidance": 2.0, "sampler": "ddim"}
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c, n in COUNTS.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"S{i:03d}.png")
+    return root
+
+
+def run(module, out, data_root, **writer_kw):
+    dm = GenerationDataModule(class_counts=COUNTS, output_root=str(out), total_multiplier=2.0, scarce_multiplier=4.0,
+                              scarce_classes=["contempt"], batch_size=3)
+    writer = AugmentedImageWriter(str(out), data_root=str(data_root), progress="none", **writer_kw)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer])
+    trainer.predict(module, datamodule=dm, return_predictions=False)
+    return dm
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_writes_pngs_manifest_and_never_touches_source(tmp_path, data_root):
+    before = fingerprint(data_root)
+    out = tmp_path / "augmented"
+    dm = run(FakeGenerator(), out, data_root)
+    assert fingerprint(data_root) == before
+    recs = manifest(out)
+    assert len(recs) == sum(dm.plan.values()) == 14  # 2 x 7 train images
+    assert dm.plan["contempt"] == 3  # scarce: 4x in total
+    for r in recs:
+        assert (out / r["file"]).is_file() and r["file"].startswith(r["class"] + "/")
+        assert {"seed", "steps", "guidance", "checkpoint"} <= set(r)
+        with Image.open(out / r["file"]) as im:
+            assert im.mode == "L" and im.size == (8, 8)
+    assert not list(out.rglob("*.tmp"))
+    summary = json.loads((out / "manifest_summary.json").read_text())
+    assert summary["total"]["accepted"] == 14
+
+
+def test_refuses_output_inside_data_root(data_root):
+    with pytest.raises(ValueError, match="inside the original dataset folder"):
+        AugmentedImageWriter(str(data_root / "generated"), data_root=str(data_root))
+    with pytest.raises(ValueError, match="inside the original dataset folder"):
+        AugmentedImageWriter(str(data_root), data_root=str(data_root))
+
+
+def test_resume_after_interruption_without_duplicates(tmp_path, data_root):
+    out = tmp_path / "augmented"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(FakeGenerator(fail_at_batch=2), out, data_root)
+    first = manifest(out)
+    assert len(first) == 6  # two batches of 3 finished
+    # a crash in the middle of a manifest line must not break the resume
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"job_index": 7, "cla')
+    dm = run(FakeGenerator(), out, data_root)
+    assert dm.skipped == 6
+    recs = [r for r in (json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.endswith("}"))]
+    jobs = [r["job_index"] for r in recs]
+    assert sorted(jobs) == list(range(14))  # every job exactly once
+    assert len(list(out.rglob("*.png"))) == 14
+
+
+def test_unwritable_output_folder_clear_error_nothing_written(tmp_path, data_root):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should be")
+    with pytest.raises(RuntimeError, match="not writable"):
+        run(FakeGenerator(), blocker / "augmented", data_root)
+    assert blocker.read_text().startswith("a file")
+
+
+def test_disk_full_mid_batch_leaves_no_partial_file(tmp_path, data_root, monkeypatch):
+    out = tmp_path / "augmented"
+    calls = {"n": 0}
+    real_save = Image.Image.save
+
+    def full_disk_save(self, fp, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            real_save(self, fp, *a, **k)  # a partial temp file exists when the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(FakeGenerator(), out, data_root)
+    assert not list(out.rglob("*.tmp"))
+    recs = manifest(out)
+    assert len(recs) == 4
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(r["file"] for r in recs)
+
+
+def test_quality_filter_rejections_are_counted(tmp_path, data_root):
+    torch.manual_seed(0)
+    clf = FrozenImageEncoder("resnet10t", num_classes=3)
+    # min_confidence 1.0 rejects everything; cosine threshold -1 would flag everything as memorised
+    quality = QualityFilter(clf, min_confidence=0.99, duplicate_metric="cosine", duplicate_threshold=2.0,
+                            reference_root=str(data_root), class_names=CLASSES)
+    out = tmp_path / "augmented"
+    run(FakeGenerator(), out, data_root, quality=quality)
+    recs = manifest(out)
+    assert len(recs) == 14
+    assert all(r["status"] == "rejected" and r["reason"] == "low_confidence" for r in recs)
+    assert not list(out.rglob("*.png"))
+    summary = summarise_manifest(out)
+    assert summary["total"]["rejected_low_confidence"] == 14
+    quality_dup = QualityFilter(clf, min_confidence=0.0, duplicate_metric="mse", duplicate_threshold=1.0,
+                                reference_root=str(data_root), class_names=CLASSES)
+    res = quality_dup(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    assert res["reason"] == ["memorised", "memorised"]

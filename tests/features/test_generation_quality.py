@@ -1,0 +1,111 @@
+import pytest
+import torch
+from torch import nn
+
+from features.generation_quality import ClassifierView, QualityFilter, generation_quality, load_image_folder
+from models.diffusion import FrozenImageEncoder
+
+
+class LinearClassifier(nn.Module):
+    """timm-like classifier: features = mean colour per channel (3-d), logits = fixed linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_features, self.num_classes = 3, 2
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[10.0, 0.0, 0.0], [-10.0, 0.0, 0.0]]))
+            self.fc.bias.zero_()
+
+    def forward_features(self, x):
+        return x.mean(dim=(2, 3))
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self):
+        return self.fc
+
+
+def images(n, level, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (level + 0.1 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1)
+
+
+def test_classifier_view_features_and_logits():
+    clf = LinearClassifier()
+    x = torch.full((2, 3, 8, 8), 0.75)
+    f = ClassifierView(clf, "features", mean=(0.5,) * 3, std=(0.5,) * 3)(x)
+    torch.testing.assert_close(f, torch.full((2, 3), 0.5))
+    assert ClassifierView(clf, "logits")(x).shape == (2, 2)
+    with pytest.raises(ValueError, match="output"):
+        ClassifierView(clf, "pixels")
+
+
+def test_fd_kid_floor_is_lower_than_a_shifted_generator():
+    clf = LinearClassifier()
+    real = torch.cat([images(40, 0.3, 0), images(40, 0.7, 1)])
+    good = torch.cat([images(20, 0.3, 2), images(20, 0.7, 3)])
+    bad = images(40, 0.95, 4)
+    labels = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    q_good = generation_quality(clf, real, good, labels, ["dark", "bright"], kid_subsets=5)
+    q_bad = generation_quality(clf, real, bad, labels, ["dark", "bright"], kid_subsets=5)
+    assert q_good["fd_clf"] < q_bad["fd_clf"]
+    assert q_good["kid_clf"] < q_bad["kid_clf"]
+    assert q_good["fd_clf_floor"] < q_bad["fd_clf"]
+    assert q_good["fd_clf_floor"] == pytest.approx(q_bad["fd_clf_floor"])  # same real halves
+    # the classifier calls values < 0.5 class 1 ("bright" has positive logit for negative features)
+    assert q_good["acc_clf/dark"] == pytest.approx(0.0) and q_good["acc_clf/bright"] == pytest.approx(0.0)
+    assert 1.0 <= q_good["is_clf"] <= 2.0 + 1e-4
+    assert "fid_inception" not in q_good
+
+
+def test_inception_path_needs_a_local_file(tmp_path):
+    clf = LinearClassifier()
+    real = images(16, 0.5, 0)
+    with pytest.raises(FileNotFoundError, match="InceptionV3 weights"):
+        generation_quality(clf, real, real[:8], torch.zeros(8).long(), ["a"], kid_subsets=2,
+                           inception_weights=str(tmp_path / "pt_inception.pth"))
+
+
+def test_quality_filter_confidence_and_memorisation(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    ref = np.full((8, 8), 200, dtype=np.uint8)
+    Image.fromarray(ref).save(tmp_path / "data" / "a" / "x.png")
+    x, y, paths = load_image_folder(tmp_path / "data", ["a", "b"], 8)
+    assert x.shape == (1, 3, 8, 8) and y.tolist() == [0] and paths[0].endswith("x.png")
+    clf = LinearClassifier()
+    qf = QualityFilter(clf, min_confidence=0.9, duplicate_metric="mse", duplicate_threshold=1e-3,
+                       reference_root=str(tmp_path / "data"), class_names=["a", "b"])
+    copy = x.clone()
+    dark = torch.zeros(1, 3, 8, 8)
+    res = qf(torch.cat([copy, dark, dark]), torch.tensor([0, 0, 1]))
+    # copy of a real image -> memorised; dark image conditioned on class 0 -> low confidence; class 1 -> ok
+    assert res["reason"] == ["memorised", "low_confidence", "ok"]
+    assert res["accept"].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="reference_root"):
+        QualityFilter(clf, duplicate_metric="cosine")
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        load_image_folder(tmp_path / "nope", ["a"], 8)
+
+
+def test_frozen_encoder_loads_lightning_checkpoint_prefix(tmp_path):
+    torch.manual_seed(0)
+    enc = FrozenImageEncoder("resnet10t", num_classes=3)
+    state = {f"net.model.{k}": v + 1 for k, v in enc.model.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "clf.ckpt")
+    loaded = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(tmp_path / "clf.ckpt"))
+    k = "fc.weight"
+    torch.testing.assert_close(loaded.model.state_dict()[k], enc.model.state_dict()[k] + 1)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    loaded.train()
+    assert not loaded.training
+    loaded(x).sum().backward()  # gradients reach the input (eq. 2) but not the weights
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    torch.save({"state_dict": {"other.w": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="matches only"):
+        FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(tmp_path / "bad.ckpt"))
