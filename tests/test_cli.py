@@ -13,8 +13,10 @@ from cli import cli_main
 from tests.fakes import write_mmsa_pickle
 
 REPO = Path(__file__).resolve().parents[1]
-# Pieces merged with a second --config (not experiments on their own).
-PIECES = {"trainer", "data"}
+# Pieces merged with a second --config (not experiments on their own), and the diffusion configs, which need
+# artifacts of earlier runs (VAE, classifier checkpoints): tests/lightning_modules/test_ldm.py instantiates those
+# with tiny stand-ins.
+PIECES = {"trainer", "data", "ldm"}
 
 
 def experiment_configs() -> list[Path]:
