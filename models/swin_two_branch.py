@@ -1,0 +1,310 @@
+"""Two-branch (global face + local descriptor) Swin Transformer with per-stage gated fusion.
+
+Implements the recognition model of
+
+    JI L X, REN H L, WANG W, et al. Multimodal and multiscale facial expression recognition analysis for learning
+    emotions. Journal of Zhengzhou University (Engineering Science), 2026, 47(3): 126-133.
+    doi:10.13705/j.issn.1671-6833.2025.06.016 (§2.2, eqs. 3-6)
+
+built on timm's Swin Transformer (Liu et al., ICCV 2021, https://arxiv.org/abs/2103.14030). The gate follows the
+"language gate" of LAVT (Yang et al., CVPR 2022), which the paper cites for it.
+
+Architecture (§2.2.1). A *global* Swin encodes the RGB face, a *local* Swin (same architecture, ``in_chans =
+descriptor_chans``) encodes the local-descriptor map (a saliency map in the paper, §2.2.2). Both run their four
+stages side by side; at the end of every stage ``i`` (1-based in the paper) the two stage outputs
+``G_i, L_i in R^{H_i x W_i x C_i}`` are fused:
+
+.. math::
+
+    F_i &= \\mathrm{Conv}_{3\\times3}\\big(\\mathrm{concat}(G_i, \\mathrm{tile}(L_i))\\big)       && (3)\\\\
+    S_i &= \\gamma_i(F_i) = \\sigma\\big(\\mathrm{Conv}_{1\\times1}(F_i)\\big)                  && (4)\\\\
+    E_i &= S_i \\odot F_i + G_i                                                         && (5)\\\\
+    E'_i &= E_i + \\tanh\\big(W_{i,2} * \\mathrm{ReLU}(W_{i,1} * E_i)\\big)                 && \\text{(refinement)}
+
+Readings chosen where the paper is vague (each one is a constructor option where cheap):
+
+* ``tile``: both branches see inputs of the same size and share the architecture, so ``L_i`` and ``G_i`` have the same
+  ``H_i x W_i`` and ``tile`` is the identity. If they differ (``local_img_size != img_size``) ``L_i`` is resized to
+  ``G_i``'s grid with nearest-neighbour interpolation, i.e. each local token is tiled over the global tokens it
+  covers.
+* ``gamma_i`` ("a combination of activation functions", eq. 4) is a learnable 1x1 convolution ``C_i -> C_i``
+  followed by a sigmoid, so each element of ``F_i`` gets a weight in (0, 1).
+* Refinement ("two convolution layers on E_i: a 1x1 convolution followed by ReLU, and tanh", end of §2.2.3): two 1x1
+  convolutions ``C_i -> C_i``, ReLU after the first and tanh after the second. ``refine="residual"`` (default) adds
+  the result to ``E_i`` (the line above), so the global stream is never squashed through the tanh bottleneck;
+  ``refine="replace"`` is the literal reading ``E'_i = tanh(W_2 * ReLU(W_1 * E_i))``; ``refine="none"`` skips it.
+* How ``E_i`` is used: ``E'_i`` **replaces** ``G_i`` as the input of the NEXT global stage (its patch merging and
+  blocks), and ``E'_4`` goes to the classification head (final LayerNorm, global average pool, linear). The local
+  branch continues on its own features ``L_i`` (it never sees the fused map).
+* Initialisation (not in the paper): by default (``fusion_init="zero"``) the fusion conv of eq. 3 and the last
+  refinement conv start at zero, so at step 0 every ``E'_i = G_i`` and the network equals the global-only Swin; it
+  then learns how much of the local branch to admit. ``fusion_init="default"`` uses PyTorch's conv init.
+* Cross-entropy (eq. 6) is the training loss; it lives in the system (``lightning_modules.fer.LitFER``).
+
+Ablations: ``fusion="add"`` replaces eq. 3 by ``F_i = G_i + L_i`` (the gate and refinement stay);
+``fusion="late"`` has no per-stage fusion and classifies ``concat(pool(norm_g(G_4)), pool(norm_l(L_4)))`` with a
+linear layer; ``branches="global"`` is the plain global Swin ("global branch only", Table 2).
+
+Swin stage outputs are NHWC; the fusion convolutions work in NCHW. The conversion happens only inside
+:class:`StageFusion` (NHWC in, NHWC out).
+
+Shapes:
+    image: ``[B, 3, H, W]`` (``H = W = img_size``)
+    descriptor: ``[B, descriptor_chans, H_l, W_l]`` (``H_l = W_l = local_img_size``, default ``img_size``)
+    G_i, L_i, F_i, S_i, E_i: ``[B, H_i, W_i, C_i]`` with ``H_i = H / (patch_size * 2^(i-1))``,
+    ``C_i = embed_dim * 2^(i-1)``
+    logits: ``[B, num_classes]``
+"""
+
+from __future__ import annotations
+
+import logging
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+FUSIONS = ("tile_concat", "add", "late")
+BRANCHES = ("two", "global")
+REFINES = ("residual", "replace", "none")
+INITS = ("zero", "default")
+
+
+class StageFusion(nn.Module):
+    """Tile-and-concatenate fusion (eq. 3), local gate (eqs. 4-5) and refinement for one Swin stage.
+
+    Args:
+        dim: Channel count ``C_i`` of both stage outputs.
+        fusion: ``"tile_concat"`` (eq. 3: 3x3 conv over the channel concatenation) or ``"add"`` (``F = G + L``).
+        refine: ``"residual"`` (``E + tanh(W2 ReLU(W1 E))``), ``"replace"`` (``tanh(W2 ReLU(W1 E))``) or ``"none"``.
+        init: ``"zero"``: the 3x3 fusion conv and (with ``refine="residual"``) the last refinement conv start at
+            zero, so ``E'_i = G_i`` at initialisation and the model starts as the global-only Swin, learning how
+            much local information to admit (the gradient of the fusion conv is ``S * dL/dE``, non-zero from the
+            first step); ``"default"``: PyTorch's default conv initialisation everywhere.
+
+    Shapes:
+        g: ``[B, H, W, C]`` global stage output (NHWC, as timm's Swin stages emit it)
+        loc: ``[B, H_l, W_l, C]`` local stage output; resized (tiled) to ``H x W`` when the grids differ
+        output: ``[B, H, W, C]`` enhanced feature ``E'_i`` (NHWC)
+    """
+
+    def __init__(
+        self, dim: int, fusion: str = "tile_concat", refine: str = "residual", init: str = "zero"
+    ) -> None:
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"StageFusion: init must be one of {INITS}, got {init!r}")
+        if fusion not in ("tile_concat", "add"):
+            raise ValueError(f"StageFusion: fusion must be 'tile_concat' or 'add', got {fusion!r}")
+        if refine not in REFINES:
+            raise ValueError(f"StageFusion: refine must be one of {REFINES}, got {refine!r}")
+        self.dim = dim
+        self.fusion = fusion
+        self.refine = refine
+        self.init = init
+        self.fuse_conv = nn.Conv2d(2 * dim, dim, kernel_size=3, padding=1) if fusion == "tile_concat" else None
+        self.gate_conv = nn.Conv2d(dim, dim, kernel_size=1)
+        if refine != "none":
+            self.refine_conv1 = nn.Conv2d(dim, dim, kernel_size=1)
+            self.refine_conv2 = nn.Conv2d(dim, dim, kernel_size=1)
+        else:
+            self.refine_conv1 = self.refine_conv2 = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in (self.fuse_conv, self.gate_conv, self.refine_conv1, self.refine_conv2):
+            if conv is not None:
+                conv.reset_parameters()
+        if self.init == "zero":
+            zero = [self.fuse_conv] + ([self.refine_conv2] if self.refine == "residual" else [])
+            for conv in zero:
+                if conv is not None:
+                    nn.init.zeros_(conv.weight)
+                    nn.init.zeros_(conv.bias)
+
+    def fuse(self, g: Tensor, loc: Tensor) -> Tensor:
+        """Eq. 3 on NCHW tensors: ``F = Conv3x3(concat(G, tile(L)))`` (or ``G + tile(L)`` for ``"add"``)."""
+        if loc.shape[-2:] != g.shape[-2:]:
+            loc = F.interpolate(loc, size=g.shape[-2:], mode="nearest")
+        if self.fuse_conv is None:
+            return g + loc
+        return self.fuse_conv(torch.cat([g, loc], dim=1))
+
+    def gate(self, f: Tensor) -> Tensor:
+        """Eq. 4 on NCHW tensors: ``S = sigmoid(Conv1x1(F))``."""
+        return torch.sigmoid(self.gate_conv(f))
+
+    def refine_features(self, e: Tensor) -> Tensor:
+        """Two-layer refinement of ``E`` on NCHW tensors (1x1 conv + ReLU, 1x1 conv + tanh)."""
+        if self.refine_conv1 is None:
+            return e
+        r = torch.tanh(self.refine_conv2(F.relu(self.refine_conv1(e))))
+        return e + r if self.refine == "residual" else r
+
+    def forward(self, g: Tensor, loc: Tensor) -> Tensor:
+        g_c = g.permute(0, 3, 1, 2)  # NHWC -> NCHW
+        l_c = loc.permute(0, 3, 1, 2)
+        f = self.fuse(g_c, l_c)
+        e = self.gate(f) * f + g_c  # eq. 5
+        e = self.refine_features(e)
+        return e.permute(0, 2, 3, 1)  # NCHW -> NHWC
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, fusion={self.fusion!r}, refine={self.refine!r}, init={self.init!r}"
+
+
+class TwoBranchSwin(nn.Module):
+    """Global (RGB face) + local (descriptor map) Swin Transformer with per-stage gated fusion (§2.2, eqs. 3-5).
+
+    Args:
+        num_classes: Number of emotion classes.
+        model_name: timm Swin entry point whose defaults the explicit arguments below override (and whose weights a
+            ``pretrained_file`` must match).
+        img_size: Side of the square RGB input.
+        local_img_size: Side of the square descriptor input; ``None`` means ``img_size``.
+        patch_size: Patch-embedding stride.
+        embed_dim: Channels ``C_1`` of stage 1 (doubles at each later stage).
+        depths: Swin blocks per stage (4 stages).
+        num_heads: Attention heads per stage; ``None`` uses ``max(1, C_i // 32)``.
+        window_size: Attention window side.
+        descriptor_chans: Channels of the descriptor map (1 for a saliency/LBP/energy map).
+        fusion: ``"tile_concat"`` (eq. 3, the paper), ``"add"`` or ``"late"`` (ablations, see module docstring).
+        branches: ``"two"`` (the paper) or ``"global"`` (global Swin only, ablation).
+        refine: Refinement after eq. 5: ``"residual"``, ``"replace"`` (literal) or ``"none"``.
+        fusion_init: ``"zero"`` (fusion starts as the identity on the global stream, see :class:`StageFusion`) or
+            ``"default"``.
+        pretrained_file: Local weight file of ``model_name`` (timm/original Swin state dict) loaded into both
+            branches (timm sums the RGB patch-embedding filters for the 1-channel local branch); ``None`` means
+            random initialisation. Nothing is ever downloaded.
+        drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic-depth rate of both Swins.
+
+    Shapes:
+        image: ``[B, 3, img_size, img_size]``
+        descriptor: ``[B, descriptor_chans, local_img_size, local_img_size]`` (ignored when ``branches="global"``)
+        output: ``[B, num_classes]`` logits
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        model_name: str = "swin_tiny_patch4_window7_224",
+        img_size: int = 224,
+        local_img_size: int | None = None,
+        patch_size: int = 4,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] | None = (3, 6, 12, 24),
+        window_size: int = 7,
+        descriptor_chans: int = 1,
+        fusion: str = "tile_concat",
+        branches: str = "two",
+        refine: str = "residual",
+        fusion_init: str = "zero",
+        pretrained_file: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"TwoBranchSwin: fusion must be one of {FUSIONS}, got {fusion!r}")
+        if branches not in BRANCHES:
+            raise ValueError(f"TwoBranchSwin: branches must be one of {BRANCHES}, got {branches!r}")
+        if fusion_init not in INITS:
+            raise ValueError(f"TwoBranchSwin: fusion_init must be one of {INITS}, got {fusion_init!r}")
+        if refine not in REFINES:
+            raise ValueError(f"TwoBranchSwin: refine must be one of {REFINES}, got {refine!r}")
+        if num_classes < 1:
+            raise ValueError(f"TwoBranchSwin: num_classes must be >= 1, got {num_classes}")
+        depths = tuple(depths)
+        if num_heads is None:
+            num_heads = tuple(max(1, embed_dim * 2**i // 32) for i in range(len(depths)))
+        num_heads = tuple(num_heads)
+        if len(num_heads) != len(depths):
+            raise ValueError(f"TwoBranchSwin: num_heads {num_heads} and depths {depths} differ in length")
+        for i, h in enumerate(num_heads):
+            if (embed_dim * 2**i) % h:
+                raise ValueError(f"TwoBranchSwin: stage {i} width {embed_dim * 2**i} not divisible by {h} heads")
+        self.num_classes = num_classes
+        self.fusion = fusion
+        self.branches = branches
+        self.refine = refine
+        self.inputs: tuple[str, ...] = ("image", "descriptor") if branches == "two" else ("image",)
+
+        common = {
+            "patch_size": patch_size,
+            "embed_dim": embed_dim,
+            "depths": depths,
+            "num_heads": num_heads,
+            "window_size": window_size,
+            "drop_path_rate": drop_path_rate,
+        }
+        late = branches == "two" and fusion == "late"
+        # the global Swin owns the final norm + head (norm, pool, linear), except for late fusion
+        self.global_branch = _create_swin(
+            model_name, pretrained_file, num_classes=0 if late else num_classes, in_chans=3, img_size=img_size,
+            drop_rate=drop_rate, **common,
+        )
+        self.local_branch: nn.Module | None = None
+        self.fusions = nn.ModuleList()
+        self.late_head: nn.Module | None = None
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        if branches == "two":
+            self.local_branch = _create_swin(
+                model_name, pretrained_file, num_classes=0, in_chans=descriptor_chans,
+                img_size=local_img_size or img_size, **common,
+            )
+            if late:
+                self.late_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(2 * dims[-1], num_classes))
+            else:
+                self.local_branch.norm = nn.Identity()  # L_4 only enters the stage-4 fusion, never a head
+                self.fusions = nn.ModuleList(
+                    StageFusion(d, fusion=fusion, refine=refine, init=fusion_init) for d in dims
+                )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the fusion and late-head layers (the Swins keep timm's init or loaded weights)."""
+        for fusion in self.fusions:
+            fusion.reset_parameters()
+        if self.late_head is not None:
+            self.late_head[1].reset_parameters()
+
+    def forward(self, image: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        g_net = self.global_branch
+        if self.local_branch is None:
+            return g_net.forward_head(g_net.norm(g_net.layers(g_net.patch_embed(image))))
+        if descriptor is None:
+            raise ValueError("TwoBranchSwin: branches='two' needs a descriptor map (batch key 'descriptor')")
+        l_net = self.local_branch
+        g = g_net.patch_embed(image)
+        loc = l_net.patch_embed(descriptor)
+        for i, (g_stage, l_stage) in enumerate(zip(g_net.layers, l_net.layers)):
+            g = g_stage(g)  # G_i (NHWC), computed from E'_{i-1}
+            loc = l_stage(loc)  # L_i (NHWC), the local branch never sees fused features
+            if self.late_head is None:
+                g = self.fusions[i](g, loc)  # E'_i feeds the next global stage / the head
+        if self.late_head is None:
+            return g_net.forward_head(g_net.norm(g))
+        pooled_g = g_net.forward_head(g_net.norm(g), pre_logits=True)
+        pooled_l = l_net.forward_head(l_net.norm(loc), pre_logits=True)
+        return self.late_head(torch.cat([pooled_g, pooled_l], dim=1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, branches={self.branches!r}, fusion={self.fusion!r}, "
+            f"refine={self.refine!r}, inputs={self.inputs}"
+        )
+
+
+def _create_swin(model_name: str, pretrained_file: str | None, **kwargs) -> nn.Module:
+    """Build a timm Swin, from a local weight file when one is given (never from the network)."""
+    if pretrained_file is None:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    log.info("Loading %s weights from %s", model_name, pretrained_file)
+    return timm.create_model(
+        model_name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs
+    )

@@ -1,0 +1,164 @@
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from models.swin_two_branch import StageFusion, TwoBranchSwin
+
+TINY = {"img_size": 32, "embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 4), "window_size": 4}
+
+
+def _inputs(b: int = 2, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(b, 3, size, size), torch.rand(b, 1, size, size)
+
+
+@pytest.mark.parametrize(
+    ("fusion", "branches"), [("tile_concat", "two"), ("add", "two"), ("late", "two"), ("tile_concat", "global")]
+)
+def test_output_shape_and_inputs(fusion: str, branches: str) -> None:
+    net = TwoBranchSwin(5, fusion=fusion, branches=branches, **TINY)
+    image, desc = _inputs()
+    out = net(image, desc)
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    assert net.inputs == (("image", "descriptor") if branches == "two" else ("image",))
+    assert f"fusion={fusion!r}" in repr(net)
+
+
+def test_stage_shapes_and_fused_feature_feeds_next_stage() -> None:
+    net = TwoBranchSwin(3, **TINY).eval()
+    image, desc = _inputs()
+    seen: dict[str, list] = {"fusion_in": [], "fusion_out": [], "stage_in": []}
+
+    def fusion_hook(module, args, out) -> None:
+        seen["fusion_in"].append(args)
+        seen["fusion_out"].append(out)
+
+    def stage_hook(module, args) -> None:
+        seen["stage_in"].append(args[0])
+
+    for fusion in net.fusions:
+        fusion.register_forward_hook(fusion_hook)
+    for stage in net.global_branch.layers:
+        stage.register_forward_pre_hook(stage_hook)
+    net(image, desc)
+    expected = [(2, 8, 8, 8), (2, 4, 4, 16), (2, 2, 2, 32), (2, 1, 1, 64)]  # NHWC per stage
+    for i, shape in enumerate(expected):
+        g, loc = seen["fusion_in"][i]
+        assert g.shape == shape and loc.shape == shape
+        assert seen["fusion_out"][i].shape == shape
+    for i in range(1, 4):  # E'_i (not G_i) is the input of global stage i+1
+        assert torch.equal(seen["stage_in"][i], seen["fusion_out"][i - 1])
+
+
+def test_gate_matches_equation_5_on_hand_set_gate() -> None:
+    fusion = StageFusion(4, fusion="tile_concat", refine="none", init="default")
+    with torch.no_grad():
+        fusion.gate_conv.weight.zero_()
+        fusion.gate_conv.bias.fill_(0.0)  # S = sigmoid(0) = 0.5 everywhere
+    g, loc = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 3, 4)
+    f = fusion.fuse(g.permute(0, 3, 1, 2), loc.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(fusion(g, loc), 0.5 * f + g)
+    with torch.no_grad():
+        fusion.gate_conv.bias.fill_(-1e4)  # S = 0: E = G exactly
+    torch.testing.assert_close(fusion(g, loc), g)
+
+
+@pytest.mark.parametrize("refine", ["residual", "replace", "none"])
+def test_fusion_nhwc_matches_manual_nchw(refine: str) -> None:
+    torch.manual_seed(1)
+    fusion = StageFusion(6, fusion="tile_concat", refine=refine, init="default")
+    g, loc = torch.randn(2, 5, 4, 6), torch.randn(2, 5, 4, 6)  # NHWC, H != W to catch transposes
+    g_c, l_c = g.permute(0, 3, 1, 2), loc.permute(0, 3, 1, 2)
+    f = F.conv2d(torch.cat([g_c, l_c], 1), fusion.fuse_conv.weight, fusion.fuse_conv.bias, padding=1)
+    s = torch.sigmoid(F.conv2d(f, fusion.gate_conv.weight, fusion.gate_conv.bias))
+    e = s * f + g_c
+    if refine != "none":
+        r = F.conv2d(e, fusion.refine_conv1.weight, fusion.refine_conv1.bias).relu()
+        r = torch.tanh(F.conv2d(r, fusion.refine_conv2.weight, fusion.refine_conv2.bias))
+        e = e + r if refine == "residual" else r
+    out = fusion(g, loc)
+    assert out.shape == g.shape
+    torch.testing.assert_close(out, e.permute(0, 2, 3, 1))
+
+
+def test_add_fusion_and_tiling_of_smaller_local_map() -> None:
+    fusion = StageFusion(4, fusion="add", refine="none")
+    g, loc = torch.randn(1, 4, 4, 4), torch.randn(1, 2, 2, 4)
+    f = fusion.fuse(g.permute(0, 3, 1, 2), loc.permute(0, 3, 1, 2))
+    tiled = loc.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).permute(0, 3, 1, 2)
+    torch.testing.assert_close(f, g.permute(0, 3, 1, 2) + tiled)
+
+
+def test_global_only_equals_plain_swin_forward() -> None:
+    net = TwoBranchSwin(4, branches="global", **TINY).eval()
+    plain = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=4, drop_path_rate=0.1, **TINY
+    ).eval()
+    plain.load_state_dict(net.global_branch.state_dict())
+    image, _ = _inputs()
+    torch.testing.assert_close(net(image), plain(image))
+    assert net.local_branch is None and len(net.fusions) == 0
+
+
+def test_gradients_reach_both_branches_and_fusions() -> None:
+    # 64 px so that stage 4 has 2x2 tokens (a 1x1 map gives its position-bias table no gradient)
+    net = TwoBranchSwin(3, drop_path_rate=0.0, fusion_init="default", **{**TINY, "img_size": 64})
+    image, desc = _inputs(size=64)
+    F.cross_entropy(net(image, desc), torch.tensor([0, 2])).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+    assert net.local_branch.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_zero_init_starts_as_global_model_then_learns_to_use_local_branch() -> None:
+    net = TwoBranchSwin(3, drop_path_rate=0.0, fusion_init="zero", **TINY)
+    glob = TwoBranchSwin(3, branches="global", drop_path_rate=0.0, **TINY)
+    glob.global_branch.load_state_dict(net.global_branch.state_dict())
+    image, desc = _inputs()
+    torch.testing.assert_close(net(image, desc), glob(image))  # E'_i = G_i at initialisation
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):  # step 1 moves the fusion conv off zero, step 2 then reaches the local branch
+        opt.zero_grad()
+        F.cross_entropy(net(image, desc), torch.tensor([0, 2])).backward()
+        assert net.fusions[0].fuse_conv.weight.grad.abs().sum() > 0
+        opt.step()
+    assert net.local_branch.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert not torch.allclose(net(image, desc), net(image, torch.zeros_like(desc)))
+
+
+def test_late_fusion_uses_local_features() -> None:
+    net = TwoBranchSwin(3, fusion="late", **TINY).eval()
+    image, desc = _inputs()
+    assert not torch.allclose(net(image, desc), net(image, torch.zeros_like(desc)))
+
+
+def test_missing_descriptor_and_bad_options_raise() -> None:
+    net = TwoBranchSwin(3, **TINY)
+    with pytest.raises(ValueError, match="TwoBranchSwin.*descriptor"):
+        net(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="TwoBranchSwin.*fusion"):
+        TwoBranchSwin(3, fusion="concat", **TINY)
+    with pytest.raises(ValueError, match="TwoBranchSwin.*branches"):
+        TwoBranchSwin(3, branches="local", **TINY)
+    with pytest.raises(ValueError, match="StageFusion.*refine"):
+        StageFusion(4, refine="mlp")
+    with pytest.raises(ValueError, match="TwoBranchSwin.*fusion_init"):
+        TwoBranchSwin(3, fusion_init="ones", **TINY)
+
+
+def test_pretrained_file_is_loaded_into_both_branches(tmp_path) -> None:
+    src = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=1000, **TINY)
+    path = tmp_path / "swin_tiny.pth"
+    torch.save(src.state_dict(), path)
+    net = TwoBranchSwin(5, pretrained_file=str(path), **TINY)
+    rand = TwoBranchSwin(5, **TINY)
+    key = "layers.2.blocks.0.attn.qkv.weight"
+    src_sd, g_sd, l_sd = src.state_dict(), net.global_branch.state_dict(), net.local_branch.state_dict()
+    assert torch.equal(g_sd[key], src_sd[key]) and torch.equal(l_sd[key], src_sd[key])
+    assert not torch.equal(rand.global_branch.state_dict()[key], src_sd[key])
+    assert torch.equal(g_sd["patch_embed.proj.weight"], src_sd["patch_embed.proj.weight"])
+    # timm adapts the RGB patch embedding to the 1-channel descriptor by summing over input channels
+    torch.testing.assert_close(l_sd["patch_embed.proj.weight"], src_sd["patch_embed.proj.weight"].sum(1, True))
+    assert net.global_branch.head.fc.weight.shape == (5, 64)  # new head for 5 classes
