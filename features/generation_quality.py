@@ -192,18 +192,38 @@ def generation_quality(
 
 
 def inception_scores(real: Tensor, generated: Tensor, weights_file: str) -> dict[str, float]:
-    """Standard FID (torchmetrics, InceptionV3 from a LOCAL weights file); needs ``torch-fidelity``."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    """Standard FID and Inception Score (torchmetrics + ``torch-fidelity``'s InceptionV3) from a LOCAL weights file.
+
+    The file must hold a plain state dict (torch-fidelity's ``pt_inception-2015-12-05`` weights): it is first read with
+    ``torch.load(weights_only=True)``, so a file that would execute code is refused before torch-fidelity loads it.
+
+    Shapes:
+        real, generated: ``[N, 3, H, W]`` float in [0, 1] (resized to 299 inside).
+
+    Returns:
+        ``{"fid_inception": ..., "is_inception": ...}`` (IS of the generated images, one split).
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore
     from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
     if not Path(weights_file).is_file():
         raise FileNotFoundError(f"inception_scores: InceptionV3 weights file not found: {weights_file}")
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise ImportError("inception_scores: the standard FID needs the 'torch-fidelity' package (not installed)")
+        raise ImportError("inception_scores: the standard FID/IS need the 'torch-fidelity' package")
+    try:
+        torch.load(weights_file, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain state dict
+        raise ValueError(f"inception_scores: {weights_file} is not a plain InceptionV3 state dict ({err})") from err
     fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_file)
     fid.update(real, real=True)
     fid.update(generated, real=False)
-    return {"fid_inception": float(fid.compute())}
+    logits = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=weights_file
+    )
+    score = InceptionScore(feature=logits, normalize=True, splits=1)
+    score.update(generated)
+    return {"fid_inception": float(fid.compute()), "is_inception": float(score.compute()[0])}
 
 
 class QualityFilter:

@@ -109,3 +109,38 @@ def test_frozen_encoder_loads_lightning_checkpoint_prefix(tmp_path):
     torch.save({"state_dict": {"other.w": torch.zeros(1)}}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="matches only"):
         FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(tmp_path / "bad.ckpt"))
+
+
+@pytest.mark.slow
+def test_standard_fid_and_is_from_a_local_inception_file(tmp_path, monkeypatch):
+    """The standard FID/IS path loads InceptionV3 from a local file (here a randomly initialised one: the real
+    weights cannot be downloaded on these machines) and never reaches the network."""
+    pytest.importorskip("torch_fidelity")
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    from features.generation_quality import inception_scores
+
+    # Build a random-init InceptionV3 state dict without the download that the constructor would do.
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    weights = tmp_path / "inception.pt"
+    torch.save(net.state_dict(), weights)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(fe, "load_state_dict_from_url", no_network)
+    g = torch.Generator().manual_seed(0)
+    real, gen = torch.rand(6, 3, 32, 32, generator=g), torch.rand(6, 3, 32, 32, generator=g)
+    out = inception_scores(real, gen, str(weights))
+    assert set(out) == {"fid_inception", "is_inception"}
+    assert out["fid_inception"] >= 0 and out["is_inception"] >= 1.0 - 1e-6
+    # identical sets: FID ~ 0
+    assert inception_scores(real, real, str(weights))["fid_inception"] < 1e-3 * (1 + out["fid_inception"])
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a plain InceptionV3 state dict"):
+        inception_scores(real, gen, str(bad))
