@@ -266,6 +266,25 @@ class AugmentedImageWriter(BasePredictionWriter):
             tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
             os.replace(tmp, self.output_root / SUMMARY)
             log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
+            real = getattr(trainer.datamodule, "counts", None)
+            if isinstance(real, dict) and real:
+                self.plot_before_after(real, summary)
+
+    def plot_before_after(self, real_counts: dict[str, int], summary: dict[str, Any]) -> Path:
+        """The class distribution of the train split before and after augmentation (the paper's Fig. 9), written
+        to ``<output_root>/class_distribution.png``."""
+        from callbacks.class_distribution import plot_class_distribution
+
+        accepted = {c: v.get("accepted", 0) for c, v in summary["per_class"].items()}
+        counts = {
+            "before (real train)": {c: {"real": n} for c, n in real_counts.items()},
+            "after (real + generated)": {c: {"real": n, "generated": accepted.get(c, 0)} for c, n in real_counts.items()},
+        }
+        final = self.output_root / "class_distribution.png"
+        tmp = self.output_root / ".class_distribution.tmp.png"
+        plot_class_distribution(counts, tmp, title="Train split before / after augmentation")
+        os.replace(tmp, final)
+        return final
 
 
 def summarise_manifest(output_root: str | Path) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def test_writes_pngs_manifest_and_never_touches_source(tmp_path, data_root):
     assert not list(out.rglob("*.tmp"))
     summary = json.loads((out / "manifest_summary.json").read_text())
     assert summary["total"]["accepted"] == 14
+    # the before/after class distribution (paper Fig. 9) is drawn next to the manifest
+    with Image.open(out / "class_distribution.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    assert not list(out.glob(".class_distribution*"))
 
 
 def test_refuses_output_inside_data_root(data_root):
@@ -104,7 +108,7 @@ def test_resume_after_interruption_without_duplicates(tmp_path, data_root):
     recs = [r for r in (json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.endswith("}"))]
     jobs = [r["job_index"] for r in recs]
     assert sorted(jobs) == list(range(14))  # every job exactly once
-    assert len(list(out.rglob("*.png"))) == 14
+    assert len(list(out.glob("*/*.png"))) == 14  # generated images live in class folders
 
 
 def test_unwritable_output_folder_clear_error_nothing_written(tmp_path, data_root):
@@ -133,7 +137,7 @@ def test_disk_full_mid_batch_leaves_no_partial_file(tmp_path, data_root, monkeyp
     assert not list(out.rglob("*.tmp"))
     recs = manifest(out)
     assert len(recs) == 4
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(r["file"] for r in recs)
+    assert sorted(str(p.relative_to(out)) for p in out.glob("*/*.png")) == sorted(r["file"] for r in recs)
 
 
 def test_quality_filter_rejections_are_counted(tmp_path, data_root):
@@ -147,7 +151,7 @@ def test_quality_filter_rejections_are_counted(tmp_path, data_root):
     recs = manifest(out)
     assert len(recs) == 14
     assert all(r["status"] == "rejected" and r["reason"] == "low_confidence" for r in recs)
-    assert not list(out.rglob("*.png"))
+    assert not list(out.glob("*/*.png"))
     summary = summarise_manifest(out)
     assert summary["total"]["rejected_low_confidence"] == 14
     quality_dup = QualityFilter(clf, min_confidence=0.0, duplicate_metric="mse", duplicate_threshold=1.0,

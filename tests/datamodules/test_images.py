@@ -257,3 +257,18 @@ def test_batch_transform_pure_flip_is_exact_and_identity_is_noop() -> None:
     torch.testing.assert_close(flip(samples)["image"], ref.flip(-1), atol=1e-5, rtol=0)
     ident = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), affine_degrees=0.0, augment="train")
     torch.testing.assert_close(ident(samples)["image"], ref)
+
+
+def test_generated_root_sidecars_are_not_images(tmp_path: Path) -> None:
+    """A generated root holds the writer's manifest, summary and before/after chart beside its class folders."""
+    root = tmp_path / "augmented"
+    (root / "happy").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "happy" / "a.png")
+    (root / "manifest.jsonl").write_text("{}\n")
+    (root / "manifest_summary.json").write_text("{}")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "class_distribution.png")
+    records = scan_class_folders(root, ["happy", "sad"], require_all_classes=False)
+    assert [Path(r.path).name for r in records] == ["a.png"]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "stray.png")
+    with pytest.raises(ValueError, match="loose file"):
+        scan_class_folders(root, ["happy", "sad"], require_all_classes=False)
