@@ -45,8 +45,9 @@ Ablations: ``fusion="add"`` replaces eq. 3 by ``F_i = G_i + L_i`` (the gate and 
 ``fusion="late"`` has no per-stage fusion and classifies ``concat(pool(norm_g(G_4)), pool(norm_l(L_4)))`` with a
 linear layer; ``branches="global"`` is the plain global Swin ("global branch only", Table 2).
 
-Swin stage outputs are NHWC; the fusion convolutions work in NCHW. The conversion happens only inside
-:class:`StageFusion` (NHWC in, NHWC out).
+Swin stage outputs are NHWC and :class:`StageFusion` works on them directly (NHWC in, NHWC out): the 1x1
+convolutions are applied as linear maps over the channel axis (same weights, same state-dict keys as ``nn.Conv2d``)
+and only the 3x3 convolution of eq. 3 converts its input to NCHW.
 
 Shapes:
     image: ``[B, 3, H, W]`` (``H = W = img_size``)
@@ -125,32 +126,49 @@ class StageFusion(nn.Module):
                     nn.init.zeros_(conv.weight)
                     nn.init.zeros_(conv.bias)
 
-    def fuse(self, g: Tensor, loc: Tensor) -> Tensor:
-        """Eq. 3 on NCHW tensors: ``F = Conv3x3(concat(G, tile(L)))`` (or ``G + tile(L)`` for ``"add"``)."""
-        if loc.shape[-2:] != g.shape[-2:]:
-            loc = F.interpolate(loc, size=g.shape[-2:], mode="nearest")
+    # The maths runs on NHWC tensors (the layout timm's Swin stages emit): the 1x1 convolutions are applied as
+    # ``F.linear`` over the channel axis with the conv weights viewed as ``[C_out, C_in]`` (the same operation, no
+    # layout round trip), and only the 3x3 convolution of eq. 3 sees an NCHW tensor. The public ``fuse`` / ``gate`` /
+    # ``refine_features`` take NCHW tensors (thin wrappers around the NHWC code, kept for inspection and tests).
+
+    def _fuse_nhwc(self, g: Tensor, loc: Tensor) -> Tensor:
+        """Eq. 3 on NHWC tensors ``[B, H, W, C]``; returns ``F`` as ``[B, H, W, C]``."""
+        if loc.shape[1:3] != g.shape[1:3]:  # tile L onto G's grid (identity when the grids match)
+            loc = F.interpolate(loc.permute(0, 3, 1, 2), size=g.shape[1:3], mode="nearest").permute(0, 2, 3, 1)
         if self.fuse_conv is None:
             return g + loc
-        return self.fuse_conv(torch.cat([g, loc], dim=1))
+        # NHWC concat, then one copy to contiguous NCHW: on CPU (oneDNN) the 3x3 conv and especially its backward
+        # on the small late-stage grids are faster on contiguous NCHW than on the channels_last view
+        x = torch.cat([g, loc], dim=-1).permute(0, 3, 1, 2).contiguous()
+        return self.fuse_conv(x).permute(0, 2, 3, 1)
+
+    def _gate_nhwc(self, f: Tensor) -> Tensor:
+        """Eq. 4 on NHWC tensors: ``S = sigmoid(Conv1x1(F))``."""
+        return torch.sigmoid(_pointwise(self.gate_conv, f))
+
+    def _refine_nhwc(self, e: Tensor) -> Tensor:
+        """Two-layer refinement of ``E`` on NHWC tensors (1x1 conv + ReLU, 1x1 conv + tanh)."""
+        if self.refine_conv1 is None:
+            return e
+        r = torch.tanh(_pointwise(self.refine_conv2, F.relu(_pointwise(self.refine_conv1, e))))
+        return e + r if self.refine == "residual" else r
+
+    def fuse(self, g: Tensor, loc: Tensor) -> Tensor:
+        """Eq. 3 on NCHW tensors: ``F = Conv3x3(concat(G, tile(L)))`` (or ``G + tile(L)`` for ``"add"``)."""
+        return self._fuse_nhwc(g.permute(0, 2, 3, 1), loc.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def gate(self, f: Tensor) -> Tensor:
         """Eq. 4 on NCHW tensors: ``S = sigmoid(Conv1x1(F))``."""
-        return torch.sigmoid(self.gate_conv(f))
+        return self._gate_nhwc(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def refine_features(self, e: Tensor) -> Tensor:
         """Two-layer refinement of ``E`` on NCHW tensors (1x1 conv + ReLU, 1x1 conv + tanh)."""
-        if self.refine_conv1 is None:
-            return e
-        r = torch.tanh(self.refine_conv2(F.relu(self.refine_conv1(e))))
-        return e + r if self.refine == "residual" else r
+        return self._refine_nhwc(e.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, g: Tensor, loc: Tensor) -> Tensor:
-        g_c = g.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        l_c = loc.permute(0, 3, 1, 2)
-        f = self.fuse(g_c, l_c)
-        e = self.gate(f) * f + g_c  # eq. 5
-        e = self.refine_features(e)
-        return e.permute(0, 2, 3, 1)  # NCHW -> NHWC
+        f = self._fuse_nhwc(g, loc)
+        e = torch.addcmul(g, self._gate_nhwc(f), f)  # eq. 5: E = S * F + G
+        return self._refine_nhwc(e)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, fusion={self.fusion!r}, refine={self.refine!r}, init={self.init!r}"
@@ -298,6 +316,16 @@ class TwoBranchSwin(nn.Module):
             f"num_classes={self.num_classes}, branches={self.branches!r}, fusion={self.fusion!r}, "
             f"refine={self.refine!r}, inputs={self.inputs}"
         )
+
+
+def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """Apply a 1x1 ``nn.Conv2d`` to an NHWC tensor as a linear map over the channel axis (identical maths).
+
+    Shapes:
+        x: ``[B, H, W, C_in]``
+        output: ``[B, H, W, C_out]``
+    """
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
 def _create_swin(model_name: str, pretrained_file: str | None, **kwargs) -> nn.Module:

@@ -162,3 +162,27 @@ def test_pretrained_file_is_loaded_into_both_branches(tmp_path) -> None:
     # timm adapts the RGB patch embedding to the 1-channel descriptor by summing over input channels
     torch.testing.assert_close(l_sd["patch_embed.proj.weight"], src_sd["patch_embed.proj.weight"].sum(1, True))
     assert net.global_branch.head.fc.weight.shape == (5, 64)  # new head for 5 classes
+
+
+def test_fusion_linear_1x1_path_matches_conv2d_reference_in_values_and_gradients() -> None:
+    """The NHWC fast path (1x1 convs as F.linear, NCHW only for the 3x3 conv) is the same maths as nn.Conv2d."""
+    torch.manual_seed(2)
+    fusion = StageFusion(6, fusion="tile_concat", refine="residual", init="default")
+    assert set(fusion.state_dict()) == {
+        f"{name}.{p}" for name in ("fuse_conv", "gate_conv", "refine_conv1", "refine_conv2") for p in ("weight", "bias")
+    }
+    assert fusion.gate_conv.weight.shape == (6, 6, 1, 1)  # checkpoints keep the Conv2d layout
+    g = torch.randn(2, 4, 6, 6, requires_grad=True)
+    loc = torch.randn(2, 2, 3, 6, requires_grad=True)  # smaller local grid: tiled (nearest) onto G's grid
+    fusion(g, loc).square().sum().backward()
+    fast = [t.grad.clone() for t in (g, loc, *fusion.parameters())]
+    for t in (g, loc, *fusion.parameters()):
+        t.grad = None
+    g_c = g.permute(0, 3, 1, 2)
+    l_c = F.interpolate(loc.permute(0, 3, 1, 2), size=(4, 6), mode="nearest")
+    f = fusion.fuse_conv(torch.cat([g_c, l_c], 1))
+    e = torch.sigmoid(fusion.gate_conv(f)) * f + g_c
+    e = e + torch.tanh(fusion.refine_conv2(fusion.refine_conv1(e).relu()))
+    e.permute(0, 2, 3, 1).square().sum().backward()
+    for got, ref in zip(fast, (g.grad, loc.grad, *(p.grad for p in fusion.parameters()))):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
