@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_modules.metrics_fer import FERMetrics
-from lightning_modules.msa import build_param_groups
+from lightning_modules.optim import build_optimization
 
 __all__ = ["FERNet", "LitFER"]
 
@@ -55,7 +55,7 @@ class LitFER(LightningModule):
         class_weights: Optional per-class loss weights (length ``num_classes``).
         lr_multipliers: ``{parameter-name prefix: multiplier}`` of the base learning rate, e.g.
             ``{"global_branch.head.": 10.0}``; 0 freezes (groups are chosen by name, see
-            :func:`lightning_modules.msa.build_param_groups`).
+            :func:`lightning_modules.optim.build_param_groups`).
         num_classes: Data-derived; taken from ``trainer.datamodule.num_classes`` in :meth:`setup` when ``None``
             and stored in the hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
         class_names: Data-derived like ``num_classes`` (metric keys ``test/recall_<class>``, plots).
@@ -204,14 +204,5 @@ class LitFER(LightningModule):
     def configure_optimizers(self) -> Any:
         if self.net is None:
             raise RuntimeError("LitFER: configure_optimizers called before the net was built")
-        groups = build_param_groups(self.net, self.hparams.lr_multipliers)
-        optimizer = self.optimizer_factory(groups)
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group.get("lr_multiplier", 1.0)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
-        }
+        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
+                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor)

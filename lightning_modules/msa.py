@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-
 from torchmetrics import MeanMetric
 
 from lightning_modules.metrics_msa import MSAMetrics
+from lightning_modules.optim import build_optimization, build_param_groups
 
 __all__ = ["LitMSA", "build_param_groups"]
 
@@ -32,41 +32,6 @@ _LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mse": F.mse_loss,
     "smooth_l1": F.smooth_l1_loss,
 }
-
-
-def build_param_groups(module: nn.Module, lr_multipliers: dict[str, float] | None) -> list[dict[str, Any]]:
-    """Parameter groups chosen by parameter *name* prefix (never by position).
-
-    Args:
-        module: the model.
-        lr_multipliers: ``{name_prefix: multiplier}``; a parameter joins the group of the longest matching
-            prefix, the rest form the base group (multiplier 1). A multiplier of 0 freezes the group.
-
-    Returns:
-        a list of ``{"params": [...], "name": prefix, "lr_multiplier": m}`` dicts, empty groups omitted.
-    """
-    prefixes = sorted((lr_multipliers or {}).items(), key=lambda kv: -len(kv[0]))
-    groups: dict[str, dict[str, Any]] = {"": {"params": [], "name": "base", "lr_multiplier": 1.0}}
-    for prefix, mult in prefixes:
-        groups[prefix] = {"params": [], "name": prefix, "lr_multiplier": float(mult)}
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        key = next((pre for pre, _ in prefixes if name.startswith(pre)), "")
-        groups[key]["params"].append(p)
-    unused = [pre for pre, _ in prefixes if not groups[pre]["params"]]
-    if unused:
-        raise ValueError(f"build_param_groups: no trainable parameter name starts with {unused}")
-    out = []
-    for g in groups.values():
-        if not g["params"]:
-            continue
-        if g["lr_multiplier"] == 0.0:
-            for p in g["params"]:
-                p.requires_grad_(False)
-            continue
-        out.append(g)
-    return out
 
 
 class LitMSA(LightningModule):
@@ -200,14 +165,5 @@ class LitMSA(LightningModule):
     def configure_optimizers(self) -> Any:
         if self.net is None:
             raise RuntimeError("LitMSA: configure_optimizers called before the net was built")
-        groups = build_param_groups(self.net, self.hparams.lr_multipliers)
-        optimizer = self.optimizer_factory(groups)
-        for g in optimizer.param_groups:
-            g["lr"] = g["lr"] * g.get("lr_multiplier", 1.0)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
-        }
+        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
+                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor)
