@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
@@ -269,6 +270,43 @@ class AugmentedImageWriter(BasePredictionWriter):
             real = getattr(trainer.datamodule, "counts", None)
             if isinstance(real, dict) and real:
                 self.plot_before_after(real, summary)
+            self.write_sample_grid()
+
+    def write_sample_grid(self, per_class: int = 8) -> Path | None:
+        """A grid of accepted images, one row per class (first ``per_class`` of each, in manifest order), written to
+        ``<output_root>/samples_grid.png``; ``None`` when nothing was accepted."""
+        from callbacks.diffusion_samples import make_grid
+
+        files: dict[str, list[str]] = {}
+        for line in (self.output_root / MANIFEST).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("status") == "accepted" and len(files.setdefault(rec["class"], [])) < per_class:
+                files[rec["class"]].append(rec["file"])
+        files = {c: f for c, f in files.items() if f}
+        if not files:
+            return None
+        tiles = []
+        size = None
+        for cls in sorted(files):
+            for i in range(per_class):
+                if i < len(files[cls]):
+                    with Image.open(self.output_root / files[cls][i]) as im:
+                        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                    size = size or arr.shape[:2]
+                    tiles.append(torch.from_numpy(arr).permute(2, 0, 1))
+                else:
+                    tiles.append(None)
+        blank = torch.zeros(3, *size)
+        grid = make_grid(torch.stack([t if t is not None else blank for t in tiles]), rows=len(files))
+        final = self.output_root / "samples_grid.png"
+        tmp = self.output_root / ".samples_grid.tmp.png"
+        Image.fromarray(grid).save(tmp, format="PNG")
+        os.replace(tmp, final)
+        log.info("Sample grid (rows: %s) written to %s", ", ".join(sorted(files)), final)
+        return final
 
     def plot_before_after(self, real_counts: dict[str, int], summary: dict[str, Any]) -> Path:
         """The class distribution of the train split before and after augmentation (the paper's Fig. 9), written

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 #: Files in a root/class folder that are never treated as images (side-car files written by this project).
 # manifest files and the augmenter's report next to the class folders of a generated root
-SIDECAR_NAMES: frozenset[str] = frozenset({"manifest.jsonl", "manifest.csv", "Thumbs.db", "class_distribution.png"})
+SIDECAR_NAMES: frozenset[str] = frozenset(
+    {"manifest.jsonl", "manifest.csv", "Thumbs.db", "class_distribution.png", "samples_grid.png"}
+)
 #: Origin tag of images from the main root (generated images carry the name of their extra root).
 REAL_ORIGIN = "real"
 

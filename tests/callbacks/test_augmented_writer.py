@@ -85,6 +85,9 @@ def test_writes_pngs_manifest_and_never_touches_source(tmp_path, data_root):
     with Image.open(out / "class_distribution.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
     assert not list(out.glob(".class_distribution*"))
+    # and a sample grid: one row per class, 8 columns of 8x8 images
+    with Image.open(out / "samples_grid.png") as im:
+        assert im.size == (8 * 8, 3 * 8)
 
 
 def test_refuses_output_inside_data_root(data_root):
