@@ -448,7 +448,7 @@ class FrozenImageEncoder(nn.Module):
             path = Path(checkpoint_path)
             if not path.is_file():
                 raise FileNotFoundError(f"FrozenImageEncoder: checkpoint not found: {path}")
-            raw = torch.load(str(path), map_location="cpu", weights_only=False)
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
             state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
             own = self.model.state_dict()
             matched = _strip_to_model_keys(state, set(own))

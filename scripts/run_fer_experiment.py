@@ -127,7 +127,7 @@ def run_one(model: str, dataset: str, args: argparse.Namespace, out: Path) -> di
     if best:
         import torch
 
-        best_epoch = torch.load(best, map_location="cpu", weights_only=False)["epoch"]
+        best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
     n_test = int(lit.confusion_matrices["test"].sum()) if "test" in lit.confusion_matrices else 0
     return {
         "model": model,
