@@ -434,10 +434,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--max-per-split", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--if-exists", choices=["error", "keep"], default="error",
+                        help="when --out exists (and no --overwrite): stop with an error, or keep it and exit 0")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     out = Path(args.out)
+    if out.exists() and not args.overwrite and args.if_exists == "keep":
+        log.info("%s exists: kept as it is (--if-exists keep)", out)
+        return out
     if out.exists() and not args.overwrite:
         parser.error(f"{out} already exists; pass --overwrite to replace it")
     data = generate_mmsa(

@@ -241,3 +241,15 @@ def test_read_real_mosei_labels():
     sizes = {s: len(real[s]["label"]) for s in real}
     assert sizes == {"train": 16327, "valid": 1871, "test": 4662}  # the CSV's split codes 0/1/2
     assert set(np.unique(real["train"]["label"]).tolist()) <= {-3, -2, -1, 0, 1, 2, 3}
+
+
+def test_if_exists_keep_leaves_the_file_untouched(tmp_path):
+    from features.synthetic_mmsa import main
+
+    out = tmp_path / "demo.pkl"
+    main(["--out", str(out), "--n-train", "4", "--n-valid", "2", "--n-test", "2", "--dims", "8", "3", "4"])
+    before = (out.stat().st_mtime_ns, out.read_bytes())
+    assert main(["--out", str(out), "--if-exists", "keep", "--seed", "9"]) == out
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == before
+    with pytest.raises(SystemExit):
+        main(["--out", str(out)])
