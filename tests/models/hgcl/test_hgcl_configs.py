@@ -45,7 +45,7 @@ def test_hgcl_config_builds_the_intended_net(config: Path) -> None:
     assert set(out["aux_losses"]) == EXPECTED[config.stem]
 
 
-@pytest.mark.slow
+# About a second each: in the default run, since every ablation config must run (issue: fast_dev_run).
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
