@@ -144,9 +144,11 @@ class AffectCLI(LightningCLI):
         elif ckpt is not None and getattr(ckpt, "last_model_path", ""):
             ckpt_path = ckpt.last_model_path
         rank_zero_info(f"Evaluating {ckpt_path or 'the final weights'} on the validation and test splits")
-        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
-        if self.datamodule is not None and is_overridden("test_dataloader", self.datamodule):
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        dm = self.datamodule
+        if is_overridden("validation_step", self.model) and dm is not None and is_overridden("val_dataloader", dm):
+            self.trainer.validate(self.model, datamodule=dm, ckpt_path=ckpt_path)
+        if is_overridden("test_step", self.model) and dm is not None and is_overridden("test_dataloader", dm):
+            self.trainer.test(self.model, datamodule=dm, ckpt_path=ckpt_path)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = list(callbacks)
