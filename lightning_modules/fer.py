@@ -186,8 +186,9 @@ class LitFER(LightningModule):
         if not metrics.update_called:
             return
         values = metrics.compute(self.class_names, per_class=stage != "train")
-        # torchmetrics already gathered the states across processes: every rank logs the same value
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+        # torchmetrics already gathered the states across processes: every rank holds the same value, which
+        # sync_dist averages exactly (and Lightning stops warning about unsynchronised epoch-level logs)
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         self.confusion_matrices[stage] = metrics.compute_confusion().cpu()
         metrics.reset()
 

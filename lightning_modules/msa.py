@@ -148,8 +148,9 @@ class LitMSA(LightningModule):
         if not metric.update_called:
             return
         values = metric.compute()
-        # Values are already synchronised across processes (the states are gathered), so every rank logs the same.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
+        # The states were gathered across processes, so every rank holds the same values; sync_dist averages equal
+        # numbers (exact) and keeps Lightning from warning about unsynchronised epoch-level logs.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         metric.reset()
 
     def on_train_epoch_end(self) -> None:
