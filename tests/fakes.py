@@ -129,3 +129,26 @@ def write_malicious_pickle(path: str | os.PathLike, marker: str | os.PathLike, v
     data = make_mmsa_dict(4, 2, 2)
     data["train"]["audio"] = _WriteMarker(Path(marker), via)
     return write_pickle(data, path)
+
+
+def write_tiny_bert(
+    path: str | os.PathLike, vocab_size: int = 30522, num_layers: int = 1, max_positions: int = 64, seed: int = 0
+) -> str:
+    """Save a randomly initialised 16-wide BERT with ``save_pretrained`` (a local text encoder, no hub access).
+
+    ``vocab_size=30522`` is the uncased vocabulary of MMSA's ``text_bert`` ids (which the fakes use).
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_positions,
+    )
+    BertModel(config).save_pretrained(path)
+    return str(path)

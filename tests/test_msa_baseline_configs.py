@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cli import cli_main
-from tests.fakes import write_mmsa_pickle
+from tests.fakes import write_mmsa_pickle, write_tiny_bert
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 CONFIGS = sorted(CONFIG_DIR.glob("msa_*_mosi.yaml"))
@@ -16,20 +16,7 @@ CONFIGS = sorted(CONFIG_DIR.glob("msa_*_mosi.yaml"))
 
 @pytest.fixture(scope="module")
 def tiny_bert_full_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    path = tmp_path_factory.mktemp("tiny_bert_cfg")
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert_cfg"))
 
 
 def test_all_baseline_configs_present() -> None:

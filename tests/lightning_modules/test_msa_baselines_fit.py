@@ -19,7 +19,7 @@ from models.mfn import MFN
 from models.misa import MISA
 from models.mult import MulT
 from models.self_mm import SelfMM
-from tests.fakes import write_mmsa_pickle
+from tests.fakes import write_mmsa_pickle, write_tiny_bert
 
 TINY = {
     "lmf": functools.partial(LMF, text_hidden=8, text_out=4, audio_hidden=4, vision_hidden=4, rank=2),
@@ -46,20 +46,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def tiny_bert_full_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1-layer, 16-wide random BERT with the uncased vocabulary size (the fakes use real word-piece ids)."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    path = tmp_path_factory.mktemp("tiny_bert_vocab")
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert_vocab"))
 
 
 def _fit(tmp_path: Path, net: Callable[..., nn.Module], aligned: bool = True) -> Trainer:

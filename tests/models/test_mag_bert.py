@@ -10,6 +10,7 @@ import torch
 from models.mag_bert import MAG, MAGBERT
 from models.misa import MISA
 from models.self_mm import SelfMM
+from tests.fakes import write_tiny_bert
 
 DIMS = {"text": 16, "audio": 5, "vision": 7}
 LENS = {"text": 8, "audio": 8, "vision": 8}
@@ -19,21 +20,7 @@ VOCAB = 40
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 16-wide random BERT written with ``save_pretrained`` (no hub access)."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        type_vocab_size=2,
-    )
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), vocab_size=VOCAB, num_layers=2, max_positions=16)
 
 
 def make_batch(seed: int = 0) -> dict:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from models.hgcl import HGCL, TextEncoder
+from tests.fakes import write_tiny_bert
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 LENS = {"text": 8, "audio": 8, "vision": 8}
@@ -191,19 +192,7 @@ def test_bad_arguments_and_batches_raise():
 @pytest.fixture
 def tiny_bert_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from transformers import BertConfig, BertModel
-
-    cfg = BertConfig(
-        vocab_size=120,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(tmp_path / "tiny_bert")
-    return str(tmp_path / "tiny_bert")
+    return write_tiny_bert(tmp_path / "tiny_bert", vocab_size=120, max_positions=32)
 
 
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
