@@ -27,5 +27,6 @@ def test_models_do_not_import_lightning() -> None:
         "bad = [k for k in sys.modules if k == 'lightning' or k.startswith('lightning.') or k.startswith('pytorch_lightning')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         check=False)
     assert res.returncode == 0, res.stdout + res.stderr
