@@ -213,7 +213,7 @@ def inception_scores(real: Tensor, generated: Tensor, weights_file: str) -> dict
         raise ImportError("inception_scores: the standard FID/IS need the 'torch-fidelity' package")
     try:
         torch.load(weights_file, weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain state dict
+    except Exception as err:  # any failure means the file is not a plain state dict
         raise ValueError(f"inception_scores: {weights_file} is not a plain InceptionV3 state dict ({err})") from err
     fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_file)
     fid.update(real, real=True)
