@@ -41,6 +41,12 @@ Readings chosen where the paper is vague (each one is a constructor option where
   then learns how much of the local branch to admit. ``fusion_init="default"`` uses PyTorch's conv init.
 * Cross-entropy (eq. 6) is the training loss; it lives in the system (``lightning_modules.fer.LitFER``).
 
+Cost. Eq. 3's dense 3x3 convolution ``2C_i -> C_i`` costs ``18 C_i^2`` multiply-adds per token, about 0.55 of
+a Swin-T stage's blocks, so the two-branch model needs about 2.5x the FLOPs of the global-only Swin at any input size
+(two Swins: 2.0x). ``fusion_conv="separable"`` (not in the paper; a cheaper variant for CPU budgets) keeps eq. 3's
+input (the concatenation) and its 3x3 receptive field but factorises the convolution into a depthwise 3x3 over the
+``2C_i`` channels followed by a pointwise ``2C_i -> C_i`` map (``2 C_i^2 + 18 C_i`` per token, about 1/9).
+
 Ablations: ``fusion="add"`` replaces eq. 3 by ``F_i = G_i + L_i`` (the gate and refinement stay);
 ``fusion="late"`` has no per-stage fusion and classifies ``concat(pool(norm_g(G_4)), pool(norm_l(L_4)))`` with a
 linear layer; ``branches="global"`` is the plain global Swin ("global branch only", Table 2).
@@ -69,6 +75,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 FUSIONS = ("tile_concat", "add", "late")
+FUSION_CONVS = ("full", "separable")
 BRANCHES = ("two", "global")
 REFINES = ("residual", "replace", "none")
 INITS = ("zero", "default")
@@ -80,8 +87,11 @@ class StageFusion(nn.Module):
     Args:
         dim: Channel count ``C_i`` of both stage outputs.
         fusion: ``"tile_concat"`` (eq. 3: 3x3 conv over the channel concatenation) or ``"add"`` (``F = G + L``).
+        fusion_conv: The 3x3 convolution of eq. 3: ``"full"`` (dense ``2C -> C``, the paper) or ``"separable"``
+            (depthwise 3x3 over the ``2C`` concatenated channels, then a pointwise ``2C -> C`` map; ~1/9 the cost).
+            Ignored for ``fusion="add"``.
         refine: ``"residual"`` (``E + tanh(W2 ReLU(W1 E))``), ``"replace"`` (``tanh(W2 ReLU(W1 E))``) or ``"none"``.
-        init: ``"zero"``: the 3x3 fusion conv and (with ``refine="residual"``) the last refinement conv start at
+        init: ``"zero"``: the fusion conv (the pointwise map for ``"separable"``) and (with ``refine="residual"``) the last refinement conv start at
             zero, so ``E'_i = G_i`` at initialisation and the model starts as the global-only Swin, learning how
             much local information to admit (the gradient of the fusion conv is ``S * dL/dE``, non-zero from the
             first step); ``"default"``: PyTorch's default conv initialisation everywhere.
@@ -93,7 +103,12 @@ class StageFusion(nn.Module):
     """
 
     def __init__(
-        self, dim: int, fusion: str = "tile_concat", refine: str = "residual", init: str = "zero"
+        self,
+        dim: int,
+        fusion: str = "tile_concat",
+        refine: str = "residual",
+        init: str = "zero",
+        fusion_conv: str = "full",
     ) -> None:
         super().__init__()
         if init not in INITS:
@@ -102,11 +117,22 @@ class StageFusion(nn.Module):
             raise ValueError(f"StageFusion: fusion must be 'tile_concat' or 'add', got {fusion!r}")
         if refine not in REFINES:
             raise ValueError(f"StageFusion: refine must be one of {REFINES}, got {refine!r}")
+        if fusion_conv not in FUSION_CONVS:
+            raise ValueError(f"StageFusion: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
         self.dim = dim
         self.fusion = fusion
         self.refine = refine
         self.init = init
-        self.fuse_conv = nn.Conv2d(2 * dim, dim, kernel_size=3, padding=1) if fusion == "tile_concat" else None
+        self.fusion_conv = fusion_conv if fusion == "tile_concat" else None
+        # fuse_conv is the layer whose output is F (zero-initialised with init="zero"): the dense 3x3 conv, or the
+        # pointwise 2C -> C map after the depthwise 3x3 (fuse_dw) for the separable variant
+        self.fuse_dw: nn.Conv2d | None = None
+        self.fuse_conv: nn.Conv2d | None = None
+        if self.fusion_conv == "full":
+            self.fuse_conv = nn.Conv2d(2 * dim, dim, kernel_size=3, padding=1)
+        elif self.fusion_conv == "separable":
+            self.fuse_dw = nn.Conv2d(2 * dim, 2 * dim, kernel_size=3, padding=1, groups=2 * dim)
+            self.fuse_conv = nn.Conv2d(2 * dim, dim, kernel_size=1)
         self.gate_conv = nn.Conv2d(dim, dim, kernel_size=1)
         if refine != "none":
             self.refine_conv1 = nn.Conv2d(dim, dim, kernel_size=1)
@@ -116,7 +142,7 @@ class StageFusion(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for conv in (self.fuse_conv, self.gate_conv, self.refine_conv1, self.refine_conv2):
+        for conv in (self.fuse_dw, self.fuse_conv, self.gate_conv, self.refine_conv1, self.refine_conv2):
             if conv is not None:
                 conv.reset_parameters()
         if self.init == "zero":
@@ -137,6 +163,11 @@ class StageFusion(nn.Module):
             loc = F.interpolate(loc.permute(0, 3, 1, 2), size=g.shape[1:3], mode="nearest").permute(0, 2, 3, 1)
         if self.fuse_conv is None:
             return g + loc
+        if self.fuse_dw is not None:
+            # separable: the NCHW view of the NHWC concat is channels_last, which oneDNN's depthwise conv takes
+            # natively (several times faster than a contiguous NCHW copy here); its output permutes back for free
+            x = self.fuse_dw(torch.cat([g, loc], dim=-1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return _pointwise(self.fuse_conv, x)
         # NHWC concat, then one copy to contiguous NCHW: on CPU (oneDNN) the 3x3 conv and especially its backward
         # on the small late-stage grids are faster on contiguous NCHW than on the channels_last view
         x = torch.cat([g, loc], dim=-1).permute(0, 3, 1, 2).contiguous()
@@ -171,7 +202,8 @@ class StageFusion(nn.Module):
         return self._refine_nhwc(e)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, fusion={self.fusion!r}, refine={self.refine!r}, init={self.init!r}"
+        conv = f", fusion_conv={self.fusion_conv!r}" if self.fusion_conv else ""
+        return f"dim={self.dim}, fusion={self.fusion!r}{conv}, refine={self.refine!r}, init={self.init!r}"
 
 
 class TwoBranchSwin(nn.Module):
@@ -190,6 +222,8 @@ class TwoBranchSwin(nn.Module):
         window_size: Attention window side.
         descriptor_chans: Channels of the descriptor map (1 for a saliency/LBP/energy map).
         fusion: ``"tile_concat"`` (eq. 3, the paper), ``"add"`` or ``"late"`` (ablations, see module docstring).
+        fusion_conv: Eq. 3's convolution for ``"tile_concat"``: ``"full"`` (dense 3x3, the paper) or
+            ``"separable"`` (depthwise 3x3 + pointwise, ~1/9 the fusion cost; see "Cost" in the module docstring).
         branches: ``"two"`` (the paper) or ``"global"`` (global Swin only, ablation).
         refine: Refinement after eq. 5: ``"residual"``, ``"replace"`` (literal) or ``"none"``.
         fusion_init: ``"zero"`` (fusion starts as the identity on the global stream, see :class:`StageFusion`) or
@@ -219,6 +253,7 @@ class TwoBranchSwin(nn.Module):
         window_size: int = 7,
         descriptor_chans: int = 1,
         fusion: str = "tile_concat",
+        fusion_conv: str = "full",
         branches: str = "two",
         refine: str = "residual",
         fusion_init: str = "zero",
@@ -229,6 +264,8 @@ class TwoBranchSwin(nn.Module):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"TwoBranchSwin: fusion must be one of {FUSIONS}, got {fusion!r}")
+        if fusion_conv not in FUSION_CONVS:
+            raise ValueError(f"TwoBranchSwin: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
         if branches not in BRANCHES:
             raise ValueError(f"TwoBranchSwin: branches must be one of {BRANCHES}, got {branches!r}")
         if fusion_init not in INITS:
@@ -248,6 +285,7 @@ class TwoBranchSwin(nn.Module):
                 raise ValueError(f"TwoBranchSwin: stage {i} width {embed_dim * 2**i} not divisible by {h} heads")
         self.num_classes = num_classes
         self.fusion = fusion
+        self.fusion_conv = fusion_conv if branches == "two" and fusion == "tile_concat" else None
         self.branches = branches
         self.refine = refine
         self.inputs: tuple[str, ...] = ("image", "descriptor") if branches == "two" else ("image",)
@@ -280,7 +318,8 @@ class TwoBranchSwin(nn.Module):
             else:
                 self.local_branch.norm = nn.Identity()  # L_4 only enters the stage-4 fusion, never a head
                 self.fusions = nn.ModuleList(
-                    StageFusion(d, fusion=fusion, refine=refine, init=fusion_init) for d in dims
+                    StageFusion(d, fusion=fusion, refine=refine, init=fusion_init, fusion_conv=fusion_conv)
+                    for d in dims
                 )
         self.reset_parameters()
 
@@ -314,6 +353,7 @@ class TwoBranchSwin(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, branches={self.branches!r}, fusion={self.fusion!r}, "
+            f"fusion_conv={self.fusion_conv!r}, "
             f"refine={self.refine!r}, inputs={self.inputs}"
         )
 

@@ -41,6 +41,7 @@ DATASETS = ("ckplus48", "jaffe")
 MODELS = {
     "swin2b": "configs/fer/swin2b_{ds}.yaml",
     "swin_global": "configs/fer/swin_global_{ds}.yaml",
+    "swin2b_sep": "configs/fer/swin2b_sep_ckplus48.yaml",
     "swin2b_add": "configs/fer/swin2b_add_ckplus48.yaml",
     "swin2b_late": "configs/fer/swin2b_late_ckplus48.yaml",
     "resnet50": "configs/fer/baselines/resnet50_ckplus48.yaml",

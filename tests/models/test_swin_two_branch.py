@@ -146,6 +146,10 @@ def test_missing_descriptor_and_bad_options_raise() -> None:
         StageFusion(4, refine="mlp")
     with pytest.raises(ValueError, match="TwoBranchSwin.*fusion_init"):
         TwoBranchSwin(3, fusion_init="ones", **TINY)
+    with pytest.raises(ValueError, match="TwoBranchSwin.*fusion_conv"):
+        TwoBranchSwin(3, fusion_conv="depthwise", **TINY)
+    with pytest.raises(ValueError, match="StageFusion.*fusion_conv"):
+        StageFusion(4, fusion_conv="dense")
 
 
 def test_pretrained_file_is_loaded_into_both_branches(tmp_path) -> None:
@@ -186,3 +190,47 @@ def test_fusion_linear_1x1_path_matches_conv2d_reference_in_values_and_gradients
     e.permute(0, 2, 3, 1).square().sum().backward()
     for got, ref in zip(fast, (g.grad, loc.grad, *(p.grad for p in fusion.parameters()))):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_separable_fusion_matches_depthwise_then_pointwise_reference_and_is_cheaper() -> None:
+    """fusion_conv="separable": depthwise 3x3 over concat(G, L) then a pointwise 2C -> C map (values and grads)."""
+    torch.manual_seed(3)
+    fusion = StageFusion(6, fusion="tile_concat", refine="residual", init="default", fusion_conv="separable")
+    assert fusion.fuse_dw.weight.shape == (12, 1, 3, 3) and fusion.fuse_conv.weight.shape == (6, 12, 1, 1)
+    assert "fusion_conv='separable'" in repr(fusion)
+    g = torch.randn(2, 5, 4, 6, requires_grad=True)  # NHWC, H != W
+    loc = torch.randn(2, 5, 4, 6, requires_grad=True)
+    fusion(g, loc).square().sum().backward()
+    fast = [t.grad.clone() for t in (g, loc, *fusion.parameters())]
+    for t in (g, loc, *fusion.parameters()):
+        t.grad = None
+    x = torch.cat([g.permute(0, 3, 1, 2), loc.permute(0, 3, 1, 2)], 1).contiguous()
+    f = F.conv2d(F.conv2d(x, fusion.fuse_dw.weight, fusion.fuse_dw.bias, padding=1, groups=12),
+                 fusion.fuse_conv.weight, fusion.fuse_conv.bias)
+    e = torch.sigmoid(fusion.gate_conv(f)) * f + g.permute(0, 3, 1, 2)
+    e = e + torch.tanh(fusion.refine_conv2(fusion.refine_conv1(e).relu()))
+    e.permute(0, 2, 3, 1).square().sum().backward()
+    for got, ref in zip(fast, (g.grad, loc.grad, *(p.grad for p in fusion.parameters()))):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # a corner output only sees its 3x3 neighbourhood: eq. 3's receptive field is kept
+    probe = torch.zeros(1, 5, 5, 6)
+    far = probe.clone()
+    far[0, 4, 4] = 1.0
+    with torch.no_grad():
+        assert torch.equal(fusion._fuse_nhwc(probe, probe)[0, 0, 0], fusion._fuse_nhwc(far, probe)[0, 0, 0])
+    full = StageFusion(64, fusion_conv="full")
+    sep = StageFusion(64, fusion_conv="separable")
+    n_full = sum(p.numel() for p in full.fuse_conv.parameters())
+    n_sep = sum(p.numel() for m in (sep.fuse_dw, sep.fuse_conv) for p in m.parameters())
+    assert n_sep * 7 < n_full  # 2C^2 + 20C vs 18C^2 + C weights: ~1/9 for large C
+
+
+def test_separable_fusion_zero_init_starts_as_global_model() -> None:
+    net = TwoBranchSwin(3, drop_path_rate=0.0, fusion_conv="separable", **TINY)
+    glob = TwoBranchSwin(3, branches="global", drop_path_rate=0.0, **TINY)
+    glob.global_branch.load_state_dict(net.global_branch.state_dict())
+    image, desc = _inputs()
+    torch.testing.assert_close(net(image, desc), glob(image))
+    F.cross_entropy(net(image, desc), torch.tensor([0, 2])).backward()
+    assert net.fusions[0].fuse_conv.weight.grad.abs().sum() > 0
+    assert "fusion_conv='separable'" in repr(net)
