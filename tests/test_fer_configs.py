@@ -32,6 +32,7 @@ def _fast_dev_run(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert cli.model.hparams.num_classes == len(CK_CLASSES)
     assert "val/acc" in cli.trainer.callback_metrics and "val/f1_macro" in cli.trainer.callback_metrics
     assert list((tmp_path / "cm").glob("val_epoch000.png"))
+    assert cli.trainer.optimizers[0].defaults["fused"] is True  # the configs ask for torch's fused AdamW
 
 
 @pytest.mark.slow  # 15-30 s each on 2 busy cores (data preparation + CLI); parsing is covered by tests/test_cli.py
