@@ -41,9 +41,10 @@ Readings chosen where the paper is vague (each one is a constructor option where
   then learns how much of the local branch to admit. ``fusion_init="default"`` uses PyTorch's conv init.
 * Cross-entropy (eq. 6) is the training loss; it lives in the system (``lightning_modules.fer.LitFER``).
 
-Cost. Eq. 3's dense 3x3 convolution ``2C_i -> C_i`` costs ``18 C_i^2`` multiply-adds per token, about 0.55 of
-a Swin-T stage's blocks, so the two-branch model needs about 2.5x the FLOPs of the global-only Swin at any input size
-(two Swins: 2.0x). ``fusion_conv="separable"`` (not in the paper; a cheaper variant for CPU budgets) keeps eq. 3's
+Cost. Eq. 3's dense 3x3 convolution ``2C_i -> C_i`` costs ``18 C_i^2`` multiply-adds per token; over the four
+stages that is about 0.55 of a whole Swin-T (depths 2-2-6-2), so the two-branch model needs about 2.55x the training
+FLOPs of the global-only Swin at any input size (two Swins alone: 2.0x; shallower Swins pay more, 3.2x at depths
+1-1-2-1; ``benchmarks/bench_fer_models.py`` prints both). ``fusion_conv="separable"`` (not in the paper; a cheaper variant for CPU budgets) keeps eq. 3's
 input (the concatenation) and its 3x3 receptive field but factorises the convolution into a depthwise 3x3 over the
 ``2C_i`` channels followed by a pointwise ``2C_i -> C_i`` map (``2 C_i^2 + 18 C_i`` per token, about 1/9).
 
@@ -91,8 +92,8 @@ class StageFusion(nn.Module):
             (depthwise 3x3 over the ``2C`` concatenated channels, then a pointwise ``2C -> C`` map; ~1/9 the cost).
             Ignored for ``fusion="add"``.
         refine: ``"residual"`` (``E + tanh(W2 ReLU(W1 E))``), ``"replace"`` (``tanh(W2 ReLU(W1 E))``) or ``"none"``.
-        init: ``"zero"``: the fusion conv (the pointwise map for ``"separable"``) and (with ``refine="residual"``) the last refinement conv start at
-            zero, so ``E'_i = G_i`` at initialisation and the model starts as the global-only Swin, learning how
+        init: ``"zero"``: the fusion conv (the pointwise map for ``"separable"``) and (with ``refine="residual"``)
+            the last refinement conv start at zero, so ``E'_i = G_i`` at initialisation and the model starts as the global-only Swin, learning how
             much local information to admit (the gradient of the fusion conv is ``S * dL/dE``, non-zero from the
             first step); ``"default"``: PyTorch's default conv initialisation everywhere.
 
