@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"run_fer_experiment: dataset folder {Path(args.data_root) / ds} not found")
     note = (
         f"Equal budget per model: {args.epochs} epochs capped at {args.max_minutes} min, {args.image_size} px, "
-        f"batch {args.batch_size}, {args.threads} CPU threads, seed 42, random init. CK+48: subject-disjoint "
+        f"batch {args.batch_size}, {args.threads} CPU threads, training seeds "
+        f"{', '.join(map(str, args.seeds))} (the data config's split seed), random init. CK+48: subject-disjoint "
         f"70/15/15 split; JAFFE: Haar face crop, {'stratified' if args.jaffe_stratified else 'poser-disjoint'} "
         "split. 'seconds' = wall-clock training time (fit incl. validation)."
     )
