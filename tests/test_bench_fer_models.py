@@ -1,16 +1,12 @@
 """The FLOP rule the FER benchmark registers for the convolution backward (torch's own ignores ``groups``)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fer_models.py"
-_spec = importlib.util.spec_from_file_location("bench_fer_models", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from tests.helpers.scripts import load_script
+
+bench = load_script("benchmarks/bench_fer_models.py")
 
 
 def _backward_flops(conv: torch.nn.Conv2d, x: torch.Tensor, mapping: dict | None) -> int:

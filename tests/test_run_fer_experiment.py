@@ -1,13 +1,11 @@
 """Result tables of ``scripts/run_fer_experiment.py`` (per-seed rows and the mean ± std summary)."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "run_fer_experiment.py"
-_spec = importlib.util.spec_from_file_location("run_fer_experiment", _PATH)
-exp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(exp)
+from tests.helpers.scripts import load_script
+
+exp = load_script("scripts/run_fer_experiment.py")
 
 
 def _row(model: str, seed: int, acc: float) -> dict:
