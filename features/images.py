@@ -1,3 +1,25 @@
+"""Face-image folders: scanning and robust loading (media -> arrays).
+
+Pure PIL / numpy (no ``torch`` datasets, no ``lightning``). Used by :mod:`datamodules.datasets.images` and
+:class:`datamodules.fer.FERDataModule`, and by the face pre-processing of :mod:`features.faces`.
+
+Folder layout: ``<root>/<class folder>/<image file>``; class folders are mapped to ``class_names`` either by
+name or through ``class_aliases`` (folder -> class).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
 #: Files in a root/class folder that are never treated as images (side-car files written by this project).
 # manifest files and the augmenter's report next to the class folders of a generated root
 SIDECAR_NAMES: frozenset[str] = frozenset(
@@ -223,5 +245,3 @@ def load_image_rgb(path: str | Path, background: str = "black") -> np.ndarray:
         if isinstance(err, BadImageError):
             raise
         raise BadImageError(path, "unsupported_mode", str(err)) from None
-
-

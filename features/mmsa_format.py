@@ -1,4 +1,4 @@
-"""CMU-MOSI / CMU-MOSEI processed-feature files: safe loading, validation, cleaning and a batched Dataset.
+"""CMU-MOSI / CMU-MOSEI processed-feature files (the MMSA file format): safe loading, validation, cleaning, npz.
 
 Two on-disk schemas are read, detected from the keys of the ``train`` split:
 
@@ -18,9 +18,9 @@ globals needed to rebuild arrays, scalars and dtypes, plus plain builtin contain
 file exactly; ``features/convert_mmsa.py`` is the one-command converter.
 
 :func:`load_mmsa` validates a file (splits, keys, shapes, dims, lengths, labels), cleans NaN/inf to 0 with
-logged counts, builds masks and converts everything once to float32/int64/bool tensors. :class:`MMSADataset`
-serves batches by tensor indexing through ``__getitems__``; :func:`mmsa_collate` is the matching collate.
-The batch layout is fixed in ``docs/architecture.md`` ("Multimodal sentiment").
+logged counts, builds masks and converts everything once to float32/int64/bool tensors.
+:class:`datamodules.datasets.mmsa_dataset.MMSADataset` serves them as batches (``docs/architecture.md``,
+"Multimodal sentiment").
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pickle
 import tempfile
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -57,7 +56,6 @@ __all__ = [
     "STANDARD_SPLIT_SIZES",
     "MMSAData",
     "MMSADataError",
-    "MMSADataset",
     "MMSASplit",
     "RestrictedUnpickler",
     "SplitSizeWarning",
@@ -66,7 +64,6 @@ __all__ = [
     "load_mmsa",
     "load_npz",
     "missing_file_message",
-    "mmsa_collate",
     "restricted_pickle_load",
     "save_npz",
 ]

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from models.frozen_classifier import ClassifierView
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -180,7 +182,7 @@ class QualityFilter:
 
     Args:
         classifier: recognition classifier trained in the project (timm model or module with ``.model``), e.g.
-            ``models.diffusion.FrozenImageEncoder`` built from its checkpoint.
+            ``models.frozen_classifier.FrozenImageEncoder`` built from its checkpoint.
         min_confidence: minimum softmax probability of the conditioned class (0 disables).
         duplicate_metric: ``"cosine"`` (classifier features), ``"mse"`` (pixels) or ``"none"``.
         duplicate_threshold: cosine similarity >= threshold, or pixel MSE <= threshold, means memorised.

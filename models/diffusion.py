@@ -28,6 +28,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+# saved run configs name `models.diffusion.FrozenImageEncoder`; the class lives in models/frozen_classifier.py
+from models.frozen_classifier import FrozenImageEncoder  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 PAIRINGS = ("triplet", "contrastive")

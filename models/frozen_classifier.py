@@ -1,3 +1,49 @@
+"""Frozen timm classifiers: one module for the frozen-recognition-classifier idea used in two places.
+
+- :class:`FrozenImageEncoder` BUILDS the classifier (timm entry point, optionally a LOCAL checkpoint of a model
+  trained in the project) for eq. (2) of the latent-diffusion augmenter (Ji et al. 2026, §2.1.2) and for the
+  generation-quality metrics.
+- :class:`ClassifierView` WRAPS an existing classifier (a timm model, a :class:`FrozenImageEncoder` or a
+  ``TimmClassifier``) for images in ``[0, 1]``: resize, normalise, then features or logits
+  (:mod:`metrics.generation`).
+
+Both read the classifier the same way (:func:`timm_forward`, :func:`timm_num_features`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.choices import check_choices
+
+__all__ = ["ClassifierView", "FrozenImageEncoder", "timm_forward", "timm_num_features"]
+
+log = logging.getLogger(__name__)
+
+
+def timm_forward(model: nn.Module, images: Tensor, output: Literal["features", "logits"]) -> Tensor:
+    """Pre-logits features or logits of a timm classifier.
+
+    Shapes:
+        images: ``[B, C, H, W]`` -> ``[B, num_features]`` or ``[B, num_classes]``.
+    """
+    feats = model.forward_head(model.forward_features(images), pre_logits=True)
+    return feats if output == "features" else model.get_classifier()(feats)
+
+
+def timm_num_features(model: nn.Module, output: Literal["features", "logits"]) -> int:
+    """Width of :func:`timm_forward`'s output."""
+    if output == "logits":
+        return int(model.num_classes)
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
 def _strip_to_model_keys(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
     """Find the prefix (e.g. ``"net.model."`` of a Lightning checkpoint) under which ``model_keys`` were saved."""
     counts: dict[str, int] = {}
@@ -38,14 +84,13 @@ class FrozenImageEncoder(nn.Module):
         num_classes: int = 7,
         checkpoint_path: str | None = None,
         in_chans: int = 3,
-        output: str = "features",
+        output: Literal["features", "logits"] = "features",
         model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         import timm
 
-        if output not in ("features", "logits"):
-            raise ValueError(f"FrozenImageEncoder: output must be 'features' or 'logits', got {output!r}")
+        check_choices(FrozenImageEncoder, locals())
         self.model_name = model_name
         self.output = output
         self.init_args = {"model_name": model_name, "num_classes": num_classes, "checkpoint_path": checkpoint_path,
@@ -69,16 +114,13 @@ class FrozenImageEncoder(nn.Module):
             log.info("FrozenImageEncoder: loaded %d tensors from %s", len(matched), path)
         self.requires_grad_(False)
         self.eval()
-        self.num_features = num_classes if output == "logits" else int(
-            getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        self.num_features = timm_num_features(self.model, output)
 
     def train(self, mode: bool = True) -> FrozenImageEncoder:
         return super().train(False)
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.output == "logits":
-            return self.model(images)
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        return timm_forward(self.model, images, self.output)
 
     def extra_repr(self) -> str:
         return f"model_name={self.model_name!r}, output={self.output!r}, num_features={self.num_features}"
@@ -89,7 +131,7 @@ class ClassifierView(nn.Module):
 
     Args:
         classifier: a timm model, or a module holding one as ``.model`` (``TimmClassifier``,
-            ``models.diffusion.FrozenImageEncoder``).
+            :class:`FrozenImageEncoder`).
         output: ``"features"`` (pre-logits) or ``"logits"``.
         mean, std: normalisation the classifier was trained with.
         image_size: resize input to this side first (``None`` = as is).
@@ -101,14 +143,13 @@ class ClassifierView(nn.Module):
     def __init__(
         self,
         classifier: nn.Module,
-        output: str = "features",
+        output: Literal["features", "logits"] = "features",
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         image_size: int | None = None,
     ) -> None:
         super().__init__()
-        if output not in ("features", "logits"):
-            raise ValueError(f"ClassifierView: output must be 'features' or 'logits', got {output!r}")
+        check_choices(ClassifierView, locals())
         model = getattr(classifier, "model", classifier)
         if not hasattr(model, "forward_features"):
             raise ValueError("ClassifierView: classifier must be a timm model (or hold one as .model)")
@@ -117,8 +158,7 @@ class ClassifierView(nn.Module):
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.num_features = int(model.num_classes if output == "logits" else
-                                getattr(model, "head_hidden_size", None) or model.num_features)
+        self.num_features = timm_num_features(model, output)
 
     def train(self, mode: bool = True) -> ClassifierView:
         return super().train(False)
@@ -128,8 +168,4 @@ class ClassifierView(nn.Module):
         x = images.float()
         if self.image_size is not None and x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
-        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        if self.output == "features":
-            return feats
-        return self.model.get_classifier()(feats)
+        return timm_forward(self.model, (x - self.mean) / self.std, self.output)

@@ -1,6 +1,7 @@
-"""Face-image folders: scanning, robust loading, splits, in-memory datasets and batched augmentation.
+"""Face-image datasets: splits, in-memory datasets and batched augmentation (scanning and loading of the files
+are in :mod:`features.images`).
 
-Pure torch / PIL / numpy (no ``lightning``, no OpenCV). Used by :class:`datamodules.fer.FERDataModule` for the
+Pure torch / numpy (no ``lightning``, no OpenCV). Used by :class:`datamodules.fer.FERDataModule` for the
 learning-emotion pipeline of Ji et al., *Multimodal and multiscale facial expression recognition analysis for
 learning emotions* (J. Zhengzhou Univ. Eng. Sci. 2026, 47(3)), §2.1 (256x256 face crops) and §3.1.1 (70/15/15
 stratified split).
@@ -14,15 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -30,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Names of split partitions, in order.
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------------------

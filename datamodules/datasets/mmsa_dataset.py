@@ -1,6 +1,25 @@
-# --------------------------------------------------------------------------------------------------------------
-# Dataset and collate
-# --------------------------------------------------------------------------------------------------------------
+"""The torch side of the MMSA feature files: a batched ``Dataset`` over a validated split and its collate.
+
+Reading, validation and cleaning of the files are in :mod:`features.mmsa_format` (:func:`~features.mmsa_format.load_mmsa`
+gives the :class:`~features.mmsa_format.MMSASplit` these classes serve). The batch layout is fixed in
+``docs/architecture.md`` ("Multimodal sentiment").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from features.mmsa_format import MMSASplit
+
+__all__ = ["MMSADataset", "mmsa_collate"]
+
+
 class MMSADataset(Dataset):
     """Pre-stacked tensors of one split; batches are fetched with one tensor index (``__getitems__``).
 
