@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from common.io import atomic_write
 from metrics.generation import QualityFilter
 
 log = logging.getLogger(__name__)
@@ -167,14 +168,9 @@ class AugmentedImageWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ writing
     def _save_png(self, array: np.ndarray, final: Path) -> None:
-        """Atomic PNG write: temp file in the same folder, then ``os.replace``."""
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        try:
-            Image.fromarray(array, mode=None).save(tmp, format="PNG")
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Atomic PNG write (:func:`common.io.atomic_write`)."""
+        with atomic_write(final) as f:
+            Image.fromarray(array, mode=None).save(f, format="PNG")
 
     def _append_manifest(self, records: list[dict]) -> None:
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
@@ -263,9 +259,8 @@ class AugmentedImageWriter(BasePredictionWriter):
         self._stop_progress()
         if trainer.is_global_zero:
             summary = summarise_manifest(self.output_root)
-            tmp = self.output_root / f".{SUMMARY}.tmp"
-            tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-            os.replace(tmp, self.output_root / SUMMARY)
+            with atomic_write(self.output_root / SUMMARY, "w") as f:
+                f.write(json.dumps(summary, indent=2, sort_keys=True))
             log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
             real = getattr(trainer.datamodule, "counts", None)
             if isinstance(real, dict) and real:
@@ -302,9 +297,8 @@ class AugmentedImageWriter(BasePredictionWriter):
         blank = torch.zeros(3, *size)
         grid = make_grid(torch.stack([t if t is not None else blank for t in tiles]), rows=len(files))
         final = self.output_root / "samples_grid.png"
-        tmp = self.output_root / ".samples_grid.tmp.png"
-        Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, final)
+        with atomic_write(final) as f:
+            Image.fromarray(grid).save(f, format="PNG")
         log.info("Sample grid (rows: %s) written to %s", ", ".join(sorted(files)), final)
         return final
 
@@ -318,11 +312,8 @@ class AugmentedImageWriter(BasePredictionWriter):
             "before (real train)": {c: {"real": n} for c, n in real_counts.items()},
             "after (real + generated)": {c: {"real": n, "generated": accepted.get(c, 0)} for c, n in real_counts.items()},
         }
-        final = self.output_root / "class_distribution.png"
-        tmp = self.output_root / ".class_distribution.tmp.png"
-        plot_class_distribution(counts, tmp, title="Train split before / after augmentation")
-        os.replace(tmp, final)
-        return final
+        return plot_class_distribution(counts, self.output_root / "class_distribution.png",
+                                       title="Train split before / after augmentation")
 
 
 def summarise_manifest(output_root: str | Path) -> dict[str, Any]:

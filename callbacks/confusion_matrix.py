@@ -7,8 +7,6 @@ learning emotions. J. Zhengzhou Univ. (Eng. Sci.), 2026, 47(3): 126-133.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
+
+from common.io import atomic_write
 
 __all__ = ["ConfusionMatrixLogger", "plot_confusion_matrix", "save_figure_atomic"]
 
@@ -63,16 +63,9 @@ def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str
 
 
 def save_figure_atomic(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temporary file + rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Save a matplotlib figure as PNG through :func:`common.io.atomic_write` (never a half-written file)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format="png")
 
 
 class ConfusionMatrixLogger(Callback):

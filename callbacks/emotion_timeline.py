@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from common.io import atomic_write
+
 __all__ = ["EmotionTimelineWriter"]
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 OVERWRITE = ("never", "replace")
 PLOTS = ("per_source", "none")
 X_AXES = ("time", "frame")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _safe_stem(source: str) -> str:
@@ -160,7 +149,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
         csv_path = self.output_dir / self._rank_name(trainer, self.csv_name)
         plots = self._plot_paths(trainer, data) if self.plot == "per_source" else {}
         self._check_free([csv_path, *plots.values()])
-        _atomic_write_text(csv_path, self._csv_text(data, names))
+        with atomic_write(csv_path, "w", newline="") as fh:
+            fh.write(self._csv_text(data, names))
         self.written.append(csv_path)
         for source, path in plots.items():
             self._plot_source(data, source, names, path)

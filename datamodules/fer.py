@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
+from common.io import atomic_write
 from datamodules.datasets.images import (
     SPLITS,
     FaceBatchTransform,
@@ -397,9 +398,8 @@ class FERDataModule(LightningDataModule):
         for e, target in _progress(todo, f"Descriptor maps ({hp.descriptor})", hp.progress == "rich"):
             crop = np.load(self._crop_path(cache, e))
             m = to_uint8_map(compute_descriptor(crop, self._desc_settings, sun))
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, m)
-            tmp.replace(target)
+            with atomic_write(target) as f:
+                np.save(f, m)
         log.info(
             "Descriptor maps (%s): %d computed, %d cached in %s",
             hp.descriptor,

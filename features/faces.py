@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.io import atomic_write
 from features.images import BadImageError, ImageRecord, load_image_rgb
 
 log = logging.getLogger(__name__)
@@ -219,12 +220,9 @@ def read_manifest(path: str | Path) -> dict[str, dict]:
 
 
 def write_manifest(path: str | Path, entries: Iterable[dict]) -> None:
-    """Rewrite the manifest atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Rewrite the manifest atomically (:func:`common.io.atomic_write`)."""
+    with atomic_write(path, "w") as f:
         f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in entries)
-    os.replace(tmp, path)
 
 
 def _progress(items: Sequence, description: str, enabled: bool) -> Iterator:
@@ -367,9 +365,8 @@ def preprocess_faces(
         rel_file = f"faces/{entry['sha1']}-{settings_hash(sdict)}.npy"
         target = cache_dir / rel_file
         if not target.is_file():
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, crop)
-            os.replace(tmp, target)
+            with atomic_write(target) as f:
+                np.save(f, crop)
         entry["cache_file"] = rel_file
         out[rec.path] = entry
     if dirty:

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -41,6 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from common import MODALITIES
+from common.io import atomic_write
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -71,7 +73,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
-MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 
 #: Standard split sizes (train, valid, test) per schema and dataset.
@@ -296,20 +297,8 @@ def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | 
     header = {"format": NPZ_FORMAT, "version": NPZ_VERSION, "schema": schema, "source": Path(src).name,
               "tree": tree}
     arrays[NPZ_HEADER_KEY] = np.asarray(json.dumps(header))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, allow_pickle=False, **arrays)
     return path
 
 

@@ -55,13 +55,14 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.io import atomic_write
+from common.tensors import masked_mean
 from features.mmsa_format import SPLITS, save_npz
 
 __all__ = [
@@ -193,10 +194,6 @@ def _features(rng: np.random.Generator, basis: np.ndarray, mask: np.ndarray) -> 
     return x * mask[:, :, None]
 
 
-def _masked_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
-
-
 def _random_lengths(rng: np.random.Generator, n: int, full: int, low_frac: float, minimum: int = 1) -> np.ndarray:
     low = min(full, max(minimum, round(full * low_frac)))
     return rng.integers(low, full + 1, size=n)
@@ -321,7 +318,7 @@ def generate_mmsa(
         masks = [text_mask, np.arange(la)[None, :] < a_len[:, None], np.arange(lv)[None, :] < v_len[:, None]]
 
         feats = [_features(srng, b, m) for b, m in zip(bases, masks)]
-        proj = np.stack([_masked_mean(x, m) @ b[:, 0] for x, m, b in zip(feats, masks, bases)], axis=1)  # [N, 3]
+        proj = np.stack([masked_mean(x, m) @ b[:, 0] for x, m, b in zip(feats, masks, bases)], axis=1)  # [N, 3]
         noise = srng.standard_normal(n)
         if rec is None:
             y = proj @ weights[:3] + NOISE_SD * noise
@@ -388,20 +385,8 @@ def write_feature_file(data: dict[str, Any], out: str | os.PathLike, *, overwrit
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
     if out.suffix == ".npz":
         return save_npz(data, out, source=out.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as f:
+        pickle.dump(data, f, protocol=4)
     return out
 
 
