@@ -42,7 +42,7 @@ def literal_options(fn: Callable) -> dict[str, tuple]:
         if isinstance(ann, str):  # postponed annotation (``from __future__ import annotations``)
             try:
                 ann = eval(ann, fn.__globals__)  # the module's own annotation text, not user input
-            except Exception:  # noqa: BLE001 - e.g. a name imported only under TYPE_CHECKING: not a Literal
+            except Exception:  # noqa: BLE001, S112 - e.g. a name imported only under TYPE_CHECKING: not a Literal
                 continue
         opts = _options(ann)
         if opts is not None:
