@@ -23,7 +23,7 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from common.choices import check_choices
 from common.io import atomic_write
 from metrics.generation import QualityFilter
 
@@ -80,15 +81,12 @@ class AugmentedImageWriter(BasePredictionWriter):
         output_root: str,
         data_root: str | None = None,
         class_names: list[str] | None = None,
-        image_mode: str = "L",
+        image_mode: Literal["L", "RGB"] = "L",
         quality: QualityFilter | None = None,
-        progress: str = "rich",
+        progress: Literal["rich", "none"] = "rich",
     ) -> None:
+        check_choices(AugmentedImageWriter, locals())
         super().__init__(write_interval="batch")
-        if image_mode not in ("L", "RGB"):
-            raise ValueError(f"AugmentedImageWriter: image_mode must be 'L' or 'RGB', got {image_mode!r}")
-        if progress not in ("rich", "none"):
-            raise ValueError(f"AugmentedImageWriter: progress must be 'rich' or 'none', got {progress!r}")
         self.output_root = check_output_root(output_root, data_root)
         self.data_root = data_root
         self.class_names = class_names
@@ -258,7 +256,7 @@ class AugmentedImageWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stop_progress()
         if trainer.is_global_zero:
-            summary = summarise_manifest(self.output_root)
+            summary = summarize_augmentation_manifest(self.output_root)
             with atomic_write(self.output_root / SUMMARY, "w") as f:
                 f.write(json.dumps(summary, indent=2, sort_keys=True))
             log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
@@ -316,7 +314,7 @@ class AugmentedImageWriter(BasePredictionWriter):
                                        title="Train split before / after augmentation")
 
 
-def summarise_manifest(output_root: str | Path) -> dict[str, Any]:
+def summarize_augmentation_manifest(output_root: str | Path) -> dict[str, Any]:
     """Per-class ``accepted``/``rejected`` counts and rejection reasons of a manifest (all runs)."""
     per_class: dict[str, Counter] = {}
     path = Path(output_root) / MANIFEST

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -16,13 +16,15 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from common.choices import check_choices
 from common.io import atomic_write
 
 __all__ = ["ConfusionMatrixLogger", "plot_confusion_matrix", "save_figure_atomic"]
 
 log = logging.getLogger(__name__)
 
-NORMALIZE = ("true", "none")
+Normalize = Literal["true", "none"]
+NORMALIZE = get_args(Normalize)
 
 
 def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str = "true", title: str = ""):
@@ -84,11 +86,13 @@ class ConfusionMatrixLogger(Callback):
     """
 
     def __init__(
-        self, dirpath: str | None = None, stages: tuple[str, ...] = ("val", "test"), normalize: str = "true"
+        self,
+        dirpath: str | None = None,
+        stages: tuple[Literal["val", "test"], ...] = ("val", "test"),
+        normalize: Normalize = "true",
     ) -> None:
         super().__init__()
-        if normalize not in NORMALIZE:
-            raise ValueError(f"ConfusionMatrixLogger: normalize must be one of {NORMALIZE}, got {normalize!r}")
+        check_choices(ConfusionMatrixLogger, locals())
         bad = [s for s in stages if s not in ("val", "test")]
         if bad:
             raise ValueError(f"ConfusionMatrixLogger: stages must be 'val' and/or 'test', got {bad}")

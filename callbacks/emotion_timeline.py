@@ -14,22 +14,26 @@ import csv
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from common.choices import check_choices
 from common.io import atomic_write
 
 __all__ = ["EmotionTimelineWriter"]
 
 log = logging.getLogger(__name__)
 
-OVERWRITE = ("never", "replace")
-PLOTS = ("per_source", "none")
-X_AXES = ("time", "frame")
+Overwrite = Literal["never", "replace"]
+OVERWRITE = get_args(Overwrite)
+Plot = Literal["per_source", "none"]
+PLOTS = get_args(Plot)
+XAxis = Literal["time", "frame"]
+X_AXES = get_args(XAxis)
 
 
 def _safe_stem(source: str) -> str:
@@ -61,18 +65,13 @@ class EmotionTimelineWriter(BasePredictionWriter):
         self,
         output_dir: str,
         csv_name: str = "emotions.csv",
-        plot: str = "per_source",
-        x_axis: str = "time",
-        overwrite: str = "never",
+        plot: Plot = "per_source",
+        x_axis: XAxis = "time",
+        overwrite: Overwrite = "never",
         max_faces: int = 8,
     ) -> None:
+        check_choices(EmotionTimelineWriter, locals())
         super().__init__(write_interval="batch")
-        if overwrite not in OVERWRITE:
-            raise ValueError(f"EmotionTimelineWriter: overwrite must be one of {OVERWRITE}, got {overwrite!r}")
-        if plot not in PLOTS:
-            raise ValueError(f"EmotionTimelineWriter: plot must be one of {PLOTS}, got {plot!r}")
-        if x_axis not in X_AXES:
-            raise ValueError(f"EmotionTimelineWriter: x_axis must be one of {X_AXES}, got {x_axis!r}")
         if not csv_name.endswith(".csv"):
             raise ValueError(f"EmotionTimelineWriter: csv_name must end with .csv, got {csv_name!r}")
         self.output_dir = Path(output_dir)

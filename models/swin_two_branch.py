@@ -67,19 +67,27 @@ Shapes:
 from __future__ import annotations
 
 import logging
+from typing import Literal, get_args
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
+
 log = logging.getLogger(__name__)
 
-FUSIONS = ("tile_concat", "add", "late")
-FUSION_CONVS = ("full", "separable")
-BRANCHES = ("two", "global")
-REFINES = ("residual", "replace", "none")
-INITS = ("zero", "default")
+Fusion = Literal["tile_concat", "add", "late"]
+FUSIONS = get_args(Fusion)
+FusionConv = Literal["full", "separable"]
+FUSION_CONVS = get_args(FusionConv)
+Branches = Literal["two", "global"]
+BRANCHES = get_args(Branches)
+Refine = Literal["residual", "replace", "none"]
+REFINES = get_args(Refine)
+Init = Literal["zero", "default"]
+INITS = get_args(Init)
 
 
 class StageFusion(nn.Module):
@@ -106,20 +114,13 @@ class StageFusion(nn.Module):
     def __init__(
         self,
         dim: int,
-        fusion: str = "tile_concat",
-        refine: str = "residual",
-        init: str = "zero",
-        fusion_conv: str = "full",
+        fusion: Literal["tile_concat", "add"] = "tile_concat",
+        refine: Refine = "residual",
+        init: Init = "zero",
+        fusion_conv: FusionConv = "full",
     ) -> None:
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"StageFusion: init must be one of {INITS}, got {init!r}")
-        if fusion not in ("tile_concat", "add"):
-            raise ValueError(f"StageFusion: fusion must be 'tile_concat' or 'add', got {fusion!r}")
-        if refine not in REFINES:
-            raise ValueError(f"StageFusion: refine must be one of {REFINES}, got {refine!r}")
-        if fusion_conv not in FUSION_CONVS:
-            raise ValueError(f"StageFusion: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
+        check_choices(StageFusion, locals())
         self.dim = dim
         self.fusion = fusion
         self.refine = refine
@@ -255,26 +256,17 @@ class TwoBranchSwin(nn.Module):
         num_heads: tuple[int, ...] | None = None,
         window_size: int | None = None,
         descriptor_chans: int = 1,
-        fusion: str = "tile_concat",
-        fusion_conv: str = "full",
-        branches: str = "two",
-        refine: str = "residual",
-        fusion_init: str = "zero",
+        fusion: Fusion = "tile_concat",
+        fusion_conv: FusionConv = "full",
+        branches: Branches = "two",
+        refine: Refine = "residual",
+        fusion_init: Init = "zero",
         pretrained_file: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"TwoBranchSwin: fusion must be one of {FUSIONS}, got {fusion!r}")
-        if fusion_conv not in FUSION_CONVS:
-            raise ValueError(f"TwoBranchSwin: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
-        if branches not in BRANCHES:
-            raise ValueError(f"TwoBranchSwin: branches must be one of {BRANCHES}, got {branches!r}")
-        if fusion_init not in INITS:
-            raise ValueError(f"TwoBranchSwin: fusion_init must be one of {INITS}, got {fusion_init!r}")
-        if refine not in REFINES:
-            raise ValueError(f"TwoBranchSwin: refine must be one of {REFINES}, got {refine!r}")
+        check_choices(TwoBranchSwin, locals())
         if num_classes < 1:
             raise ValueError(f"TwoBranchSwin: num_classes must be >= 1, got {num_classes}")
         depths = None if depths is None else tuple(depths)
