@@ -158,12 +158,16 @@ class EmotionTimelineWriter(BasePredictionWriter):
                 "overwrite='replace')"
             )
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The output folder is checked here: before prediction starts and before the CLI saves its config.yaml
+        into the run folder (the writer is one of the config's callbacks, which come first)."""
+        if stage == "predict" and trainer.global_rank == 0:
+            self.check_output_dir()
+
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._chunks, self.written, self.notes = [], [], []
         self.table = self.summary = None
         self._done = False
-        if trainer.global_rank == 0:
-            self.check_output_dir()
         ds = self._dataset(trainer)
         if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None) is None:
             self.output_dir.mkdir(parents=True, exist_ok=True)

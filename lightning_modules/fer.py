@@ -242,7 +242,7 @@ def read_fer_preprocessing(path: str | Path) -> dict | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises pickle/zip/runtime errors for non-checkpoints
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a PyTorch checkpoint ({err})") from err
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely (weights_only) as a PyTorch checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict)")
     hp = ckpt.get("hyper_parameters") or {}
