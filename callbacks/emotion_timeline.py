@@ -161,17 +161,21 @@ class EmotionTimelineWriter(BasePredictionWriter):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """The output folder is checked here: before prediction starts and before the CLI saves its config.yaml
         into the run folder (the writer is one of the config's callbacks, which come first)."""
-        if stage == "predict" and trainer.global_rank == 0:
+        if stage != "predict":
+            return
+        if trainer.global_rank == 0:
             self.check_output_dir()
+        # a live source is recorded into the output folder (set here: the loader starts reading before
+        # on_predict_start; the datamodule's setup, which builds the dataset, runs before the callbacks')
+        ds = self._dataset(trainer)
+        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None) is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            ds.record_to = self.output_dir / self._rank_name(trainer, "recording.mp4")
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._chunks, self.written, self.notes = [], [], []
         self.table = self.summary = None
         self._done = False
-        ds = self._dataset(trainer)
-        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None) is None:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            ds.record_to = self.output_dir / self._rank_name(trainer, "recording.mp4")
 
     @staticmethod
     def _dataset(trainer: Trainer) -> Any:

@@ -541,7 +541,8 @@ class FERDataModule(LightningDataModule):
         """Load the cached crops/maps into uint8 tensors and build the datasets for ``stage``."""
         hp = self.hparams
         if stage == "predict":
-            self._setup_predict()
+            if self.predict_dataset is None:
+                self._setup_predict()
             return
         if self.datasets:
             return

@@ -214,8 +214,9 @@ def annotate_video(video: str | Path, df: pd.DataFrame, out: Path, hold_frames: 
                     fs = max(0.4, min(rgb.shape[:2]) / 900)
                     (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
                     ty = max(y - 4, th + 2)
-                    cv2.rectangle(rgb, (x, ty - th - 3), (x + tw + 2, ty + 2), color, -1)
-                    cv2.putText(rgb, label, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1,
+                    tx = max(min(x, rgb.shape[1] - tw - 3), 0)  # keep the label inside the frame
+                    cv2.rectangle(rgb, (tx, ty - th - 3), (tx + tw + 2, ty + 2), color, -1)
+                    cv2.putText(rgb, label, (tx + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1,
                                 cv2.LINE_AA)
             writer.write(rgb)
     return out

@@ -9,8 +9,9 @@ the iteration at the next frame: the pipeline then finishes and writes its files
 can record the frames it used to an MP4, which is what the annotated video of a live session is drawn on.
 :class:`MP4Writer` encodes H.264 (yuv420p, plays in browsers) and writes to a temporary file renamed on close.
 
-Frames are yielded as :class:`VideoFrame` (``index`` counts source frames from 0, ``time`` in seconds from the
-stream's timestamps, ``rgb`` ``[H, W, 3]`` uint8).
+Frames are yielded as :class:`VideoFrame` (``index``: source frame from 0 for files, frame taken for live sources;
+``time``: seconds from the stream's timestamps for files, from the start for live sources; ``rgb`` ``[H, W, 3]``
+uint8).
 """
 
 from __future__ import annotations
@@ -263,8 +264,9 @@ class LiveReader:
                     if writer is None:
                         writer = MP4Writer(self.record_to, fps=self.max_fps or self.fps or 25.0)
                     writer.write(rgb)
+                # frames are numbered in the order taken (= their index in the recording), timed by the clock
+                yield VideoFrame(self.stats["taken"], now, rgb)
                 self.stats["taken"] += 1
-                yield VideoFrame(index - 1, now, rgb)
                 if self.max_frames is not None and self.stats["taken"] >= self.max_frames:
                     break
         finally:

@@ -19,4 +19,4 @@ def test_bench_classroom_smoke(tmp_path) -> None:
     assert [r["faces"] for r in rows] == [2, 6]  # every pasted face found in both frames
     for r in rows:
         assert r["frames"] == 2 and 0 < r["detection_share"] < 1 and r["frames_per_s"] > 0
-    assert (tmp_path / "bench_classroom.md").read_text().count("\n|") == 3
+    assert (tmp_path / "bench_classroom.md").read_text().count("\n|") == 4  # header, rule, 2 rows

@@ -112,3 +112,47 @@ def test_checkpoint_of_another_model_kind_or_not_a_checkpoint(tiny, tmp_path) ->
         analyze_video(video, junk, tmp_path / "out", config=cfg)
     with pytest.raises(FileNotFoundError, match="absent.ckpt"):
         analyze_video(video, tmp_path / "absent.ckpt", tmp_path / "out", config=cfg)
+
+
+def test_live_source_ctrl_c_ends_cleanly_with_the_files_written(tiny, tmp_path, monkeypatch) -> None:
+    """A webcam (a recorded lesson played through cv2.VideoCapture's contract) stopped by Ctrl-C after 8 frames:
+    the run finishes normally and writes the CSV, summary, the recording and its annotated video."""
+    import os
+    import signal
+
+    import cv2
+
+    ckpt, cfg = tiny
+    src = classroom_video(tmp_path / "cam.mp4", n_frames=30)
+    real = cv2.VideoCapture
+
+    class Camera:
+        def __init__(self) -> None:
+            self.cap, self.reads = real(str(src)), 0
+
+        def isOpened(self) -> bool:
+            return self.cap.isOpened()
+
+        def get(self, prop: int) -> float:
+            return self.cap.get(prop)
+
+        def release(self) -> None:
+            self.cap.release()
+
+        def read(self):
+            self.reads += 1
+            if self.reads == 9:  # the teacher presses Ctrl-C while the 9th frame is read
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.cap.read()
+
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: Camera() if target == 0 else real(target))
+    out = tmp_path / "live"
+    df = analyze_video("webcam:0", ckpt, out, config=cfg)
+    assert sorted(df["frame"].unique()) == list(range(9))
+    assert df["track_id"].nunique() == 2
+    assert any("Ctrl-C" in n for n in df.attrs["notes"])
+    from features.video_io import VideoReader
+
+    assert len(list(VideoReader(out / "recording.mp4"))) == 9
+    assert len(list(VideoReader(out / "annotated_webcam_0.mp4"))) == 9
+    assert (out / "summary.csv").is_file() and (out / "emotions.csv").is_file()
