@@ -156,3 +156,35 @@ def test_live_source_ctrl_c_ends_cleanly_with_the_files_written(tiny, tmp_path, 
     assert len(list(VideoReader(out / "recording.mp4"))) == 9
     assert len(list(VideoReader(out / "annotated_webcam_0.mp4"))) == 9
     assert (out / "summary.csv").is_file() and (out / "emotions.csv").is_file()
+
+
+@pytest.mark.slow
+def test_cli_predict_command_with_only_the_checkpoint(tiny, tmp_path) -> None:
+    """The README's one command, as a process: outputs written, a second run refused naming the folder,
+    --overwrite true accepted."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    ckpt, cfg = tiny
+    video = classroom_video(tmp_path / "lesson.mp4")
+    out = tmp_path / "runs_predict"
+    conf = yaml.safe_load(Path(cfg).read_text())
+    conf["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(out)
+    conf["checkpoint"] = {"dirpath": str(out / "checkpoints")}
+    cfg2 = tmp_path / "predict.yaml"
+    cfg2.write_text(yaml.safe_dump(conf))
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "cli.py", "predict", "--config", str(cfg2), "--ckpt_path", str(ckpt),
+           "--data.init_args.predict_source", str(video)]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    first = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert pd.read_csv(out / "emotions.csv")["track_id"].nunique() == 2
+    assert (out / "annotated_lesson.mp4").is_file() and (out / "config.yaml").is_file()
+    again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert again.returncode != 0 and str(out) in again.stderr and "--overwrite true" in again.stderr
+    forced = subprocess.run([*cmd, "--overwrite", "true"], cwd=repo, capture_output=True, text=True, timeout=600,
+                            env=env, check=False)
+    assert forced.returncode == 0, forced.stderr[-3000:]
