@@ -27,6 +27,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.confusion_matrix import save_figure_atomic
+from common.choices import check_choices
+from common.io import atomic_write
 from features.classroom_report import (
     annotate_video,
     empty_table,
@@ -42,9 +44,6 @@ __all__ = ["EmotionTimelineWriter", "plot_summary", "plot_timelines"]
 
 log = logging.getLogger(__name__)
 
-OVERWRITE = ("never", "replace")
-PLOTS = ("per_source", "none")
-X_AXES = ("time", "frame")
 
 
 def _safe_stem(source: str) -> str:
@@ -104,18 +103,7 @@ class EmotionTimelineWriter(BasePredictionWriter):
     ) -> None:
         super().__init__(write_interval="batch")
         name = type(self).__name__
-        if overwrite not in OVERWRITE:
-            raise ValueError(f"{name}: overwrite must be one of {OVERWRITE}, got {overwrite!r}")
-        if plot not in PLOTS:
-            raise ValueError(f"{name}: plot must be one of {PLOTS}, got {plot!r}")
-        if x_axis not in X_AXES:
-            raise ValueError(f"{name}: x_axis must be one of {X_AXES}, got {x_axis!r}")
-        if smooth_mode not in ("centered", "causal"):
-            raise ValueError(f"{name}: smooth_mode must be 'centered' or 'causal', got {smooth_mode!r}")
-        if annotated_video not in ("mp4", "none"):
-            raise ValueError(f"{name}: annotated_video must be 'mp4' or 'none', got {annotated_video!r}")
-        if summary not in ("csv_png", "none"):
-            raise ValueError(f"{name}: summary must be 'csv_png' or 'none', got {summary!r}")
+        check_choices(type(self), locals())
         if not csv_name.endswith(".csv"):
             raise ValueError(f"{name}: csv_name must end with .csv, got {csv_name!r}")
         if smooth_window < 1 or max_tracks < 1 or min_track_observations < 1:
@@ -287,9 +275,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
                 "stats": {k: int(v) for k, v in stats.items()}, "notes": self.notes,
                 "smooth_window": self.smooth_window, "class_names": names}
         p = out / self._rank_name(trainer, "run_info.json")
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        tmp.replace(p)
+        with atomic_write(p, "w") as fh:
+            fh.write(json.dumps(info, indent=1))
         self.written.append(p)
         self.table, self.summary = table, summary
         log.info("EmotionTimelineWriter: %d faces, %d students -> %s", len(table), len(summary), out)

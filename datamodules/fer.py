@@ -39,17 +39,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
+from common.choices import check_choices
 from datamodules.datasets.images import (
-    REAL_ORIGIN,
     SPLITS,
-    BadImageError,
     FaceBatchTransform,
     FaceTensorDataset,
-    ImageRecord,
     class_balanced_weights,
     group_split,
-    load_image_rgb,
-    scan_class_folders,
     stack_hwc_uint8,
     stratified_split,
     subject_from_name,
@@ -70,6 +66,7 @@ from features.faces import (
     read_manifest,
     settings_hash,
 )
+from features.images import REAL_ORIGIN, BadImageError, ImageRecord, load_image_rgb, scan_class_folders
 from features.tracking import IoUTracker
 from features.video_io import VIDEO_EXTENSIONS, is_live_source, open_source
 
@@ -591,15 +588,10 @@ class FERDataModule(LightningDataModule):
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
 
     def _check_predict_options(self) -> None:
-        hp, name = self.hparams, type(self).__name__
-        if hp.predict_detector not in ("mtcnn", "haar", "none"):
-            raise ValueError(f"{name}: predict_detector must be 'mtcnn', 'haar' or 'none', got {hp.predict_detector!r}")
-        if hp.predict_alignment not in ("eyes", "none"):
-            raise ValueError(f"{name}: predict_alignment must be 'eyes' or 'none', got {hp.predict_alignment!r}")
-        if hp.predict_reid not in ("appearance", "none"):
-            raise ValueError(f"{name}: predict_reid must be 'appearance' or 'none', got {hp.predict_reid!r}")
+        hp = self.hparams
+        check_choices(type(self), {k: hp[k] for k in ("predict_detector", "predict_alignment", "predict_reid")})
         if hp.predict_max_fps is not None and hp.predict_max_fps <= 0:
-            raise ValueError(f"{name}: predict_max_fps must be > 0, got {hp.predict_max_fps}")
+            raise ValueError(f"{type(self).__name__}: predict_max_fps must be > 0, got {hp.predict_max_fps}")
 
     def _setup_predict(self) -> None:
         """Build the prediction dataset (the source is opened here: a bad video fails before any prediction)."""

@@ -16,8 +16,6 @@ h`` (box in source pixels), ``score``, the five landmarks, and one probability p
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from common.io import atomic_write
 from features.detection import LANDMARK_NAMES
 from features.tracking import smooth_track_probabilities
 
@@ -158,16 +157,9 @@ def summarize_tracks(df: pd.DataFrame, class_names: Sequence[str], min_observati
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path, float_format: str = "%.4f") -> None:
-    """CSV through a temporary file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, float_format=float_format)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """CSV through :func:`common.io.atomic_write` (never a half-written file)."""
+    with atomic_write(path, "w", newline="") as fh:
+        df.to_csv(fh, index=False, float_format=float_format)
 
 
 def palette(k: int) -> np.ndarray:

@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.datasets.images import load_image_rgb
 from features.detection import FaceDetector, build_detector
 from features.faces import HaarFaceDetector
+from features.images import load_image_rgb
 from features.synthetic_classroom import Nuisances, Portrait, compose_frame
 from features.tracking import box_iou
 

@@ -58,8 +58,8 @@ def jaffe_portraits(names: tuple[str, ...] = ("KA", "YM")):
     root = real_root("jaffe")
     if root is None:
         pytest.skip("JAFFE not found at <repo>/../shared/data/jaffe")
-    from datamodules.datasets.images import load_image_rgb
     from features.faces import HaarFaceDetector
+    from features.images import load_image_rgb
     from features.synthetic_classroom import Portrait
 
     haar = HaarFaceDetector(min_size_frac=0.25)

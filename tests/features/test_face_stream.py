@@ -17,8 +17,8 @@ def _portraits(names: tuple[str, ...]) -> list[Portrait]:
     root = real_root("jaffe")
     if root is None:
         pytest.skip("JAFFE not found at <repo>/../shared/data/jaffe")
-    from datamodules.datasets.images import load_image_rgb
     from features.faces import HaarFaceDetector
+    from features.images import load_image_rgb
 
     haar = HaarFaceDetector(min_size_frac=0.25)
     out = []
