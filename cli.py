@@ -88,6 +88,10 @@ class AffectCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True,
             help="after fit, validate and test the best checkpoint so the run prints its final metrics",
         )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="predict: let the prediction writers replace the outputs of an earlier run in their output folder",
+        )
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -129,6 +133,28 @@ class AffectCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_best_checkpoint()
+        self._apply_checkpoint_preprocessing()
+
+    def _apply_checkpoint_preprocessing(self) -> None:
+        """Portable face-expression checkpoints: the preprocessing stored in a LitFER checkpoint (class names, crop
+        and alignment, descriptor settings, fitted SUN statistics) replaces the datamodule's, so predicting needs no
+        training cache; a checkpoint of another model kind is refused naming the file. ``--overwrite true`` lets
+        the prediction writers replace earlier outputs."""
+        from lightning_modules.fer import LitFER, read_fer_preprocessing
+
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("overwrite"):
+            for cb in self.trainer.callbacks:
+                if hasattr(cb, "overwrite"):
+                    cb.overwrite = "replace"
+        ckpt_path = cfg.get("ckpt_path")
+        if not isinstance(self.model, LitFER) or not ckpt_path or ckpt_path in ("best", "last"):
+            return
+        state = read_fer_preprocessing(ckpt_path)
+        if state is None:
+            rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
+        elif hasattr(self.datamodule, "apply_preprocessing_state"):
+            self.datamodule.apply_preprocessing_state(state, origin=str(ckpt_path))
 
     def after_fit(self) -> None:
         """Validate and test the best checkpoint (``last`` when none is monitored) so that every ``fit`` prints its

@@ -1,39 +1,49 @@
-"""Per-face learning-emotion timelines from ``cli.py predict`` (the classroom use case of the learning-emotion paper).
+"""Per-student learning-emotion outputs of ``cli.py predict`` (the classroom use case of the learning-emotion paper).
 
 Reference: JI L X, REN H L, WANG W, et al. Multimodal and multiscale facial expression recognition analysis for
 learning emotions. J. Zhengzhou Univ. (Eng. Sci.), 2026, 47(3): 126-133 (six learning emotions recognised per face).
 
 The writer consumes :meth:`lightning_modules.fer.LitFER.predict_step` outputs: ``probs [B, K]`` plus the batch
-metadata ``source`` (video/file), ``frame [B]``, ``time [B]`` (seconds), ``box [B, 4]`` (x, y, w, h),
-``face_index [B]`` (the face track within the source) and ``path``. Missing metadata is left empty in the CSV.
+metadata ``source`` (video/file), ``frame [B]``, ``time [B]`` (seconds), ``box [B, 4]`` (x, y, w, h, source
+pixels), ``track_id [B]`` (one student across frames, :mod:`features.tracking`), ``score [B]``,
+``landmarks [B, 5, 2]`` and ``path``. Missing metadata is left empty in the CSV. Tables, smoothing, summaries
+and the annotated video come from :mod:`features.classroom_report`.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.confusion_matrix import save_figure_atomic
 from common.choices import check_choices
 from common.io import atomic_write
+from features.classroom_report import (
+    annotate_video,
+    empty_table,
+    palette,
+    predictions_table,
+    prob_columns,
+    smooth_table,
+    summarize_tracks,
+    write_csv_atomic,
+)
 
-__all__ = ["EmotionTimelineWriter"]
+__all__ = ["EmotionTimelineWriter", "plot_summary", "plot_timelines"]
 
 log = logging.getLogger(__name__)
 
-Overwrite = Literal["never", "replace"]
-OVERWRITE = get_args(Overwrite)
-Plot = Literal["per_source", "none"]
-PLOTS = get_args(Plot)
-XAxis = Literal["time", "frame"]
-X_AXES = get_args(XAxis)
 
 
 def _safe_stem(source: str) -> str:
@@ -42,46 +52,79 @@ def _safe_stem(source: str) -> str:
 
 
 class EmotionTimelineWriter(BasePredictionWriter):
-    """Writes one CSV row per detected face and one emotion-timeline PNG per source.
+    """Writes the per-face CSV, per-student timelines and summary, and the annotated video of ``cli.py predict``.
 
     Args:
-        output_dir: Folder for the outputs (created when missing).
-        csv_name: CSV file name.
-        plot: ``"per_source"`` (one PNG per source, one panel per face showing the class probabilities over
-            time as stacked areas and the predicted class as a line) or ``"none"``.
-        x_axis: ``"time"`` (seconds; falls back to frames when a source has no advancing ``time``, e.g. a folder of
-            still images) or ``"frame"``.
-        overwrite: ``"never"`` (default: refuse, with ``FileExistsError``, to replace any existing output; checked
-            before prediction starts for the CSV and before anything is written for the plots) or ``"replace"``.
-        max_faces: Most face panels per plot (the faces with most detections are kept).
+        output_dir: Folder for the outputs. With ``overwrite="never"`` (default) an existing non-empty folder is
+            refused before prediction starts (``FileExistsError`` naming it; ``cli.py predict --overwrite true``
+            or ``overwrite="replace"`` allows replacing this writer's files; other files are never touched).
+        csv_name: per-face CSV file name.
+        plot: ``"per_source"`` (``timeline_<source>.png``: one panel per student, class probabilities as stacked
+            areas and the class as a line) or ``"none"``.
+        x_axis: ``"time"`` (seconds; falls back to frames when time does not advance, e.g. still images) or
+            ``"frame"``.
+        overwrite: ``"never"`` or ``"replace"``.
+        max_tracks: most student panels per timeline (the students seen most).
+        smooth_window: moving-average window (observations) of each track's probabilities; 1 = off.
+        smooth_mode: ``"centered"`` (offline) or ``"causal"`` (no look-ahead).
+        min_track_observations: tracks seen fewer times are left out of the summary and plots (spurious
+            detections); they stay in the CSV.
+        annotated_video: ``"mp4"`` (``annotated_<source>.mp4``: boxes, track ids, current emotion; for video files
+            and recorded live sources) or ``"none"``.
+        summary: ``"csv_png"`` (``summary.csv`` and ``summary.png``) or ``"none"``.
 
-    Files (all written atomically: temporary file + rename): ``{output_dir}/{csv_name}`` with columns
-    ``source, frame, time, face_index, box_x, box_y, box_w, box_h, path, pred_class, confidence, prob_<class>...``
-    and ``{output_dir}/timeline_<source stem>.png``. With several processes each rank writes its own files
-    (``.rank<r>`` inserted before the suffix).
+    Files (written atomically): ``{csv_name}`` with columns ``source, frame, time, track_id, x, y, w, h, score,
+    <landmark>_x/_y (left_eye, right_eye, nose, mouth_left, mouth_right), path, class, confidence, raw_class,
+    prob_<class>...`` (``class``/``prob_*`` smoothed, ``raw_class`` the frame's own argmax); ``summary.csv``
+    (:func:`features.classroom_report.summarize_tracks`); ``summary.png``; ``timeline_<source>.png``;
+    ``annotated_<source>.mp4``; ``run_info.json`` (frame/face/track counts, unreadable frames skipped, notes). A
+    live source is recorded to ``recording.mp4`` (the annotated video is drawn on it). With several processes each
+    rank writes its own files (``.rank<r>`` before the suffix). On Ctrl-C (or another error) what was collected so
+    far is written.
+
+    Attributes:
+        table: the per-face DataFrame of the last run; summary: the per-student DataFrame; notes: messages for the
+            user (e.g. no face found); written: the files written.
     """
 
     def __init__(
         self,
         output_dir: str,
         csv_name: str = "emotions.csv",
-        plot: Plot = "per_source",
-        x_axis: XAxis = "time",
-        overwrite: Overwrite = "never",
-        max_faces: int = 8,
+        plot: Literal["per_source", "none"] = "per_source",
+        x_axis: Literal["time", "frame"] = "time",
+        overwrite: Literal["never", "replace"] = "never",
+        max_tracks: int = 8,
+        smooth_window: int = 5,
+        smooth_mode: Literal["centered", "causal"] = "centered",
+        min_track_observations: int = 3,
+        annotated_video: Literal["mp4", "none"] = "mp4",
+        summary: Literal["csv_png", "none"] = "csv_png",
     ) -> None:
-        check_choices(EmotionTimelineWriter, locals())
         super().__init__(write_interval="batch")
+        name = type(self).__name__
+        check_choices(type(self), locals())
         if not csv_name.endswith(".csv"):
-            raise ValueError(f"EmotionTimelineWriter: csv_name must end with .csv, got {csv_name!r}")
+            raise ValueError(f"{name}: csv_name must end with .csv, got {csv_name!r}")
+        if smooth_window < 1 or max_tracks < 1 or min_track_observations < 1:
+            raise ValueError(f"{name}: smooth_window, max_tracks and min_track_observations must be >= 1")
         self.output_dir = Path(output_dir)
         self.csv_name = csv_name
         self.plot = plot
         self.x_axis = x_axis
         self.overwrite = overwrite
-        self.max_faces = max_faces
+        self.max_tracks = max_tracks
+        self.smooth_window = smooth_window
+        self.smooth_mode = smooth_mode
+        self.min_track_observations = min_track_observations
+        self.annotated_video = annotated_video
+        self.summary_kind = summary
         self._chunks: list[dict[str, Any]] = []
         self.written: list[Path] = []
+        self.notes: list[str] = []
+        self.table: pd.DataFrame | None = None
+        self.summary: pd.DataFrame | None = None
+        self._done = False
 
     # ------------------------------------------------------------------ paths
     def _rank_name(self, trainer: Trainer, name: str) -> str:
@@ -90,20 +133,41 @@ class EmotionTimelineWriter(BasePredictionWriter):
             return f"{p.stem}.rank{trainer.global_rank}{p.suffix}"
         return name
 
-    def _check_free(self, paths: list[Path]) -> None:
-        if self.overwrite == "replace":
+    def check_output_dir(self) -> None:
+        """Refuse an existing non-empty output folder unless ``overwrite="replace"``."""
+        if self.overwrite == "replace" or not self.output_dir.exists():
             return
-        taken = [str(p) for p in paths if p.exists()]
-        if taken:
+        if not self.output_dir.is_dir():
+            raise FileExistsError(f"{type(self).__name__}: output_dir {str(self.output_dir)!r} is a file")
+        if any(self.output_dir.iterdir()):
             raise FileExistsError(
-                f"EmotionTimelineWriter: {taken} already exist; choose another output_dir or set "
-                "overwrite='replace'"
+                f"{type(self).__name__}: output folder {str(self.output_dir)!r} already exists and is not empty; "
+                "choose another output_dir, or allow replacing its outputs (cli.py predict --overwrite true, "
+                "overwrite='replace')"
             )
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The output folder is checked here: before prediction starts and before the CLI saves its config.yaml
+        into the run folder (the writer is one of the config's callbacks, which come first)."""
+        if stage != "predict":
+            return
+        if trainer.global_rank == 0:
+            self.check_output_dir()
+        # a live source is recorded into the output folder (set here: the loader starts reading before
+        # on_predict_start; the datamodule's setup, which builds the dataset, runs before the callbacks')
+        ds = self._dataset(trainer)
+        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None) is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            ds.record_to = self.output_dir / self._rank_name(trainer, "recording.mp4")
+
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._chunks = []
-        self.written = []
-        self._check_free([self.output_dir / self._rank_name(trainer, self.csv_name)])
+        self._chunks, self.written, self.notes = [], [], []
+        self.table = self.summary = None
+        self._done = False
+
+    @staticmethod
+    def _dataset(trainer: Trainer) -> Any:
+        return getattr(getattr(trainer, "datamodule", None), "predict_dataset", None)
 
     # ------------------------------------------------------------------ collection
     def write_on_batch_end(
@@ -115,14 +179,14 @@ class EmotionTimelineWriter(BasePredictionWriter):
         probs = prediction["probs"].detach().float().cpu()
         n = probs.shape[0]
         chunk: dict[str, Any] = {"probs": probs.numpy()}
-        for key in ("frame", "time", "face_index"):
-            value = prediction.get(key)
-            chunk[key] = _as_array(value, n, key)
+        for key in ("frame", "time", "track_id", "score"):
+            chunk[key] = _as_array(prediction.get(key), n, key)
         box = prediction.get("box")
-        chunk["box"] = (
-            torch.as_tensor(box).detach().cpu().reshape(n, 4).double().numpy()
-            if box is not None else np.full((n, 4), np.nan)
-        )
+        chunk["box"] = (torch.as_tensor(box).detach().cpu().reshape(n, 4).double().numpy()
+                        if box is not None else np.full((n, 4), np.nan))
+        lm = prediction.get("landmarks")
+        chunk["landmarks"] = (torch.as_tensor(lm).detach().cpu().reshape(n, 5, 2).double().numpy()
+                              if lm is not None else np.full((n, 5, 2), np.nan))
         for key in ("source", "path"):
             value = prediction.get(key)
             chunk[key] = list(value) if value is not None else [""] * n
@@ -132,113 +196,189 @@ class EmotionTimelineWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ output
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._chunks:
-            log.warning("EmotionTimelineWriter: no predictions to write")
-            return
-        names = list(getattr(pl_module, "class_names", None) or [])
-        data = {
-            key: np.concatenate([c[key] for c in self._chunks]) if key not in ("source", "path")
-            else [v for c in self._chunks for v in c[key]]
-            for key in self._chunks[0]
-        }
-        k = data["probs"].shape[1]
-        if len(names) != k:
-            names = [str(i) for i in range(k)]
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = self.output_dir / self._rank_name(trainer, self.csv_name)
-        plots = self._plot_paths(trainer, data) if self.plot == "per_source" else {}
-        self._check_free([csv_path, *plots.values()])
-        with atomic_write(csv_path, "w", newline="") as fh:
-            fh.write(self._csv_text(data, names))
-        self.written.append(csv_path)
-        for source, path in plots.items():
-            self._plot_source(data, source, names, path)
-            self.written.append(path)
-        log.info("EmotionTimelineWriter: wrote %d faces to %s and %d plot(s)", len(data["source"]), csv_path,
-                 len(plots))
-        self._chunks = []
+        self._write(trainer, pl_module)
 
-    def _plot_paths(self, trainer: Trainer, data: dict[str, Any]) -> dict[str, Path]:
-        x = data["time"] if self.x_axis == "time" else data["frame"]
-        if np.isnan(x).all() and np.isnan(data["frame"]).all():
-            log.info("EmotionTimelineWriter: no frame/time metadata, skipping timeline plots")
-            return {}
-        out: dict[str, Path] = {}
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Ctrl-C or an error during prediction: write what was collected (if anything) before the run ends."""
+        if self._done or not self._chunks:
+            return
+        log.warning("EmotionTimelineWriter: prediction stopped (%s): writing the %d batches collected so far",
+                    type(exception).__name__, len(self._chunks))
+        self.notes.append(f"prediction stopped early ({type(exception).__name__}): partial results")
+        self._write(trainer, pl_module)
+
+    def _class_names(self, pl_module: LightningModule, k: int | None) -> list[str]:
+        names = list(getattr(pl_module, "class_names", None) or [])
+        if k is not None and len(names) != k:
+            names = [str(i) for i in range(k)]
+        return names
+
+    @rank_zero_only
+    def _log_note(self, note: str) -> None:
+        log.warning("EmotionTimelineWriter: %s", note)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._done = True
+        ds = self._dataset(trainer)
+        sources = [ds.source] if ds is not None and hasattr(ds, "source") else []
+        if self._chunks:
+            data = {key: np.concatenate([c[key] for c in self._chunks]) if key not in ("source", "path")
+                    else [v for c in self._chunks for v in c[key]] for key in self._chunks[0]}
+            names = self._class_names(pl_module, data["probs"].shape[1])
+            table = predictions_table(names, data["probs"], data["source"], data["frame"], data["time"],
+                                      data["track_id"], data["box"], data["score"], data["landmarks"], data["path"])
+            table = smooth_table(table, names, self.smooth_window, self.smooth_mode)
+            sources = list(dict.fromkeys([*sources, *table["source"]]))
+        else:
+            names = self._class_names(pl_module, None)
+            table = empty_table(names)
+        stats = dict(getattr(ds, "stats", {}) or {})
+        for source in sources:
+            if not (table["source"] == source).any():
+                self.notes.append(f"no face was found in {source} ({stats.get('frames', 0)} frames analysed): "
+                                  "no tracks")
+        if stats.get("unreadable"):
+            self.notes.append(f"{stats['unreadable']} unreadable frame(s) of {sources[0] if sources else '?'} "
+                              "were skipped")
+        if stats.get("stopped_by_user"):
+            self.notes.append("the live source was stopped by Ctrl-C; results cover the frames taken until then")
+        for note in self.notes:
+            self._log_note(note)
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path = out / self._rank_name(trainer, self.csv_name)
+        write_csv_atomic(table, csv_path)
+        self.written.append(csv_path)
+        summary = summarize_tracks(table, names, self.min_track_observations)
+        if self.summary_kind == "csv_png":
+            p = out / self._rank_name(trainer, "summary.csv")
+            write_csv_atomic(summary, p)
+            png = out / self._rank_name(trainer, "summary.png")
+            plot_summary(summary, names, png)
+            self.written += [p, png]
         used: set[str] = set()
-        for source in dict.fromkeys(data["source"]):
+        for source in sources:
             stem = _safe_stem(source)
             name, i = stem, 1
             while name in used:
                 name, i = f"{stem}_{i}", i + 1
             used.add(name)
-            out[source] = self.output_dir / self._rank_name(trainer, f"timeline_{name}.png")
-        return out
+            sdf = table[table["source"] == source]
+            if self.plot == "per_source" and len(sdf):
+                p = out / self._rank_name(trainer, f"timeline_{name}.png")
+                plot_timelines(sdf, source, names, p, self.max_tracks, self.min_track_observations,
+                               self.x_axis == "time")
+                self.written.append(p)
+            if self.annotated_video == "mp4":
+                self._annotate(trainer, ds, source, sdf, out / self._rank_name(trainer, f"annotated_{name}.mp4"))
+        info = {"sources": sources, "faces": len(table), "students": len(summary),
+                "stats": {k: int(v) for k, v in stats.items()}, "notes": self.notes,
+                "smooth_window": self.smooth_window, "class_names": names}
+        p = out / self._rank_name(trainer, "run_info.json")
+        with atomic_write(p, "w") as fh:
+            fh.write(json.dumps(info, indent=1))
+        self.written.append(p)
+        self.table, self.summary = table, summary
+        log.info("EmotionTimelineWriter: %d faces, %d students -> %s", len(table), len(summary), out)
+        self._chunks = []
 
-    @staticmethod
-    def _csv_text(data: dict[str, Any], names: list[str]) -> str:
-        import io
+    def _annotate(self, trainer: Trainer, ds: Any, source: str, sdf: pd.DataFrame, path: Path) -> None:
+        from features.video_io import VIDEO_EXTENSIONS, VideoSourceError
 
-        probs = data["probs"]
-        pred = probs.argmax(axis=1)
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(
-            ["source", "frame", "time", "face_index", "box_x", "box_y", "box_w", "box_h", "path", "pred_class",
-             "confidence", *[f"prob_{c}" for c in names]]
-        )
-
-        def num(v: float, fmt: str) -> str:
-            return "" if np.isnan(v) else format(v, fmt)
-
-        for i in range(probs.shape[0]):
-            writer.writerow(
-                [data["source"][i], num(data["frame"][i], ".0f"), num(data["time"][i], ".3f"),
-                 num(data["face_index"][i], ".0f"), *[num(v, "g") for v in data["box"][i]], data["path"][i],
-                 names[pred[i]], f"{probs[i, pred[i]]:.4f}", *[f"{p:.4f}" for p in probs[i]]]
-            )
-        return buf.getvalue()
-
-    def _plot_source(self, data: dict[str, Any], source: str, names: list[str], path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from callbacks.confusion_matrix import save_figure_atomic
-
-        sel = np.array([s == source for s in data["source"]])
-        times = data["time"][sel]
-        # still images carry time 0: fall back to the frame (file) index when time does not advance
-        use_time = self.x_axis == "time" and np.isfinite(times).any() and np.nanmax(times) > np.nanmin(times)
-        x_all = data["time"] if use_time else data["frame"]
-        faces = np.nan_to_num(data["face_index"][sel], nan=0).astype(int)
-        ids, counts = np.unique(faces, return_counts=True)
-        ids = ids[np.argsort(-counts, kind="stable")][: self.max_faces]
-        ids.sort()
-        k = len(names)
-        colors = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k))
-        fig, axes = plt.subplots(len(ids), 1, figsize=(10, 1.8 * len(ids) + 0.8), sharex=True, squeeze=False)
-        for ax, face in zip(axes[:, 0], ids):
-            rows = np.flatnonzero(sel)[faces == face]
-            order = np.argsort(x_all[rows], kind="stable")
-            rows = rows[order]
-            x, p = x_all[rows], data["probs"][rows]
-            ax.stackplot(x, p.T, colors=colors, alpha=0.35, labels=names)
-            pred = p.argmax(axis=1)
-            ax2 = ax.twinx()
-            ax2.step(x, pred, where="post", color="black", linewidth=1.2)
-            ax2.set_yticks(range(k), labels=names, fontsize=7)
-            ax2.set_ylim(-0.5, k - 0.5)
-            ax.set_ylim(0, 1)
-            ax.set_ylabel(f"face {face}\nprob", fontsize=8)
-        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(0, 1.35), ncol=min(k, 7), fontsize=7, frameon=False)
-        axes[-1, 0].set_xlabel("time [s]" if use_time else "frame")
-        fig.suptitle(f"Learning-emotion timeline: {source}", fontsize=10)
-        fig.tight_layout()
+        video = None
+        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None):
+            video = Path(ds.record_to) if Path(ds.record_to).is_file() else None
+        elif Path(source).is_file() and Path(source).suffix.lower() in VIDEO_EXTENSIONS:
+            video = Path(source)
+        if video is None:
+            return
+        hold = int(getattr(ds, "every_n_frames", 1) or 1) if not getattr(ds, "live", False) else 1
         try:
-            save_figure_atomic(fig, path)
-        finally:
-            plt.close(fig)
+            annotate_video(video, sdf, path, hold_frames=hold)
+        except VideoSourceError as err:
+            self.notes.append(f"annotated video not written: {err}")
+            return
+        self.written.append(path)
+
+
+def plot_timelines(
+    df: pd.DataFrame, source: str, class_names: Sequence[str], path: Path, max_tracks: int = 8,
+    min_observations: int = 3, time_axis: bool = True,
+) -> None:
+    """One panel per student of ``source`` (the ``max_tracks`` seen most): class probabilities as stacked areas and
+    the (smoothed) class as a step line, over time (or frame index when time does not advance)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sdf = df[df["source"] == source]
+    counts = sdf["track_id"].value_counts()
+    ids = sorted(counts[counts >= min_observations].index[:max_tracks].tolist())
+    use_time = time_axis and sdf["time"].max() > sdf["time"].min()
+    k = len(class_names)
+    colors = palette(k)
+    fig, axes = plt.subplots(max(len(ids), 1), 1, figsize=(10, 1.8 * max(len(ids), 1) + 0.8), sharex=True,
+                             squeeze=False)
+    cols = prob_columns(class_names)
+    for ax, tid in zip(axes[:, 0], ids):
+        t = sdf[sdf["track_id"] == tid].sort_values("frame")
+        x = t["time"].to_numpy() if use_time else t["frame"].to_numpy()
+        ax.stackplot(x, t[cols].to_numpy().T, colors=colors, alpha=0.35, labels=list(class_names))
+        ax2 = ax.twinx()
+        pred = np.array([list(class_names).index(c) for c in t["class"]])
+        ax2.step(x, pred, where="post", color="black", linewidth=1.2)
+        ax2.set_yticks(range(k), labels=list(class_names), fontsize=7)
+        ax2.set_ylim(-0.5, k - 0.5)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"student {tid}\nprob", fontsize=8)
+    if not ids:
+        axes[0, 0].text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=axes[0, 0].transAxes)
+    else:
+        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(0, 1.35), ncol=min(k, 7), fontsize=7, frameon=False)
+    axes[-1, 0].set_xlabel("time [s]" if use_time else "frame")
+    fig.suptitle(f"Learning-emotion timeline per student: {Path(source).name}", fontsize=10)
+    fig.tight_layout()
+    try:
+        save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_summary(summary: pd.DataFrame, class_names: Sequence[str], path: Path) -> None:
+    """One horizontal stacked bar per student: share of time in each class; transitions and longest spell."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(summary)
+    fig, ax = plt.subplots(figsize=(10, 0.45 * max(n, 1) + 1.6))
+    colors = palette(len(class_names))
+    multi = summary["source"].nunique() > 1 if n else False
+    labels = [f"{Path(s).stem}: student {t}" if multi else f"student {t}"
+              for s, t in zip(summary["source"], summary["track_id"])]
+    left = np.zeros(n)
+    for j, c in enumerate(class_names):
+        v = summary[f"share_{c}"].to_numpy() if n else np.zeros(0)
+        ax.barh(range(n), v, left=left, color=colors[j], label=c)
+        left += v
+    for i, row in enumerate(summary.itertuples(index=False)):
+        ax.text(1.01, i, f"{row.transitions} changes, longest {row.longest_spell_class} {row.longest_spell_s:.1f}s",
+                va="center", fontsize=7)
+    ax.set_yticks(range(n), labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the time the student was seen")
+    if n == 0:
+        ax.text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(class_names), 7), fontsize=7,
+              frameon=False)
+    fig.tight_layout()
+    try:
+        save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _as_array(value: Any, n: int, key: str) -> np.ndarray:

@@ -10,7 +10,14 @@ Batch (``docs/architecture.md``, "Face images"): ``image`` ``[B, 3, H, W]`` floa
 ``descriptor`` ``[B, 1, H, W]`` float32 (when ``descriptor != "none"``), ``label`` ``[B]`` int64, ``origin``
 ``list[str]``, ``path`` ``list[str]``. Predict batches (``predict_source``) replace ``label``/``origin`` with
 ``frame`` ``[B]`` int64, ``time`` ``[B]`` float32 (seconds; 0 for still images), ``box`` ``[B, 4]`` int64
-``(x, y, w, h)`` in source pixels, ``face_index`` ``[B]`` int64 and ``source`` ``list[str]``.
+``(x, y, w, h)`` in source pixels, ``track_id`` ``[B]`` int64 (the same student across frames,
+:mod:`features.tracking`), ``score`` ``[B]`` float32, ``landmarks`` ``[B, 5, 2]`` float32 (NaN without) and
+``source`` ``list[str]``.
+
+Portable checkpoints: :meth:`FERDataModule.preprocessing_state` (stored in every LitFER checkpoint) holds the
+class names, crop/alignment, normalisation and descriptor settings and the fitted SUN statistics;
+:meth:`FERDataModule.apply_preprocessing_state` makes a prediction-only datamodule use them, so predicting needs no
+training cache.
 
 Pipeline: ``prepare_data`` (rank 0, once) scans, detects/crops/caches faces with a manifest, writes or reuses the
 split file, fits the SUN statistics on the real training images and caches descriptor maps; ``setup`` reads the
@@ -25,9 +32,8 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
@@ -52,20 +58,28 @@ from features.descriptors import (
     fit_sun_params,
     to_uint8_map,
 )
+from features.detection import build_detector
+from features.face_stream import FaceStream
 from features.faces import (
     FaceCropSettings,
-    HaarFaceDetector,
     _progress,
-    crop_face,
     preprocess_faces,
     read_manifest,
     settings_hash,
 )
 from features.images import REAL_ORIGIN, BadImageError, ImageRecord, load_image_rgb, scan_class_folders
+from features.tracking import IoUTracker
+from features.video_io import VIDEO_EXTENSIONS, is_live_source, open_source
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+#: Settings a model depends on at prediction time (stored in LitFER checkpoints, see ``preprocessing_state``).
+PREPROCESSING_KEYS = (
+    "class_names", "image_size", "face_detection", "face_margin", "background", "descriptor", "lbp_points",
+    "lbp_radius", "energy_sigma", "sun_sigmas", "sun_ratio", "sun_channels", "mean", "std", "descriptor_mean",
+    "descriptor_std", "predict_alignment",
+)
+PREPROCESSING_VERSION = 1
 
 
 class FERDataModule(LightningDataModule):
@@ -118,8 +132,20 @@ class FERDataModule(LightningDataModule):
         batch_size: batch size of every loader.
         num_workers: DataLoader workers (train/val/test; prediction always runs in the main process).
         seed: seed of the split, the SUN pixel subsample and the class-balanced sampler.
-        predict_source: folder of images, an image file, or a video file to run prediction on.
-        predict_every_n_frames: keep one video frame in n.
+        predict_source: what to run prediction on: a video file, a webcam (``0`` or ``webcam:0``), a stream URL
+            (``rtsp://...``), a folder of frames/images (sorted, tracked as a sequence) or one image.
+        predict_every_n_frames: frame stride: analyse one video frame in n.
+        predict_detector: face detector for prediction: ``"mtcnn"`` (CNN with landmarks, the default),
+            ``"haar"`` or ``"none"`` (each frame/image is one face, e.g. pre-cropped faces).
+        predict_min_face_size: smallest face side in source pixels (MTCNN: bounds its image pyramid).
+        predict_detector_thresholds: MTCNN P-/R-/O-Net thresholds.
+        predict_min_score: least MTCNN confidence of a kept face.
+        predict_alignment: ``"eyes"`` (similarity alignment by the eye landmarks, framed like the training crops)
+            or ``"none"`` (box crop).
+        predict_reid: ``"appearance"`` (re-link a track after occlusion by a face embedding) or ``"none"``.
+        predict_track_max_age: processed frames a track may miss and keep its id by IoU.
+        predict_max_fps: frame-rate cap of live sources (webcam/stream).
+        predict_max_frames: stop a live source after this many frames (None: until it ends or Ctrl-C).
         progress: ``"rich"`` progress bar during preprocessing, or ``"none"``.
     """
 
@@ -167,6 +193,15 @@ class FERDataModule(LightningDataModule):
         seed: int = 42,
         predict_source: str | None = None,
         predict_every_n_frames: int = 1,
+        predict_detector: Literal["mtcnn", "haar", "none"] = "mtcnn",
+        predict_min_face_size: int = 20,
+        predict_detector_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        predict_min_score: float = 0.9,
+        predict_alignment: Literal["eyes", "none"] = "eyes",
+        predict_reid: Literal["appearance", "none"] = "appearance",
+        predict_track_max_age: int = 10,
+        predict_max_fps: float | None = None,
+        predict_max_frames: int | None = None,
         progress: Literal["rich", "none"] = "rich",
     ) -> None:
         super().__init__()
@@ -226,6 +261,8 @@ class FERDataModule(LightningDataModule):
         self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none")
         self.datasets: dict[str, FaceTensorDataset] = {}
         self.predict_dataset: FacePredictDataset | None = None
+        self._sun_params: SUNParams | None = None  # from a checkpoint (apply_preprocessing_state)
+        self._check_predict_options()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -352,8 +389,68 @@ class FERDataModule(LightningDataModule):
         return cache / entry["cache_file"]
 
     def load_sun_params(self) -> SUNParams:
-        """The SUN statistics fitted on the training images (clear error when missing)."""
+        """The SUN statistics fitted on the training images: from the checkpoint when one was applied
+        (:meth:`apply_preprocessing_state`), else from :attr:`sun_params_path` (clear error when missing)."""
+        if self._sun_params is not None:
+            return self._sun_params
         return SUNParams.load(self.sun_params_path)
+
+    # ------------------------------------------------------------------ portable checkpoints
+    def preprocessing_state(self) -> dict[str, Any]:
+        """What a trained model needs to predict, as plain JSON types (stored in LitFER checkpoints):
+        ``{"version", "settings": {<PREPROCESSING_KEYS>}, "sun_params": dict | None}``."""
+        hp = self.hparams
+        settings = {k: list(hp[k]) if isinstance(hp[k], tuple) else hp[k] for k in PREPROCESSING_KEYS}
+        sun = None
+        if hp.descriptor == "sun":
+            try:
+                sun = dict(self.load_sun_params().__dict__)
+            except FileNotFoundError:
+                log.warning("%s: no SUN statistics yet (prepare_data not run): the checkpoint will not hold them",
+                            type(self).__name__)
+        return {"version": PREPROCESSING_VERSION, "settings": settings, "sun_params": sun}
+
+    def apply_preprocessing_state(self, state: dict[str, Any], origin: str = "the checkpoint") -> None:
+        """Use a trained model's preprocessing (see :meth:`preprocessing_state`) for prediction.
+
+        The stored settings replace this datamodule's (a model only works with the crops and descriptors it was
+        trained on); every value that changes is logged.
+
+        Raises:
+            ValueError: the state is not of a known version or lacks settings (naming ``origin``).
+        """
+        name = type(self).__name__
+        if not isinstance(state, dict) or state.get("version") != PREPROCESSING_VERSION or "settings" not in state:
+            raise ValueError(f"{name}: {origin} holds no usable preprocessing state (version "
+                             f"{state.get('version') if isinstance(state, dict) else None!r})")
+        settings = state["settings"]
+        missing = [k for k in PREPROCESSING_KEYS if k not in settings]
+        if missing:
+            raise ValueError(f"{name}: {origin} lacks the preprocessing settings {missing}")
+        hp = self.hparams
+        changed = {k: (hp[k], settings[k]) for k in PREPROCESSING_KEYS
+                   if (list(hp[k]) if isinstance(hp[k], tuple) else hp[k]) != settings[k]}
+        for k, (old, new) in changed.items():
+            log.warning("%s: %s = %r from %s (was %r)", name, k, new, origin, old)
+        hp.update({k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in settings.items()})
+        self._crop_settings = FaceCropSettings(
+            image_size=hp.image_size, face_detection=hp.face_detection, margin=hp.face_margin,
+            no_face=hp.no_face, background=hp.background,
+        )
+        self._desc_settings = DescriptorSettings(
+            descriptor=hp.descriptor, lbp_points=hp.lbp_points, lbp_radius=hp.lbp_radius,
+            energy_sigma=hp.energy_sigma, sun_sigmas=tuple(float(v) for v in hp.sun_sigmas),
+            sun_ratio=hp.sun_ratio, sun_channels=hp.sun_channels,
+        )
+        self._collate_eval = FaceBatchTransform(hp.mean, hp.std, hp.descriptor_mean, hp.descriptor_std,
+                                                augment="none")
+        sun = state.get("sun_params")
+        self._sun_params = SUNParams(**sun) if sun else None
+        if hp.descriptor == "sun" and self._sun_params is None:
+            log.warning("%s: %s has no SUN statistics; they will be read from %s", name, origin,
+                        self.sun_params_path)
+        self.predict_dataset = None
+        self._check_predict_options()
 
     # ------------------------------------------------------------------ LightningDataModule hooks
     def prepare_data(self) -> None:
@@ -430,7 +527,8 @@ class FERDataModule(LightningDataModule):
         """Load the cached crops/maps into uint8 tensors and build the datasets for ``stage``."""
         hp = self.hparams
         if stage == "predict":
-            self._setup_predict()
+            if self.predict_dataset is None:
+                self._setup_predict()
             return
         if self.datasets:
             return
@@ -478,19 +576,37 @@ class FERDataModule(LightningDataModule):
             )
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
 
+    def _check_predict_options(self) -> None:
+        hp = self.hparams
+        check_choices(type(self), {k: hp[k] for k in ("predict_detector", "predict_alignment", "predict_reid")})
+        if hp.predict_max_fps is not None and hp.predict_max_fps <= 0:
+            raise ValueError(f"{type(self).__name__}: predict_max_fps must be > 0, got {hp.predict_max_fps}")
+
     def _setup_predict(self) -> None:
+        """Build the prediction dataset (the source is opened here: a bad video fails before any prediction)."""
         hp = self.hparams
         if not hp.predict_source:
             raise ValueError(f"{type(self).__name__}: predict_source is not set")
         sun = self.load_sun_params() if hp.descriptor == "sun" else None
-        detector = self._crop_settings.make_detector()
+        detector = None
+        if hp.predict_detector != "none":
+            detector = build_detector(
+                hp.predict_detector, min_face_size=hp.predict_min_face_size,
+                thresholds=tuple(hp.predict_detector_thresholds), min_score=hp.predict_min_score,
+            )
+        stream = FaceStream(
+            detector, hp.image_size, hp.face_margin, hp.predict_alignment,
+            IoUTracker(max_age=hp.predict_track_max_age), hp.predict_reid,
+        )
         self.predict_dataset = FacePredictDataset(
             hp.predict_source,
             self._crop_settings,
-            detector,
+            stream,
             self._desc_settings,
             sun,
             hp.predict_every_n_frames,
+            hp.predict_max_fps,
+            hp.predict_max_frames,
         )
 
     # ------------------------------------------------------------------ loaders
@@ -554,78 +670,90 @@ class FERDataModule(LightningDataModule):
 
 
 class FacePredictDataset(IterableDataset):
-    """Every face in a folder of images, one image file or a video (``cv2.VideoCapture``), as samples.
+    """Every face of a video, a live source, a folder of frames or one image, tracked across frames, as samples.
 
-    All detected faces are yielded (classroom use: several students per frame), each with its frame index,
-    time, box and face index. Frames/images without a face are counted in :attr:`stats` and yield nothing;
-    with ``face_detection="none"`` the whole image is one face. Unreadable images are counted and skipped.
+    Each frame goes through a :class:`features.face_stream.FaceStream` (detect all faces, link them to tracks,
+    eye-aligned crops), so a student keeps one ``track_id`` over the lesson. Frames without a face are counted in
+    :attr:`stats` and yield nothing; unreadable video frames and images are skipped and counted (``unreadable``,
+    ``skipped:<reason>``). A video that cannot be opened raises :class:`features.video_io.VideoSourceError` naming
+    it, at construction.
 
     Args:
-        source: folder (searched recursively, sorted), image file or video file.
-        crop: crop settings (size, margin, detection).
-        detector: Haar detector (None with ``face_detection="none"``).
+        source: video file, webcam index / ``webcam:N``, stream URL, folder (searched recursively, sorted) or image.
+        crop: crop settings (background colour of images).
+        stream: the per-frame detect/track/crop pipeline.
         descriptor: descriptor settings.
         sun_params: SUN statistics fitted on the training images (needed for ``"sun"``).
-        every_n_frames: keep one video frame in n.
+        every_n_frames: frame stride of videos.
+        max_fps: frame-rate cap of live sources.
+        max_frames: frame limit of live sources.
+
+    Attributes:
+        record_to: path where a live source's frames are recorded (set before iterating; the annotated video of a
+            live session is drawn on it).
 
     Shapes:
         Item: ``image`` ``[3, S, S]`` uint8, ``descriptor`` ``[1, S, S]`` uint8, ``frame`` ``[]`` int64,
-        ``time`` ``[]`` float32, ``box`` ``[4]`` int64, ``face_index`` ``[]`` int64, ``source``/``path`` str.
+        ``time`` ``[]`` float32, ``box`` ``[4]`` int64, ``track_id`` ``[]`` int64, ``score`` ``[]`` float32,
+        ``landmarks`` ``[5, 2]`` float32 (NaN without), ``source``/``path`` str.
     """
 
     def __init__(
         self,
         source: str,
         crop: FaceCropSettings,
-        detector: HaarFaceDetector | None,
+        stream: FaceStream,
         descriptor: DescriptorSettings,
         sun_params: SUNParams | None,
         every_n_frames: int = 1,
+        max_fps: float | None = None,
+        max_frames: int | None = None,
     ) -> None:
         super().__init__()
-        p = Path(source)
-        if not p.exists():
-            raise FileNotFoundError(f"predict_source {source!r} does not exist")
         if descriptor.descriptor == "sun" and sun_params is None:
             raise ValueError(
                 "FacePredictDataset: descriptor 'sun' needs SUN statistics fitted on the training images"
             )
-        self.source = str(p)
+        self.source = str(source)
+        self.live = is_live_source(self.source)
+        self._reader = None
+        if self.live:
+            self._reader = open_source(self.source, max_fps=max_fps, max_frames=max_frames)
+        else:
+            p = Path(self.source)
+            if not p.exists():
+                raise FileNotFoundError(f"predict_source {self.source!r} does not exist")
+            if self._is_video():
+                self._reader = open_source(self.source, stride=every_n_frames)
         self.crop = crop
-        self.detector = detector
+        self.stream = stream
         self.descriptor = descriptor
         self.sun_params = sun_params
         self.every_n_frames = int(every_n_frames)
+        self.record_to: str | Path | None = None
         self.stats: Counter = Counter()
+
+    @property
+    def fps(self) -> float:
+        return float(getattr(self._reader, "fps", 0.0) or 0.0)
 
     def _is_video(self) -> bool:
         return Path(self.source).is_file() and Path(self.source).suffix.lower() in VIDEO_EXTENSIONS
 
     def _frames(self) -> Iterator[tuple[int, float, np.ndarray, str]]:
         """(frame index, time in s, RGB frame, source path)."""
-        p = Path(self.source)
-        if self._is_video():
-            cap = cv2.VideoCapture(str(p))
-            if not cap.isOpened():
-                raise ValueError(f"predict_source {self.source!r}: OpenCV cannot open this video")
-            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-            idx = 0
-            try:
-                while True:
-                    if idx % self.every_n_frames:
-                        if not cap.grab():
-                            break
-                        idx += 1
-                        continue
-                    ok, bgr = cap.read()
-                    if not ok:
-                        break
-                    t = idx / fps if fps > 0 else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                    yield idx, float(t), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.source
-                    idx += 1
-            finally:
-                cap.release()
+        if self._reader is not None:
+            if self.live:
+                self._reader.record_to = Path(self.record_to) if self.record_to else None
+            for f in self._reader:
+                yield f.index, f.time, f.rgb, self.source
+            for k, v in self._reader.stats.items():
+                if k in ("unreadable", "dropped_by_fps_cap"):
+                    self.stats[k] += v
+            if getattr(self._reader, "stopped_by_user", False):
+                self.stats["stopped_by_user"] = 1
             return
+        p = Path(self.source)
         files = (
             [p]
             if p.is_file()
@@ -642,38 +770,45 @@ class FacePredictDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         self.stats = Counter()
+        self.stream.reset()
+        no_landmarks = torch.full((5, 2), float("nan"))
+        tracks: set[int] = set()
         for frame, t, rgb, src in self._frames():
             self.stats["frames"] += 1
-            if self.detector is None:
-                boxes = np.array([[0, 0, rgb.shape[1], rgb.shape[0]]], dtype=np.int64)
-                crops_boxes = [(None, boxes[0])]
-            else:
-                boxes = self.detector.detect(rgb)
-                if len(boxes) == 0:
-                    self.stats["frames_without_face"] += 1
-                    continue
-                crops_boxes = [(b, b) for b in boxes]
-            for k, (b, box) in enumerate(crops_boxes):
-                crop = crop_face(rgb, b, self.crop.image_size, self.crop.margin)
+            faces = self.stream.process(frame, t, rgb)
+            if not faces:
+                self.stats["frames_without_face"] += 1
+                continue
+            for face in faces:
+                tracks.add(face.track_id)
+                det = face.detection
                 item = {
-                    "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
+                    "image": torch.from_numpy(np.ascontiguousarray(face.crop.transpose(2, 0, 1))),
                     "frame": torch.tensor(frame, dtype=torch.long),
                     "time": torch.tensor(t, dtype=torch.float32),
-                    "box": torch.as_tensor(np.asarray(box, dtype=np.int64)),
-                    "face_index": torch.tensor(k, dtype=torch.long),
+                    "box": torch.tensor(det.box, dtype=torch.long),
+                    "track_id": torch.tensor(face.track_id, dtype=torch.long),
+                    "score": torch.tensor(det.score, dtype=torch.float32),
+                    "landmarks": torch.from_numpy(det.landmarks) if det.landmarks is not None else no_landmarks,
                     "source": self.source,
                     "path": src,
                 }
                 if self.descriptor.descriptor != "none":
-                    m = to_uint8_map(compute_descriptor(crop, self.descriptor, self.sun_params))
+                    m = to_uint8_map(compute_descriptor(face.crop, self.descriptor, self.sun_params))
                     item["descriptor"] = torch.from_numpy(m[None])
                 self.stats["faces"] += 1
                 yield item
+        self.stats["tracks"] = len(tracks)
         log.info(
-            "Prediction on %s: %d frames/images, %d faces, %d without a face, skipped %s",
+            "Prediction on %s: %d frames/images, %d faces in %d tracks, %d frames without a face, %d unreadable "
+            "frames skipped, skipped images %s",
             self.source,
             self.stats["frames"],
             self.stats["faces"],
+            self.stats["tracks"],
             self.stats["frames_without_face"],
+            self.stats["unreadable"],
             {k: v for k, v in self.stats.items() if k.startswith("skipped:")} or 0,
         )
+        if self.stats["faces"] == 0:
+            log.warning("Prediction on %s: no face found in %d frames (no tracks)", self.source, self.stats["frames"])

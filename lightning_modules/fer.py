@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -25,12 +26,14 @@ from torch import Tensor, nn
 from lightning_modules.optim import build_optimization
 from metrics.fer import FERMetrics
 
-__all__ = ["FERNet", "LitFER"]
+__all__ = ["FERNet", "LitFER", "read_fer_preprocessing"]
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "face_index", "label")
+PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_id", "score", "landmarks", "label")
+#: Checkpoint key of the datamodule's preprocessing state (class names, crops, descriptors, SUN statistics).
+PREPROCESSING_CKPT_KEY = "fer_preprocessing"
 
 
 @runtime_checkable
@@ -91,6 +94,8 @@ class LitFER(LightningModule):
         self.scheduler_factory = scheduler
         self.net: nn.Module | None = None
         self.confusion_matrices: dict[str, Tensor] = {}
+        #: the datamodule's preprocessing state read from a checkpoint (see :meth:`on_load_checkpoint`)
+        self.preprocessing: dict | None = None
         if num_classes is not None:
             self._build(num_classes, class_names)
 
@@ -172,7 +177,7 @@ class LitFER(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{"probs": [B, K], "pred": [B]}`` plus the batch metadata present (``path``, ``frame``, ``time``,
-        ``box``, ``face_index``, ``source``, ``label`` ...), tensors moved to CPU."""
+        ``box``, ``track_id``, ``landmarks``, ``source``, ``label`` ...), tensors moved to CPU."""
         probs = self(batch).float().softmax(dim=1).cpu()
         out: dict[str, Any] = {"probs": probs, "pred": probs.argmax(dim=1)}
         for key in PREDICT_META_KEYS:
@@ -201,9 +206,52 @@ class LitFER(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    # ------------------------------------------------------------------ portable checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the datamodule's preprocessing state (``FERDataModule.preprocessing_state``: class names, crop and
+        alignment, normalisation, descriptor settings and the fitted SUN statistics) under
+        ``checkpoint["fer_preprocessing"]`` so that prediction needs nothing but the checkpoint."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        state = dm.preprocessing_state() if hasattr(dm, "preprocessing_state") else self.preprocessing
+        if state is not None:
+            checkpoint[PREPROCESSING_CKPT_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = checkpoint.get(PREPROCESSING_CKPT_KEY)
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         if self.net is None:
             raise RuntimeError("LitFER: configure_optimizers called before the net was built")
         return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
                                   self.hparams.lr_multipliers, self.hparams.scheduler_monitor)
+
+
+def read_fer_preprocessing(path: str | Path) -> dict | None:
+    """The preprocessing state stored in a LitFER checkpoint (None for a LitFER checkpoint saved without one).
+
+    Loaded with ``weights_only=True`` (a checkpoint never chooses code to run).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a checkpoint, or a checkpoint of another model kind (both naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises pickle/zip/runtime errors for non-checkpoints
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely (weights_only) as a PyTorch checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict)")
+    hp = ckpt.get("hyper_parameters") or {}
+    class_path = hp.get("_class_path")
+    ours = f"{LitFER.__module__}.{LitFER.__qualname__}"
+    if class_path and class_path != ours:
+        raise ValueError(f"checkpoint {str(path)!r} holds a {class_path} model, not a face-expression model "
+                         f"({ours}): give a checkpoint trained with a configs/fer/ config")
+    if not class_path and PREPROCESSING_CKPT_KEY not in ckpt and not {"net", "num_classes"} <= set(hp):
+        raise ValueError(f"checkpoint {str(path)!r} is not a face-expression (LitFER) checkpoint "
+                         f"(hyper-parameters {sorted(hp)[:8]})")
+    return ckpt.get(PREPROCESSING_CKPT_KEY)

@@ -258,16 +258,18 @@ def test_predict_on_a_folder(tmp_path: Path) -> None:
     folder = tmp_path / "to_predict"
     make_class_folders(folder, ["x"], subjects=3, frames=1, size=24, seed=3)
     (folder / "x" / "broken.png").write_bytes(b"")
-    pdm = _dm(tmp_path, descriptor="sun", predict_source=str(folder))
+    pdm = _dm(tmp_path, descriptor="sun", predict_source=str(folder), predict_detector="none")
     pdm.setup("predict")
     batches = list(pdm.predict_dataloader())
     b = batches[0]
-    assert set(b) == {"image", "descriptor", "frame", "time", "box", "face_index", "source", "path"}
+    assert set(b) == {"image", "descriptor", "frame", "time", "box", "track_id", "score", "landmarks", "source",
+                      "path"}
     assert b["image"].shape == (3, 3, 16, 16) and b["descriptor"].shape == (3, 1, 16, 16)
     assert (
         b["frame"].dtype == torch.int64 and b["time"].dtype == torch.float32 and b["box"].dtype == torch.int64
     )
-    assert b["box"].tolist() == [[0, 0, 24, 24]] * 3 and b["face_index"].tolist() == [0, 0, 0]
+    assert b["box"].tolist() == [[0, 0, 24, 24]] * 3 and b["track_id"].tolist() == [0, 0, 0]
+    assert b["landmarks"].shape == (3, 5, 2) and b["landmarks"].isnan().all()
     assert pdm.predict_dataset.stats["skipped:empty_file"] == 1
     assert dm.sun_params_path == pdm.sun_params_path
 
@@ -313,6 +315,7 @@ def test_predict_on_a_video_all_faces(tmp_path: Path) -> None:
         descriptor="lbp",
         predict_source=str(video),
         predict_every_n_frames=1,
+        predict_min_face_size=30,
         batch_size=3,
     )
     dm.prepare_data()
@@ -330,7 +333,12 @@ def test_predict_on_a_video_all_faces(tmp_path: Path) -> None:
     for f in (0, 1, 3, 4):
         xs = sorted(boxes[frames == f][:, 0].tolist())
         assert xs[0] < 104 and xs[1] >= 104  # one face on each side
-    assert batches[0]["source"] == [str(video)] * 3 and batches[0]["face_index"].tolist()[:2] == [0, 1]
+    assert batches[0]["source"] == [str(video)] * 3
+    tracks = torch.cat([b["track_id"] for b in batches])
+    left = boxes[:, 0] < 104
+    assert tracks[left].unique().numel() == 1 and tracks[~left].unique().numel() == 1  # one student, one track
+    assert tracks[left][0] != tracks[~left][0] and stats["tracks"] == 2
+    assert not torch.cat([b["landmarks"] for b in batches]).isnan().any()  # MTCNN gives the 5 landmarks
     # every 3rd frame only
     dm3 = _dm(
         tmp_path,

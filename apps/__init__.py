@@ -1,0 +1,1 @@
+"""End-user applications on top of the CLI: the classroom analysis API and its local web page."""

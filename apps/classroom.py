@@ -1,0 +1,118 @@
+"""A local web page a teacher can open: choose a video and a checkpoint, see per-student learning emotions.
+
+Run::
+
+    python -m apps.classroom --ckpt runs/swin2b_learning_emotions/checkpoints/best.ckpt
+    # then open http://127.0.0.1:7860
+
+The page (Gradio) takes a video (upload, or a path / webcam index / stream URL typed in) and a checkpoint, runs
+:func:`apps.classroom_api.analyze_video` (the same pipeline as ``cli.py predict``), and shows the annotated video,
+the per-student timelines, the summary (plot and table) and a download of the per-face CSV. Bad input (no face, a
+corrupt video, a foreign checkpoint, ...) is shown as a message on the page. Every analysis writes to its own new
+folder under ``--output-root``. The server listens on 127.0.0.1 only, with Gradio's analytics off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apps.classroom_api import DEFAULT_CONFIG, analyze_video
+
+log = logging.getLogger(__name__)
+
+__all__ = ["analyze_for_page", "build_app", "main"]
+
+
+def analyze_for_page(
+    upload: str | None,
+    typed_source: str | None,
+    ckpt: str | None,
+    every_n_frames: float,
+    min_face_size: float,
+    config: str | Path = DEFAULT_CONFIG,
+    output_root: str | Path = "runs/classroom",
+) -> tuple:
+    """The page's action: ``(status markdown, annotated video, timeline png, summary png, summary table, csv)``."""
+    import pandas as pd
+
+    source = upload or (typed_source or "").strip()
+    empty = (None, None, None, pd.DataFrame(), None)
+    if not source:
+        return ("**Choose a video** (upload one, or type a path, webcam index or stream URL).", *empty)
+    if not ckpt or not str(ckpt).strip():
+        return ("**Choose a checkpoint** (.ckpt of a model trained with a configs/fer/ config).", *empty)
+    stem = Path(str(source)).stem or "source"
+    out = Path(output_root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    try:
+        df = analyze_video(source, str(ckpt).strip(), out, config=config, every_n_frames=int(every_n_frames),
+                           min_face_size=int(min_face_size), max_frames=300)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # bad input: a message naming the file
+        return (f"**Could not analyse:** {err}", *empty)
+    files = {Path(f).name: f for f in df.attrs["files"]}
+    summary = df.attrs["summary"]
+    timeline = next((f for n, f in files.items() if n.startswith("timeline_")), None)
+    video = next((f for n, f in files.items() if n.startswith("annotated_")), None)
+    notes = df.attrs["notes"]
+    status = (f"**{summary.shape[0]} student(s)**, {len(df)} face observations, written to `{out}`."
+              + ("".join(f"\n\n- {n}" for n in notes) if notes else ""))
+    table = summary.round(3) if len(summary) else summary
+    return status, video, timeline, files.get("summary.png"), table, files.get("emotions.csv")
+
+
+def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONFIG,
+              output_root: str | Path = "runs/classroom"):
+    """The Gradio Blocks page (not launched)."""
+    import gradio as gr
+
+    def run(upload, typed, ckpt, stride, min_face):
+        return analyze_for_page(upload, typed, ckpt, stride, min_face, config, output_root)
+
+    with gr.Blocks(title="Classroom learning emotions") as demo:
+        gr.Markdown("# Classroom learning-emotion analysis\nOne timeline per student: faces are detected (MTCNN), "
+                    "tracked across frames and classified into the six learning emotions.")
+        with gr.Row():
+            upload = gr.Video(label="Video (upload)", sources=["upload"], elem_id="upload")
+            with gr.Column():
+                typed = gr.Textbox(label="…or a video path, webcam index (0) or stream URL", elem_id="source")
+                ckpt = gr.Textbox(label="Checkpoint (.ckpt)", value=default_ckpt or "", elem_id="ckpt")
+                stride = gr.Slider(1, 30, value=5, step=1, label="Analyse one frame in n", elem_id="stride")
+                min_face = gr.Slider(12, 200, value=20, step=1, label="Smallest face (pixels)", elem_id="min_face")
+                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            video = gr.Video(label="Annotated video", elem_id="annotated", interactive=False)
+            summary_png = gr.Image(label="Summary: share of time per emotion", elem_id="summary_png",
+                                   type="filepath", interactive=False)
+        timeline = gr.Image(label="Per-student timelines", elem_id="timeline", type="filepath", interactive=False)
+        table = gr.Dataframe(label="Per-student summary", elem_id="summary_table", interactive=False)
+        csv = gr.File(label="Download the per-face CSV", elem_id="csv", interactive=False)
+        button.click(run, [upload, typed, ckpt, stride, min_face], [status, video, timeline, summary_png, table, csv])
+    return demo
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Local web page for the classroom learning-emotion analysis")
+    ap.add_argument("--ckpt", default=None, help="checkpoint shown as the default on the page")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="prediction config (the trained architecture)")
+    ap.add_argument("--output-root", default="runs/classroom", help="each analysis writes a new folder here")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    Path(args.output_root).mkdir(parents=True, exist_ok=True)
+    demo = build_app(args.ckpt, args.config, args.output_root)
+    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.output_root).resolve())])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Python API of the classroom analysis: ``analyze_video(path, ckpt) -> pandas.DataFrame``.
+
+It runs exactly what ``cli.py predict --config configs/fer/predict_video.yaml --ckpt_path model.ckpt`` runs (the
+LightningCLI with the config's model and :class:`callbacks.emotion_timeline.EmotionTimelineWriter`), with the
+source, output folder and a few prediction options filled in, and returns the per-face table. The checkpoint
+brings its own preprocessing (class names, crops, descriptor settings, SUN statistics); the config brings the
+network architecture (the paper's two-branch Swin in ``predict_video.yaml``; give the training config for another).
+
+Example::
+
+    from apps.classroom_api import analyze_video
+    df = analyze_video("lesson.mp4", "runs/swin2b_learning_emotions/checkpoints/best.ckpt")
+    df.attrs["summary"]      # one row per student: share of time per emotion, transitions, longest spell
+    df.attrs["files"]        # emotions.csv, summary.csv/png, timeline_*.png, annotated_*.mp4, run_info.json
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import yaml
+
+__all__ = ["DEFAULT_CONFIG", "analyze_video"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "fer" / "predict_video.yaml"
+
+
+def _writer_entry(callbacks: list) -> dict:
+    for cb in callbacks:
+        if isinstance(cb, dict) and cb.get("class_path", "").endswith("EmotionTimelineWriter"):
+            return cb
+    raise ValueError("the config has no callbacks.emotion_timeline.EmotionTimelineWriter under trainer.callbacks")
+
+
+def analyze_video(
+    source: str | int,
+    ckpt: str | Path,
+    output_dir: str | Path | None = None,
+    config: str | Path = DEFAULT_CONFIG,
+    overwrite: bool = False,
+    detector: Literal["mtcnn", "haar", "none"] = "mtcnn",
+    min_face_size: int = 20,
+    every_n_frames: int = 1,
+    smooth_window: int = 5,
+    max_fps: float | None = None,
+    max_frames: int | None = None,
+    batch_size: int = 16,
+    annotated_video: Literal["mp4", "none"] = "mp4",
+) -> pd.DataFrame:
+    """Per-student learning emotions of a video, webcam or stream.
+
+    Args:
+        source: video file, webcam index (``0`` / ``"webcam:0"``), stream URL or folder of frames.
+        ckpt: a LitFER checkpoint (from ``cli.py fit`` with a ``configs/fer/`` config).
+        output_dir: where the files go (default ``runs/classroom/<source stem>-<time>``); an existing non-empty
+            folder is refused unless ``overwrite``.
+        config: the prediction config (its model section must be the trained architecture).
+        overwrite: replace the outputs of an earlier run in ``output_dir``.
+        detector / min_face_size / every_n_frames / max_fps / max_frames: see ``FERDataModule``'s ``predict_*``.
+        smooth_window: per-student moving average of the probabilities (observations).
+        batch_size: faces per forward pass.
+        annotated_video: ``"mp4"`` or ``"none"``.
+
+    Returns:
+        The per-face table (columns of the CSV); ``attrs``: ``summary`` (DataFrame), ``notes`` (list of str),
+        ``files`` (list of paths), ``output_dir``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or foreign checkpoint, bad video, existing output folder
+            (``FileExistsError``), each naming the file.
+    """
+    from cli import cli_main
+    from lightning_modules.fer import read_fer_preprocessing
+
+    ckpt = Path(ckpt)
+    read_fer_preprocessing(ckpt)  # fail fast, naming the file, on a missing or foreign checkpoint
+    if output_dir is None:
+        stem = Path(str(source)).stem if not str(source).isdigit() else f"webcam{source}"
+        output_dir = Path("runs") / "classroom" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = yaml.safe_load(Path(config).read_text())
+    data = cfg["data"]["init_args"]
+    data.update(
+        predict_source=str(source), predict_detector=detector, predict_min_face_size=int(min_face_size),
+        predict_every_n_frames=int(every_n_frames), predict_max_fps=max_fps, predict_max_frames=max_frames,
+        batch_size=int(batch_size), num_workers=0, progress="none",
+    )
+    trainer = cfg.setdefault("trainer", {})
+    trainer["logger"] = False
+    trainer["enable_progress_bar"] = False
+    writer = _writer_entry(trainer.setdefault("callbacks", []))["init_args"]
+    writer.update(output_dir=str(output_dir), smooth_window=int(smooth_window), annotated_video=annotated_video,
+                  overwrite="replace" if overwrite else "never")
+    # the resolved config.yaml goes to the run folder: the parent of checkpoint.dirpath (nothing is saved there)
+    cfg["checkpoint"] = {**(cfg.get("checkpoint") or {}), "dirpath": str(Path(output_dir) / "checkpoints")}
+    cli = cli_main(["predict", "--config", yaml.safe_dump(cfg), "--ckpt_path", str(ckpt)])
+    cb = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EmotionTimelineWriter")
+    table = cb.table if cb.table is not None else pd.DataFrame()
+    table.attrs.update(summary=cb.summary, notes=list(cb.notes), files=[str(p) for p in cb.written],
+                       output_dir=str(output_dir))
+    return table

@@ -1,0 +1,158 @@
+"""End-to-end classroom prediction throughput: frames/s and faces/s on 720p video with 1, 5 and 20 faces.
+
+One command (run on an idle machine; 2 cores)::
+
+    python benchmarks/bench_classroom.py --faces 1 5 20 --frames 30 --out runs/bench_classroom
+
+For each face count, a 1280x720 H.264 video of ``--frames`` frames is composed from real JAFFE faces (sides 40-120
+px, :mod:`features.synthetic_classroom`) and run through ``Trainer.predict`` with the prediction pipeline of
+``configs/fer/predict_video.yaml``: PyAV decoding, MTCNN detection (min face 20 px), tracking with appearance
+re-linking, eye alignment, SUN descriptor maps and the face model (the config's two-branch Swin at 256 px, random
+weights: the cost does not depend on them; ``--net tiny`` for a smoke run). The detector and the tracker are
+timed inside the run, so the table gives the share of the wall time spent in detection and in tracking; the rest
+is decoding, cropping, descriptors and the model. All face counts run in one process, one after the other, after
+one warm-up run.
+
+Writes ``<out>/bench_classroom.md`` and ``.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NET = {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4}
+
+
+class _Timed:
+    """Wraps a callable attribute of ``obj`` and adds its wall time to ``self.seconds``."""
+
+    def __init__(self, obj: object, name: str) -> None:
+        self.seconds = 0.0
+        fn = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+
+def make_video(path: Path, portraits: Sequence, n_faces: int, n_frames: int, seed: int = 0) -> Path:
+    from features.synthetic_classroom import Nuisances, compose_frame
+    from features.video_io import MP4Writer
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.uniform(40, 120, n_faces)
+    picks = [portraits[i % len(portraits)] for i in range(n_faces)]
+    frame, _ = compose_frame(picks, sizes, rng, nuisances=Nuisances(max_tilt=10, max_blur=0.5))
+    with MP4Writer(path, fps=25) as w:
+        for k in range(n_frames):  # a static class with slight camera shake
+            w.write(np.roll(frame, (k % 3) - 1, axis=1))
+    return path
+
+
+def run_once(video: Path, net: str, sun, batch_size: int) -> dict[str, float]:
+    from lightning.pytorch import Trainer
+
+    from datamodules.fer import FERDataModule
+    from lightning_modules.fer import LitFER
+    from models.swin_two_branch import TwoBranchSwin
+
+    cfg = yaml.safe_load((REPO / "configs" / "fer" / "predict_video.yaml").read_text())
+    net_args = dict(cfg["model"]["init_args"]["net"]["init_args"])
+    data = dict(cfg["data"]["init_args"])
+    if net == "tiny":
+        net_args.update(TINY_NET)
+        data["image_size"] = 32
+    data.update(root="/nonexistent", predict_source=str(video), predict_every_n_frames=1, predict_max_fps=None,
+                batch_size=batch_size, progress="none", sun_sigmas=list(sun.sigmas))
+    dm = FERDataModule(**data)
+    dm._sun_params = sun
+    dm.setup("predict")
+    ds = dm.predict_dataset
+    det = _Timed(ds.stream.detector, "detect")
+    trk = _Timed(ds.stream.tracker, "update")
+    torch.manual_seed(0)
+    lit = LitFER(partial(TwoBranchSwin, **net_args), num_classes=len(data["class_names"]),
+                 class_names=data["class_names"]).eval()
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False)
+    t0 = time.perf_counter()
+    trainer.predict(lit, datamodule=dm, return_predictions=False)
+    wall = time.perf_counter() - t0
+    frames, faces = ds.stats["frames"], ds.stats["faces"]
+    return {"frames": frames, "faces": faces, "wall_s": wall, "frames_per_s": frames / wall,
+            "faces_per_s": faces / wall, "detection_share": det.seconds / wall, "tracking_share": trk.seconds / wall}
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jaffe", default=str(REPO.parent / "shared" / "data" / "jaffe"))
+    ap.add_argument("--faces", type=int, nargs="+", default=[1, 5, 20])
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--net", choices=["paper", "tiny"], default="paper")
+    ap.add_argument("--out", default="runs/bench_classroom")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from features.descriptors import fit_sun_params
+    from features.detection import build_detector, face_crop
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from eval_face_detectors import load_portraits
+
+    portraits = load_portraits(args.jaffe, limit=40)
+    if not portraits:
+        raise SystemExit(f"no JAFFE portraits under {args.jaffe}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = 32 if args.net == "tiny" else 256
+    det = build_detector("mtcnn", min_face_size=40)
+    crops = [face_crop(p.rgb, d[0], size) for p in portraits[:20] if (d := det.detect(p.rgb))]
+    sun = fit_sun_params(crops, (1.0, 2.0, 4.0, 8.0), 1.6, "intensity")
+    videos = {n: make_video(out / f"class_{n}faces.mp4", portraits, n, args.frames) for n in args.faces}
+    run_once(videos[args.faces[0]], args.net, sun, args.batch_size)  # warm-up (MTCNN nets, model, caches)
+    rows = []
+    for n, video in videos.items():
+        r = run_once(video, args.net, sun, args.batch_size)
+        rows.append({"faces_in_frame": n, **r})
+    keys = list(rows[0])
+    with open(out / "bench_classroom.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, keys)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [(f"1280x720, {args.frames} frames per video, net {args.net}, batch {args.batch_size}, "
+              f"{torch.get_num_threads()} torch threads"), "",
+             "| faces / frame | faces found | frames/s | faces/s | share in detection | share in tracking |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['faces_in_frame']} | {r['faces'] / max(r['frames'], 1):.1f} | {r['frames_per_s']:.2f} | "
+                     f"{r['faces_per_s']:.1f} | {r['detection_share']:.0%} | {r['tracking_share']:.0%} |")
+    (out / "bench_classroom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""analyze_video / cli.py predict end to end on real faces: portable checkpoint (no training cache), track ids,
+outputs, and each kind of bad input with a clear message naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from apps.classroom_api import analyze_video
+from features.video_io import VideoSourceError
+from tests.fakes_classroom import LEARNING, classroom_video, tiny_predict_config, train_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("tiny_fer")
+    ckpt = train_tiny_checkpoint(tmp)
+    return ckpt, tiny_predict_config(tmp, tmp / "unused_out")
+
+
+def test_checkpoint_holds_the_preprocessing_and_sun_statistics(tiny) -> None:
+    ckpt, _ = tiny
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")["fer_preprocessing"]
+    assert state["settings"]["class_names"] == LEARNING and state["settings"]["image_size"] == 32
+    assert state["settings"]["descriptor"] == "sun" and len(state["sun_params"]["theta"]) == 2
+
+
+def test_analyze_video_end_to_end_with_only_the_checkpoint(tiny, tmp_path) -> None:
+    ckpt, cfg = tiny
+    video = classroom_video(tmp_path / "lesson.mp4")
+    out = tmp_path / "out"
+    df = analyze_video(video, ckpt, out, config=cfg)
+    # the config asks for 256 px crops and a training cache that does not exist: the checkpoint's 32 px and SUN
+    # statistics were used, or the tiny net would have failed
+    assert list(df.columns[:8]) == ["source", "frame", "time", "track_id", "x", "y", "w", "h"]
+    assert {f"prob_{c}" for c in LEARNING} <= set(df.columns) and "left_eye_x" in df.columns
+    assert df["track_id"].nunique() == 2 and len(df) == 16
+    for _, t in df.groupby("track_id"):
+        assert t["x"].max() - t["x"].min() < 40  # each track stays with one drifting face
+    summary = df.attrs["summary"]
+    assert len(summary) == 2 and summary[[f"share_{c}" for c in LEARNING]].sum(axis=1).round(6).eq(1).all()
+    names = {Path(f).name for f in df.attrs["files"]}
+    assert {"emotions.csv", "summary.csv", "summary.png", "timeline_lesson.png", "annotated_lesson.mp4",
+            "run_info.json"} <= names
+    assert pd.read_csv(out / "emotions.csv").shape[0] == 16
+    assert (out / "config.yaml").is_file() and not (out / "checkpoints").exists()  # the resolved config is kept
+    # an existing output folder is refused, unless overwrite
+    with pytest.raises(FileExistsError, match=str(out)):
+        analyze_video(video, ckpt, out, config=cfg)
+    assert len(analyze_video(video, ckpt, out, config=cfg, overwrite=True)) == 16
+
+
+def test_video_without_faces_gives_empty_tracks_and_a_note(tiny, tmp_path) -> None:
+    ckpt, cfg = tiny
+    video = classroom_video(tmp_path / "empty_room.mp4", faces=False)
+    df = analyze_video(video, ckpt, tmp_path / "out", config=cfg)
+    assert df.empty and df.attrs["summary"].empty
+    assert any("no face was found in" in n and "empty_room.mp4" in n for n in df.attrs["notes"])
+    assert (tmp_path / "out" / "emotions.csv").read_text().startswith("source,frame,time,track_id")
+    assert (tmp_path / "out" / "annotated_empty_room.mp4").is_file()
+
+
+def test_unreadable_frame_in_the_middle_is_skipped_and_counted(tiny, tmp_path) -> None:
+    import av
+    import numpy as np
+
+    from features.video_io import VideoReader
+    from tests.features.test_video_io import corrupt_jpeg_frame, write_mjpeg_avi
+
+    ckpt, cfg = tiny
+    frames = [f.rgb for f in VideoReader(classroom_video(tmp_path / "src.mp4", n_frames=6))]
+    avi = tmp_path / "lesson.avi"
+    write_mjpeg_avi(avi, [np.ascontiguousarray(f) for f in frames], fps=4)
+    corrupt_jpeg_frame(avi, 3)
+    df = analyze_video(avi, ckpt, tmp_path / "out", config=cfg)
+    assert sorted(df["frame"].unique()) == [0, 1, 2, 4, 5]
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["stats"]["unreadable"] == 1 and any("1 unreadable frame" in n for n in info["notes"])
+    assert av  # PyAV wrote the AVI
+
+
+@pytest.mark.parametrize("kind", ["zero_length", "corrupt"])
+def test_bad_video_files_name_the_file(tiny, tmp_path, kind: str) -> None:
+    ckpt, cfg = tiny
+    bad = tmp_path / f"{kind}.mp4"
+    bad.write_bytes(b"" if kind == "zero_length" else b"\x00\x00\x00\x18ftypmp42" + bytes(3000))
+    with pytest.raises(VideoSourceError, match=f"{bad}.*corrupt"):
+        analyze_video(bad, ckpt, tmp_path / "out", config=cfg)
+
+
+def test_webcam_that_does_not_exist(tiny, tmp_path) -> None:
+    ckpt, cfg = tiny
+    with pytest.raises(VideoSourceError, match="webcam:97.*no_webcam"):
+        analyze_video("webcam:97", ckpt, tmp_path / "out", config=cfg)
+
+
+def test_checkpoint_of_another_model_kind_or_not_a_checkpoint(tiny, tmp_path) -> None:
+    _, cfg = tiny
+    video = tmp_path / "v.mp4"
+    other = tmp_path / "msa.ckpt"
+    torch.save({"state_dict": {"net.fc.weight": torch.zeros(1)},
+                "hyper_parameters": {"_class_path": "lightning_modules.msa.LitMSA"}}, other)
+    with pytest.raises(ValueError, match=f"{other}.*lightning_modules.msa.LitMSA.*not a face-expression"):
+        analyze_video(video, other, tmp_path / "out", config=cfg)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"{junk}.*cannot be read safely"):
+        analyze_video(video, junk, tmp_path / "out", config=cfg)
+    with pytest.raises(FileNotFoundError, match="absent.ckpt"):
+        analyze_video(video, tmp_path / "absent.ckpt", tmp_path / "out", config=cfg)
+
+
+def test_live_source_ctrl_c_ends_cleanly_with_the_files_written(tiny, tmp_path, monkeypatch) -> None:
+    """A webcam (a recorded lesson played through cv2.VideoCapture's contract) stopped by Ctrl-C after 8 frames:
+    the run finishes normally and writes the CSV, summary, the recording and its annotated video."""
+    import os
+    import signal
+
+    import cv2
+
+    ckpt, cfg = tiny
+    src = classroom_video(tmp_path / "cam.mp4", n_frames=30)
+    real = cv2.VideoCapture
+
+    class Camera:
+        def __init__(self) -> None:
+            self.cap, self.reads = real(str(src)), 0
+
+        def isOpened(self) -> bool:
+            return self.cap.isOpened()
+
+        def get(self, prop: int) -> float:
+            return self.cap.get(prop)
+
+        def release(self) -> None:
+            self.cap.release()
+
+        def read(self):
+            self.reads += 1
+            if self.reads == 9:  # the teacher presses Ctrl-C while the 9th frame is read
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.cap.read()
+
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: Camera() if target == 0 else real(target))
+    out = tmp_path / "live"
+    df = analyze_video("webcam:0", ckpt, out, config=cfg)
+    assert sorted(df["frame"].unique()) == list(range(9))
+    assert df["track_id"].nunique() == 2
+    assert any("Ctrl-C" in n for n in df.attrs["notes"])
+    from features.video_io import VideoReader
+
+    assert len(list(VideoReader(out / "recording.mp4"))) == 9
+    assert len(list(VideoReader(out / "annotated_webcam_0.mp4"))) == 9
+    assert (out / "summary.csv").is_file() and (out / "emotions.csv").is_file()
+
+
+@pytest.mark.slow
+def test_cli_predict_command_with_only_the_checkpoint(tiny, tmp_path) -> None:
+    """The README's one command, as a process: outputs written, a second run refused naming the folder,
+    --overwrite true accepted."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    ckpt, cfg = tiny
+    video = classroom_video(tmp_path / "lesson.mp4")
+    out = tmp_path / "runs_predict"
+    conf = yaml.safe_load(Path(cfg).read_text())
+    conf["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(out)
+    conf["checkpoint"] = {"dirpath": str(out / "checkpoints")}
+    cfg2 = tmp_path / "predict.yaml"
+    cfg2.write_text(yaml.safe_dump(conf))
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "cli.py", "predict", "--config", str(cfg2), "--ckpt_path", str(ckpt),
+           "--data.init_args.predict_source", str(video)]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    first = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert pd.read_csv(out / "emotions.csv")["track_id"].nunique() == 2
+    assert (out / "annotated_lesson.mp4").is_file() and (out / "config.yaml").is_file()
+    again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert again.returncode != 0 and str(out) in again.stderr and "--overwrite true" in again.stderr
+    forced = subprocess.run([*cmd, "--overwrite", "true"], cwd=repo, capture_output=True, text=True, timeout=600,
+                            env=env, check=False)
+    assert forced.returncode == 0, forced.stderr[-3000:]
