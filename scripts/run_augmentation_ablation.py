@@ -206,7 +206,7 @@ def main() -> None:
     gen_dm = GenerationDataModule(source=fer_data(args), output_root=str(aug_root),
                                   total_multiplier=args.total_multiplier, scarce_multiplier=args.scarce_multiplier,
                                   scarce_classes=SCARCE, batch_size=64, base_seed=args.seed)
-    writer = AugmentedImageWriter(str(aug_root), data_root=args.data, class_names=CLASSES, image_mode="L",
+    writer = AugmentedImageWriter(data_root=args.data, class_names=CLASSES, image_mode="L",
                                   quality=quality, progress="none")
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
         ldm, datamodule=gen_dm, return_predictions=False, ckpt_path=None)
