@@ -138,11 +138,6 @@ class AugmentedImageWriter(BasePredictionWriter):
         if self.class_names is None:
             self.class_names = list(getattr(pl_module, "class_names", None) or dm.class_names)
         self._probe_writable()
-        # the weights' file: the trainer's ckpt_path, else the file the model was loaded from (load_ldm)
-        source = trainer.ckpt_path or getattr(pl_module, "trained_weights", None)
-        if source and Path(source).is_file():
-            self.checkpoint = str(Path(source).resolve())
-            self.checkpoint_sha256 = file_sha256(source, n_hex=64)
         self._generate = getattr(pl_module, "generate", None)
         self._retry_seed = getattr(dm, "retry_seed", None)
         if self.quality is not None and self.max_retries and (self._generate is None or self._retry_seed is None):
@@ -171,6 +166,12 @@ class AugmentedImageWriter(BasePredictionWriter):
             raise RuntimeError(f"AugmentedImageWriter: output folder {self.output_root} is not writable: {e}") from e
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the weights' file (known once they are restored): the trainer's ckpt_path, else the file the model was
+        # loaded from (load_ldm)
+        source = trainer.ckpt_path or getattr(pl_module, "trained_weights", None)
+        if source and Path(source).is_file():
+            self.checkpoint = str(Path(source).resolve())
+            self.checkpoint_sha256 = file_sha256(source, n_hex=64)
         if self.progress_mode != "rich" or not trainer.is_global_zero:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
