@@ -30,7 +30,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.datasets.images import BadImageError, ImageRecord, load_image_rgb
+from datamodules.datasets.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    BadImageError,
+    ImageRecord,
+    check_image_header,
+    load_image_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +262,8 @@ def preprocess_faces(
     on_bad_image: str = "skip",
     progress: str = "rich",
     detector: HaarFaceDetector | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
 ) -> dict[str, dict]:
     """Detect, crop and cache every record once; reuse the cache for unchanged files.
 
@@ -271,6 +280,9 @@ def preprocess_faces(
             :class:`~datamodules.datasets.images.BadImageError`).
         progress: ``"rich"`` progress bar or ``"none"``.
         detector: detector to use (default: built from ``settings``); exposed for tests/counting.
+        max_pixels: files with more pixels are skipped (reason ``"too_many_pixels"``), checked from the header.
+        min_side: files with a smaller side are skipped (``"too_small"``). Cached entries are re-checked from
+            the header when the limits change.
 
     Returns:
         Manifest entries for ``records``, keyed by source path.
@@ -310,8 +322,11 @@ def preprocess_faces(
             if not unchanged and st.st_size > 0 and old.get("sha1") == file_sha1(rec.path):
                 unchanged = True
             crop_ok = old["status"] != "ok" or (cache_dir / old["cache_file"]).is_file()
+            limits = {"max_pixels": max_pixels, "min_side": min_side}
+            if unchanged and crop_ok and old.get("limits") != limits:  # also caches written before the limits
+                crop_ok = _still_within(old, rec.path, max_pixels, min_side)
             if unchanged and crop_ok:
-                entry = {**old, **base, "cached": True}
+                entry = {**old, **base, "limits": limits, "cached": True}
                 if entry != old:
                     dirty = True
                 out[rec.path] = entry
@@ -335,9 +350,10 @@ def preprocess_faces(
             "face": "not_run",
             "cache_file": None,
             "cached": False,
+            "limits": {"max_pixels": max_pixels, "min_side": min_side},
         }
         try:
-            rgb = load_image_rgb(rec.path, settings.background)
+            rgb = load_image_rgb(rec.path, settings.background, max_pixels, min_side)
         except BadImageError as err:
             if on_bad_image == "error":
                 raise
@@ -388,6 +404,22 @@ def preprocess_faces(
         cache_dir,
     )
     return out
+
+
+_SIZE_REASONS = ("too_many_pixels", "too_small")
+
+
+def _still_within(entry: dict, path: str, max_pixels: int | None, min_side: int) -> bool:
+    """Whether a cached entry stays valid under new size limits (header check; nothing decoded)."""
+    if entry["status"] != "ok" and entry.get("reason") not in _SIZE_REASONS:
+        return True  # skipped for another reason: the limits change nothing
+    try:
+        check_image_header(path, max_pixels, min_side)
+        within = True
+    except BadImageError:
+        within = False
+    # ok and still within -> keep; ok but now outside, or skipped for size and now within -> reprocess
+    return within == (entry["status"] == "ok")
 
 
 def summarize_manifest(entries: Iterable[dict]) -> dict[str, int]:
