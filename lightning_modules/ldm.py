@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_modules.checkpoint_io import (
+    CheckpointError,
     check_class_path,
     check_hparams_class_paths,
     load_checkpoint,
@@ -460,13 +461,13 @@ def _build_module(spec: dict[str, Any] | None, source: str | Path) -> nn.Module 
     import importlib
 
     if not isinstance(spec, dict) or not isinstance(spec.get("init_args", {}), dict):
-        raise ValueError(f"LDM checkpoint {source}: malformed module spec {spec!r}")
+        raise CheckpointError(f"LDM checkpoint {source}: malformed module spec {spec!r}")
     check_class_path(spec.get("class_path"), source, "ldm_modules")
     check_hparams_class_paths(spec.get("init_args", {}), source, "ldm_modules.init_args")
     mod_name, _, cls_name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(mod_name), cls_name)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"LDM checkpoint {source}: {spec['class_path']} is not an nn.Module")
+        raise CheckpointError(f"LDM checkpoint {source}: {spec['class_path']} is not an nn.Module")
     return cls(**spec.get("init_args", {}))
 
 
