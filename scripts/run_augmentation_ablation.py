@@ -95,9 +95,10 @@ def recognition(args, out: Path, name: str, extra: list[str] | None) -> tuple[Pa
         t0 = time.time()
         t.fit(model, datamodule=dm)
         log.info("%s trained in %.0f s", name, time.time() - t0)
-    # The one full unpickling in the project: this checkpoint was written by this script (above or in its previous
-    # run) and its hyper-parameters hold the Python partials built here, which weights_only=True cannot read.
-    model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=False).eval()
+    # Its hyper-parameters hold the Python partials built here: weights_only=True reads them with exactly these
+    # globals allowed (a partial of an allowed class is rebuilt, never called), so a planted file still runs no code.
+    with torch.serialization.safe_globals([functools.partial, TimmClassifier, torch.optim.AdamW]):
+        model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True).eval()
     dm.prepare_data()
     dm.setup("test")
     preds, labels = [], []
