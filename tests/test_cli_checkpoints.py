@@ -1,7 +1,8 @@
 """``--ckpt_path`` cannot lie or run code (issue 14 §2, §3).
 
 One tiny TFN run and one tiny LDM run (both through the CLI, so their checkpoints hold LightningCLI's
-``_class_path``/``_instantiator`` hyper-parameters) are shared by the tests of this module.
+``_class_path``/``_instantiator`` hyper-parameters) are shared by the tests of this module; the LDM ones are
+``slow`` (the default suite checks ``load_ldm``'s allow-list in tests/lightning_modules/test_ldm.py).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def test_checkpoint_of_another_net_is_refused_naming_both(tfn_run, tmp_path, sub
     assert str(ckpt) in str(e.value)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_system_is_refused(tfn_run, ldm_run) -> None:
     """An MSA checkpoint passed to generation is refused before any model is built (was ``KeyError: 'audio'``)."""
     _, msa_ckpt = tfn_run
@@ -176,6 +178,7 @@ def test_pickled_code_in_a_checkpoint_is_refused_naming_the_file(tfn_run, tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_load_ldm_refuses_a_crafted_module_spec(ldm_run, tmp_path) -> None:
     """Probe (b): ``ldm_modules.net`` naming ``os.system``."""
     from lightning_modules.ldm import load_ldm
@@ -190,6 +193,7 @@ def test_load_ldm_refuses_a_crafted_module_spec(ldm_run, tmp_path) -> None:
     assert model.trained_weights == str(ldm_run["ckpt"].resolve())
 
 
+@pytest.mark.slow
 def test_load_ldm_and_load_vae_refuse_other_systems(tfn_run, ldm_run) -> None:
     from lightning_modules.ldm import load_ldm, load_vae
 
@@ -210,6 +214,7 @@ def test_allow_list_is_derived_not_listed() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ §2 generation
+@pytest.mark.slow
 def test_generation_settings_given_by_the_user_win_and_are_recorded(ldm_run, caplog) -> None:
     cfg = _generate_config(ldm_run, "aug_ok")
     with caplog.at_level(logging.INFO):
@@ -227,6 +232,7 @@ def test_generation_settings_given_by_the_user_win_and_are_recorded(ldm_run, cap
     assert "num_inference_steps" in kept and "guidance_scale" in kept and "vae_path" in kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,error,match", [
     (["--model.init_args.guidance_scale", "-1.0"], ValueError, "guidance_scale"),
     (["--model.init_args.num_inference_steps", "0"], ValueError, "num_inference_steps"),
@@ -239,6 +245,7 @@ def test_bad_generation_settings_are_validated_despite_the_checkpoint(ldm_run, o
     assert not (ldm_run["tmp"] / "aug_bad" / "manifest.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_generation_without_a_trained_checkpoint_is_refused(ldm_run) -> None:
     cfg = _generate_config(ldm_run, "aug_untrained")
     with pytest.raises(RuntimeError, match="untrained UNet"):
