@@ -33,18 +33,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
 from datamodules.datasets.images import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIDE,
-    REAL_ORIGIN,
     SPLITS,
-    BadImageError,
     FaceBatchTransform,
     FaceTensorDataset,
-    ImageRecord,
     class_balanced_weights,
     group_split,
-    load_image_rgb,
-    scan_class_folders,
     stack_hwc_uint8,
     stratified_split,
     subject_from_name,
@@ -64,6 +57,15 @@ from features.faces import (
     preprocess_faces,
     read_manifest,
     settings_hash,
+)
+from features.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    REAL_ORIGIN,
+    BadImageError,
+    ImageRecord,
+    load_image_rgb,
+    scan_class_folders,
 )
 
 log = logging.getLogger(__name__)

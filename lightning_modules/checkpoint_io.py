@@ -106,17 +106,25 @@ def _public_paths(cls: type) -> set[str]:
     return paths
 
 
-def _project_classes() -> list[type]:
+def _project_classes() -> tuple[list[type], set[str]]:
+    """The ``nn.Module`` classes defined in :data:`PROJECT_PACKAGES`, and every project module path they are
+    importable from (re-exports such as ``models.diffusion.FrozenImageEncoder`` kept for saved configs)."""
     classes: list[type] = []
+    paths: set[str] = set()
     for pkg_name in PROJECT_PACKAGES:
         pkg = importlib.import_module(pkg_name)
         names = [pkg_name] + [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg_name + ".")]
         for name in names:
             mod = importlib.import_module(name)
-            for obj in vars(mod).values():
-                if inspect.isclass(obj) and obj.__module__ == name and issubclass(obj, nn.Module):
+            for attr, obj in vars(mod).items():
+                if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+                    continue
+                if obj.__module__.split(".")[0] not in PROJECT_PACKAGES or attr != obj.__name__:
+                    continue
+                paths.add(f"{name}.{attr}")
+                if obj.__module__ == name:
                     classes.append(obj)
-    return classes
+    return classes, paths
 
 
 def _hinted_classes(fn: Any) -> set[type]:
@@ -154,8 +162,7 @@ def allowed_class_paths() -> frozenset[str]:
     """The class paths a checkpoint may name (module docstring)."""
     from lightning.pytorch.core.saving import _ALLOWED_INSTANTIATORS
 
-    project = _project_classes()
-    allowed = {p for c in project for p in _public_paths(c)}
+    project, allowed = _project_classes()
     for system in (c for c in project if issubclass(c, LightningModule)):
         for hinted in _hinted_classes(system.__init__):
             if issubclass(hinted, nn.Module) or hinted.__module__.split(".")[0] in PROJECT_PACKAGES:

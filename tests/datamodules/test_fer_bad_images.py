@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.datasets.images import BadImageError, load_image_rgb, scan_class_folders
+from features.images import BadImageError, load_image_rgb, scan_class_folders
 from datamodules.fer import FERDataModule
 from tests.fakes_images import make_class_folders
 
