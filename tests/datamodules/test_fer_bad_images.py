@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.images import BadImageError, load_image_rgb, scan_class_folders
 from datamodules.fer import FERDataModule
+from features.images import BadImageError, load_image_rgb, scan_class_folders
 from tests.fakes_images import make_class_folders
 
 CLASSES = ["happy", "sad"]
