@@ -27,10 +27,10 @@ Defaults added to every run:
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -39,6 +39,12 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.checkpoint import EpochCheckpoint
 from callbacks.loggers import AutoWandbLogger
+from lightning_modules.checkpoint_io import (
+    CheckpointError,
+    check_hparams_class_paths,
+    checkpoint_classes,
+    load_checkpoint,
+)
 
 __all__ = ["AffectCLI", "RunDirSaveConfig", "cli_main"]
 
@@ -118,12 +124,124 @@ class AffectCLI(LightningCLI):
         last = Path(ckpt.dirpath) / "last.ckpt"
         if not last.is_file():
             raise FileNotFoundError(f"--ckpt_path best: {last} does not exist; run fit first or give a checkpoint file")
-        state = torch.load(last, weights_only=True, map_location="cpu").get("callbacks", {}).get(ckpt.state_key, {})
+        state = load_checkpoint(last).get("callbacks", {}).get(ckpt.state_key, {})
         best = state.get("best_model_path", "")
         if not best or not Path(best).is_file():
             raise FileNotFoundError(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
+        best_ckpt = load_checkpoint(best)
+        check_hparams_class_paths(best_ckpt.get("hyper_parameters") or {}, best)
+        self._check_checkpoint_model(best_ckpt, best, self.config[self.subcommand]["model"])
         rank_zero_info(f"--ckpt_path best resolved to {best}")
         cfg["ckpt_path"] = best
+
+    # ------------------------------------------------------------------ --ckpt_path
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        self._given_args = args  # re-parsed without defaults to tell the user's explicit settings (see below)
+
+    def _explicit_model_args(self, subcommand: str) -> dict[str, Any]:
+        """``model.init_args`` the user set in a config file or on the command line (defaults excluded)."""
+        args = getattr(self, "_given_args", None)
+        try:
+            if isinstance(args, dict):
+                ns = self.parser.parse_object(args, defaults=False)
+            else:
+                ns = self.parser.parse_args(args, defaults=False)
+        except (SystemExit, Exception) as e:  # noqa: BLE001 - then nothing counts as explicit; say so
+            log.warning("Could not tell which model settings were given explicitly (%s); the checkpoint's win", e)
+            return {}
+        model = ns.get(subcommand, {}).get("model") if hasattr(ns, "get") else None
+        init = model.get("init_args") if hasattr(model, "get") else None
+        return _as_dict(init)
+
+    @staticmethod
+    def _resolve_class(class_path: str) -> type | None:
+        """Class of an (already allow-listed or user-written) class path; ``None`` when it does not import."""
+        import importlib
+
+        mod, _, name = class_path.rpartition(".")
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError, ValueError):
+            return None
+
+    def _check_checkpoint_model(self, ckpt: dict[str, Any], path: str | Path, model_cfg: Any) -> None:
+        """``CheckpointError`` when the checkpoint's system or net class differs from the config's, naming both."""
+        ckpt_system, ckpt_net = checkpoint_classes(ckpt)
+        cfg_system = model_cfg.get("class_path") if hasattr(model_cfg, "get") else None
+        init = model_cfg.get("init_args") if hasattr(model_cfg, "get") else None
+        net = init.get("net") if hasattr(init, "get") else None
+        cfg_net = net.get("class_path") if hasattr(net, "get") else None
+        for what, ours, theirs in (("system", cfg_system, ckpt_system), ("net", cfg_net, ckpt_net)):
+            if ours is None or theirs is None or ours == theirs:
+                continue
+            a, b = self._resolve_class(ours), self._resolve_class(theirs)
+            if a is None or a is not b:
+                raise CheckpointError(
+                    f"Checkpoint {str(path)!r} holds a {ckpt_system or '?'} with net {ckpt_net or '?'}, but the "
+                    f"config asks for a {cfg_system or '?'} with net {cfg_net or '?'} (the {what} class differs). "
+                    "Use the config the checkpoint was trained with, or a checkpoint of this model."
+                )
+        if ckpt_system is None and cfg_system is not None:
+            # checkpoint written without the CLI: its hyper-parameters must at least be arguments of the system
+            cls = self._resolve_class(cfg_system)
+            hp = {k for k in (ckpt.get("hyper_parameters") or {}) if not k.startswith("_")}
+            if cls is not None and hp:
+                import inspect
+
+                params = inspect.signature(cls.__init__).parameters
+                if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                    unknown = sorted(hp - set(params))
+                    if unknown:
+                        raise CheckpointError(
+                            f"Checkpoint {str(path)!r} does not hold a {cfg_system}: its hyper-parameters "
+                            f"{unknown} are not arguments of {cls.__name__}"
+                        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces ``LightningCLI._parse_ckpt_path`` (which merges the checkpoint's hyper-parameters into the
+        model config unchecked): the file must be readable (error naming it), name only allowed class paths
+        (``lightning_modules.checkpoint_io``), and hold the config's system and net classes. The checkpoint's
+        hyper-parameters then replace the config's model settings, EXCEPT the system's ``inference_settings``
+        (e.g. ``LitLDM``: sampler, steps, guidance, vae_path) that the user gave explicitly in a config file or on
+        the command line: those are kept and validated by the system's constructor. One line reports which
+        settings came from the checkpoint."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # "best"/"last"/... are resolved later (before_<stage>, Lightning); a missing file fails there
+        ckpt = load_checkpoint(ckpt_path)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        check_hparams_class_paths(hparams, ckpt_path)
+        model_cfg = self.config[sub]["model"]
+        self._check_checkpoint_model(ckpt, ckpt_path, model_cfg)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        cls = self._resolve_class(model_cfg["class_path"]) if model_cfg.get("class_path") else None
+        explicit = self._explicit_model_args(sub)
+        kept = [k for k in getattr(cls, "inference_settings", ()) if k in explicit and k in hparams]
+        for k in kept:
+            hparams.pop(k)
+            if k.endswith("_path") and explicit[k] is not None and not Path(explicit[k]).exists():
+                raise FileNotFoundError(f"{cls.__name__}: {k} {explicit[k]!r} (given explicitly) does not exist")
+        current = _as_dict(model_cfg.get("init_args"))
+        changed = sorted(k for k, v in hparams.items() if not k.startswith("_") and current.get(k) != v)
+        same = sorted(k for k in hparams if not k.startswith("_") and k not in changed)
+        rank_zero_info(
+            f"Checkpoint {ckpt_path}: model settings from the checkpoint: {', '.join(changed) or 'none'}"
+            f" (same as the config: {', '.join(same) or 'none'}); kept from the config/command line: "
+            f"{', '.join(kept) or 'none'}"
+        )
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing the hyper-parameters of checkpoint {ckpt_path} failed!\n")
+            raise
 
     def before_validate(self) -> None:
         self._resolve_best_checkpoint()
@@ -190,6 +308,13 @@ class AffectCLI(LightningCLI):
         ):
             callbacks.append(RichProgressBar())
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _as_dict(ns: Any) -> dict[str, Any]:
+    """A jsonargparse ``Namespace`` (or dict / None) as a nested dict."""
+    if ns is None:
+        return {}
+    return ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:

@@ -3,8 +3,17 @@
 Layout of ``output_root`` (read back by ``FERDataModule(extra_roots=[output_root])``, TRAIN split only)::
 
     <output_root>/<class>/<class>_<job:06d>_s<seed>.png
-    <output_root>/manifest.jsonl          one JSON record per finished job (accepted or rejected)
-    <output_root>/manifest_summary.json   per-class accepted/rejected counts and rejection reasons
+    <output_root>/manifest.jsonl          one JSON record per generation attempt (accepted or rejected)
+    <output_root>/manifest_summary.json   per-class accepted/rejected counts, rejection reasons, plan shortfall
+
+One source of truth for the folder: the writer takes ``output_root`` from the generation datamodule (whose manifest
+decides which jobs are finished); giving the writer a different one is an error naming both.
+
+Quality top-up: a job whose image the quality filter rejects is retried with new seeds
+(``GenerationDataModule.retry_seed``) up to ``max_retries`` times; every attempt is a manifest record (``attempt``,
+``final``), and at the end the shortfall against the plan (per class) is logged and written to the summary.
+
+Every record names the checkpoint that generated it (``checkpoint``: path, ``checkpoint_sha256``).
 
 Guarantees: the writer refuses an ``output_root`` equal to or inside the real data root; every PNG is written to a
 temporary file in the same folder and moved into place with ``os.replace`` (never a half-written PNG); a manifest
@@ -67,33 +76,43 @@ class AugmentedImageWriter(BasePredictionWriter):
     """Prediction writer for ``LitLDM.predict_step`` outputs (module docstring).
 
     Args:
-        output_root: folder of the generated set.
+        output_root: folder of the generated set; default (``None``): the datamodule's ``output_root``. When both
+            are given they must be the same folder.
         data_root: the real dataset folder (protected); also taken from the datamodule's ``data_root`` when present.
         class_names: class names by index; default: the model's or the datamodule's ``class_names``.
         image_mode: ``"L"`` (grayscale PNG, e.g. CK+) or ``"RGB"``.
         quality: optional :class:`metrics.generation.QualityFilter`; rejected images are not written but
             recorded (with their scores) in the manifest.
         progress: ``"rich"`` (per-class and overall bars with images/s) or ``"none"``.
+        max_retries: new seeds tried for a job whose image the quality filter rejects (the top-up limit; 0 = none).
+            Needs a model with ``generate(labels, seeds)`` and a datamodule with ``retry_seed(job, attempt)``.
     """
 
     def __init__(
         self,
-        output_root: str,
+        output_root: str | None = None,
         data_root: str | None = None,
         class_names: list[str] | None = None,
         image_mode: Literal["L", "RGB"] = "L",
         quality: QualityFilter | None = None,
         progress: Literal["rich", "none"] = "rich",
+        max_retries: int = 3,
     ) -> None:
         check_choices(AugmentedImageWriter, locals())
         super().__init__(write_interval="batch")
-        self.output_root = check_output_root(output_root, data_root)
+        if max_retries < 0:
+            raise ValueError(f"AugmentedImageWriter: max_retries must be >= 0, got {max_retries}")
+        self.output_root = check_output_root(output_root, data_root) if output_root is not None else None
         self.data_root = data_root
+        self.max_retries = int(max_retries)
         self.class_names = class_names
         self.image_mode = image_mode
         self.quality = quality
         self.progress_mode = progress
-        self.checkpoint_hash = "none"
+        self.checkpoint: str | None = None
+        self.checkpoint_sha256: str | None = None
+        self._generate = None
+        self._retry_seed = None
         self.counts: Counter = Counter()
         self._progress = None
         self._tasks: dict[str, Any] = {}
@@ -103,12 +122,26 @@ class AugmentedImageWriter(BasePredictionWriter):
         if stage != "predict":
             return
         dm = trainer.datamodule
+        dm_root = getattr(dm, "output_root", None)
+        if self.output_root is None:
+            if dm_root is None:
+                raise ValueError("AugmentedImageWriter: no output_root (neither the writer's nor the datamodule's)")
+            self.output_root = check_output_root(dm_root, self.data_root)
+        elif dm_root is not None and Path(dm_root).resolve() != self.output_root:
+            raise ValueError(
+                f"AugmentedImageWriter: output_root {self.output_root} differs from the datamodule's output_root "
+                f"{Path(dm_root).resolve()}; the datamodule skips the jobs recorded in ITS manifest, so two folders "
+                "regenerate every job. Set it once, on the datamodule (the writer takes it from there)."
+            )
         check_output_root(self.output_root, getattr(dm, "data_root", None))
         if self.class_names is None:
             self.class_names = list(getattr(pl_module, "class_names", None) or dm.class_names)
         self._probe_writable()
-        if trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
-            self.checkpoint_hash = file_sha256(trainer.ckpt_path)
+        self._generate = getattr(pl_module, "generate", None)
+        self._retry_seed = getattr(dm, "retry_seed", None)
+        if self.quality is not None and self.max_retries and (self._generate is None or self._retry_seed is None):
+            log.warning("AugmentedImageWriter: rejected images cannot be topped up (the model has no generate() or "
+                        "the datamodule no retry_seed()); the set may end short of the plan")
 
     @rank_zero_only
     def _probe_writable(self) -> None:
@@ -132,6 +165,12 @@ class AugmentedImageWriter(BasePredictionWriter):
             raise RuntimeError(f"AugmentedImageWriter: output folder {self.output_root} is not writable: {e}") from e
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the weights' file (known once they are restored): the trainer's ckpt_path, else the file the model was
+        # loaded from (load_ldm)
+        source = trainer.ckpt_path or getattr(pl_module, "trained_weights", None)
+        if source and Path(source).is_file():
+            self.checkpoint = str(Path(source).resolve())
+            self.checkpoint_sha256 = file_sha256(source, n_hex=64)
         if self.progress_mode != "rich" or not trainer.is_global_zero:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -196,37 +235,27 @@ class AugmentedImageWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        images, labels = prediction["images"], prediction["label"]
-        arrays = self._to_arrays(images)
-        scores = self.quality(images, labels) if self.quality is not None else None
-        records = []
+        labels = prediction["label"]
+        jobs = [int(j) for j in prediction["job_index"]]
+        seeds = [int(v) for v in prediction["seed"]]
+        images = prediction["images"]
+        records: list[dict] = []
         try:
-            for i in range(len(labels)):
-                cls = self.class_names[int(labels[i])]
-                job, seed = int(prediction["job_index"][i]), int(prediction["seed"][i])
-                rec = {
-                    "job_index": job, "class": cls, "label": int(labels[i]), "seed": seed,
-                    "steps": int(prediction["steps"]), "guidance": float(prediction["guidance"]),
-                    "sampler": prediction.get("sampler", "ddim"), "checkpoint": self.checkpoint_hash,
-                }
-                accepted = True
-                if scores is not None:
-                    rec["confidence"] = round(float(scores["confidence"][i]), 5)
-                    sim = float(scores["similarity"][i])
-                    rec["similarity"] = None if math.isnan(sim) else round(sim, 5)
-                    accepted = bool(scores["accept"][i])
-                    if not accepted:
-                        rec["reason"] = scores["reason"][i]
-                if accepted:
-                    rel = Path(cls) / f"{cls}_{job:06d}_s{seed}.png"
-                    (self.output_root / cls).mkdir(parents=True, exist_ok=True)
-                    self._save_png(arrays[i], self.output_root / rel)
-                    rec.update(status="accepted", file=rel.as_posix())
+            todo = list(range(len(labels)))
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    if self._generate is None or self._retry_seed is None:
+                        break
+                    seeds_now = [self._retry_seed(jobs[i], attempt) for i in todo]
+                    images = self._generate(labels[todo], seeds_now).cpu()
                 else:
-                    rec.update(status="rejected")
-                records.append(rec)
-                self.counts[(cls, rec["status"], rec.get("reason", "ok"))] += 1
-                self._advance(cls)
+                    seeds_now = [seeds[i] for i in todo]
+                last = attempt == self.max_retries or self.quality is None
+                rejected = self._write_attempt(images, labels[todo], [jobs[i] for i in todo], seeds_now, prediction,
+                                               attempt, last, records)
+                todo = [todo[k] for k in rejected]
+                if not todo:
+                    break
         except OSError as e:
             self._append_manifest_safely(records)
             self._stop_progress()
@@ -237,6 +266,43 @@ class AugmentedImageWriter(BasePredictionWriter):
                 "rerun: finished jobs are skipped."
             ) from e
         self._append_manifest(records)
+
+    def _write_attempt(self, images: torch.Tensor, labels: torch.Tensor, jobs: list[int], seeds: list[int],
+                       prediction: dict[str, Any], attempt: int, last: bool, records: list[dict]) -> list[int]:
+        """Score and write one attempt's images; append their records; return the positions rejected."""
+        arrays = self._to_arrays(images)
+        scores = self.quality(images, labels) if self.quality is not None else None
+        rejected = []
+        for i in range(len(labels)):
+            cls = self.class_names[int(labels[i])]
+            job, seed = jobs[i], seeds[i]
+            rec = {
+                "job_index": job, "class": cls, "label": int(labels[i]), "seed": seed, "attempt": attempt,
+                "steps": int(prediction["steps"]), "guidance": float(prediction["guidance"]),
+                "sampler": prediction.get("sampler", "ddim"), "checkpoint": self.checkpoint,
+                "checkpoint_sha256": self.checkpoint_sha256,
+            }
+            accepted = True
+            if scores is not None:
+                rec["confidence"] = round(float(scores["confidence"][i]), 5)
+                sim = float(scores["similarity"][i])
+                rec["similarity"] = None if math.isnan(sim) else round(sim, 5)
+                accepted = bool(scores["accept"][i])
+                if not accepted:
+                    rec["reason"] = scores["reason"][i]
+            if accepted:
+                rel = Path(cls) / f"{cls}_{job:06d}_s{seed}.png"
+                (self.output_root / cls).mkdir(parents=True, exist_ok=True)
+                self._save_png(arrays[i], self.output_root / rel)
+                rec.update(status="accepted", file=rel.as_posix(), final=True)
+            else:
+                rec.update(status="rejected", final=last)
+                rejected.append(i)
+            records.append(rec)
+            self.counts[(cls, rec["status"], rec.get("reason", "ok"))] += 1
+            if accepted or last:
+                self._advance(cls)
+        return rejected
 
     def _append_manifest_safely(self, records: list[dict]) -> None:
         if not records:
@@ -257,6 +323,17 @@ class AugmentedImageWriter(BasePredictionWriter):
         self._stop_progress()
         if trainer.is_global_zero:
             summary = summarize_augmentation_manifest(self.output_root)
+            plan = getattr(trainer.datamodule, "plan", None)
+            if isinstance(plan, dict) and plan:
+                accepted = {c: v.get("accepted", 0) for c, v in summary["per_class"].items()}
+                short = {c: n - accepted.get(c, 0) for c, n in plan.items() if n - accepted.get(c, 0) > 0}
+                summary.update(plan=dict(plan), shortfall=short, max_retries=self.max_retries)
+                if short:
+                    log.warning(
+                        "Augmented set %s is %d image(s) short of the plan %s after %d retries per rejected job: %s. "
+                        "Rerun with a larger max_retries or a looser quality filter (finished jobs are skipped).",
+                        self.output_root, sum(short.values()), dict(plan), self.max_retries, short,
+                    )
             with atomic_write(self.output_root / SUMMARY, "w") as f:
                 f.write(json.dumps(summary, indent=2, sort_keys=True))
             log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))

@@ -67,7 +67,15 @@ from features.faces import (
     read_manifest,
     settings_hash,
 )
-from features.images import REAL_ORIGIN, BadImageError, ImageRecord, load_image_rgb, scan_class_folders
+from features.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    REAL_ORIGIN,
+    BadImageError,
+    ImageRecord,
+    load_image_rgb,
+    scan_class_folders,
+)
 from features.tracking import IoUTracker
 from features.video_io import VIDEO_EXTENSIONS, is_live_source, open_source
 
@@ -100,6 +108,13 @@ class FERDataModule(LightningDataModule):
         on_bad_image: ``"skip"`` (corrupt / truncated / zero-byte / non-image files are counted, logged and
             recorded in the manifest) or ``"error"``.
         background: ``"black"`` or ``"white"``: colour under transparent pixels (RGBA / LA / palette).
+        max_pixels: files with more pixels (``width * height``, read from the header before decoding) are bad
+            images (reason ``"too_many_pixels"``: counted and logged skips, or an error with
+            ``on_bad_image="error"``); ``None`` leaves only PIL's decompression-bomb limit.
+        min_image_side: files with a smaller side are bad images (``"too_small"``).
+
+        A class folder whose files are all unusable is an error naming the folder (every file unusable: an error
+        naming the root); the same file content under two classes is a warning listing the files.
         descriptor: ``"sun"``, ``"spectral_residual"``, ``"lbp"``, ``"energy"`` or ``"none"`` (no key).
         lbp_points: LBP neighbours P.
         lbp_radius: LBP radius R.
@@ -162,6 +177,8 @@ class FERDataModule(LightningDataModule):
         no_face: str = "keep",
         on_bad_image: Literal["skip", "error"] = "skip",
         background: str = "black",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        min_image_side: int = DEFAULT_MIN_SIDE,
         descriptor: str = "sun",
         lbp_points: int = 8,
         lbp_radius: float = 1.0,
@@ -213,6 +230,8 @@ class FERDataModule(LightningDataModule):
             )
         if split == "group" and not subject_pattern:
             raise ValueError(f"{name}: split='group' needs subject_pattern (e.g. '^(S\\d+)_' for CK+)")
+        if (max_pixels is not None and max_pixels < 1) or min_image_side < 1:
+            raise ValueError(f"{name}: max_pixels and min_image_side must be >= 1, got {max_pixels}, {min_image_side}")
         if batch_size < 1 or num_workers < 0 or predict_every_n_frames < 1:
             raise ValueError(f"{name}: batch_size and predict_every_n_frames must be >= 1, num_workers >= 0")
         if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
@@ -320,6 +339,46 @@ class FERDataModule(LightningDataModule):
                 r, hp.class_names, hp.class_aliases, hp.unknown_folders, Path(r).name, False
             )
         return real, extra
+
+    def _check_usable(self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict],
+                      warn: bool = True) -> None:
+        """Errors for a root / class folder without one usable image; a warning (``warn``) for the same content
+        under two classes."""
+        roots = {REAL_ORIGIN: self.hparams.root, **{Path(r).name: r for r in self._extra_roots}}
+        for origin, recs in ((REAL_ORIGIN, real), *((Path(r).name, [e for e in extra if e.origin == Path(r).name])
+                                                     for r in self._extra_roots)):
+            if not recs:
+                continue
+            reasons = Counter(entries[r.path]["reason"] for r in recs if entries[r.path]["status"] != "ok")
+            if sum(reasons.values()) == len(recs):
+                raise ValueError(
+                    f"Image root {roots[origin]!r}: none of its {len(recs)} files is usable (skipped: "
+                    f"{dict(reasons)}); see the warnings above for each file"
+                )
+            by_folder: dict[str, list[ImageRecord]] = {}
+            for r in recs:
+                by_folder.setdefault(r.rel.split("/", 1)[0], []).append(r)
+            for folder, frecs in sorted(by_folder.items()):
+                bad = Counter(entries[r.path]["reason"] for r in frecs if entries[r.path]["status"] != "ok")
+                if sum(bad.values()) == len(frecs):
+                    raise ValueError(
+                        f"Class folder {str(Path(roots[origin]) / folder)!r} (class {frecs[0].class_name!r}): none "
+                        f"of its {len(frecs)} files is usable (skipped: {dict(bad)}); a model would train without "
+                        "this class. Fix or replace the files."
+                    )
+        if not warn:
+            return
+        by_hash: dict[str, list[ImageRecord]] = {}
+        for r in real + extra:
+            e = entries[r.path]
+            if e["status"] == "ok" and e.get("sha1"):
+                by_hash.setdefault(e["sha1"], []).append(r)
+        for recs in by_hash.values():
+            if len({r.label for r in recs}) > 1:
+                log.warning(
+                    "The same image (same SHA-1) is labelled with %d classes: %s",
+                    len({r.label for r in recs}), ", ".join(f"{r.path} ({r.class_name})" for r in recs),
+                )
 
     def _roots(self) -> dict[str, str]:
         roots = {REAL_ORIGIN: str(Path(self.hparams.root).resolve())}
@@ -466,8 +525,10 @@ class FERDataModule(LightningDataModule):
         cache = self.cache_root
         real, extra = self._scan()
         entries = preprocess_faces(
-            real + extra, cache, self._crop_settings, self._roots(), hp.on_bad_image, hp.progress
+            real + extra, cache, self._crop_settings, self._roots(), hp.on_bad_image, hp.progress,
+            max_pixels=hp.max_pixels, min_side=hp.min_image_side,
         )
+        self._check_usable(real, extra, entries)
         split = self._load_or_make_split(real, entries, write=True)
         if hp.descriptor == "none":
             return
@@ -542,6 +603,7 @@ class FERDataModule(LightningDataModule):
                 "call prepare_data() before setup()"
             )
         entries = {r.path: manifest[r.path] for r in real + extra}
+        self._check_usable(real, extra, entries, warn=False)
         split = self._load_or_make_split(real, entries, write=False)
         sun = None
         if hp.descriptor == "sun":

@@ -105,8 +105,9 @@ def format_plan(counts: dict[str, int], plan: dict[str, int]) -> str:
 
 
 def done_jobs(output_root: str | Path) -> set[int]:
-    """Job indices already recorded in ``<output_root>/manifest.jsonl`` (accepted with the file on disk, or
-    rejected). Unparsable lines (e.g. cut by a crash) are ignored, so those jobs run again."""
+    """Job indices already finished in ``<output_root>/manifest.jsonl``: accepted with the file on disk, or rejected
+    on the last allowed attempt (``final``; records without the field count as final). A job whose retries were cut
+    by a crash runs again. Unparsable lines (e.g. cut by a crash) are ignored, so those jobs run again."""
     path = Path(output_root) / "manifest.jsonl"
     done: set[int] = set()
     if not path.is_file():
@@ -118,6 +119,8 @@ def done_jobs(output_root: str | Path) -> set[int]:
         except json.JSONDecodeError:
             continue
         if rec.get("status") == "accepted" and not (root / rec.get("file", "")).is_file():
+            continue
+        if rec.get("status") == "rejected" and not rec.get("final", True):
             continue
         if "job_index" in rec:
             done.add(int(rec["job_index"]))
@@ -149,7 +152,8 @@ class GenerationDataModule(LightningDataModule):
             LightningCLI inherits the OUTER module's hyper-parameters (Lightning's
             ``_given_hyperparameters_context`` covers nested constructors), which breaks ``FERDataModule``.
         class_counts: explicit real train counts ``{class: n}`` (instead of ``source``).
-        output_root: folder of the generated set (manifest read to skip finished jobs).
+        output_root: folder of the generated set (manifest read to skip finished jobs); the ONE setting of it:
+            ``callbacks.augmented_writer.AugmentedImageWriter`` writes there too.
         total_multiplier: generated images ~= this x the real train set (paper: 2).
         scarce_multiplier: scarce classes end at this x their real count (paper: 3-5).
         scarce_classes: scarce class names; ``None`` = automatic (``scarce_threshold`` x median count).
@@ -201,6 +205,23 @@ class GenerationDataModule(LightningDataModule):
             mod, _, cls = cfg["class_path"].rpartition(".")
             self._source = getattr(importlib.import_module(mod), cls)(**dict(cfg.get("init_args") or {}))
         return self._source
+
+    @property
+    def output_root(self) -> str:
+        """Folder of the generated set (read by the writer: one source of truth)."""
+        return str(self.hparams.output_root)
+
+    @property
+    def num_planned(self) -> int:
+        """Jobs in the plan (0 before it is made)."""
+        return sum(self.plan.values()) if self.plan else 0
+
+    def retry_seed(self, job_index: int, attempt: int) -> int:
+        """Seed of retry ``attempt`` (>= 1) of job ``job_index`` after a quality rejection:
+        ``base_seed + attempt * num_planned + job_index``, distinct from every planned seed and every other retry."""
+        if attempt < 1:
+            raise ValueError(f"GenerationDataModule: retry attempt must be >= 1, got {attempt}")
+        return self.hparams.base_seed + attempt * max(self.num_planned, 1) + int(job_index)
 
     @property
     def class_names(self) -> list[str]:

@@ -33,7 +33,14 @@ import numpy as np
 
 from common.choices import check_choices
 from common.io import atomic_write
-from features.images import BadImageError, ImageRecord, load_image_rgb
+from features.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    BadImageError,
+    ImageRecord,
+    check_image_header,
+    load_image_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +254,8 @@ def preprocess_faces(
     on_bad_image: BadImagePolicy = "skip",
     progress: Literal["rich", "none"] = "rich",
     detector: HaarFaceDetector | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
 ) -> dict[str, dict]:
     """Detect, crop and cache every record once; reuse the cache for unchanged files.
 
@@ -263,6 +272,9 @@ def preprocess_faces(
             :class:`~features.images.BadImageError`).
         progress: ``"rich"`` progress bar or ``"none"``.
         detector: detector to use (default: built from ``settings``); exposed for tests/counting.
+        max_pixels: files with more pixels are skipped (reason ``"too_many_pixels"``), checked from the header.
+        min_side: files with a smaller side are skipped (``"too_small"``). Cached entries are re-checked from
+            the header when the limits change.
 
     Returns:
         Manifest entries for ``records``, keyed by source path.
@@ -297,8 +309,11 @@ def preprocess_faces(
             if not unchanged and st.st_size > 0 and old.get("sha1") == file_sha1(rec.path):
                 unchanged = True
             crop_ok = old["status"] != "ok" or (cache_dir / old["cache_file"]).is_file()
+            limits = {"max_pixels": max_pixels, "min_side": min_side}
+            if unchanged and crop_ok and old.get("limits") != limits:  # also caches written before the limits
+                crop_ok = _still_within(old, rec.path, max_pixels, min_side)
             if unchanged and crop_ok:
-                entry = {**old, **base, "cached": True}
+                entry = {**old, **base, "limits": limits, "cached": True}
                 if entry != old:
                     dirty = True
                 out[rec.path] = entry
@@ -322,9 +337,10 @@ def preprocess_faces(
             "face": "not_run",
             "cache_file": None,
             "cached": False,
+            "limits": {"max_pixels": max_pixels, "min_side": min_side},
         }
         try:
-            rgb = load_image_rgb(rec.path, settings.background)
+            rgb = load_image_rgb(rec.path, settings.background, max_pixels, min_side)
         except BadImageError as err:
             if on_bad_image == "error":
                 raise
@@ -374,6 +390,22 @@ def preprocess_faces(
         cache_dir,
     )
     return out
+
+
+_SIZE_REASONS = ("too_many_pixels", "too_small")
+
+
+def _still_within(entry: dict, path: str, max_pixels: int | None, min_side: int) -> bool:
+    """Whether a cached entry stays valid under new size limits (header check; nothing decoded)."""
+    if entry["status"] != "ok" and entry.get("reason") not in _SIZE_REASONS:
+        return True  # skipped for another reason: the limits change nothing
+    try:
+        check_image_header(path, max_pixels, min_side)
+        within = True
+    except BadImageError:
+        within = False
+    # ok and still within -> keep; ok but now outside, or skipped for size and now within -> reprocess
+    return within == (entry["status"] == "ok")
 
 
 def summarize_face_manifest(entries: Iterable[dict]) -> dict[str, int]:

@@ -9,9 +9,10 @@ name or through ``class_aliases`` (folder -> class).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,12 +31,18 @@ SIDECAR_NAMES: frozenset[str] = frozenset(
 )
 #: Origin tag of images from the main root (generated images carry the name of their extra root).
 REAL_ORIGIN = "real"
+#: Default largest image (width x height) decoded; larger files are skipped from their header (a 6300x6300 photo
+#: fits; a 10000x10000 one, 0.3 GB of RGB, does not).
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Default smallest image side: a smaller image cannot hold a face (a 1x1 file would become a uniform "face").
+DEFAULT_MIN_SIDE = 16
 
 
 class BadImageError(ValueError):
     """An image file that cannot be used; ``reason`` is a short machine-readable tag.
 
-    Reasons: ``"empty_file"``, ``"not_an_image"``, ``"truncated"``, ``"corrupt"``, ``"unsupported_mode"``.
+    Reasons: ``"empty_file"``, ``"not_an_image"``, ``"truncated"``, ``"corrupt"``, ``"unsupported_mode"``,
+    ``"too_many_pixels"`` (more than ``max_pixels``, from the header), ``"too_small"`` (a side below ``min_side``).
     """
 
     def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
@@ -91,7 +98,8 @@ def scan_class_folders(
             images may cover only some classes.
 
     Returns:
-        Records sorted by relative path.
+        Records sorted by relative path. Symbolic links (files or folders) that resolve outside ``root`` are not
+        followed: each is logged (under its own path in the dataset) and counted.
 
     Raises:
         FileNotFoundError: ``root`` does not exist, or (``require_all_classes``) a class has no folder.
@@ -112,6 +120,8 @@ def scan_class_folders(
             )
     records: list[ImageRecord] = []
     seen_classes: set[str] = set()
+    real_root = root.resolve()
+    outside: list[Path] = []  # symbolic links leading outside the root: not followed, reported
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or entry.name in SIDECAR_NAMES:
             continue
@@ -130,10 +140,15 @@ def scan_class_folders(
                 )
             log.info("Ignoring folder %s (not in class_names)", entry)
             continue
-        files = sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = [p for p in files if p.name not in SIDECAR_NAMES]
+        if not _inside(entry, real_root):
+            outside.append(entry)
+            continue
+        files = [p for p in _walk_files(entry, real_root, outside) if p.name not in SIDECAR_NAMES]
         if not files:
-            raise ValueError(f"Empty class folder {str(entry)!r} (class {class_name!r}): it holds no files")
+            raise ValueError(
+                f"Empty class folder {str(entry)!r} (class {class_name!r}): it holds no files"
+                + (" (symbolic links that lead outside the root are not followed)" if outside else "")
+            )
         seen_classes.add(class_name)
         for p in files:
             records.append(
@@ -145,12 +160,40 @@ def scan_class_folders(
                     origin=origin,
                 )
             )
+    for link in outside:
+        log.warning("Not following %s: a symbolic link to %s, outside the image root %s", link, link.resolve(), root)
+    if outside:
+        log.warning("Image root %s: %d symbolic link(s) leading outside it skipped", root, len(outside))
     if require_all_classes:
         missing = [c for c in class_names if c not in seen_classes]
         if missing:
             raise FileNotFoundError(f"Image root {str(root)!r} has no folder for classes {missing}")
     records.sort(key=lambda r: r.rel)
     return records
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    """Whether ``path`` (after following symbolic links) lies inside the resolved ``real_root``."""
+    target = path.resolve()
+    return target == real_root or real_root in target.parents
+
+
+def _walk_files(folder: Path, real_root: Path, outside: list[Path]) -> list[Path]:
+    """Non-hidden regular files under ``folder``, sorted; links leading outside ``real_root`` go to ``outside``."""
+    files: list[Path] = []
+    todo = [folder]
+    while todo:
+        d = todo.pop()
+        for p in sorted(d.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_symlink() and not _inside(p, real_root):
+                outside.append(p)
+            elif p.is_dir():
+                todo.append(p)
+            elif p.is_file():
+                files.append(p)
+    return sorted(files)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,32 +252,86 @@ def pil_to_rgb_array(image: Image.Image, background: Literal["black", "white"] =
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image_rgb(path: str | Path, background: str = "black") -> np.ndarray:
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to ``max_pixels`` for the block (PIL's default when ``None``)."""
+    old = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _check_size(path: Path, size: tuple[int, int], max_pixels: int | None, min_side: int) -> None:
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise BadImageError(path, "too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}; "
+                                                     "not decoded")
+    if min(w, h) < min_side:
+        raise BadImageError(path, "too_small", f"{w}x{h}: a side is below min_side={min_side}")
+
+
+def check_image_header(
+    path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = 1
+) -> tuple[int, int]:
+    """``(width, height)`` read from the file's header (nothing decoded); ``BadImageError`` when outside the limits
+    (or not an image)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError as err:
+        raise BadImageError(path, "too_many_pixels", str(err)) from None
+    except UnidentifiedImageError as err:
+        raise BadImageError(path, "not_an_image", str(err)) from None
+    except (OSError, SyntaxError, EOFError, ValueError) as err:
+        raise BadImageError(path, "corrupt", str(err)) from None
+    _check_size(path, size, max_pixels, min_side)
+    return size
+
+
+def load_image_rgb(
+    path: str | Path,
+    background: str = "black",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = 1,
+) -> np.ndarray:
     """Read an image file as 8-bit RGB, never modifying it.
 
-    The first frame of multi-frame files is used; EXIF orientation is applied.
+    The first frame of multi-frame files is used; EXIF orientation is applied. The size is checked from the
+    header BEFORE decoding (a 20000x20000 PNG costs nothing).
 
     Args:
         path: image file.
         background: colour under transparent pixels (``"black"`` or ``"white"``).
+        max_pixels: largest ``width * height`` decoded (``None``: PIL's own decompression-bomb limit).
+        min_side: smallest accepted side (the datamodule uses :data:`DEFAULT_MIN_SIDE`).
 
     Returns:
         ``[H, W, 3]`` uint8 array.
 
     Raises:
         BadImageError: with ``reason`` ``"empty_file"`` (zero bytes), ``"not_an_image"`` (PIL cannot identify
-            it), ``"truncated"`` or ``"corrupt"`` (decoding failed), ``"unsupported_mode"``.
+            it), ``"truncated"`` or ``"corrupt"`` (decoding failed), ``"unsupported_mode"``, ``"too_many_pixels"``,
+            ``"too_small"``.
     """
     path = Path(path)
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty_file", "zero bytes")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
+                _check_size(path, im.size, max_pixels, min_side)
                 im.load()
                 im = ImageOps.exif_transpose(im) if im.getexif() else im
                 return pil_to_rgb_array(im, background)
+    except Image.DecompressionBombError as err:
+        raise BadImageError(path, "too_many_pixels", str(err)) from None
     except UnidentifiedImageError as err:
         raise BadImageError(path, "not_an_image", str(err)) from None
     except (OSError, SyntaxError, EOFError) as err:

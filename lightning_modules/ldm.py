@@ -25,6 +25,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from common.choices import check_choices
+from lightning_modules.checkpoint_io import (
+    CheckpointError,
+    check_class_path,
+    check_hparams_class_paths,
+    load_checkpoint,
+    load_system,
+    require_system,
+)
 from models.diffusion import (
     PAIRINGS,
     ConditionalLatentUNet,
@@ -44,6 +52,8 @@ RECON_LOSSES = ("l1", "mse")
 CONSISTENCY = ("none",) + PAIRINGS
 SAMPLERS = ("ddim", "ddpm")
 MAX_GUIDANCE = 50.0
+#: State-dict prefixes of a LitLDM checkpoint (the frozen consistency encoder is not saved).
+LDM_STATE_PREFIXES = ("net.", "vae.")
 
 
 class _ImageNorm:
@@ -182,7 +192,7 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     if p.is_dir():
         return load_autoencoder_kl(p)
     if p.is_file():
-        return LitVAE.load_from_checkpoint(str(p), map_location="cpu").vae
+        return load_system(LitVAE, p, state_prefixes=("vae.",), map_location="cpu").vae
     raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained directory)")
 
 
@@ -219,7 +229,14 @@ class LitLDM(LightningModule):
     Shapes:
         batch["image"]: ``[B, 3, H, W]``; batch["label"]: ``[B]``.
         predict batch: ``{"label": [B], "seed": [B], "job_index": [B]}`` -> ``{"images": [B, 3, H, W] in [0, 1], ...}``.
+
+    ``predict`` refuses an untrained UNet: the weights must come from a checkpoint (``--ckpt_path``,
+    :func:`load_ldm`) or a ``fit`` in the same process.
     """
+
+    #: Generation-time settings: with ``--ckpt_path`` the values the user gives (config or command line) win over
+    #: the checkpoint's (``cli.AffectCLI._parse_ckpt_path``).
+    inference_settings: tuple[str, ...] = ("sampler", "num_inference_steps", "guidance_scale", "vae_path")
 
     def __init__(
         self,
@@ -271,6 +288,7 @@ class LitLDM(LightningModule):
         self.norm = _ImageNorm(tuple(image_mean), tuple(image_std))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.trained_weights: str | None = None  # where the UNet weights came from (None: random init)
 
     @staticmethod
     def _check_sampling(sampler: str, steps: int, guidance: float, num_train_timesteps: int) -> None:
@@ -377,6 +395,16 @@ class LitLDM(LightningModule):
         latents = sample_latents(self.net, sched, labels.to(self.device), seeds, steps, guidance)
         return ((decode_latents(self.vae, latents).clamp(-1, 1) + 1) / 2).float()
 
+    def on_train_end(self) -> None:
+        self.trained_weights = "fit"
+
+    def on_predict_start(self) -> None:
+        if self.trained_weights is None:
+            raise RuntimeError(
+                "LitLDM: refusing to generate with an untrained UNet (no checkpoint was loaded): pass --ckpt_path "
+                "<trained LDM checkpoint> (e.g. runs/ldm_ckplus48/checkpoints/last.ckpt) or use load_ldm()"
+            )
+
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         images = self.generate(batch["label"], batch["seed"].tolist())
         return {
@@ -407,6 +435,7 @@ class LitLDM(LightningModule):
             del sd[k]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.trained_weights = "checkpoint"
         sd = checkpoint["state_dict"]
         if self.consistency_encoder is not None:
             for k, v in self.consistency_encoder.state_dict().items():
@@ -423,13 +452,22 @@ def _module_spec(module: nn.Module | None) -> dict[str, Any] | None:
     return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": dict(module.init_args)}
 
 
-def _build_module(spec: dict[str, Any] | None) -> nn.Module | None:
+def _build_module(spec: dict[str, Any] | None, source: str | Path) -> nn.Module | None:
+    """Rebuild a module from a spec READ FROM ``source``: the class path must be on the checkpoint allow-list
+    (``lightning_modules.checkpoint_io``) and name an ``nn.Module``."""
     if spec is None:
         return None
     import importlib
 
+    if not isinstance(spec, dict) or not isinstance(spec.get("init_args", {}), dict):
+        raise CheckpointError(f"LDM checkpoint {source}: malformed module spec {spec!r}")
+    check_class_path(spec.get("class_path"), source, "ldm_modules")
+    check_hparams_class_paths(spec.get("init_args", {}), source, "ldm_modules.init_args")
     mod_name, _, cls_name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(mod_name), cls_name)(**spec["init_args"])
+    cls = getattr(importlib.import_module(mod_name), cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"LDM checkpoint {source}: {spec['class_path']} is not an nn.Module")
+    return cls(**spec.get("init_args", {}))
 
 
 def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Module | None = None,
@@ -440,11 +478,14 @@ def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Mod
     p = Path(checkpoint_path)
     if not p.is_file():
         raise FileNotFoundError(f"LDM checkpoint not found: {p}")
-    ckpt = torch.load(str(p), map_location=map_location, weights_only=True)
+    ckpt = load_checkpoint(p, map_location)
+    require_system(ckpt, p, LitLDM, state_prefixes=LDM_STATE_PREFIXES)
     specs = ckpt.get("ldm_modules") or {}
-    net = net if net is not None else _build_module(specs.get("net"))
+    net = net if net is not None else _build_module(specs.get("net"), p)
     if net is None:
         raise ValueError(f"LDM checkpoint {p} does not describe its net; pass net=")
     extra = {} if consistency_encoder is not None else {"consistency": "none"}
-    return LitLDM.load_from_checkpoint(str(p), map_location=map_location, net=net,
-                                       consistency_encoder=consistency_encoder, **extra)
+    model = load_system(LitLDM, p, map_location=map_location, net=net, consistency_encoder=consistency_encoder,
+                        **extra)
+    model.trained_weights = str(p.resolve())
+    return model

@@ -96,9 +96,10 @@ def recognition(args, out: Path, name: str, extra: list[str] | None) -> tuple[Pa
         t0 = time.time()
         t.fit(model, datamodule=dm)
         log.info("%s trained in %.0f s", name, time.time() - t0)
-    # The one full unpickling in the project: this checkpoint was written by this script (above or in its previous
-    # run) and its hyper-parameters hold the Python partials built here, which weights_only=True cannot read.
-    model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=False).eval()
+    # Its hyper-parameters hold the Python partials built here: weights_only=True reads them with exactly these
+    # globals allowed (a partial of an allowed class is rebuilt, never called), so a planted file still runs no code.
+    with torch.serialization.safe_globals([functools.partial, TimmClassifier, torch.optim.AdamW]):
+        model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True).eval()
     dm.prepare_data()
     dm.setup("test")
     preds, labels = [], []
@@ -207,7 +208,7 @@ def main() -> None:
     gen_dm = GenerationDataModule(source=fer_data(args), output_root=str(aug_root),
                                   total_multiplier=args.total_multiplier, scarce_multiplier=args.scarce_multiplier,
                                   scarce_classes=SCARCE, batch_size=64, base_seed=args.seed)
-    writer = AugmentedImageWriter(str(aug_root), data_root=args.data, class_names=CLASSES, image_mode="L",
+    writer = AugmentedImageWriter(data_root=args.data, class_names=CLASSES, image_mode="L",
                                   quality=quality, progress="none")
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
         ldm, datamodule=gen_dm, return_predictions=False, ckpt_path=None)

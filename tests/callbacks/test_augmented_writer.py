@@ -161,3 +161,92 @@ def test_quality_filter_rejections_are_counted(tmp_path, data_root):
                                 reference_root=str(data_root), class_names=CLASSES)
     res = quality_dup(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
     assert res["reason"] == ["memorised", "memorised"]
+
+
+# ---------------------------------------------------------------- one output_root; quality top-up (issue 14 §6)
+class SeededGenerator(FakeGenerator):
+    """One image per seed (so a retry with a new seed gives a new image), with ``generate`` for top-ups."""
+
+    def generate(self, labels, seeds):
+        return torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    def predict_step(self, batch, batch_idx):
+        out = super().predict_step(batch, batch_idx)
+        out["images"] = self.generate(batch["label"], batch["seed"].tolist())
+        return out
+
+
+class MeanQuality:
+    """Accepts an image when its mean pixel is above ``threshold`` (about half the noise images)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def __call__(self, images, labels):
+        m = images.mean((1, 2, 3))
+        accept = m > self.threshold
+        return {"confidence": m, "similarity": torch.full_like(m, float("nan")), "accept": accept,
+                "reason": ["ok" if a else "low_confidence" for a in accept.tolist()]}
+
+
+def _predict(module, dm, writer):
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
+        module, datamodule=dm, return_predictions=False)
+
+
+def _dm(out, **kw):
+    return GenerationDataModule(class_counts=COUNTS, output_root=str(out), total_multiplier=2.0,
+                                scarce_multiplier=4.0, scarce_classes=["contempt"], batch_size=3, **kw)
+
+
+def test_writer_takes_output_root_from_the_datamodule_and_a_rerun_adds_nothing(tmp_path, data_root):
+    out = tmp_path / "augmented"
+    _predict(FakeGenerator(), _dm(out), AugmentedImageWriter(data_root=str(data_root), progress="none"))
+    first = manifest(out)
+    assert len(first) == 14 and len({r["job_index"] for r in first}) == 14
+    dm = _dm(out)
+    _predict(FakeGenerator(), dm, AugmentedImageWriter(data_root=str(data_root), progress="none"))
+    assert dm.skipped == 14 and manifest(out) == first  # nothing regenerated, nothing listed twice
+
+
+def test_writer_and_datamodule_with_two_output_roots_is_an_error(tmp_path, data_root):
+    out, other = tmp_path / "augmented", tmp_path / "elsewhere"
+    writer = AugmentedImageWriter(str(other), data_root=str(data_root), progress="none")
+    with pytest.raises(ValueError, match=r"elsewhere differs from the datamodule's output_root .*augmented"):
+        _predict(FakeGenerator(), _dm(out), writer)
+    assert not (other / "manifest.jsonl").exists() and not (out / "manifest.jsonl").exists()
+
+
+def test_rejected_jobs_are_topped_up_with_new_seeds(tmp_path, data_root):
+    out = tmp_path / "augmented"
+    dm = _dm(out)
+    _predict(SeededGenerator(), dm, AugmentedImageWriter(data_root=str(data_root), progress="none",
+                                                         quality=MeanQuality(), max_retries=12))
+    recs = manifest(out)
+    accepted = [r for r in recs if r["status"] == "accepted"]
+    assert len(accepted) == sum(dm.plan.values()) == 14  # the plan is met
+    assert any(r["attempt"] > 0 for r in accepted)  # ... thanks to top-ups
+    assert len({r["seed"] for r in recs}) == len(recs)  # every attempt used a new seed
+    planned = {dm.hparams.base_seed + k for k in range(14)}
+    assert all(r["seed"] not in planned for r in recs if r["attempt"] > 0)
+    summary = json.loads((out / "manifest_summary.json").read_text())
+    assert summary["shortfall"] == {}
+
+
+def test_shortfall_is_reported_when_the_retry_limit_is_reached(tmp_path, data_root, caplog):
+    out = tmp_path / "augmented"
+    writer = AugmentedImageWriter(data_root=str(data_root), progress="none", quality=MeanQuality(0.9),
+                                  max_retries=1)
+    dm = _dm(out)
+    with caplog.at_level("WARNING"):
+        _predict(SeededGenerator(), dm, writer)
+    recs = manifest(out)
+    assert len(recs) == 28 and {r["attempt"] for r in recs} == {0, 1}
+    assert all(r["final"] for r in recs if r["attempt"] == 1)
+    summary = json.loads((out / "manifest_summary.json").read_text())
+    assert summary["shortfall"] == dm.plan and summary["max_retries"] == 1  # nothing passes mean > 0.9
+    assert any("short of the plan" in r.getMessage() for r in caplog.records)
+    # a rerun does not retry the jobs that reached the limit
+    dm = _dm(out)
+    dm.setup("predict")
+    assert dm.jobs == []

@@ -166,3 +166,45 @@ def test_ldm_configs_instantiate(tmp_path, monkeypatch, name, subcommand):
         assert writers and writers[0].quality is not None
         assert type(c.datamodule.source).__name__ == "FERDataModule", type(c.datamodule.source)
         assert c.datamodule.data_root == "data/ckplus48", dict(c.datamodule.source.hparams)
+
+
+def _ldm_checkpoint(tmp_path, vae_dir) -> tuple[Path, dict]:
+    """A LitLDM checkpoint written without training (the layout ``Trainer.save_checkpoint`` gives)."""
+    import lightning
+
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", class_names=["a", "b", "c"])
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(ckpt)
+    path = tmp_path / "ldm.ckpt"
+    torch.save(ckpt, path)
+    return path, ckpt
+
+
+def test_load_ldm_refuses_class_paths_outside_the_allow_list(tmp_path, vae_dir):
+    """Issue 14 §3 probe (b): ``ldm_modules.net`` naming ``os.system`` must not run."""
+    from lightning_modules.checkpoint_io import CheckpointError
+
+    path, ckpt = _ldm_checkpoint(tmp_path, vae_dir)
+    assert load_ldm(path).trained_weights == str(path.resolve())
+    marker = tmp_path / "pwned"
+    ckpt["ldm_modules"]["net"] = {"class_path": "os.system", "init_args": {"command": f"touch '{marker}'"}}
+    torch.save(ckpt, tmp_path / "crafted.ckpt")
+    with pytest.raises(CheckpointError, match=r"crafted\.ckpt.*'os\.system'"):
+        load_ldm(tmp_path / "crafted.ckpt")
+    assert not marker.exists()
+    ckpt["ldm_modules"]["net"] = {"class_path": "models.diffusion.ConditionalLatentUNet",
+                                  "init_args": {"num_classes": "subprocess.getoutput"}}
+    torch.save(ckpt, tmp_path / "crafted2.ckpt")
+    with pytest.raises(CheckpointError, match="subprocess.getoutput"):
+        load_ldm(tmp_path / "crafted2.ckpt")
+
+
+def test_predict_refuses_an_untrained_unet(tmp_path, vae_dir):
+    from datamodules.generation import GenerationDataModule
+
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", num_inference_steps=1)
+    dm = GenerationDataModule(class_counts={"class_0": 1, "class_1": 1, "class_2": 1},
+                              output_root=str(tmp_path / "out"), total_multiplier=1.0, scarce_classes=[])
+    with pytest.raises(RuntimeError, match="untrained UNet"):
+        trainer(tmp_path).predict(model, datamodule=dm)
