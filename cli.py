@@ -129,6 +129,11 @@ class AffectCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_best_checkpoint()
+        # datamodules that check the checkpoint against their data (datamodules.recording) learn its path here:
+        # the trainer only knows it after the datamodule's prepare_data/setup have run
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt and hasattr(self.datamodule, "set_checkpoint"):
+            self.datamodule.set_checkpoint(ckpt)
 
     def after_fit(self) -> None:
         """Validate and test the best checkpoint (``last`` when none is monitored) so that every ``fit`` prints its

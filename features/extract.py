@@ -184,12 +184,15 @@ def _find_media(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def discover(source: str | os.PathLike, split: str = "test") -> tuple[list[Clip], list[BadClip], str]:
+def discover(source: str | os.PathLike, split: str = "test", transcript: str | os.PathLike | None = None
+             ) -> tuple[list[Clip], list[BadClip], str]:
     """List the clips of a dataset directory (MMSA raw layout) or of a folder of videos with transcripts.
 
     Args:
-        source: dataset directory (with ``label.csv`` and ``Raw/``) or a folder of videos.
+        source: dataset directory (with ``label.csv`` and ``Raw/``), a folder of videos, or one video file (each
+            video with a transcript of the same stem beside it).
         split: split of every utterance of a video folder (``train`` / ``valid`` / ``test``).
+        transcript: the transcript of a single video ``source`` (default: the file of the same stem beside it).
 
     Returns:
         ``(clips, bad, kind)``: clips in output order, the bad inputs found while listing, and ``"mmsa"`` or
@@ -200,14 +203,14 @@ def discover(source: str | os.PathLike, split: str = "test") -> tuple[list[Clip]
         ValueError: a ``label.csv`` without the required columns or with an unknown mode / a bad label.
     """
     src = Path(source)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: not a directory (give a dataset directory or a folder of videos)")
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: does not exist (give a dataset directory, a folder of videos or a video)")
     if split not in SPLITS:
         raise ValueError(f"discover: split must be one of {SPLITS}, got {split!r}")
     clips: list[Clip] = []
     bad: list[BadClip] = []
     label_csv = src / "label.csv"
-    if label_csv.is_file():
+    if src.is_dir() and label_csv.is_file():
         raw = src / "Raw"
         seen: set[str] = set()
         used: set[Path] = set()
@@ -252,26 +255,34 @@ def discover(source: str | os.PathLike, split: str = "test") -> tuple[list[Clip]
                     if cid not in seen:
                         bad.append(BadClip(cid, str(p), "unlabelled_file", "no row in label.csv"))
         return clips, bad, "mmsa"
-    videos = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if src.is_file():
+        if src.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{src}: not a video file ({', '.join(VIDEO_EXTENSIONS)})")
+        videos = [src]
+    else:
+        videos = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
     if not videos:
         raise FileNotFoundError(f"{src}: neither a label.csv (MMSA raw layout) nor video files "
                                 f"({', '.join(VIDEO_EXTENSIONS)}) found")
     for video in videos:
-        transcript = next((video.with_suffix(e) for e in TRANSCRIPT_EXTENSIONS if video.with_suffix(e).is_file()),
-                          None)
-        if transcript is None:
+        if transcript is not None and src.is_file():
+            transcript_path: Path | None = Path(transcript)
+        else:
+            transcript_path = next((video.with_suffix(e) for e in TRANSCRIPT_EXTENSIONS
+                                    if video.with_suffix(e).is_file()), None)
+        if transcript_path is None or not transcript_path.is_file():
             bad.append(BadClip(video.stem, str(video), "no_transcript",
                                f"expected {video.stem}.srt, .vtt or .csv beside it"))
             continue
         try:
-            segments = read_transcript(transcript)
+            segments = read_transcript(transcript_path)
         except TranscriptError as err:
-            bad.append(BadClip(video.stem, str(transcript), err.reason, err.detail))
+            bad.append(BadClip(video.stem, str(transcript_path), err.reason, err.detail))
             continue
         for k, seg in enumerate(segments, start=1):
             cid = f"{video.stem}$_${k}"
             if not seg.text:
-                bad.append(BadClip(cid, str(transcript), "empty_transcript", f"segment {k} has no text"))
+                bad.append(BadClip(cid, str(transcript_path), "empty_transcript", f"segment {k} has no text"))
                 continue
             clips.append(Clip(cid, str(video), split, seg.text, seg.label, seg.start, seg.end))
     return clips, bad, "folder"
@@ -575,7 +586,8 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
 def extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractorSettings = ExtractorSettings(),
             *, workers: int = 1, cache_dirs: Sequence[str | os.PathLike] | None = None, shard: tuple[int, int] | None
             = None, merge: bool = False, split: str = "test", dataset_name: str | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict[str, Any] | None:
+            overwrite: bool = False, progress: bool = True, transcript: str | os.PathLike | None = None
+            ) -> dict[str, Any] | None:
     """Discover, extract (resuming from the cache) and assemble; see the module docstring.
 
     Returns:
@@ -590,7 +602,7 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
     if out.exists() and not overwrite and shard is None:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
     cache_dirs = list(cache_dirs or [out.with_name(out.name + ".cache")])
-    clips, bad, kind = discover(source, split)
+    clips, bad, kind = discover(source, split, transcript)
     log.info("%s (%s): %d clips, %d bad inputs found while listing", source, kind, len(clips), len(bad))
     if not merge:
         n = run_extraction(clips, settings, cache_dirs[0], workers=workers, shard=shard or (0, 1),
