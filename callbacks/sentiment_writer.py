@@ -114,7 +114,6 @@ class SentimentTimelineWriter(BasePredictionWriter):
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows)), 3.2))
         for r in rows:
             color = "tab:green" if r["score"] >= 0 else "tab:red"
-            ax.barh(0, r["end_s"] - r["start_s"], left=r["start_s"], height=0.0, color=color)
             ax.plot([r["start_s"], r["end_s"]], [r["score"], r["score"]], color=color, linewidth=4)
         mids = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
         ax.plot(mids, [r["score"] for r in rows], color="grey", linewidth=1, linestyle="--")

@@ -67,6 +67,7 @@ __all__ = [
     "Clip",
     "ExtractorSettings",
     "assemble",
+    "check_split_sizes",
     "discover",
     "extract",
     "extractor_info",
@@ -478,6 +479,17 @@ def _pad(arrays: Sequence[np.ndarray], length: int, dim: int, dtype: Any) -> tup
     return out, lengths
 
 
+def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any]:
+    """Compare split sizes with the standard ones of ``dataset_name`` (MMSA: MOSI 1284/229/686, MOSEI
+    16326/1871/4659); a mismatch is logged as a warning. Returns ``{"dataset", "expected", "sizes", "ok"}``."""
+    expected = dict(zip(SPLITS, STANDARD_SPLIT_SIZES["mmsa"][dataset_name.lower()]))
+    ok = {s: int(sizes.get(s, 0)) for s in SPLITS} == expected
+    if not ok:
+        log.warning("split sizes %s differ from the standard %s sizes %s (see the report)", sizes, dataset_name,
+                    expected)
+    return {"dataset": dataset_name, "expected": expected, "sizes": dict(sizes), "ok": ok}
+
+
 def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorSettings,
              cache_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, kind: str,
              dataset_name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -569,11 +581,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
                       "vision": int(sum(len(e["vision"]) > lv for _, e in kept))},
     }
     if dataset_name is not None:
-        expected = dict(zip(SPLITS, STANDARD_SPLIT_SIZES["mmsa"][dataset_name.lower()]))
-        report["split_check"] = {"dataset": dataset_name, "expected": expected, "ok": expected == sizes}
-        if expected != sizes:
-            log.warning("split sizes %s differ from the standard %s sizes %s (see the report)", sizes,
-                        dataset_name, expected)
+        report["split_check"] = check_split_sizes(sizes, dataset_name)
     write_feature_file(data, out, overwrite=overwrite)
     report_path = out.with_name(out.stem + ".report.json")
     fd, tmp = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=out.parent)

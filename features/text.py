@@ -84,6 +84,11 @@ def read_transcript(path: str | os.PathLike) -> list[Segment]:
     ext = path.suffix.lower()
     segments: list[Segment] = []
     try:
+        if not path.read_bytes().strip():
+            raise TranscriptError(path, "empty_transcript", "the file is empty")
+    except OSError as err:
+        raise TranscriptError(path, "corrupt", str(err)) from err
+    try:
         if ext in (".srt", ".vtt"):
             captions = webvtt.from_srt(str(path)) if ext == ".srt" else webvtt.read(str(path))
             for c in captions:
