@@ -28,8 +28,8 @@ top-level ``extractor`` entry (a JSON string) records the settings, package vers
 Written with the project's pickle-free ``.npz`` writer (``.pkl`` when ``--out`` ends so);
 ``MOSEIDataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
 
-Engineering: a process pool over source files (``--workers``, one torch thread per worker, so the numbers do not
-depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
+Engineering: a process pool over source files (``--workers``; one torch/OpenCV/BLAS thread per worker, so the
+numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
 from; a progress bar with clips/s and ETA; ``--shard K/N`` extracts every N-th source file into the cache only,
 and ``--merge`` writes the single file from one or more caches, byte-identical to a one-machine run (the same
 assembly code writes both). Bad clips (missing file, file without a label row, corrupt media, no audio stream,
@@ -337,13 +337,15 @@ def _models(settings: ExtractorSettings) -> tuple[VisionExtractor, TextEncoder]:
 
 
 def _init_worker() -> None:
+    """One thread for torch, OpenCV and BLAS: results then do not depend on the worker count (OpenBLAS sums in a
+    thread-count-dependent order)."""
+    import cv2
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import cv2
-
     cv2.setNumThreads(1)
+    threadpool_limits(limits=1)
 
 
 def _bad_entry(reason: str, detail: str) -> dict[str, np.ndarray]:
@@ -421,15 +423,19 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
     bar = tqdm(total=total, unit="clip", desc="extracting", disable=not progress, smoothing=0.1)
     try:
         if workers <= 1:
+            import cv2
             import torch
+            from threadpoolctl import threadpool_limits
 
-            threads = torch.get_num_threads()
-            _init_worker()
+            threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
             try:
-                for t in tasks:
-                    bar.update(_run_task(t, settings, str(cache_dir)))
+                with threadpool_limits(limits=1):
+                    _init_worker()
+                    for t in tasks:
+                        bar.update(_run_task(t, settings, str(cache_dir)))
             finally:
                 torch.set_num_threads(threads)
+                cv2.setNumThreads(cv_threads)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
