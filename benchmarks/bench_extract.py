@@ -58,8 +58,8 @@ def build_dataset(root: Path, n_clips: int, faces_dir: Path) -> float:
         path = write_recording(root / "Raw" / vid / f"{cid}.mp4", face, espeak(SENTENCES[k % len(SENTENCES)]),
                                size=(640, 360), seed=k)
         total += media_duration(path)
-        rows.append(dict(video_id=vid, clip_id=cid, text=SENTENCES[k % len(SENTENCES)], label=0.0, annotation="",
-                         mode=("train", "valid", "test")[k % 3]))
+        rows.append({"video_id": vid, "clip_id": cid, "text": SENTENCES[k % len(SENTENCES)], "label": 0.0, "annotation": "",
+                         "mode": ("train", "valid", "test")[k % 3]})
     with (root / "label.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -51,9 +51,9 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
-    "AudioSettings",
     "FRAME_FEATURES",
     "PROSODY_FEATURES",
+    "AudioSettings",
     "audio_feature_names",
     "egemaps",
     "extract_audio",
@@ -125,11 +125,11 @@ class AudioSettings:
 
     @property
     def hop_length(self) -> int:
-        return int(round(self.hop_s * self.sample_rate))
+        return round(self.hop_s * self.sample_rate)
 
     @property
     def win_length(self) -> int:
-        return int(round(self.win_s * self.sample_rate))
+        return round(self.win_s * self.sample_rate)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +239,7 @@ def prosody(y: np.ndarray, frames: np.ndarray, settings: AudioSettings = AudioSe
     # syllable nuclei: prominent peaks of the (lightly smoothed) loudness contour
     kernel = np.array([0.25, 0.5, 0.25])
     smooth = np.convolve(np.pad(loud, 1, mode="edge"), kernel, mode="valid") if len(loud) else loud
-    distance = max(int(round(settings.min_syllable_gap_s / hop_s)), 1)
+    distance = max(round(settings.min_syllable_gap_s / hop_s), 1)
     peaks, _ = find_peaks(smooth, prominence=settings.min_prominence_db, distance=distance)
     keep = in_sound[peaks]
     if settings.nucleus_voicing == "required":

@@ -48,6 +48,7 @@ import logging
 import os
 import sys
 import tempfile
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -319,7 +320,7 @@ def _cache_read(paths: Sequence[Path]) -> dict[str, np.ndarray] | None:
             try:
                 with np.load(p, allow_pickle=False) as z:
                     return {k: z[k] for k in z.files}
-            except Exception:  # a torn file from a killed run: extract again
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):  # torn by a killed run
                 log.warning("%s: unreadable cache entry, extracting again", p)
     return None
 
@@ -453,7 +454,7 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
 # ------------------------------------------------------------------------------------------------------ assembly
 def extractor_info(settings: ExtractorSettings, dims: dict[str, int] | None = None) -> dict[str, Any]:
     """Settings, package versions and feature names (the feature file header's ``extractor`` entry)."""
-    from features.vision import descriptor_names, GEOMETRY_FEATURES
+    from features.vision import GEOMETRY_FEATURES, descriptor_names
 
     if settings.vision.face_model:
         from features.vision import FaceExpressionModel
@@ -576,7 +577,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
     info.update(seq_lens={"audio": la, "vision": lv, "text": settings.text_max_len}, input=kind,
                 labelled=all(labelled))
     data["extractor"] = json.dumps(info, sort_keys=True)
-    sizes = {s: int(len(data[s]["id"])) for s in SPLITS}
+    sizes = {s: len(data[s]["id"]) for s in SPLITS}
     counts = Counter(b.reason for b in bad)
     report: dict[str, Any] = {
         "output": out.name, "input": kind, "split_sizes": sizes, "clips_written": len(kept),

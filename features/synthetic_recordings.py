@@ -78,7 +78,7 @@ def write_recording(path: str | os.PathLike, face: np.ndarray | None, audio: np.
     """
     if duration is None:
         duration = len(audio) / sample_rate if audio is not None else 1.0
-    n = max(int(round(duration * fps)), 1)
+    n = max(round(duration * fps), 1)
     if face is None:
         frames = np.full((n, size[1], size[0], 3), 96, dtype=np.uint8)
     else:

@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodedMedia", "MediaError", "VIDEO_EXTENSIONS", "decode_media", "media_duration", "write_video"]
+__all__ = ["VIDEO_EXTENSIONS", "DecodedMedia", "MediaError", "decode_media", "media_duration", "write_video"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -63,8 +63,8 @@ class DecodedMedia:
     def segment(self, start: float, end: float) -> DecodedMedia:
         """The ``[start, end)`` seconds of this recording (frames by time, audio by sample)."""
         keep = (self.frame_times >= start) & (self.frame_times < end)
-        s0 = max(int(round(start * self.sample_rate)), 0)
-        s1 = min(int(round(end * self.sample_rate)), len(self.audio))
+        s0 = max(round(start * self.sample_rate), 0)
+        s1 = min(round(end * self.sample_rate), len(self.audio))
         return DecodedMedia(
             frames=self.frames[keep], frame_times=self.frame_times[keep] - start,
             audio=self.audio[s0:max(s1, s0)], sample_rate=self.sample_rate,

@@ -1,8 +1,9 @@
 """Per-frame vision features of the speaker's face: face geometry plus an expression model or a descriptor fallback.
 
 Paper: Li et al., HGCL, §II.C (1): "keyframes ... facial muscle movements and morphological changes ... poses".
-Frames are sampled by :func:`features.video.decode_media` (default 5 fps). In every frame the faces are detected;
-the speaker is the face followed through the clip with the largest summed box area (the largest track). Each
+Frames are sampled by :func:`features.video.decode_media` (default 5 fps). In every frame the faces are detected
+(:mod:`features.detection`, MTCNN by default) and linked into tracks (:mod:`features.tracking`); the speaker is
+the track with the largest summed box area (the largest track). Each
 sampled frame gives one row:
 
 Geometry (always; in frame-relative units so resolution does not matter):
@@ -13,7 +14,7 @@ Geometry (always; in frame-relative units so resolution does not matter):
 ``box_cx_rel`` / ``box_cy_rel``  box centre / frame width, height
 ``box_dx_per_s`` / ``box_dy_per_s``  centre velocity to the previous face frame (frame widths / heights per second)
 ``box_scale_per_s``          d log(box width) / dt (1/s; > 0 approaching)
-``det_score``                detector confidence (1 for detectors without scores)
+``det_score``                detector confidence (MTCNN O-Net probability; 1 for Haar, which has no score)
 ``landmarks_present``        1 when the detector gave 5 landmarks (eyes, nose, mouth corners)
 ``head_roll_deg``            angle of the eye line (degrees, + = clockwise in the image)
 ``eye_dist_rel``             inter-ocular distance / box width
@@ -25,7 +26,7 @@ Geometry (always; in frame-relative units so resolution does not matter):
 Landmark columns are 0 when the detector gives no landmarks. Eye and mouth *opening* need contour landmarks
 (e.g. 68 points); the 5-point detectors give corners only, so opening is not measured.
 
-Appearance (on the face crop, rotated upright by the eye line when landmarks exist):
+Appearance (on the face crop of :func:`features.detection.face_crop`: eye-aligned when landmarks exist):
 
 * with a face-expression checkpoint (a LitFER checkpoint written by ``cli.py fit``): ``prob_<class>`` (softmax
   class probabilities) and ``emb_<i>`` (the pooled embedding: the input of the classifier's last linear layer);
@@ -41,7 +42,7 @@ sequence so that ``vision_lengths`` counts face frames only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,14 +50,14 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from features.faces import HaarFaceDetector, crop_face
+from features.detection import Detection, FaceDetector, build_detector, face_crop
+from features.tracking import IoUTracker
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Detections",
-    "FaceExpressionModel",
     "GEOMETRY_FEATURES",
+    "FaceExpressionModel",
     "VisionExtractor",
     "VisionSettings",
     "descriptor_features",
@@ -74,20 +75,6 @@ GEOMETRY_FEATURES: tuple[str, ...] = (
 ALLOWED_FACE_NETS = ("models.timm_classifier.TimmClassifier", "models.swin_two_branch.TwoBranchSwin")
 
 
-@dataclass
-class Detections:
-    """Faces of one frame.
-
-    Shapes:
-        boxes: ``[K, 4]`` float ``(x, y, w, h)`` pixels; scores: ``[K]``; landmarks: ``[K, 5, 2]`` ``(x, y)``
-        (left eye, right eye, nose, left mouth corner, right mouth corner) or ``None``.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    landmarks: np.ndarray | None = None
-
-
 @dataclass(frozen=True)
 class VisionSettings:
     """Vision settings (recorded in the feature file header).
@@ -95,7 +82,9 @@ class VisionSettings:
     Args:
         fps: frames sampled per second of video.
         max_side: frames are downscaled to this longest side before detection (pixels).
-        detector: face detector: ``"haar"`` (OpenCV cascade of :mod:`features.faces`, no landmarks).
+        detector: face detector of :mod:`features.detection`: ``"mtcnn"`` (CNN with 5 landmarks) or ``"haar"``
+            (OpenCV cascade, no landmarks).
+        min_face_size: smallest face side searched, in pixels of the (downscaled) frame.
         descriptor: fallback appearance features without a face model: ``"hog_lbp"``, ``"hog"`` or ``"lbp"``.
         crop_size: side of the face crop for the descriptors (pixels).
         margin: crop margin, fraction of the face side added on each side.
@@ -105,7 +94,8 @@ class VisionSettings:
 
     fps: float = 5.0
     max_side: int = 640
-    detector: Literal["haar"] = "haar"
+    detector: Literal["mtcnn", "haar"] = "mtcnn"
+    min_face_size: int = 40
     descriptor: Literal["hog_lbp", "hog", "lbp"] = "hog_lbp"
     crop_size: int = 64
     margin: float = 0.2
@@ -113,8 +103,8 @@ class VisionSettings:
     no_face_frames: Literal["flag", "drop"] = "flag"
 
     def __post_init__(self) -> None:
-        if self.detector not in ("haar",):
-            raise ValueError(f"VisionSettings: detector must be 'haar', got {self.detector!r}")
+        if self.detector not in ("mtcnn", "haar"):
+            raise ValueError(f"VisionSettings: detector must be 'mtcnn' or 'haar', got {self.detector!r}")
         if self.descriptor not in ("hog_lbp", "hog", "lbp"):
             raise ValueError(f"VisionSettings: descriptor must be 'hog_lbp', 'hog' or 'lbp', got {self.descriptor!r}")
         if self.no_face_frames not in ("flag", "drop"):
@@ -130,35 +120,31 @@ class VisionSettings:
         return d
 
 
-# ------------------------------------------------------------------------------------------------------ detection
-class HaarDetector:
-    """Adapter from :class:`features.faces.HaarFaceDetector` to :class:`Detections` (scores 1, no landmarks)."""
-
-    def __init__(self) -> None:
-        self.detector = HaarFaceDetector(min_size_frac=0.08, min_neighbors=5)
-
-    def __call__(self, rgb: np.ndarray) -> Detections:
-        boxes = self.detector.detect(rgb).astype(np.float64)
-        return Detections(boxes=boxes, scores=np.ones(len(boxes)), landmarks=None)
-
-
-def make_detector(name: str) -> Callable[[np.ndarray], Detections]:
-    if name == "haar":
-        return HaarDetector()
-    raise ValueError(f"make_detector: unknown detector {name!r}")
-
-
 # ------------------------------------------------------------------------------------------------------ tracking
-def follow_speaker(detections: Sequence[Detections]) -> np.ndarray:
-    """Index of the speaker's face in every frame (``-1``: no face), as the largest face of each frame.
+def follow_speaker(detections: Sequence[list[Detection]], tracker: IoUTracker | None = None) -> np.ndarray:
+    """Index of the speaker's face in every frame (``-1``: not found).
+
+    Faces are linked over the frames by :class:`features.tracking.IoUTracker`; the speaker is the track with the
+    largest summed box area (the face that is biggest for longest).
 
     Returns:
-        ``[T]`` int64.
+        ``[T]`` int64 indices into each frame's detection list.
     """
+    tracker = tracker or IoUTracker()
+    tracker.reset()
+    ids = [tracker.update(np.array([d.box for d in dets], np.float64).reshape(-1, 4)) for dets in detections]
+    area: dict[int, float] = {}
+    for dets, tid in zip(detections, ids):
+        for d, i in zip(dets, tid.tolist()):
+            area[i] = area.get(i, 0.0) + float(d.area)
     out = np.full(len(detections), -1, dtype=np.int64)
-    for t, d in enumerate(detections):
-        if len(d.boxes):
-            out[t] = int(np.argmax(d.boxes[:, 2] * d.boxes[:, 3]))
+    if not area:
+        return out
+    best = min(area, key=lambda i: (-area[i], i))
+    for t, tid in enumerate(ids):
+        hit = np.flatnonzero(tid == best)
+        if len(hit):
+            out[t] = int(hit[0])
     return out
 
 
@@ -213,22 +199,6 @@ def face_geometry(boxes: np.ndarray, present: np.ndarray, times: np.ndarray, fra
 
 
 # ------------------------------------------------------------------------------------------------------ appearance
-def aligned_crop(rgb: np.ndarray, box: np.ndarray, size: int, margin: float, roll_deg: float | None) -> np.ndarray:
-    """Square face crop (``features.faces.crop_face``), rotated upright by ``roll_deg`` when given.
-
-    Shapes:
-        rgb: ``[H, W, 3]`` uint8 -> ``[size, size, 3]`` uint8.
-    """
-    if roll_deg is None or abs(roll_deg) < 0.5:
-        return crop_face(rgb, box, size, margin)
-    big = int(round(size * 1.5))
-    wide = crop_face(rgb, box, big, (1.5 * (1 + 2 * margin) - 1) / 2)
-    m = cv2.getRotationMatrix2D((big / 2, big / 2), roll_deg, 1.0)
-    rot = cv2.warpAffine(wide, m, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    o = (big - size) // 2
-    return np.ascontiguousarray(rot[o:o + size, o:o + size])
-
-
 def descriptor_names(settings: VisionSettings) -> list[str]:
     names: list[str] = []
     if settings.descriptor in ("hog_lbp", "hog"):
@@ -359,7 +329,7 @@ class VisionExtractor:
 
     def __init__(self, settings: VisionSettings = VisionSettings()) -> None:
         self.settings = settings
-        self.detect = make_detector(settings.detector)
+        self.detector: FaceDetector = build_detector(settings.detector, min_face_size=settings.min_face_size)
         self.face_model = FaceExpressionModel(settings.face_model) if settings.face_model else None
 
     def feature_names(self) -> list[str]:
@@ -370,17 +340,19 @@ class VisionExtractor:
         """Features ``[T, D]`` float32 and the face mask ``[T]`` bool of frames ``[T, H, W, 3]`` at ``times`` [T] s."""
         s = self.settings
         t_n = len(frames)
-        dets = [self.detect(f) for f in frames]
+        dets = [self.detector.detect(f) for f in frames]
         chosen = follow_speaker(dets)
         present = chosen >= 0
         boxes = np.zeros((t_n, 4))
         scores = np.zeros(t_n)
-        lms = np.full((t_n, 5, 2), np.nan) if any(d.landmarks is not None for d in dets) else None
+        lms = np.full((t_n, 5, 2), np.nan) if self.detector.kind == "mtcnn" else None
         for t, k in enumerate(chosen):
             if k >= 0:
-                boxes[t], scores[t] = dets[t].boxes[k], dets[t].scores[k]
-                if lms is not None and dets[t].landmarks is not None:
-                    lms[t] = dets[t].landmarks[k]
+                d = dets[t][k]
+                boxes[t] = d.box
+                scores[t] = d.score if np.isfinite(d.score) else 1.0
+                if lms is not None and d.landmarks is not None:
+                    lms[t] = d.landmarks
         wh = (frames.shape[2], frames.shape[1]) if t_n else (1, 1)
         geom = face_geometry(boxes, present, times, wh, scores, lms)
         names = self.feature_names()
@@ -389,8 +361,7 @@ class VisionExtractor:
         if len(idx):
             size = self.face_model.image_size if self.face_model else s.crop_size
             margin = self.face_model.margin if self.face_model else s.margin
-            crops = [aligned_crop(frames[t], boxes[t], size, margin,
-                                  geom[t, 10] if geom[t, 9] > 0 else None) for t in idx]
+            crops = [face_crop(frames[t], dets[t][chosen[t]], size, margin, alignment="eyes") for t in idx]
             if self.face_model is not None:
                 app[idx] = self.face_model(crops)
             else:

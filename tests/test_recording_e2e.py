@@ -43,7 +43,7 @@ def trained(shared_data, tmp_path_factory):
     for k, (text, label, mode) in enumerate(SENTENCES):
         vid, cid = f"speaker{k // 2}", str(k % 2 + 1)
         write_recording(root / "ds" / "Raw" / vid / f"{cid}.mp4", faces[k], espeak(text), size=(192, 144), seed=k)
-        rows.append(dict(video_id=vid, clip_id=cid, text=text, label=label, annotation="", mode=mode))
+        rows.append({"video_id": vid, "clip_id": cid, "text": text, "label": label, "annotation": "", "mode": mode})
     with (root / "ds" / "label.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -64,7 +64,7 @@ def trained(shared_data, tmp_path_factory):
 def test_extract_fit_predict_csv(trained, shared_data) -> None:
     from cli import cli_main
 
-    root, feat, run = trained
+    root, _feat, run = trained
     faces = _faces(shared_data)
     parts, cues, t = [], [], 0.0
     for i, text in enumerate(["I love this", "this is awful", "well it was fine"]):

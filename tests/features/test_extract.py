@@ -57,7 +57,7 @@ def bad_dataset(shared_data, tmp_path_factory) -> Path:
     (raw / "vid_c" / "2.mp4").write_bytes(b"\x00\x01broken" * 100)
     write_recording(raw / "vid_e" / "9.mp4", _face(shared_data, 4), speech, size=(160, 128))  # no label row
     write_recording(raw / "vid_a" / "3.mp4", _face(shared_data, 5), speech, size=(160, 128))
-    row = lambda v, c, t, lab, mode: dict(video_id=v, clip_id=c, text=t, label=lab, annotation="", mode=mode)  # noqa: E731
+    row = lambda v, c, t, lab, mode: {"video_id": v, "clip_id": c, "text": t, "label": lab, "annotation": "", "mode": mode}
     _write_label_csv(root / "label.csv", [
         row("vid_a", "1", "I really love it", 2.0, "train"),
         row("vid_a", "2", "this was awful", -2.4, "valid"),
@@ -116,7 +116,7 @@ def test_resume_shards_and_merge_give_the_same_bytes(bad_dataset, extracted, tmp
     clips, _, _ = discover(bad_dataset)
     cache = extracted.with_name(extracted.name + ".cache")
     assert run_extraction(clips, ExtractorSettings(), cache, progress=False) == 0  # all cached: nothing to do
-    victim = sorted(cache.glob("*.npz"))[0]
+    victim = min(cache.glob("*.npz"))
     victim.unlink()
     assert run_extraction(clips, ExtractorSettings(), cache, progress=False) == 1  # a killed run resumes
     a, b = tmp_path / "cache_a", tmp_path / "cache_b"
@@ -177,8 +177,8 @@ def test_mosi_label_csv_gives_the_standard_split(shared_data, tmp_path) -> None:
             d = root / "Raw" / v
             d.mkdir(parents=True, exist_ok=True)
             os.link(stub, d / f"{c}.mp4")
-            rows.append(dict(video_id=v, clip_id=c, text=f"segment {c} ({s:.2f}-{e:.2f} s)", label=float(lab),
-                             annotation="", mode=split))
+            rows.append({"video_id": v, "clip_id": c, "text": f"segment {c} ({s:.2f}-{e:.2f} s)", "label": float(lab),
+                             "annotation": "", "mode": split})
     _write_label_csv(root / "label.csv", rows)
     clips, bad, kind = discover(root)
     assert kind == "mmsa" and bad == []
@@ -198,12 +198,12 @@ def test_label_csv_errors_name_the_problem(tmp_path) -> None:
     (tmp_path / "label.csv").write_text("video_id,clip_id,text\nv,1,hi\n")
     with pytest.raises(ValueError, match="missing column"):
         discover(tmp_path)
-    _write_label_csv(tmp_path / "label.csv", [dict(video_id="v", clip_id="1", text="hi", label=1, annotation="",
-                                                   mode="dev")])
+    _write_label_csv(tmp_path / "label.csv", [{"video_id": "v", "clip_id": "1", "text": "hi", "label": 1, "annotation": "",
+                                                   "mode": "dev"}])
     with pytest.raises(ValueError, match="mode 'dev'"):
         discover(tmp_path)
-    _write_label_csv(tmp_path / "label.csv", [dict(video_id="v", clip_id="1", text="hi", label=7, annotation="",
-                                                   mode="train")])
+    _write_label_csv(tmp_path / "label.csv", [{"video_id": "v", "clip_id": "1", "text": "hi", "label": 7, "annotation": "",
+                                                   "mode": "train"}])
     with pytest.raises(ValueError, match=r"outside \[-3, 3\]"):
         discover(tmp_path)
     with pytest.raises(FileNotFoundError):

@@ -50,13 +50,13 @@ def test_geometry_box_motion_and_landmarks() -> None:
 
 
 def test_the_speaker_is_the_largest_track() -> None:
-    small = lambda x: Detection((x, 10, 30, 30), 0.99)  # noqa: E731
-    big = lambda x: Detection((x, 100, 60, 60), 0.99)  # noqa: E731
+    small = lambda x: Detection((x, 10, 30, 30), 0.99)
+    big = lambda x: Detection((x, 100, 60, 60), 0.99)
     frames = [[small(10), big(200)], [big(203), small(12)], [small(14)], [small(16), big(206)]]
     chosen = follow_speaker(frames)
     np.testing.assert_array_equal(chosen, [1, 0, -1, 1])
     # a big face seen once loses against a medium face seen all the time
-    medium = lambda x: Detection((x, 10, 40, 40), 0.99)  # noqa: E731
+    medium = lambda x: Detection((x, 10, 40, 40), 0.99)
     frames = [[medium(10)], [medium(11), big(300)], [medium(12)], [medium(13)]]
     np.testing.assert_array_equal(follow_speaker(frames), [0, 0, 0, 0])
     assert np.all(follow_speaker([[], []]) == -1)
