@@ -77,8 +77,8 @@ def test_extract_fit_predict_csv(trained, shared_data) -> None:
     write_recording(talk, faces[7], np.concatenate(parts), size=(192, 144))
     (root / "talk" / "talk.srt").write_text("\n".join(cues))
     out = root / "pred"
-    cli_main(["predict", "--config", str(run / "config.yaml"), "--config",
-              str(REPO / "configs/predict/predict_recording.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+    cli_main(["predict", "--config", str(REPO / "configs/predict/predict_recording.yaml"),
+              "--ckpt_path", str(run / "checkpoints/last.ckpt"),
               "--data.init_args.video", str(talk), "--data.init_args.output_dir", str(out),
               "--trainer.callbacks.init_args.output_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt"),
               "--trainer.enable_progress_bar", "false"])
