@@ -3,7 +3,7 @@
 Consumes :meth:`lightning_modules.msa.LitMSA.predict_step` outputs (``id``, ``pred`` [B]) and the utterance table
 of :class:`datamodules.recording.RecordingDataModule` (``source``, ``start_s``, ``end_s``, ``text`` per id).
 
-Classes follow the MMSA conventions of :mod:`lightning_modules.metrics_msa`: 2-class ``positive`` when the score
+Classes follow the MMSA conventions of :mod:`metrics.msa`: 2-class ``positive`` when the score
 is >= 0 (the "has-0" convention of ``acc2_has0``) else ``negative``; 7-class ``round(clip(score, -3, 3))`` in
 -3..3 (numpy rounding, half to even), named by :data:`CLASS7_NAMES`.
 """
@@ -11,7 +11,6 @@ is >= 0 (the "has-0" convention of ``acc2_has0``) else ``negative``; 7-class ``r
 from __future__ import annotations
 
 import csv
-import io
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +20,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.confusion_matrix import save_figure_atomic
-from callbacks.emotion_timeline import _atomic_write_text
+from common.io import atomic_write
 
 __all__ = ["CLASS7_NAMES", "SentimentTimelineWriter", "sentiment_classes"]
 
@@ -94,12 +92,11 @@ class SentimentTimelineWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = sorted(self._rows, key=lambda r: (r["source"], r["start_s"], r["id"]))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
         path = self.output_dir / self.csv_name
-        _atomic_write_text(path, buf.getvalue())
+        with atomic_write(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
         self.written.append(path)
         if self.plot == "timeline" and rows:
             for source in sorted({r["source"] for r in rows}):
@@ -125,6 +122,7 @@ class SentimentTimelineWriter(BasePredictionWriter):
         fig.tight_layout()
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem or "source")[:80]
         path = self.output_dir / f"sentiment_{stem}.png"
-        save_figure_atomic(fig, path)
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
         return path

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.datasets.mmsa import MMSADataset, MMSASplit, load_feature_file, mmsa_collate
+from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from features.extract import ExtractorSettings, extract
+from features.mmsa_format import MMSASplit, load_feature_file
 
 __all__ = ["RecordingDataModule"]
 

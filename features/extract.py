@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -57,8 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.datasets.mmsa import SPLITS, STANDARD_SPLIT_SIZES
+from common.io import atomic_write
 from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names, extract_audio
+from features.mmsa_format import SPLITS, STANDARD_SPLIT_SIZES
 from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript
 from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
 from features.vision import VisionExtractor, VisionSettings
@@ -303,15 +303,8 @@ def _settings_hash(settings: ExtractorSettings) -> str:
 
 
 def _cache_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def _cache_read(paths: Sequence[Path]) -> dict[str, np.ndarray] | None:
@@ -591,10 +584,8 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
         report["split_check"] = check_split_sizes(sizes, dataset_name)
     write_feature_file(data, out, overwrite=overwrite)
     report_path = out.with_name(out.stem + ".report.json")
-    fd, tmp = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
-    os.replace(tmp, report_path)
     return report
 
 

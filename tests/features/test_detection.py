@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules.datasets.images import load_image_rgb
 from features.detection import (
     Detection,
     HaarVideoDetector,
@@ -18,6 +17,7 @@ from features.detection import (
     eye_similarity,
     face_crop,
 )
+from features.images import load_image_rgb
 from tests.fakes_images import real_root
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.datasets.mmsa import load_feature_file, load_mmsa
 from features.extract import check_split_sizes, discover, main, run_extraction
+from features.mmsa_format import load_feature_file, load_mmsa
 from features.synthetic_recordings import write_recording
 from features.video import write_video
 

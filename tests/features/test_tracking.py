@@ -73,8 +73,8 @@ def _jaffe_crops(posers: tuple[str, str]) -> dict[str, list[np.ndarray]]:
     root = real_root("jaffe")
     if root is None:
         pytest.skip("JAFFE not found at <repo>/../shared/data/jaffe")
-    from datamodules.datasets.images import load_image_rgb
     from features.detection import build_detector, face_crop
+    from features.images import load_image_rgb
 
     det = build_detector("mtcnn", min_face_size=40)
     out: dict[str, list[np.ndarray]] = {}
