@@ -165,6 +165,7 @@ def test_shipped_wavs_pitch_and_inserted_pause(shared_data) -> None:
     assert hit, f"no pause around the inserted silence at {t:.2f}-{t + 0.8:.2f} s: {after}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_espeak_pitch_and_rate_follow_the_voice_settings() -> None:
     import subprocess
