@@ -294,7 +294,7 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
 def _clip_key(clip: Clip, settings_hash: str) -> str:
     st = os.stat(clip.path)
     payload = json.dumps([CACHE_VERSION, settings_hash, clip.id, Path(clip.path).name, clip.start, clip.end,
-                          clip.text, st.st_size], sort_keys=True)
+                          clip.text, st.st_size, st.st_mtime_ns], sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
