@@ -7,7 +7,7 @@ the model was trained on (``reference``; by default the ``path`` stored with the
 prediction-only feature file under ``output_dir``. :meth:`~RecordingDataModule.setup` checks the extracted feature
 names and dims against the reference file and the checkpoint (a mismatch is a ``ValueError`` naming both sides),
 pads the sequences to the checkpoint's ``seq_lens`` and serves the same batches as
-:class:`datamodules.mosei.MOSEIDataModule`.
+:class:`datamodules.mosei.MMSADataModule`.
 """
 
 from __future__ import annotations

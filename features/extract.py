@@ -26,7 +26,7 @@ Output: the MMSA unaligned schema, one dict per split: ``audio [N, La, Da]``, ``
 speaker's face was found), ``prosody [N, P]``, ``source``, ``start_s``, ``end_s`` (seconds in the source file). The
 top-level ``extractor`` entry (a JSON string) records the settings, package versions, feature names and dims.
 Written with the project's pickle-free ``.npz`` writer (``.pkl`` when ``--out`` ends so);
-``MOSEIDataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
+``MMSADataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
 
 Engineering: a process pool over source files (``--workers``; one torch/OpenCV/BLAS thread per worker, so the
 numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
@@ -58,7 +58,7 @@ import numpy as np
 
 from common.io import atomic_write
 from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names, extract_audio
-from features.mmsa_format import SPLITS, STANDARD_SPLIT_SIZES
+from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES
 from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript
 from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
 from features.vision import VisionExtractor, VisionSettings
@@ -207,8 +207,8 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
     src = Path(source)
     if not src.exists():
         raise FileNotFoundError(f"{src}: does not exist (give a dataset directory, a folder of videos or a video)")
-    if split not in SPLITS:
-        raise ValueError(f"discover: split must be one of {SPLITS}, got {split!r}")
+    if split not in FILE_SPLITS:
+        raise ValueError(f"discover: split must be one of {FILE_SPLITS}, got {split!r}")
     clips: list[Clip] = []
     bad: list[BadClip] = []
     label_csv = src / "label.csv"
@@ -226,8 +226,8 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
                 vid, cid = row["video_id"].strip(), row["clip_id"].strip()
                 clip_id = f"{vid}$_${cid}"
                 mode = row["mode"].strip()
-                if mode not in SPLITS:
-                    raise ValueError(f"{label_csv}:{line}: mode {mode!r} is not one of {SPLITS}")
+                if mode not in FILE_SPLITS:
+                    raise ValueError(f"{label_csv}:{line}: mode {mode!r} is not one of {FILE_SPLITS}")
                 try:
                     label = float(row["label"])
                 except ValueError as err:
@@ -482,8 +482,8 @@ def _pad(arrays: Sequence[np.ndarray], length: int, dim: int, dtype: Any) -> tup
 def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any]:
     """Compare split sizes with the standard ones of ``dataset_name`` (MMSA: MOSI 1284/229/686, MOSEI
     16326/1871/4659); a mismatch is logged as a warning. Returns ``{"dataset", "expected", "sizes", "ok"}``."""
-    expected = dict(zip(SPLITS, STANDARD_SPLIT_SIZES["mmsa"][dataset_name.lower()]))
-    ok = {s: int(sizes.get(s, 0)) for s in SPLITS} == expected
+    expected = dict(zip(FILE_SPLITS, STANDARD_SPLIT_SIZES["mmsa"][dataset_name.lower()]))
+    ok = {s: int(sizes.get(s, 0)) for s in FILE_SPLITS} == expected
     if not ok:
         log.warning("split sizes %s differ from the standard %s sizes %s (see the report)", sizes, dataset_name,
                     expected)
@@ -544,7 +544,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
     la = min(la, settings.max_audio_len) if settings.max_audio_len else la
     lv = min(lv, settings.max_vision_len) if settings.max_vision_len else lv
     data: dict[str, Any] = {}
-    for split in SPLITS:
+    for split in FILE_SPLITS:
         items = [(c, e) for c, e in kept if c.split == split]
         audio, alen = _pad([e["audio"] for _, e in items], la, dims["audio"], np.float32)
         vision, vlen = _pad([e["vision"] for _, e in items], lv, dims["vision"], np.float32)
@@ -570,7 +570,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
     info.update(seq_lens={"audio": la, "vision": lv, "text": settings.text_max_len}, input=kind,
                 labelled=all(labelled))
     data["extractor"] = json.dumps(info, sort_keys=True)
-    sizes = {s: len(data[s]["id"]) for s in SPLITS}
+    sizes = {s: len(data[s]["id"]) for s in FILE_SPLITS}
     counts = Counter(b.reason for b in bad)
     report: dict[str, Any] = {
         "output": out.name, "input": kind, "split_sizes": sizes, "clips_written": len(kept),
@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", nargs="+", default=None, help="cache director(y/ies) (default <out>.cache)")
     p.add_argument("--dataset", choices=sorted(STANDARD_SPLIT_SIZES["mmsa"]), default=None,
                    help="check the split sizes against this dataset's standard ones")
-    p.add_argument("--split", choices=SPLITS, default="test", help="split of a video folder's utterances")
+    p.add_argument("--split", choices=FILE_SPLITS, default="test", help="split of a video folder's utterances")
     p.add_argument("--fps", type=float, default=v.fps, help=f"video frames sampled per second ({v.fps:g})")
     p.add_argument("--detector", choices=("mtcnn", "haar"), default=v.detector)
     p.add_argument("--face-model", default=None, help="LitFER checkpoint of the face-expression model")
