@@ -252,6 +252,11 @@ class AffectCLI(LightningCLI):
     def before_predict(self) -> None:
         self._resolve_best_checkpoint()
         self._apply_checkpoint_preprocessing()
+        # datamodules that check the checkpoint against their data (datamodules.recording) learn its path here:
+        # the trainer only knows it after the datamodule's prepare_data/setup have run
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt and hasattr(self.datamodule, "set_checkpoint"):
+            self.datamodule.set_checkpoint(ckpt)
 
     def _apply_checkpoint_preprocessing(self) -> None:
         """Portable face-expression checkpoints: the preprocessing stored in a LitFER checkpoint (class names, crop

