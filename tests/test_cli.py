@@ -11,6 +11,7 @@ import yaml
 
 from cli import cli_main
 from tests.fakes import write_mmsa_pickle
+from tests.helpers.configs import config_args
 
 REPO = Path(__file__).resolve().parents[1]
 # Pieces merged with a second --config (not experiments on their own), and the diffusion configs, which need
@@ -51,7 +52,7 @@ def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
 @pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_experiment_config_parses_and_instantiates(config: Path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
-    cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
+    cli = cli_main([*config_args(config), "--trainer.logger", "false"], run=False)  # a delta: base + delta
     assert cli.model is not None and cli.datamodule is not None
 
 

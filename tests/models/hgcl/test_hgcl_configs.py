@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cli import cli_main
 from models.hgcl import HGCL
 from tests.fakes import write_mmsa_pickle
+from tests.helpers.configs import composed_config, config_args, config_base
 from tests.models.hgcl.test_hgcl import DIMS, LENS, make_batch
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,6 +27,7 @@ EXPECTED = {  # config stem -> aux losses present in a training step
     "hgcl_no_fusion_head": {"local", "nce", "dvae"},
     "hgcl_cooccur_edges": {"local", "nce", "dvae"},
     "hgcl_gcn": {"local", "nce", "dvae"},
+    "hgcl_offline_codebooks": {"local", "nce"},
 }
 
 
@@ -37,10 +38,12 @@ def test_every_hgcl_config_is_checked():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_hgcl_config_builds_the_intended_net(config: Path) -> None:
     """The YAML's net arguments build the intended ablation (CLI parsing itself: tests/test_cli.py)."""
-    net_cfg = yaml.safe_load(config.read_text())["model"]["init_args"]["net"]
+    net_cfg = composed_config(config)["model"]["init_args"]["net"]
     assert net_cfg["class_path"] == "models.hgcl.HGCL"
     torch.manual_seed(0)
     net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    if net.requires_prefit:  # offline codebooks: fitted on "training" batches first (LitMSA: at fit start)
+        net.prefit([make_batch(seed=s) for s in range(24)])
     out = net(make_batch())
     assert set(out["aux_losses"]) == EXPECTED[config.stem]
 
@@ -53,8 +56,7 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
     cli = cli_main(
         [
             "fit",
-            "--config",
-            str(config),
+            *config_args(config),
             "--data.init_args.path",
             str(data),
             "--data.init_args.batch_size",
@@ -65,6 +67,8 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
             "true",
             "--trainer.enable_progress_bar",
             "false",
+            # k-means needs at least codebook_size training steps: 8 fake samples hold ~40 per modality
+            *(["--model.init_args.net.init_args.codebook_size", "8"] if "offline" in config.stem else []),
         ]
     )
     losses = {
@@ -74,3 +78,39 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
     }
     assert losses == EXPECTED[config.stem]
     assert (tmp_path / "runs").exists() or cli.trainer.state.finished
+
+
+ABLATIONS = sorted(REPO.glob("configs/ablations/hgcl_*.yaml"))
+
+
+@pytest.mark.parametrize("config", ABLATIONS, ids=lambda p: p.stem)
+def test_ablation_is_a_small_delta_over_the_base(config: Path) -> None:
+    """Each ablation names its base and its run command in the header and sets only what it changes."""
+    lines = config.read_text().splitlines()
+    assert lines[0] == "# base: configs/hgcl_mosi.yaml"
+    assert config_base(config) == REPO / "configs/hgcl_mosi.yaml"
+    rel = config.relative_to(REPO)
+    assert f"#   python cli.py fit --config configs/hgcl_mosi.yaml --config {rel}" in lines
+    assert len([ln for ln in lines if ln.strip() and not ln.startswith("#")]) <= 15
+    composed = composed_config(config)
+    base = composed_config(REPO / "configs/hgcl_mosi.yaml")
+    changed = {k for k, v in composed["model"]["init_args"]["net"]["init_args"].items()
+               if base["model"]["init_args"]["net"]["init_args"].get(k) != v}
+    assert len(changed) == 1, changed
+    assert composed["checkpoint"]["dirpath"] == f"runs/{config.stem}/checkpoints"  # runs never overwrite the base's
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_parameter_gets_a_gradient(config: Path) -> None:
+    """An ablation builds and computes only what its loss uses (DDP aborts on parameters without gradient)."""
+    net_cfg = composed_config(config)["model"]["init_args"]["net"]
+    torch.manual_seed(0)
+    net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    if net.requires_prefit:
+        net.prefit([make_batch(seed=s) for s in range(24)])
+    batch = make_batch()
+    out = net(batch)
+    loss = (out["pred"] - batch["label"]).abs().mean() + sum(out["aux_losses"].values())
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
