@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
-__all__ = ["MultiheadAttention", "MulT", "key_mask"]
+__all__ = ["MultiheadAttention", "MulT", "dropout_keep_mask", "key_mask"]
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -62,6 +62,50 @@ def key_mask(pad: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill(pad, float("-inf"))[:, None, None]
 
 
+_LEVELS = 1 << 16  # dropout decisions from 16 random bits
+
+
+def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
+    """Keep mask of dropout with rate ``p`` from 16 random bits per element, and the matching rescale factor.
+
+    ``torch.bernoulli_`` draws one random number per element and was 37 % of a MulT training step (profile in
+    ``benchmarks/bench_msa.py``'s docstring); here one 32-bit draw decides two elements. The keep probability is
+    ``round((1 - p) 2^16) / 2^16`` (within 7.7e-6 of ``1 - p``) and the returned scale is its exact inverse, so
+    the dropped tensor stays unbiased.
+
+    Shapes:
+        -> (``shape`` bool, float scale).
+    """
+    n = math.prod(shape)
+    keep_levels = round((1.0 - p) * _LEVELS)
+    if keep_levels >= _LEVELS:  # the int16 threshold below would overflow
+        return torch.ones(shape, dtype=torch.bool, device=device), 1.0
+    bits = torch.randint(-(1 << 31), 1 << 31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+    keep = bits.view(torch.int16)[:n].view(shape) < keep_levels - _LEVELS // 2
+    return keep, _LEVELS / max(keep_levels, 1)
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``softmax(q k^T / sqrt(dh) + mask)`` with dropout on the weights, times ``v`` (training path).
+
+    PyTorch's fused CPU kernel refuses ``dropout_p > 0`` and its math fallback adds a "safe softmax" (three
+    full passes) and a Bernoulli draw per weight. Here: one ``baddbmm`` (scale and mask fused), a plain softmax
+    (every row has a valid key, see :meth:`MulT.forward`), the 16-bit keep mask and the rescale folded into ``v``.
+
+    Shapes:
+        q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]`` -> ``[B, h, Lq, dh]``.
+    """
+    B, h, Lq, dh = q.shape
+    Lk = k.shape[2]
+    bias = mask.expand(B, h, 1, Lk).reshape(B * h, 1, Lk)
+    scores = torch.baddbmm(
+        bias, q.reshape(B * h, Lq, dh), k.reshape(B * h, Lk, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh)
+    )
+    keep, scale = dropout_keep_mask(scores.shape, p, scores.device)
+    weights = torch.softmax(scores, dim=-1) * keep
+    return torch.bmm(weights, v.reshape(B * h, Lk, dh) * scale).view(B, h, Lq, dh)
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention on PyTorch's fused kernels (``F.scaled_dot_product_attention``).
 
@@ -69,9 +113,10 @@ class MultiheadAttention(nn.Module):
     num_heads, dropout, batch_first=True)`` with a key padding mask and ``need_weights=False``, which this layer
     replaces (checkpoints load unchanged): queries, keys and values come from one packed projection
     (``in_proj_weight``; one matmul for self-attention, two for crossmodal attention), heads are views of it (no
-    transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward, and attention
-    dropout happens inside SDPA. Without attention dropout (eval, or ``dropout=0``) PyTorch's fused (flash) kernel
-    runs, which ``nn.MultiheadAttention`` never reaches with a key padding mask.
+    transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward. Without attention
+    dropout (eval, or ``dropout=0``) PyTorch's fused (flash) kernel runs; with it (training), a lean math path
+    (:func:`_attention_with_dropout`), since the fused CPU kernel has no dropout. Deviation: the dropout keep
+    probability is ``1 - p`` rounded to a multiple of ``2^-16`` (:func:`dropout_keep_mask`).
 
     Args:
         dim: model width.
@@ -112,8 +157,10 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)
             kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, h, Lq, dh]
+        if self.training and self.dropout > 0:
+            out = _attention_with_dropout(q, k, v, mask, self.dropout)
+        else:  # PyTorch's fused (flash) kernel
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, Lq, dh]
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
     def extra_repr(self) -> str:

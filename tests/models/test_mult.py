@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.mult import CrossmodalLayer, MultiheadAttention, MulT, key_mask
+from models.mult import CrossmodalLayer, MultiheadAttention, MulT, dropout_keep_mask, key_mask
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 LENS = {"text": 6, "audio": 11, "vision": 9}
@@ -136,3 +136,26 @@ def test_key_mask_and_bad_heads() -> None:
     assert mask.shape == (2, 1, 1, 2) and torch.isinf(mask[0, 0, 0, 1]) and mask.sum() == float("-inf")
     with pytest.raises(ValueError, match="MultiheadAttention"):
         MultiheadAttention(10, 3)
+
+
+def test_dropout_keep_mask_rate_and_scale() -> None:
+    torch.manual_seed(0)
+    keep, scale = dropout_keep_mask((301, 333), 0.3, torch.device("cpu"))
+    assert keep.shape == (301, 333) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - 0.7) < 0.005
+    assert abs(scale - 1 / 0.7) < 1e-4
+    assert dropout_keep_mask((5,), 1e-9, torch.device("cpu"))[0].all()  # keep probability rounds to 1
+
+
+def test_dropout_path_equals_fused_path_when_nothing_is_dropped() -> None:
+    torch.manual_seed(0)
+    attn = MultiheadAttention(8, 2, dropout=1e-9)  # takes the training path, keeps every weight
+    q, src = torch.randn(3, 5, 8), torch.randn(3, 7, 8)
+    mask = key_mask(torch.arange(7)[None] >= torch.tensor([7, 3, 1])[:, None], torch.float32)
+    attn.train()
+    out_train = attn(q, mask, src)
+    attn.eval()
+    torch.testing.assert_close(out_train, attn(q, mask, src))
+    attn.train()
+    torch.testing.assert_close(attn(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)),
+                               attn.eval()(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)))
