@@ -102,7 +102,7 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: fl
         bias, q.reshape(B * h, Lq, dh), k.reshape(B * h, Lk, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh)
     )
     keep, scale = dropout_keep_mask(scores.shape, p, scores.device)
-    weights = torch.softmax(scores, dim=-1) * keep
+    weights = torch.where(keep, torch.softmax(scores, dim=-1), 0.0)  # no float copy of the mask (fwd and bwd)
     return torch.bmm(weights, v.reshape(B * h, Lk, dh) * scale).view(B, h, Lq, dh)
 
 

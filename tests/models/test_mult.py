@@ -117,9 +117,10 @@ def test_padding_has_no_effect() -> None:
     torch.testing.assert_close(model(batch)["pred"], model(junk)["pred"])
 
 
-def test_flop_count_is_unchanged() -> None:
-    model = tiny().eval()
-    ref = reference_of(model).eval()
+@pytest.mark.parametrize("mode", ["eval", "train"])  # fused kernel / dropout path
+def test_flop_count_is_unchanged(mode: str) -> None:
+    model = getattr(tiny(), mode)()
+    ref = getattr(reference_of(model), mode)()
     batch = make_batch()
 
     def flops(net: nn.Module) -> int:
