@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
-__all__ = ["MultiheadAttention", "MulT", "dropout_keep_mask", "key_mask"]
+__all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "key_mask"]
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import cli_main  # noqa: E402
+from cli import cli_main
 
 METRICS = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_non0", "acc7")
 NET = "--model.init_args.net.init_args."

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.mult import CrossmodalLayer, MultiheadAttention, MulT, dropout_keep_mask, key_mask
+from models.mult import CrossmodalLayer, MulT, MultiheadAttention, dropout_keep_mask, key_mask
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 LENS = {"text": 6, "audio": 11, "vision": 9}
