@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-from datamodules.mosei import MOSEIDataModule
+from datamodules.mosei import MMSADataModule
 from lightning_modules.msa import LitMSA
 from models.lmf import LMF
 from models.mag_bert import MAGBERT
@@ -50,7 +50,7 @@ def tiny_bert_full_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _fit(tmp_path: Path, net: Callable[..., nn.Module], aligned: bool = True) -> Trainer:
-    data = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
+    data = MMSADataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
     model = LitMSA(net=net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     trainer = Trainer(
         fast_dev_run=True,
