@@ -104,6 +104,20 @@ class LitMSA(LightningModule):
             )
         self._build(dm.feature_dims, dm.seq_lens)
 
+    def on_fit_start(self) -> None:
+        """Nets with parts fitted on the training split before training (``requires_prefit``, e.g. HGCL's
+        offline codebooks) get one pass over the datamodule's training batches; under DDP rank 0's result is
+        broadcast, so every process holds the same parts. A resumed run has them from its checkpoint."""
+        if not getattr(self.net, "requires_prefit", False):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            raise ValueError(f"LitMSA: {type(self.net).__name__} is fitted on the training split first; pass a datamodule")
+        state = self.net.prefit(dm.train_dataloader())
+        state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in state.items()}, src=0)
+        for name, value in state.items():
+            self.net.get_buffer(name).copy_(value)
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.net is None:

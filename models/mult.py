@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
-__all__ = ["MulT"]
+__all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "key_mask"]
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -53,6 +53,120 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: tor
     return table.to(dtype)
 
 
+def key_mask(pad: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive attention mask from a key padding mask, built once per forward and shared by every layer.
+
+    Shapes:
+        pad: ``[B, Lk]`` bool (True = padding) -> ``[B, 1, 1, Lk]`` (0 on valid keys, -inf on padding).
+    """
+    return torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill(pad, float("-inf"))[:, None, None]
+
+
+_LEVELS = 1 << 16  # dropout decisions from 16 random bits
+
+
+def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
+    """Keep mask of dropout with rate ``p`` from 16 random bits per element, and the matching rescale factor.
+
+    ``torch.bernoulli_`` draws one random number per element and was 37 % of a MulT training step (profile in
+    ``benchmarks/bench_msa.py``'s docstring); here one 32-bit draw decides two elements. The keep probability is
+    ``round((1 - p) 2^16) / 2^16`` (within 7.7e-6 of ``1 - p``) and the returned scale is its exact inverse, so
+    the dropped tensor stays unbiased.
+
+    Shapes:
+        -> (``shape`` bool, float scale).
+    """
+    n = math.prod(shape)
+    keep_levels = round((1.0 - p) * _LEVELS)
+    if keep_levels >= _LEVELS:  # the int16 threshold below would overflow
+        return torch.ones(shape, dtype=torch.bool, device=device), 1.0
+    bits = torch.randint(-(1 << 31), 1 << 31, ((n + 1) // 2,), dtype=torch.int32, device=device)
+    keep = bits.view(torch.int16)[:n].view(shape) < keep_levels - _LEVELS // 2
+    return keep, _LEVELS / max(keep_levels, 1)
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``softmax(q k^T / sqrt(dh) + mask)`` with dropout on the weights, times ``v`` (training path).
+
+    PyTorch's fused CPU kernel refuses ``dropout_p > 0`` and its math fallback adds a "safe softmax" (three
+    full passes) and a Bernoulli draw per weight. Here: one ``baddbmm`` (scale and mask fused), a plain softmax
+    (every row has a valid key, see :meth:`MulT.forward`), the 16-bit keep mask and the rescale folded into ``v``.
+
+    Shapes:
+        q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]`` -> ``[B, h, Lq, dh]``.
+    """
+    B, h, Lq, dh = q.shape
+    Lk = k.shape[2]
+    bias = mask.expand(B, h, 1, Lk).reshape(B * h, 1, Lk)
+    scores = torch.baddbmm(
+        bias, q.reshape(B * h, Lq, dh), k.reshape(B * h, Lk, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh)
+    )
+    keep, scale = dropout_keep_mask(scores.shape, p, scores.device)
+    weights = torch.softmax(scores, dim=-1) * keep  # a bool factor: cheaper than where/masked_fill on CPU
+    return torch.bmm(weights, v.reshape(B * h, Lk, dh) * scale).view(B, h, Lq, dh)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention on PyTorch's fused kernels (``F.scaled_dot_product_attention``).
+
+    The same parameters (names, shapes, initialisation) and the same math as ``nn.MultiheadAttention(dim,
+    num_heads, dropout, batch_first=True)`` with a key padding mask and ``need_weights=False``, which this layer
+    replaces (checkpoints load unchanged): queries, keys and values come from one packed projection
+    (``in_proj_weight``; one matmul for self-attention, two for crossmodal attention), heads are views of it (no
+    transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward. Without attention
+    dropout (eval, or ``dropout=0``) PyTorch's fused (flash) kernel runs; with it (training), a lean math path
+    (:func:`_attention_with_dropout`), since the fused CPU kernel has no dropout. Deviation: the dropout keep
+    probability is ``1 - p`` rounded to a multiple of ``2^-16`` (:func:`dropout_keep_mask`).
+
+    Args:
+        dim: model width.
+        num_heads: heads (must divide ``dim``).
+        dropout: dropout on the attention weights (training only).
+
+    Shapes:
+        query: ``[B, Lq, dim]``, mask: ``[B, 1, 1, Lk]`` additive (:func:`key_mask`), source: ``[B, Lk, dim]``
+        (``None``: self-attention, ``Lk = Lq``) -> ``[B, Lq, dim]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"MultiheadAttention: num_heads ({num_heads}) must divide dim ({dim})")
+        self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.MultiheadAttention``'s initialisation."""
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        self.out_proj.reset_parameters()
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, mask: Tensor, source: Tensor | None = None) -> Tensor:
+        B, Lq, d = query.shape
+        h, dh = self.num_heads, d // self.num_heads
+        if source is None:
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias).view(B, Lq, 3, h, dh)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, L, dh], views
+        else:
+            w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+            b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+            q = F.linear(query, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)
+            kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.training and self.dropout > 0:
+            out = _attention_with_dropout(q, k, v, mask, self.dropout)
+        else:  # PyTorch's fused (flash) kernel
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, Lq, dh]
+        return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
 class CrossmodalLayer(nn.Module):
     """One pre-LayerNorm transformer block; crossmodal when ``source`` is given, self-attention otherwise.
 
@@ -64,15 +178,15 @@ class CrossmodalLayer(nn.Module):
         res_dropout: dropout on both residual branches.
 
     Shapes:
-        target: ``[B, Lq, dim]``, source: ``[B, Lk, dim]``, source_pad: ``[B, Lk]`` bool (True = padding)
-        -> ``[B, Lq, dim]``.
+        target: ``[B, Lq, dim]``, source: ``[B, Lk, dim]``, source_mask: ``[B, 1, 1, Lk]`` additive key mask
+        (:func:`key_mask`) -> ``[B, Lq, dim]``.
     """
 
     def __init__(
         self, dim: int, num_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
     ):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=attn_dropout, batch_first=True)
+        self.attn = MultiheadAttention(dim, num_heads, attn_dropout)
         self.norm_attn = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
@@ -80,10 +194,9 @@ class CrossmodalLayer(nn.Module):
         )
         self.res_drop = nn.Dropout(res_dropout)
 
-    def forward(self, target: Tensor, source_pad: Tensor, source: Tensor | None = None) -> Tensor:
+    def forward(self, target: Tensor, source_mask: Tensor, source: Tensor | None = None) -> Tensor:
         q = self.norm_attn(target)
-        kv = q if source is None else self.norm_attn(source)
-        attended, _ = self.attn(q, kv, kv, key_padding_mask=source_pad, need_weights=False)
+        attended = self.attn(q, source_mask, None if source is None else self.norm_attn(source))
         x = target + self.res_drop(attended)
         return x + self.res_drop(self.ff(self.norm_ff(x)))
 
@@ -95,8 +208,8 @@ class CrossmodalTransformer(nn.Module):
     :math:`Z^{[0]}_\\alpha`).
 
     Shapes:
-        target: ``[B, Lq, dim]``, target_pad: ``[B, Lq]``; source: ``[B, Lk, dim]``, source_pad: ``[B, Lk]``
-        (True = padding) -> ``[B, Lq, dim]``.
+        target: ``[B, Lq, dim]``, target_mask: ``[B, 1, 1, Lq]``; source: ``[B, Lk, dim]``, source_mask:
+        ``[B, 1, 1, Lk]`` (additive key masks, :func:`key_mask`) -> ``[B, Lq, dim]``.
     """
 
     def __init__(
@@ -125,18 +238,18 @@ class CrossmodalTransformer(nn.Module):
     def forward(
         self,
         target: Tensor,
-        target_pad: Tensor,
+        target_mask: Tensor,
         source: Tensor | None = None,
-        source_pad: Tensor | None = None,
+        source_mask: Tensor | None = None,
     ) -> Tensor:
         x = self._embed(target)
         if source is None:
             for layer in self.layers:
-                x = layer(x, target_pad)
+                x = layer(x, target_mask)
         else:
             src = self._embed(source)
             for layer in self.layers:
-                x = layer(x, source_pad, src)
+                x = layer(x, source_mask, src)
         return self.norm(x)
 
 
@@ -239,11 +352,11 @@ class MulT(nn.Module):
         return f"feature_dims={self.feature_dims}, dim={self.dim}, num_layers={self.num_layers}"
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = {m: zero_padding(batch[m], batch[f"{m}_mask"]) for m in MODALITIES}
         masks = {m: batch[f"{m}_mask"].clone() for m in MODALITIES}
         for m in MODALITIES:  # an empty sequence keeps its first (zeroed) step, so attention is defined
             masks[m][:, 0] |= ~masks[m].any(1)
-        pads = {m: ~masks[m] for m in MODALITIES}
-        x = {m: zero_padding(batch[m], masks[m]) for m in MODALITIES}
+        keys = {m: key_mask(~masks[m], x[m].dtype) for m in MODALITIES}  # built once, used by every layer
         x["text"] = self.text_drop(x["text"])
         z = {m: self.proj[m](x[m].transpose(1, 2)).transpose(1, 2) for m in MODALITIES}  # [B, L_m, d]
 
@@ -251,9 +364,9 @@ class MulT(nn.Module):
         for t in MODALITIES:
             sources = [s for s in MODALITIES if s != t]
             h = torch.cat(
-                [self.crossmodal[f"{s}_to_{t}"](z[t], pads[t], z[s], pads[s]) for s in sources], dim=-1
+                [self.crossmodal[f"{s}_to_{t}"](z[t], keys[t], z[s], keys[s]) for s in sources], dim=-1
             )
-            h = self.memory[t](h, pads[t])
+            h = self.memory[t](h, keys[t])
             last.append(last_valid(h, masks[t]))
         last_hs = torch.cat(last, dim=-1)
         proj = self.out_proj2(self.out_drop(F.relu(self.out_proj1(last_hs))))

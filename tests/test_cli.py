@@ -11,6 +11,7 @@ import yaml
 
 from cli import cli_main
 from tests.fakes import write_mmsa_pickle
+from tests.helpers.configs import composed_config, config_args
 
 REPO = Path(__file__).resolve().parents[1]
 # Pieces merged with a second --config (not experiments on their own), and the diffusion configs, which need
@@ -51,8 +52,8 @@ def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
 @pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_experiment_config_parses_and_instantiates(config: Path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
-    cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
-    cfg = yaml.safe_load(config.read_text())
+    cli = cli_main([*config_args(config), "--trainer.logger", "false"], run=False)  # a delta: base + delta
+    cfg = composed_config(config)
     for obj, key in ((cli.model, "model"), (cli.datamodule, "data")):
         # the YAML's classes are the ones built, and its scalar arguments reached them
         assert f"{type(obj).__module__}.{type(obj).__qualname__}" == _resolve(cfg[key]["class_path"])

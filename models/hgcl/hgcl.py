@@ -12,13 +12,20 @@ Pipeline of :class:`HGCL` (one forward, batch dict of ``docs/architecture.md``):
    by masked segment pooling (:class:`~models.hgcl.inputs.SegmentPool`).
 1. per-modality feed-forward projection to width ``dim`` (§IV.B(2)); intra-modal and text-guided
    cross-modal attention (eq. 1) giving ``R_t, R_a, R_v``; fusion encoder ``R_m = F(R_t, R_a, R_v)`` (eq. 2).
-2. dVAE codebooks per modality (§IV.B(1)), trained jointly as an auxiliary loss on the detached node features.
+   Eq. 1 is computed only where its output is used (graph nodes with ``node_features="attended"``, or the
+   fusion encoder of the head): an ablation never computes what it drops (DDP would abort on the unused
+   parameters).
+2. codebooks per modality (§IV.B(1)), ``codebooks="joint"``: dVAEs trained jointly as an auxiliary loss on the
+   detached node features; ``codebooks="offline"``: k-means codebooks of the training split's (pooled) input
+   features, fitted once before training (:meth:`HGCL.prefit`, called by ``LitMSA`` at fit start) and frozen.
 3. local graph ``G_L`` over the node features (``node_features="projected"``: the FFN outputs, as §IV.B(2)
    says; ``"attended"``: ``R_t, R_a, R_v``), vision-centred edges (§IV.B(2), Fig. 3).
-4. global graph ``G_G`` over the nearest-codeword sequences (§IV.B(3)); the quantised features pass
-   gradients to the node features straight-through (``x + (CB[id] - x).detach()``), the codebook itself is
-   trained by the dVAE loss only. During the first ``dvae_warmup_steps`` training steps the global graph
-   uses the un-quantised features (codes are not meaningful yet).
+4. global graph ``G_G`` over the nearest-codeword sequences (§IV.B(3)). Joint codebooks: the quantised node
+   features pass gradients to the node features straight-through (``x + (CB[id] - x).detach()``), the codebook
+   itself is trained by the dVAE loss only; during the first ``dvae_warmup_steps`` training steps the global
+   graph uses the un-quantised features (codes are not meaningful yet). Offline codebooks quantise the input
+   features (the paper's ``CB_m \in R^{K_m x d_m}`` lives in the modality's feature space) and the codeword
+   sequences go through the same projection (and attention, with ``"attended"``) as the local graph's nodes.
 5. automatic augmentation of ``G_L`` (eqs. 9-10), training only.
 6. GNN encoders (eq. 11, torch-geometric dense layers), one per level (``gnn_sharing``).
 7. local loss (eqs. 3-8) on ``G_L`` and its augmented view.
@@ -35,6 +42,7 @@ perplexity (``dvae_ppl_<m>``), the unweighted local-loss terms and the mean node
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -51,7 +59,7 @@ from .attention import (
     make_activation,
 )
 from .augment import GraphAugment
-from .dvae import DVAECodebook, perplexity
+from .dvae import DVAECodebook, nearest_codeword, perplexity
 from .encoder import GNNEncoder, GNNType
 from .graphs import MODALITIES, CrossEdges, IntraEdges, MultimodalGraphBuilder, TextAudioEdges
 from .inputs import SegmentPool, TextEncoder, TextEncoderMode
@@ -74,7 +82,12 @@ class HGCL(nn.Module):
         max_nodes_per_modality: longer sequences are mean-pooled into this many segments.
         positional: ``"sinusoidal" | "none"`` positions added after the projection.
         heads: attention heads (eq. 1). attn_layers: intra+cross attention stages (0 skips eq. 1).
-        node_features: ``"projected" | "attended"`` graph node features.
+        node_features: graph node features: ``"projected"`` (the FFN outputs, §IV.B(2)) or ``"attended"``
+            (eq. 1's ``R_t, R_a, R_v``); chosen by the README's measured comparison.
+        codebooks: ``"joint"`` (dVAEs trained with the model on the moving node features) or ``"offline"``
+            (k-means on the training split's input features before training, then frozen, §IV.B(1); needs
+            :meth:`prefit`; ``lambda_dvae``, ``gumbel_temperature``, ``dvae_kl_weight`` and ``dead_code_steps``
+            are then unused).
         dropout: dropout rate everywhere. activation: activation of projections/attention/fusion/head.
         codebook_size: ``K_m``, one int or a dict per modality.
         gumbel_temperature: Gumbel-softmax temperature of the dVAE. dvae_kl_weight: KL-to-uniform weight.
@@ -125,6 +138,7 @@ class HGCL(nn.Module):
         dvae_kl_weight: float = 0.1,
         dead_code_steps: int = 100,
         dvae_warmup_steps: int = 0,
+        codebooks: Literal["joint", "offline"] = "joint",
         graphs: Literal["local+global", "local", "global"] = "local+global",
         intra_edges: IntraEdges = "window",
         window: int = 2,
@@ -183,6 +197,13 @@ class HGCL(nn.Module):
             raise ValueError(f"HGCL: lambda_nce=0 with nce={nce!r}; switch the InfoNCE off with nce='none'")
         if node_features == "attended" and attn_layers < 1:
             raise ValueError("HGCL: node_features='attended' needs attn_layers >= 1")
+        if codebooks == "offline" and dvae_warmup_steps > 0:
+            raise ValueError("HGCL: dvae_warmup_steps applies to codebooks='joint' only (offline codes are fixed)")
+        if codebooks == "offline" and text_encoder is not None and text_encoder_mode != "frozen":
+            raise ValueError(
+                "HGCL: codebooks='offline' quantises fixed input features; a finetuned text_encoder moves them "
+                "(use text_encoder_mode='frozen' or codebooks='joint')"
+            )
         if isinstance(codebook_size, int):
             sizes = {m: codebook_size for m in MODALITIES}
         else:
@@ -195,13 +216,15 @@ class HGCL(nn.Module):
         self.dim, self.max_nodes_per_modality = dim, max_nodes_per_modality
         self.graphs, self.augmentation, self.nce = graphs, augmentation, nce
         self.node_features, self.head_inputs, self.gnn_sharing = node_features, head_inputs, gnn_sharing
+        self.codebooks = codebooks
         self.tau, self.dvae_warmup_steps = tau, dvae_warmup_steps
         self.lambda_local, self.lambda_nce, self.lambda_dvae = lambda_local, lambda_nce, lambda_dvae
         self.codebook_size = sizes
         self.num_nodes = {m: min(self.seq_lens[m], max_nodes_per_modality) for m in MODALITIES}
         self.use_local = graphs in ("local+global", "local")
         self.use_global = graphs in ("local+global", "global")
-        self.use_attention = attn_layers > 0
+        # eq. 1 only where its output is used: graph nodes ("attended") or the fusion encoder of the head
+        self.use_attention = attn_layers > 0 and (node_features == "attended" or head_inputs == "graphs+fusion")
 
         # 0. inputs
         self.text_encoder = TextEncoder(text_encoder, text_encoder_mode) if text_encoder is not None else None
@@ -225,9 +248,14 @@ class HGCL(nn.Module):
                     for m in MODALITIES
                 }
             )
-            if self.use_global
+            if self.use_global and codebooks == "joint"
             else None
         )
+        self.offline = self.use_global and codebooks == "offline"
+        if self.offline:  # frozen k-means codebooks in each modality's input space, filled by prefit()
+            for m in MODALITIES:
+                self.register_buffer(f"codebook_{m}", torch.zeros(sizes[m], in_dims[m]))
+            self.register_buffer("codebooks_fitted", torch.zeros((), dtype=torch.bool))
         self.builder = MultimodalGraphBuilder(
             intra_edges, window, cross_edges, cross_k, cross_threshold, text_audio_edges
         )
@@ -290,6 +318,69 @@ class HGCL(nn.Module):
         self.head[0].reset_parameters()
         self.head[3].reset_parameters()
         self.train_steps.zero_()
+        if self.offline:
+            self.codebooks_fitted.fill_(False)
+
+    # ------------------------------------------------------------------ offline codebooks
+    @property
+    def requires_prefit(self) -> bool:
+        """True while offline codebooks still have to be fitted on the training split (:meth:`prefit`)."""
+        return self.offline and not bool(self.codebooks_fitted)
+
+    @torch.no_grad()
+    def prefit(self, batches: Iterable[dict], max_vectors: int = 50_000, seed: int = 0) -> dict[str, Tensor]:
+        """Fit the offline codebooks (§IV.B(1)): k-means (scikit-learn) of each modality's valid input steps.
+
+        The steps are the pooled input features the projections see (``max_nodes_per_modality`` segments, the
+        text encoder's outputs with ``text_encoder``); at most ``max_vectors`` per modality, a uniform random
+        subset (seeded), so that MOSEI-sized training splits fit in memory.
+
+        Args:
+            batches: the training split's batches (e.g. the training ``DataLoader``).
+            max_vectors: per-modality cap on the steps k-means sees.
+            seed: seed of the subset and of k-means.
+
+        Returns:
+            the fitted buffers by name (``codebook_<m>``, ``codebooks_fitted``), e.g. to broadcast under DDP.
+        """
+        from sklearn.cluster import KMeans
+
+        if not self.offline:
+            raise ValueError("HGCL: prefit() is for codebooks='offline' with a global graph")
+        device = self.codebooks_fitted.device
+        gen = torch.Generator().manual_seed(seed)
+        kept: dict[str, tuple[Tensor, Tensor]] = {}  # modality -> (rows, random keys): the max_vectors smallest
+        was_training = self.training
+        self.eval()
+        try:
+            for batch in batches:
+                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                feats, masks = self._inputs(batch)
+                for m in MODALITIES:
+                    rows = feats[m][masks[m]].float().cpu()
+                    keys = torch.rand(rows.shape[0], generator=gen)
+                    if m in kept:
+                        rows, keys = torch.cat([kept[m][0], rows]), torch.cat([kept[m][1], keys])
+                    if rows.shape[0] > max_vectors:
+                        idx = keys.topk(max_vectors, largest=False).indices
+                        rows, keys = rows[idx], keys[idx]
+                    kept[m] = (rows, keys)
+        finally:
+            self.train(was_training)
+        for m in MODALITIES:
+            n = kept[m][0].shape[0] if m in kept else 0
+            if n < self.codebook_size[m]:
+                raise ValueError(
+                    f"HGCL: codebooks='offline' needs at least codebook_size={self.codebook_size[m]} valid {m} "
+                    f"steps in the training batches, got {n}"
+                )
+            km = KMeans(n_clusters=self.codebook_size[m], n_init="auto", random_state=seed)
+            km.fit(kept[m][0].numpy())
+            book = getattr(self, f"codebook_{m}")
+            book.copy_(torch.as_tensor(km.cluster_centers_, dtype=book.dtype))
+            log.info("HGCL: offline %s codebook: k-means of %d training steps into %d codes", m, n, book.shape[0])
+        self.codebooks_fitted.fill_(True)
+        return {name: buf for name, buf in self.named_buffers() if name.startswith("codebook")}
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -323,12 +414,41 @@ class HGCL(nn.Module):
             feats[m], masks[m] = self.pool(x.float(), masks[m])
         return feats, masks
 
+    def _joint_quantize(
+        self, nodes: dict[str, Tensor], masks: dict[str, Tensor], aux: dict[str, Tensor], logs: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Nearest codewords of the jointly trained dVAE codebooks (straight-through); adds the dVAE loss."""
+        training = self.training
+        quant: dict[str, Tensor] = {}
+        warm = training and int(self.train_steps) <= self.dvae_warmup_steps
+        dvae_losses = []
+        for m in MODALITIES:
+            x, mk = nodes[m], masks[m]
+            book = self.dvae[m]
+            if training:
+                book.update_codes(x.detach(), mk)
+            ids, codes = book.quantize(x.detach(), mk)  # §IV.B(3): nearest codeword
+            quant[m] = x if warm else x + (codes - x).detach()  # straight-through
+            logs[f"codebook_ppl_{m}"] = perplexity(ids, mk, book.num_codes)
+            if training and self.lambda_dvae > 0:
+                dloss, dppl = book.loss(x.detach(), mk)
+                dvae_losses.append(dloss)
+                logs[f"dvae_ppl_{m}"] = dppl
+        if dvae_losses:
+            aux["dvae"] = self.lambda_dvae * torch.stack(dvae_losses).mean()
+        return quant
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict) -> dict:
         feats, masks = self._inputs(batch)
         proj = {m: self.proj[m](feats[m], masks[m]) for m in MODALITIES}
         attended = self.attention(proj, masks) if self.attention is not None else proj
         nodes = attended if self.node_features == "attended" else proj
+        if self.offline and not bool(self.codebooks_fitted):
+            raise ValueError(
+                "HGCL: codebooks='offline' are not fitted; call prefit(<training batches>) first "
+                "(LitMSA does it at fit start)"
+            )
         aux: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {}
         reps: list[Tensor] = []
@@ -357,23 +477,16 @@ class HGCL(nn.Module):
 
         z_global = None
         if self.use_global:
-            quant: dict[str, Tensor] = {}
-            warm = training and int(self.train_steps) <= self.dvae_warmup_steps
-            dvae_losses = []
-            for m in MODALITIES:
-                x, mk = nodes[m], masks[m]
-                book = self.dvae[m]
-                if training:
-                    book.update_codes(x.detach(), mk)
-                ids, codes = book.quantize(x.detach(), mk)  # §IV.B(3): nearest codeword
-                quant[m] = x if warm else x + (codes - x).detach()  # straight-through
-                logs[f"codebook_ppl_{m}"] = perplexity(ids, mk, book.num_codes)
-                if training and self.lambda_dvae > 0:
-                    dloss, dppl = book.loss(x.detach(), mk)
-                    dvae_losses.append(dloss)
-                    logs[f"dvae_ppl_{m}"] = dppl
-            if dvae_losses:
-                aux["dvae"] = self.lambda_dvae * torch.stack(dvae_losses).mean()
+            if self.offline:
+                quant: dict[str, Tensor] = {}
+                for m in MODALITIES:  # §IV.B(3) in the input space, then the local graph's node map
+                    ids, codes = nearest_codeword(feats[m], getattr(self, f"codebook_{m}"))
+                    quant[m] = self.proj[m](codes, masks[m])
+                    logs[f"codebook_ppl_{m}"] = perplexity(ids, masks[m], self.codebook_size[m])
+                if self.node_features == "attended":
+                    quant = self.attention(quant, masks)
+            else:
+                quant = self._joint_quantize(nodes, masks, aux, logs)
             v_g, a_g, mask_g = self.builder(quant, masks, base)
             h_g = self.gnn_global(v_g, a_g, mask_g)
             z_global = masked_readout(h_g, mask_g)
@@ -394,7 +507,7 @@ class HGCL(nn.Module):
         return (
             f"feature_dims={self.feature_dims}, num_nodes={self.num_nodes}, dim={self.dim}, "
             f"graphs={self.graphs!r}, augmentation={self.augmentation!r}, nce={self.nce!r}, "
-            f"node_features={self.node_features!r}, head_inputs={self.head_inputs!r}, "
+            f"node_features={self.node_features!r}, codebooks={self.codebooks!r}, head_inputs={self.head_inputs!r}, "
             f"codebook_size={self.codebook_size}, lambda_local={self.lambda_local}, lambda_nce={self.lambda_nce}, "
             f"lambda_dvae={self.lambda_dvae}, tau={self.tau}"
         )

@@ -233,3 +233,47 @@ def test_text_encoder_rejects_bad_mode(tiny_bert_dir):
     with pytest.raises(ValueError, match="TextEncoder"):
         enc(torch.zeros(2, 8, dtype=torch.long))
     assert "mode='frozen'" in repr(enc)
+
+
+def test_eq1_attention_is_built_only_where_used():
+    assert HGCL(DIMS, LENS, **SMALL, head_inputs="graphs").attention is None  # no_fusion_head, projected nodes
+    assert HGCL(DIMS, LENS, **SMALL, head_inputs="graphs", node_features="attended").attention is not None
+    assert HGCL(DIMS, LENS, **SMALL).attention is not None  # the fusion head reads R_t, R_a, R_v
+
+
+def test_offline_codebooks_are_fitted_before_training_then_frozen():
+    torch.manual_seed(0)
+    model = HGCL(DIMS, LENS, **SMALL, codebooks="offline")
+    assert model.dvae is None and model.requires_prefit
+    with pytest.raises(ValueError, match="not fitted"):
+        model(make_batch())
+    with pytest.raises(ValueError, match="at least codebook_size=8 valid text steps"):
+        model.prefit([make_batch(B=1, valid=(1,))])
+    state = model.prefit([make_batch(seed=s) for s in range(6)])
+    assert not model.requires_prefit and set(state) == {"codebook_text", "codebook_audio", "codebook_vision", "codebooks_fitted"}
+    assert state["codebook_audio"].shape == (8, 5) and state["codebook_audio"].abs().sum() > 0
+    books = {k: v.clone() for k, v in state.items() if k != "codebooks_fitted"}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(make_batch())
+    assert set(out["aux_losses"]) == {"local", "nce"}
+    (out["pred"].sum() + sum(out["aux_losses"].values())).backward()
+    opt.step()
+    for k, v in books.items():
+        torch.testing.assert_close(getattr(model, k), v)  # frozen
+    # the global graph reads the codewords: other codebooks change the prediction
+    model.eval()
+    pred = model(make_batch())["pred"]
+    model.codebook_vision.mul_(2.0)
+    assert not torch.allclose(pred, model(make_batch())["pred"])
+    # the fitted codebooks travel with the state dict (a resumed run does not refit)
+    other = HGCL(DIMS, LENS, **SMALL, codebooks="offline")
+    other.load_state_dict(model.state_dict())
+    assert not other.requires_prefit
+
+
+def test_offline_codebook_arguments_are_checked():
+    for kwargs in ({"codebooks": "online"}, {"codebooks": "offline", "dvae_warmup_steps": 3}):
+        with pytest.raises(ValueError, match="HGCL"):
+            HGCL(DIMS, LENS, **kwargs)
+    with pytest.raises(ValueError, match="HGCL: prefit"):
+        HGCL(DIMS, LENS, **SMALL).prefit([make_batch()])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cli import cli_main
 from models.hgcl import HGCL
 from tests.fakes import write_mmsa_pickle
+from tests.helpers.configs import composed_config, config_args, config_base
 from tests.models.hgcl.test_hgcl import DIMS, LENS, make_batch
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,11 +27,12 @@ EXPECTED = {  # config stem -> aux losses present in a training step
     "hgcl_no_fusion_head": {"local", "nce", "dvae"},
     "hgcl_cooccur_edges": {"local", "nce", "dvae"},
     "hgcl_gcn": {"local", "nce", "dvae"},
+    "hgcl_offline_codebooks": {"local", "nce"},
 }
 # The same loss set cannot tell an ablation from the full model when the ablated part is not a loss: each config
 # must also build the structure it names (full model, changed only where the ablation says).
 FULL = {"local": True, "global": True, "nce": True, "augment": True, "fusion_head": True, "cross_edges": "topk",
-        "gnn": "graphconv"}
+        "gnn": "graphconv", "eq1": True, "codebooks": "joint"}
 STRUCTURE = {  # config stem -> what differs from FULL
     "hgcl_mosi": {},
     "hgcl_mosei": {},
@@ -41,9 +42,10 @@ STRUCTURE = {  # config stem -> what differs from FULL
     "hgcl_no_augmentation": {"augment": False},
     "hgcl_no_contrast": {"nce": False},
     "hgcl_no_local_loss": {"augment": False},
-    "hgcl_no_fusion_head": {"fusion_head": False},
+    "hgcl_no_fusion_head": {"fusion_head": False, "eq1": False},  # projected nodes: eq. 1 would be unused
     "hgcl_cooccur_edges": {"cross_edges": "cooccur"},
     "hgcl_gcn": {"gnn": "gcn"},
+    "hgcl_offline_codebooks": {"codebooks": "offline"},
 }
 
 
@@ -54,6 +56,7 @@ def structure(net: HGCL) -> dict:
         "local": net.gnn_local is not None, "global": net.gnn_global is not None,
         "nce": net.proj_local is not None, "augment": net.augment is not None,
         "fusion_head": net.fusion is not None, "cross_edges": net.builder.cross_edges, "gnn": gnn.gnn,
+        "eq1": net.attention is not None, "codebooks": "offline" if net.offline else "joint",
     }
 
 
@@ -71,10 +74,12 @@ def test_ablation_structures_differ_from_the_full_model():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_hgcl_config_builds_the_intended_net(config: Path) -> None:
     """The YAML's net arguments build the intended ablation (CLI parsing itself: tests/test_cli.py)."""
-    net_cfg = yaml.safe_load(config.read_text())["model"]["init_args"]["net"]
+    net_cfg = composed_config(config)["model"]["init_args"]["net"]
     assert net_cfg["class_path"] == "models.hgcl.HGCL"
     torch.manual_seed(0)
     net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    if net.requires_prefit:  # offline codebooks: fitted on "training" batches first (LitMSA: at fit start)
+        net.prefit([make_batch(seed=s) for s in range(24)])
     out = net(make_batch())
     assert set(out["aux_losses"]) == EXPECTED[config.stem]
     assert structure(net) == {**FULL, **STRUCTURE[config.stem]}
@@ -89,8 +94,7 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
     cli = cli_main(
         [
             "fit",
-            "--config",
-            str(config),
+            *config_args(config),
             "--data.init_args.path",
             str(data),
             "--data.init_args.batch_size",
@@ -101,6 +105,8 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
             "true",
             "--trainer.enable_progress_bar",
             "false",
+            # k-means needs at least codebook_size training steps: 8 fake samples hold ~40 per modality
+            *(["--model.init_args.net.init_args.codebook_size", "8"] if "offline" in config.stem else []),
         ]
     )
     losses = {
@@ -111,3 +117,39 @@ def test_hgcl_config_fast_dev_run(config: Path, tmp_path: Path, monkeypatch) -> 
     assert losses == EXPECTED[config.stem]
     assert structure(cli.model.net) == {**FULL, **STRUCTURE[config.stem]}
     assert (tmp_path / "runs").exists() or cli.trainer.state.finished
+
+
+ABLATIONS = sorted(REPO.glob("configs/ablations/hgcl_*.yaml"))
+
+
+@pytest.mark.parametrize("config", ABLATIONS, ids=lambda p: p.stem)
+def test_ablation_is_a_small_delta_over_the_base(config: Path) -> None:
+    """Each ablation names its base and its run command in the header and sets only what it changes."""
+    lines = config.read_text().splitlines()
+    assert lines[0] == "# base: configs/hgcl_mosi.yaml"
+    assert config_base(config) == REPO / "configs/hgcl_mosi.yaml"
+    rel = config.relative_to(REPO)
+    assert f"#   python cli.py fit --config configs/hgcl_mosi.yaml --config {rel}" in lines
+    assert len([ln for ln in lines if ln.strip() and not ln.startswith("#")]) <= 15
+    composed = composed_config(config)
+    base = composed_config(REPO / "configs/hgcl_mosi.yaml")
+    changed = {k for k, v in composed["model"]["init_args"]["net"]["init_args"].items()
+               if base["model"]["init_args"]["net"]["init_args"].get(k) != v}
+    assert 1 <= len(changed) <= 2, changed  # graphs: local/global also switch the InfoNCE off
+    assert composed["checkpoint"]["dirpath"] == f"runs/{config.stem}/checkpoints"  # runs never overwrite the base's
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_parameter_gets_a_gradient(config: Path) -> None:
+    """An ablation builds and computes only what its loss uses (DDP aborts on parameters without gradient)."""
+    net_cfg = composed_config(config)["model"]["init_args"]["net"]
+    torch.manual_seed(0)
+    net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    if net.requires_prefit:
+        net.prefit([make_batch(seed=s) for s in range(24)])
+    batch = make_batch()
+    out = net(batch)
+    loss = (out["pred"] - batch["label"]).abs().mean() + sum(out["aux_losses"].values())
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []

@@ -1,0 +1,162 @@
+"""MulT's fused attention path (models/mult.py::MultiheadAttention) against the implementation it replaced.
+
+The reference is the previous code path: ``nn.MultiheadAttention(batch_first=True)`` called with a key padding
+mask and ``need_weights=False``, loaded with the very same weights. The comparison covers the whole model (masks of
+unaligned sequences, empty sequences, last valid step) in eval mode, its gradients, train mode without dropout, and
+the FLOP count.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.mult import CrossmodalLayer, MulT, MultiheadAttention, dropout_keep_mask, key_mask
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+LENS = {"text": 6, "audio": 11, "vision": 9}
+
+
+class ReferenceAttention(nn.Module):
+    """The replaced code: ``nn.MultiheadAttention`` with the key padding mask recovered from the additive mask."""
+
+    def __init__(self, fast: MultiheadAttention) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(fast.dim, fast.num_heads, dropout=fast.dropout, batch_first=True)
+        self.mha.load_state_dict(fast.state_dict())
+
+    def forward(self, query, mask, source=None):
+        kv = query if source is None else source
+        pad = torch.isinf(mask[:, 0, 0])
+        return self.mha(query, kv, kv, key_padding_mask=pad, need_weights=False)[0]
+
+
+def reference_of(model: MulT) -> MulT:
+    ref = copy.deepcopy(model)
+    for layer in ref.modules():
+        if isinstance(layer, CrossmodalLayer):
+            layer.attn = ReferenceAttention(layer.attn)
+    return ref
+
+
+def make_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for m, L in LENS.items():
+        lengths = torch.randint(1, L + 1, (B,), generator=g)
+        lengths[0] = L
+        if m == "audio":
+            lengths[1] = 0  # an empty sequence: MulT reads its first (zeroed) step
+        mask = torch.arange(L)[None] < lengths[:, None]
+        batch[m] = torch.randn(B, L, DIMS[m], generator=g) * 3.0  # padding holds junk: must not matter
+        batch[f"{m}_mask"] = mask
+    return batch
+
+
+def tiny(**kwargs) -> MulT:
+    torch.manual_seed(0)
+    return MulT(DIMS, LENS, dim=8, num_heads=2, num_layers=2, **kwargs)
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n.replace(".mha", ""): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_state_dict_is_the_one_of_nn_multiheadattention() -> None:
+    model = tiny()
+    ref = reference_of(model)
+    assert {k.replace(".mha", "") for k in ref.state_dict()} == set(model.state_dict())
+    fresh = MultiheadAttention(8, 2)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in mha.state_dict().items()}
+
+
+def test_same_outputs_and_gradients_as_nn_multiheadattention_in_eval() -> None:
+    model = tiny()
+    ref = reference_of(model)
+    model.eval()
+    ref.eval()
+    batch = make_batch()
+    out, out_ref = model(batch)["pred"], ref(batch)["pred"]
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    target = torch.linspace(-2, 2, out.numel())
+    (out - target).abs().mean().backward()
+    (out_ref - target).abs().mean().backward()
+    g, g_ref = grads(model), grads(ref)
+    assert set(g) == set(g_ref) == {n for n, _ in model.named_parameters()}
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_train_mode_without_dropout_matches_and_dropout_is_active() -> None:
+    zero = {k: 0.0 for k in ("text_dropout", "attn_dropout", "audio_attn_dropout", "vision_attn_dropout",
+                             "relu_dropout", "res_dropout", "embed_dropout", "output_dropout")}
+    model = tiny(**zero).train()
+    ref = reference_of(model).train()
+    batch = make_batch(seed=1)
+    torch.testing.assert_close(model(batch)["pred"], ref(batch)["pred"], rtol=1e-5, atol=1e-5)
+    # attention dropout alone changes the output from call to call in training, not in eval
+    model = tiny(**{**zero, "attn_dropout": 0.5, "audio_attn_dropout": 0.5, "vision_attn_dropout": 0.5})
+    model.train()
+    assert not torch.allclose(model(batch)["pred"], model(batch)["pred"])
+    model.eval()
+    torch.testing.assert_close(model(batch)["pred"], model(batch)["pred"])
+
+
+def test_padding_has_no_effect() -> None:
+    model = tiny().eval()
+    batch = make_batch(seed=2)
+    junk = {k: v.clone() for k, v in batch.items()}
+    for m in LENS:
+        pad = ~batch[f"{m}_mask"]
+        junk[m][pad] = 1e3
+    torch.testing.assert_close(model(batch)["pred"], model(junk)["pred"])
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])  # fused kernel / dropout path
+def test_flop_count_is_unchanged(mode: str) -> None:
+    model = getattr(tiny(), mode)()
+    ref = getattr(reference_of(model), mode)()
+    batch = make_batch()
+
+    def flops(net: nn.Module) -> int:
+        with FlopCounterMode(display=False) as counter:
+            net(batch)["pred"].sum().backward()
+        return counter.get_total_flops()
+
+    assert flops(model) == flops(ref) > 0
+
+
+def test_key_mask_and_bad_heads() -> None:
+    pad = torch.tensor([[False, True], [False, False]])
+    mask = key_mask(pad, torch.float32)
+    assert mask.shape == (2, 1, 1, 2) and torch.isinf(mask[0, 0, 0, 1]) and mask.sum() == float("-inf")
+    with pytest.raises(ValueError, match="MultiheadAttention"):
+        MultiheadAttention(10, 3)
+
+
+def test_dropout_keep_mask_rate_and_scale() -> None:
+    torch.manual_seed(0)
+    keep, scale = dropout_keep_mask((301, 333), 0.3, torch.device("cpu"))
+    assert keep.shape == (301, 333) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - 0.7) < 0.005
+    assert abs(scale - 1 / 0.7) < 1e-4
+    assert dropout_keep_mask((5,), 1e-9, torch.device("cpu"))[0].all()  # keep probability rounds to 1
+
+
+def test_dropout_path_equals_fused_path_when_nothing_is_dropped() -> None:
+    torch.manual_seed(0)
+    attn = MultiheadAttention(8, 2, dropout=1e-9)  # takes the training path, keeps every weight
+    q, src = torch.randn(3, 5, 8), torch.randn(3, 7, 8)
+    mask = key_mask(torch.arange(7)[None] >= torch.tensor([7, 3, 1])[:, None], torch.float32)
+    attn.train()
+    out_train = attn(q, mask, src)
+    attn.eval()
+    torch.testing.assert_close(out_train, attn(q, mask, src))
+    attn.train()
+    torch.testing.assert_close(attn(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)),
+                               attn.eval()(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)))
