@@ -47,6 +47,7 @@ from datamodules.datasets.images import (
     stratified_split,
     subject_from_name,
 )
+from datamodules.distributed import eval_sampler
 from features.descriptors import (
     DescriptorSettings,
     SUNParams,
@@ -247,6 +248,21 @@ class FERDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.hparams.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square face crops (the CLI links it to the net's ``img_size``)."""
+        return int(self.hparams.image_size)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """RGB normalisation mean of the batches (linked to ``LitVAE``/``LitLDM`` ``image_mean``)."""
+        return tuple(float(v) for v in self.hparams.mean)
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """RGB normalisation std of the batches (linked to ``image_std``)."""
+        return tuple(float(v) for v in self.hparams.std)
 
     @property
     def cache_root(self) -> Path:
@@ -535,10 +551,10 @@ class FERDataModule(LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", shuffle=False, sampler=eval_sampler(self._require("val")))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", shuffle=False, sampler=eval_sampler(self._require("test")))
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:

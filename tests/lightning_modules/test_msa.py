@@ -97,7 +97,7 @@ def test_lr_multipliers_reach_the_optimizer(datamodule: MOSEIDataModule) -> None
     model = LitMSA(net=TINY_TFN, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
                    lr_multipliers={"text_lstm.": 0.5})
     datamodule.setup("fit")
-    model._build(datamodule.feature_dims, datamodule.seq_lens)
+    model._build(feature_dims=datamodule.feature_dims, seq_lens=datamodule.seq_lens)
     opt = model.configure_optimizers()
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"base": pytest.approx(0.1), "text_lstm.": pytest.approx(0.05)}
