@@ -40,9 +40,30 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from callbacks.checkpoint import EpochCheckpoint
 from callbacks.loggers import AutoWandbLogger
 
-__all__ = ["AffectCLI", "RunDirSaveConfig", "cli_main"]
+__all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "link_data_derived"]
 
 log = logging.getLogger(__name__)
+
+#: Settings that must agree, given once: (datamodule attribute, system argument). Applied when the datamodule has
+#: been instantiated; a link whose source attribute the datamodule lacks, or whose target the chosen system does not
+#: take, is skipped by jsonargparse (targets are top-level system arguments only: Lightning records applied links
+#: in the saved hyper-parameters, and a nested target missing from a system would break its instantiation). The saved ``config.yaml`` holds the linked values, so the system
+#: is rebuilt from its config alone (``load_from_checkpoint`` included).
+DATA_LINKS: tuple[tuple[str, str], ...] = (
+    ("data.feature_dims", "model.init_args.feature_dims"),  # MSA: read from the feature file
+    ("data.seq_lens", "model.init_args.seq_lens"),
+    ("data.num_classes", "model.init_args.num_classes"),  # faces: from the class list
+    ("data.class_names", "model.init_args.class_names"),
+    ("data.image_size", "model.init_args.image_size"),  # face crop side -> LitFER builds the net with img_size
+    ("data.mean", "model.init_args.image_mean"),  # the batch normalisation, undone by LitVAE/LitLDM
+    ("data.std", "model.init_args.image_std"),
+)
+
+
+def link_data_derived(parser: LightningArgumentParser) -> None:
+    """Link every data-derived system argument of :data:`DATA_LINKS` (``apply_on="instantiate"``)."""
+    for source, target in DATA_LINKS:
+        parser.link_arguments(source, target, apply_on="instantiate")
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -83,6 +104,7 @@ class AffectCLI(LightningCLI):
     """LightningCLI with the project's defaults (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        link_data_derived(parser)
         parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
