@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_modules.optim import build_optimization
 from models.diffusion import (
     PAIRINGS,
     ConditionalLatentUNet,
@@ -163,11 +164,7 @@ class LitVAE(LightningModule):
             self.vae.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.vae.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "monitor": "val/loss"}}
+        return build_optimization(self.vae, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
 
     def export_pretrained(self, local_dir: str | Path) -> Path:
         """Write the autoencoder as a diffusers ``save_pretrained`` directory (loadable by ``LitLDM(vae_path=)``)."""
@@ -391,11 +388,7 @@ class LitLDM(LightningModule):
         }
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.net.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "monitor": "val/loss"}}
+        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # how to rebuild the injected modules, so a checkpoint reloads on its own (see load_ldm)
