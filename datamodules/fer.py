@@ -47,6 +47,7 @@ from datamodules.datasets.images import (
     stratified_split,
     subject_from_name,
 )
+from datamodules.datasets.splits import warn_split_content
 from datamodules.distributed import eval_sampler
 from features.descriptors import (
     DescriptorSettings,
@@ -506,6 +507,8 @@ class FERDataModule(LightningDataModule):
                 descs,
             )
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
+        warn_split_content(str(self.hparams.root), {s: len(d) for s, d in self.datasets.items()},
+                           {s: d.paths for s, d in self.datasets.items()}, val="val")
 
     def _setup_predict(self) -> None:
         hp = self.hparams

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from datamodules.datasets.splits import SplitContentWarning, warn_split_content
+
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
     from numpy._core import numeric as _np_numeric
@@ -60,6 +62,7 @@ __all__ = [
     "MMSADataset",
     "MMSASplit",
     "RestrictedUnpickler",
+    "SplitContentWarning",
     "SplitSizeWarning",
     "detect_schema",
     "load_feature_file",
@@ -69,6 +72,7 @@ __all__ = [
     "mmsa_collate",
     "restricted_pickle_load",
     "save_npz",
+    "warn_split_content",
 ]
 
 log = logging.getLogger(__name__)
@@ -639,6 +643,7 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     log.info("%s: schema=%s, %s, split sizes %s, feature_dims %s, seq_lens %s, non-finite values cleaned: %d %s",
              path, schema, "aligned" if data.aligned else "unaligned", data.split_sizes, data.feature_dims,
              data.seq_lens, total_bad, counts if total_bad else "")
+    warn_split_content(str(path), data.split_sizes, {s: splits[s].id for s in SPLITS})
     if dataset_name is not None:
         expected = dict(zip(SPLITS, STANDARD_SPLIT_SIZES[schema][dataset_name.lower()]))
         if expected != data.split_sizes:
