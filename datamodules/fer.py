@@ -106,7 +106,9 @@ class FERDataModule(LightningDataModule):
             exists; files on disk that disagree with it raise an error.
         resplit: ``"never"`` (reuse an existing split file) or ``"always"`` (recompute and overwrite).
         cache_dir: cache directory (default ``cache/fer/<hash>``).
-        sampler: ``"none"`` (shuffle) or ``"class_balanced"`` (``WeightedRandomSampler``, 1/class count).
+        train_sampler: ``"none"`` (shuffle) or ``"class_balanced"`` (``WeightedRandomSampler``, 1/class count).
+            (Not ``sampler``: Lightning logs the system's and the datamodule's hyper-parameters together and refuses
+            a key both have with different values, and ``LitLDM.sampler`` is the diffusion sampler.)
         hflip_prob: train-time horizontal flip probability.
         affine_degrees: train-time rotation range (degrees).
         affine_translate: train-time translation range (fraction of the size).
@@ -153,7 +155,7 @@ class FERDataModule(LightningDataModule):
         split_file: str | None = None,
         resplit: str = "never",
         cache_dir: str | None = None,
-        sampler: str = "none",
+        train_sampler: str = "none",
         hflip_prob: float = 0.5,
         affine_degrees: float = 10.0,
         affine_translate: float = 0.05,
@@ -184,8 +186,8 @@ class FERDataModule(LightningDataModule):
             raise ValueError(f"{name}: split='group' needs subject_pattern (e.g. '^(S\\d+)_' for CK+)")
         if resplit not in ("never", "always"):
             raise ValueError(f"{name}: resplit must be 'never' or 'always', got {resplit!r}")
-        if sampler not in ("none", "class_balanced"):
-            raise ValueError(f"{name}: sampler must be 'none' or 'class_balanced', got {sampler!r}")
+        if train_sampler not in ("none", "class_balanced"):
+            raise ValueError(f"{name}: train_sampler must be 'none' or 'class_balanced', got {train_sampler!r}")
         if unknown_folders not in ("error", "ignore"):
             raise ValueError(f"{name}: unknown_folders must be 'error' or 'ignore', got {unknown_folders!r}")
         if on_bad_image not in ("skip", "error"):
@@ -546,7 +548,7 @@ class FERDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._require("train")
-        if self.hparams.sampler == "class_balanced":
+        if self.hparams.train_sampler == "class_balanced":
             weights = class_balanced_weights(ds.labels, self.num_classes)
             gen = torch.Generator().manual_seed(self.hparams.seed)
             sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=gen)

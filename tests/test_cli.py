@@ -133,3 +133,26 @@ def test_wandb_offline_without_api_key(monkeypatch) -> None:
     assert not online and "API key" in reason
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert loggers.wandb_reachable(timeout=0.1) == (False, "WANDB_MODE=offline")
+
+
+def test_system_and_datamodule_share_only_linked_argument_names() -> None:
+    """Lightning logs a system's and its datamodule's hyper-parameters together and refuses a key both have with
+    different values; a shared name is safe only when the CLI links it (same value by construction)."""
+    import inspect
+
+    from cli import DATA_LINKS
+    from datamodules.fer import FERDataModule
+    from datamodules.mosei import MOSEIDataModule
+    from lightning_modules.fer import LitFER
+    from lightning_modules.ldm import LitLDM, LitVAE
+    from lightning_modules.msa import LitMSA
+
+    linked = {t.rsplit(".", 1)[1] for s, t in DATA_LINKS if s.rsplit(".", 1)[1] == t.rsplit(".", 1)[1]}
+
+    def params(cls: type) -> set[str]:
+        return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+    for system in (LitMSA, LitFER, LitVAE, LitLDM):
+        for dm in (MOSEIDataModule, FERDataModule):
+            shared = params(system) & params(dm)
+            assert shared <= linked, (system.__name__, dm.__name__, shared - linked)
