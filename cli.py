@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 #: Settings that must agree, given once: (datamodule attribute, system argument). Applied when the datamodule has
 #: been instantiated; a link whose source attribute the datamodule lacks, or whose target the chosen system does not
 #: take, is skipped by jsonargparse (targets are top-level system arguments only: Lightning records applied links
-#: in the saved hyper-parameters, and a nested target missing from a system would break its instantiation). The saved ``config.yaml`` holds the linked values, so the system
-#: is rebuilt from its config alone (``load_from_checkpoint`` included).
+#: in the saved hyper-parameters, and a nested target missing from a system would break its instantiation). The
+#: saved ``config.yaml`` holds the linked values, so the system is rebuilt from its config alone
+#: (``load_from_checkpoint`` included).
 DATA_LINKS: tuple[tuple[str, str], ...] = (
     ("data.feature_dims", "model.init_args.feature_dims"),  # MSA: read from the feature file
     ("data.seq_lens", "model.init_args.seq_lens"),
@@ -192,7 +193,8 @@ class AffectCLI(LightningCLI):
 
 #: The project's top-level packages, whose INFO lines (NaN/inf cleaned per modality and split, faces skipped by
 #: reason, split sizes, the generation plan, parameter counts) the CLI shows.
-PROJECT_PACKAGES = ("datamodules", "features", "lightning_modules", "callbacks", "models", "metrics", "scripts")
+PROJECT_PACKAGES = ("common", "datamodules", "features", "lightning_modules", "callbacks", "models", "metrics",
+                    "scripts")
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 

@@ -32,22 +32,17 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
+from common.splits import warn_split_content
 from datamodules.datasets.images import (
-    REAL_ORIGIN,
     SPLITS,
-    BadImageError,
     FaceBatchTransform,
     FaceTensorDataset,
-    ImageRecord,
     class_balanced_weights,
     group_split,
-    load_image_rgb,
-    scan_class_folders,
     stack_hwc_uint8,
     stratified_split,
     subject_from_name,
 )
-from datamodules.datasets.splits import warn_split_content
 from datamodules.distributed import eval_sampler
 from features.descriptors import (
     DescriptorSettings,
@@ -65,6 +60,7 @@ from features.faces import (
     read_manifest,
     settings_hash,
 )
+from features.images import REAL_ORIGIN, BadImageError, ImageRecord, load_image_rgb, scan_class_folders
 
 log = logging.getLogger(__name__)
 

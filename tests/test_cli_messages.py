@@ -13,8 +13,8 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 import cli
-from datamodules.datasets.mmsa import SplitContentWarning, load_mmsa
-from datamodules.datasets.splits import warn_split_content
+from common.splits import warn_split_content
+from features.mmsa_format import SplitContentWarning, load_mmsa
 from tests.fakes import make_mmsa_dict, write_pickle
 
 
