@@ -57,7 +57,14 @@ def test_every_inference_config_parses_and_instantiates(config: Path, monkeypatc
     assert cli.model is not None and cli.datamodule is not None
 
 
-@pytest.mark.parametrize("config", training_configs(), ids=lambda c: c.id)
+# One config per system and data family in the default suite; every training config with -m slow.
+_FAST_LINK_CONFIGS = {"tfn_demo.yaml", "hgcl_demo.yaml", "fer/swin2b_ckplus48.yaml",
+                      "fer/baselines/vit_small_ckplus48.yaml", "ldm/vae_ckplus48.yaml", "ldm/ldm_tiny.yaml"}
+
+
+@pytest.mark.parametrize("config", [
+    c if c.id in _FAST_LINK_CONFIGS else pytest.param(c, marks=pytest.mark.slow) for c in training_configs()
+], ids=lambda c: c.id)
 def test_every_training_config_builds_its_system_from_the_linked_data(config, tmp_path: Path, monkeypatch) -> None:
     """With the data-derived settings linked from the datamodule, the system (and its net) exists right after
     instantiation, with the datamodule's values: no lazy build, nothing typed twice."""
@@ -156,3 +163,17 @@ def test_system_and_datamodule_share_only_linked_argument_names() -> None:
         for dm in (MOSEIDataModule, FERDataModule):
             shared = params(system) & params(dm)
             assert shared <= linked, (system.__name__, dm.__name__, shared - linked)
+
+
+def test_the_net_input_side_follows_data_image_size(tmp_path: Path, monkeypatch) -> None:
+    """data.image_size is the one setting of the image side: the two-branch Swin is built for 32 px when the data
+    says 32 (the config writes no img_size for the net; before the link, a differing size asserted in forward)."""
+    config = next(c for c in training_configs() if c.id == "fer/swin2b_ckplus48.yaml")
+    monkeypatch.chdir(tmp_path)
+    override = tiny_overrides(config, tmp_path, devices=1)
+    args = [a for f in [*config.files, override] for a in ("--config", str(f))]
+    cli = cli_main([*args, "--data.init_args.image_size", "32", "--trainer.logger", "false"], run=False)
+    assert cli.model.hparams.image_size == 32
+    with torch.no_grad():
+        logits = cli.model.net(torch.zeros(2, 3, 32, 32), torch.zeros(2, 1, 32, 32))
+    assert logits.shape == (2, 7)
