@@ -36,6 +36,22 @@ __all__ = ["STAGES", "EpochMetricsSystem"]
 STAGES = ("train", "val", "test")
 
 
+def drop_foreign_hparams(module: LightningModule) -> None:
+    """Remove hyper-parameters that are not arguments of ``module``'s constructor.
+
+    The CLI's data links (``cli.py::DATA_LINKS``) apply to whichever system is chosen; Lightning records every
+    applied link in the system's hyper-parameters even when that system does not take the argument (e.g.
+    ``image_mean`` for ``LitFER``). Left there, ``--ckpt_path`` merges them back into the config and the system's
+    constructor refuses them."""
+    import inspect
+
+    allowed = set(inspect.signature(type(module).__init__).parameters)
+    for key in [k for k in module.hparams if k not in allowed and not k.startswith("_")]:
+        del module.hparams[key]
+        if key in getattr(module, "_hparams_initial", {}):
+            del module._hparams_initial[key]
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_modules.base import EpochMetricsSystem
+from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from metrics.fer import FERMetrics
 
@@ -103,6 +103,7 @@ class LitFER(EpochMetricsSystem):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"LitFER: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
+        drop_foreign_hparams(self)
         self.net_factory = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_modules.base import drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from models.diffusion import (
     PAIRINGS,
@@ -105,6 +106,7 @@ class LitVAE(LightningModule):
         if kl_weight < 0:
             raise ValueError(f"LitVAE: kl_weight must be >= 0, got {kl_weight}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        drop_foreign_hparams(self)
         if pretrained_dir is not None:
             self.vae = load_autoencoder_kl(pretrained_dir)
         else:
@@ -251,6 +253,7 @@ class LitLDM(LightningModule):
             raise ValueError(f"LitLDM: {len(class_names)} class_names for a net with {net.num_classes} classes")
         self._check_sampling(sampler, num_inference_steps, guidance_scale, num_train_timesteps)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "net", "consistency_encoder"])
+        drop_foreign_hparams(self)
         self.net = net
         self.consistency_encoder = consistency_encoder
         if consistency_encoder is not None:

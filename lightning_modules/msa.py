@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_modules.base import EpochMetricsSystem
+from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization, build_param_groups
 from metrics.msa import MSAMetrics
 
@@ -70,6 +70,7 @@ class LitMSA(EpochMetricsSystem):
         if loss not in _LOSSES:
             raise ValueError(f"LitMSA: loss must be one of {sorted(_LOSSES)}, got {loss!r}")
         self.save_hyperparameters()
+        drop_foreign_hparams(self)
         self.net_factory = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
