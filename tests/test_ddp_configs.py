@@ -65,6 +65,8 @@ def test_training_config_runs_two_epochs_under_two_process_ddp(config: TrainingC
     assert "val/loss" in val and "test/loss" in test, (sorted(val), sorted(test))
 
 
+EXACT_KEYS = {"mae", "mse", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5", "loss_task",
+              "acc", "mean_class_acc", "f1_macro", "precision_macro", "recall_macro", "loss"}
 EQUALITY = [c for c in CONFIGS if c.id in ("hgcl_demo.yaml", "fer/swin2b_ckplus48.yaml")]
 
 
@@ -84,7 +86,11 @@ def test_test_metrics_equal_with_one_and_two_processes(config: TrainingConfig, t
     m1 = _metrics(tmp_path / "logs" / "run" / "test1", "test/")
     m2 = _metrics(tmp_path / "logs" / "run" / "test2", "test/")
     assert m1 and set(m1) == set(m2)
-    for key in m1:
+    # per-sample quantities are exact; batch-level diagnostics of a net (HGCL's codebook perplexity, graph degree)
+    # depend on how the samples are batched and are not compared
+    exact = [k for k in m1 if k.split("/", 1)[1] in EXACT_KEYS]
+    assert len(exact) >= 6, sorted(m1)
+    for key in exact:
         assert m2[key] == pytest.approx(m1[key], abs=1e-5, nan_ok=True), key
 
 
