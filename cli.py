@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.checkpoint import EpochCheckpoint
@@ -46,9 +47,31 @@ from lightning_modules.checkpoint_io import (
     load_checkpoint,
 )
 
-__all__ = ["AffectCLI", "RunDirSaveConfig", "cli_main"]
+__all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "link_data_derived"]
 
 log = logging.getLogger(__name__)
+
+#: Settings that must agree, given once: (datamodule attribute, system argument). Applied when the datamodule has
+#: been instantiated; a link whose source attribute the datamodule lacks, or whose target the chosen system does not
+#: take, is skipped by jsonargparse (targets are top-level system arguments only: Lightning records applied links
+#: in the saved hyper-parameters, and a nested target missing from a system would break its instantiation). The
+#: saved ``config.yaml`` holds the linked values, so the system is rebuilt from its config alone
+#: (``load_from_checkpoint`` included).
+DATA_LINKS: tuple[tuple[str, str], ...] = (
+    ("data.feature_dims", "model.init_args.feature_dims"),  # MSA: read from the feature file
+    ("data.seq_lens", "model.init_args.seq_lens"),
+    ("data.num_classes", "model.init_args.num_classes"),  # faces: from the class list
+    ("data.class_names", "model.init_args.class_names"),
+    ("data.image_size", "model.init_args.image_size"),  # face crop side -> LitFER builds the net with img_size
+    ("data.mean", "model.init_args.image_mean"),  # the batch normalisation, undone by LitVAE/LitLDM
+    ("data.std", "model.init_args.image_std"),
+)
+
+
+def link_data_derived(parser: LightningArgumentParser) -> None:
+    """Link every data-derived system argument of :data:`DATA_LINKS` (``apply_on="instantiate"``)."""
+    for source, target in DATA_LINKS:
+        parser.link_arguments(source, target, apply_on="instantiate")
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -89,6 +112,7 @@ class AffectCLI(LightningCLI):
     """LightningCLI with the project's defaults (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        link_data_derived(parser)
         parser.add_lightning_class_args(EpochCheckpoint, "checkpoint")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
@@ -322,6 +346,87 @@ def _as_dict(ns: Any) -> dict[str, Any]:
     return ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
 
 
+#: The project's top-level packages, whose INFO lines (NaN/inf cleaned per modality and split, faces skipped by
+#: reason, split sizes, the generation plan, parameter counts) the CLI shows.
+PROJECT_PACKAGES = ("common", "datamodules", "features", "lightning_modules", "callbacks", "models", "metrics",
+                    "scripts")
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class _RankZeroInfo(logging.Filter):
+    """INFO and below on global rank 0 only (one copy under DDP); warnings and errors from every rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or rank_zero_only.rank == 0
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (not the one of its creation: tests and tools swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_PROJECT_HANDLER: logging.Handler | None = None
+
+
+def show_project_logs(level: int = logging.INFO) -> None:
+    """Send the project's log records at ``level`` and above to stderr (INFO on rank 0 only). Python shows only
+    WARNING and above of a logger without handlers, so without this a CLI user never sees the counts the project
+    logs. Idempotent."""
+    global _PROJECT_HANDLER
+    if _PROJECT_HANDLER is None:
+        _PROJECT_HANDLER = _StderrHandler()
+        _PROJECT_HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        _PROJECT_HANDLER.addFilter(_RankZeroInfo())
+    for name in PROJECT_PACKAGES:
+        logger = logging.getLogger(name)
+        if _PROJECT_HANDLER not in logger.handlers:
+            logger.addHandler(_PROJECT_HANDLER)
+        logger.setLevel(level)
+
+
+def _in_project(filename: str) -> bool:
+    path = Path(filename).resolve()
+    return PROJECT_ROOT in path.parents and not any(p in path.parts for p in (".venv", "site-packages"))
+
+
+def innermost_project_error(err: BaseException) -> BaseException:
+    """The deepest exception of ``err``'s chain (``__cause__``/``__context__``) raised in the project's own code,
+    e.g. the ``ValueError`` of a constructor that jsonargparse wrapped into "Does not validate against any of the
+    Union subtypes"; ``err`` itself when there is none."""
+    chain: list[BaseException] = []
+    e: BaseException | None = err
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in reversed(chain):
+        frames = traceback.extract_tb(e.__traceback__)
+        if frames and _in_project(frames[-1].filename):
+            return e
+    return err
+
+
+def main(args: ArgsType = None) -> None:
+    """The command line: :func:`cli_main` with the project's INFO lines shown, and an error raised inside a
+    constructor printed as the last line (after the full traceback, which stays for debugging)."""
+    show_project_logs()
+    try:
+        cli_main(args)
+    except Exception as err:
+        root = innermost_project_error(err)
+        if root is err:
+            raise
+        traceback.print_exception(err)
+        print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
+        sys.exit(1)
+
+
 def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
     """Entry point, also used by the tests: ``cli_main(["fit", "--config", ...])``."""
     return AffectCLI(
@@ -338,4 +443,4 @@ def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
 
 
 if __name__ == "__main__":
-    cli_main()
+    main()

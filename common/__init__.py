@@ -4,6 +4,8 @@
 - :mod:`common.tensors`: :func:`~common.tensors.masked_mean`, the one mean over valid steps.
 - :mod:`common.choices`: :func:`~common.choices.check_choices`, ``ValueError`` for a bad ``Literal`` option when a
   class is built from Python rather than through the CLI.
+- :mod:`common.splits`: :func:`~common.splits.warn_split_content`, the one warning about an empty validation split
+  or sample ids shared by train and test.
 - :data:`MODALITIES`: the three sentiment modalities in their fixed order.
 """
 

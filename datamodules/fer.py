@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
 from common.choices import check_choices
 from common.io import atomic_write
+from common.splits import warn_split_content
 from datamodules.datasets.images import (
     SPLITS,
     FaceBatchTransform,
@@ -51,6 +52,7 @@ from datamodules.datasets.images import (
     stratified_split,
     subject_from_name,
 )
+from datamodules.distributed import eval_sampler
 from features.descriptors import (
     DescriptorSettings,
     SUNParams,
@@ -132,7 +134,9 @@ class FERDataModule(LightningDataModule):
             exists; files on disk that disagree with it raise an error.
         resplit: ``"never"`` (reuse an existing split file) or ``"always"`` (recompute and overwrite).
         cache_dir: cache directory (default ``cache/fer/<hash>``).
-        sampler: ``"none"`` (shuffle) or ``"class_balanced"`` (``WeightedRandomSampler``, 1/class count).
+        train_sampler: ``"none"`` (shuffle) or ``"class_balanced"`` (``WeightedRandomSampler``, 1/class count).
+            (Not ``sampler``: Lightning logs the system's and the datamodule's hyper-parameters together and refuses
+            a key both have with different values, and ``LitLDM.sampler`` is the diffusion sampler.)
         hflip_prob: train-time horizontal flip probability.
         affine_degrees: train-time rotation range (degrees).
         affine_translate: train-time translation range (fraction of the size).
@@ -193,7 +197,7 @@ class FERDataModule(LightningDataModule):
         split_file: str | None = None,
         resplit: Literal["never", "always"] = "never",
         cache_dir: str | None = None,
-        sampler: Literal["none", "class_balanced"] = "none",
+        train_sampler: Literal["none", "class_balanced"] = "none",
         hflip_prob: float = 0.5,
         affine_degrees: float = 10.0,
         affine_translate: float = 0.05,
@@ -291,6 +295,21 @@ class FERDataModule(LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.hparams.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square face crops (the CLI links it to the net's ``img_size``)."""
+        return int(self.hparams.image_size)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """RGB normalisation mean of the batches (linked to ``LitVAE``/``LitLDM`` ``image_mean``)."""
+        return tuple(float(v) for v in self.hparams.mean)
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """RGB normalisation std of the batches (linked to ``image_std``)."""
+        return tuple(float(v) for v in self.hparams.std)
 
     @property
     def cache_root(self) -> Path:
@@ -637,6 +656,8 @@ class FERDataModule(LightningDataModule):
                 descs,
             )
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
+        warn_split_content(str(self.hparams.root), {s: len(d) for s, d in self.datasets.items()},
+                           {s: d.paths for s, d in self.datasets.items()}, val="val")
 
     def _check_predict_options(self) -> None:
         hp = self.hparams
@@ -692,7 +713,7 @@ class FERDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._require("train")
-        if self.hparams.sampler == "class_balanced":
+        if self.hparams.train_sampler == "class_balanced":
             weights = class_balanced_weights(ds.labels, self.num_classes)
             gen = torch.Generator().manual_seed(self.hparams.seed)
             sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=gen)
@@ -700,10 +721,10 @@ class FERDataModule(LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", shuffle=False, sampler=eval_sampler(self._require("val")))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", shuffle=False, sampler=eval_sampler(self._require("test")))
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_dataset is None:

@@ -10,11 +10,10 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
+from datamodules.distributed import eval_sampler
 from features.mmsa_format import MMSAData, MMSADataError, load_mmsa, missing_file_message
 
 __all__ = ["MMSADataModule", "MOSEIDataModule"]
@@ -82,8 +81,11 @@ class MMSADataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------------------------------ properties
     @property
     def data(self) -> MMSAData:
+        """The loaded file; read on first use (the CLI reads ``feature_dims``/``seq_lens`` at instantiation to
+        link them into the system)."""
         if self._data is None:
-            raise RuntimeError("MMSADataModule: call setup() before reading the data-derived properties")
+            self.prepare_data()
+            self.setup()
         return self._data
 
     @property
@@ -116,16 +118,11 @@ class MMSADataModule(pl.LightningDataModule):
         hp = self.hparams
         batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
         dataset = self._datasets[split]
-        sampler = None
-        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Evaluation under DDP: every sample exactly once (uneven shards, no padding duplicates), so the
-            # gathered metrics equal a single-process run. Lightning keeps a DistributedSampler it is given.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            sampler=sampler,
+            sampler=None if shuffle else eval_sampler(dataset),
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,
             persistent_workers=hp.num_workers > 0,

@@ -186,16 +186,16 @@ class RecordingDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ properties
     @property
-    def feature_dims(self) -> dict[str, int]:
-        if self._dims is None:
-            raise RuntimeError("RecordingDataModule: call setup() first")
-        return dict(self._dims)
+    def feature_dims(self) -> dict[str, int] | None:
+        """Known after :meth:`setup` (the recording is extracted there); ``None`` before, so the CLI's link to the
+        system passes nothing and the system builds its net from the checkpoint or in its own ``setup``."""
+        return None if self._dims is None else dict(self._dims)
 
     @property
-    def seq_lens(self) -> dict[str, int]:
-        if self._lens is None:
-            raise RuntimeError("RecordingDataModule: call setup() first")
-        return dict(self._lens)
+    def seq_lens(self) -> dict[str, int] | None:
+        """Known after :meth:`setup` (the recording is extracted there); ``None`` before, so the CLI's link to the
+        system passes nothing and the system builds its net from the checkpoint or in its own ``setup``."""
+        return None if self._lens is None else dict(self._lens)
 
     def predict_dataloader(self) -> DataLoader:
         if self._dataset is None:

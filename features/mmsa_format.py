@@ -43,6 +43,7 @@ from torch import Tensor
 
 from common import MODALITIES
 from common.io import atomic_write
+from common.splits import SplitContentWarning, warn_split_content
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -60,6 +61,7 @@ __all__ = [
     "MMSADataError",
     "MMSASplit",
     "RestrictedUnpickler",
+    "SplitContentWarning",
     "SplitSizeWarning",
     "detect_schema",
     "load_feature_file",
@@ -68,6 +70,7 @@ __all__ = [
     "missing_file_message",
     "restricted_pickle_load",
     "save_npz",
+    "warn_split_content",
 ]
 
 log = logging.getLogger(__name__)
@@ -638,6 +641,7 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     log.info("%s: schema=%s, %s, split sizes %s, feature_dims %s, seq_lens %s, non-finite values cleaned: %d %s",
              path, schema, "aligned" if data.aligned else "unaligned", data.split_sizes, data.feature_dims,
              data.seq_lens, total_bad, counts if total_bad else "")
+    warn_split_content(str(path), data.split_sizes, {s: splits[s].id for s in FILE_SPLITS})
     if dataset_name is not None:
         expected = dict(zip(FILE_SPLITS, STANDARD_SPLIT_SIZES[schema][dataset_name.lower()]))
         if expected != data.split_sizes:

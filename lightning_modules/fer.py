@@ -12,6 +12,8 @@ Swin, ``("image", "descriptor")`` for the two-branch Swin. The batch tensors are
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from metrics.fer import FERMetrics
 
@@ -36,6 +38,18 @@ PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_
 PREPROCESSING_CKPT_KEY = "fer_preprocessing"
 
 
+def _takes_argument(factory: Callable[..., Any], name: str) -> bool:
+    """Whether the net built by ``factory`` takes the keyword ``name``: a class, a function, or a
+    ``functools.partial`` over one (what jsonargparse makes of a ``class_path``/``init_args`` net spec)."""
+    target: Any = factory
+    while isinstance(target, functools.partial):
+        target = next((a for a in target.args if isinstance(a, type)), target.func)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @runtime_checkable
 class FERNet(Protocol):
     """What :class:`LitFER` needs from a net: ``inputs`` names the batch keys fed to ``forward`` in order."""
@@ -45,7 +59,7 @@ class FERNet(Protocol):
     def __call__(self, *tensors: Tensor) -> Tensor: ...
 
 
-class LitFER(LightningModule):
+class LitFER(EpochMetricsSystem):
     """Face-expression classification with cross-entropy (eq. 6) and the paper's metrics.
 
     Args:
@@ -59,9 +73,12 @@ class LitFER(LightningModule):
         lr_multipliers: ``{parameter-name prefix: multiplier}`` of the base learning rate, e.g.
             ``{"global_branch.head.": 10.0}``; 0 freezes (groups are chosen by name, see
             :func:`lightning_modules.optim.build_param_groups`).
-        num_classes: Data-derived; taken from ``trainer.datamodule.num_classes`` in :meth:`setup` when ``None``
-            and stored in the hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
+        num_classes: Data-derived; the CLI links it from the datamodule (``data.num_classes``), so the net is
+            built here; when ``None`` it is read from ``trainer.datamodule`` in :meth:`setup`. Stored in the
+            hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
         class_names: Data-derived like ``num_classes`` (metric keys ``test/recall_<class>``, plots).
+        image_size: Data-derived (linked from ``data.image_size``): the side of the input images, passed to the net
+            factory as ``img_size`` when the net takes that argument, so the net cannot be built for another size.
 
     Logged keys: ``{stage}/loss`` and, per epoch, ``{stage}/acc``, ``{stage}/mean_class_acc``,
     ``{stage}/f1_macro``, ``{stage}/precision_macro``, ``{stage}/recall_macro``; for ``val`` and ``test`` also
@@ -84,39 +101,40 @@ class LitFER(LightningModule):
         lr_multipliers: dict[str, float] | None = None,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"LitFER: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
+        drop_foreign_hparams(self)
         self.net_factory = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net: nn.Module | None = None
         self.confusion_matrices: dict[str, Tensor] = {}
         #: the datamodule's preprocessing state read from a checkpoint (see :meth:`on_load_checkpoint`)
         self.preprocessing: dict | None = None
         if num_classes is not None:
-            self._build(num_classes, class_names)
+            self._build(num_classes=num_classes, class_names=class_names, image_size=image_size)
 
     # ------------------------------------------------------------------ construction
-    def _build(self, num_classes: int, class_names: list[str] | None) -> None:
+    DERIVED = ("num_classes", "class_names", "image_size")
+
+    def _build_net(self, num_classes: int, class_names: list[str] | None, image_size: int | None) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"LitFER: {len(class_names)} class_names for num_classes={num_classes}")
         weights = self.hparams.class_weights
         if weights is not None and len(weights) != num_classes:
             raise ValueError(f"LitFER: {len(weights)} class_weights for num_classes={num_classes}")
-        net = self.net_factory(num_classes)
+        if image_size and _takes_argument(self.net_factory, "img_size"):
+            net = self.net_factory(num_classes, img_size=image_size)
+        else:
+            net = self.net_factory(num_classes)
         if not isinstance(getattr(net, "inputs", None), tuple):
             raise TypeError(
                 f"LitFER: {type(net).__name__} must expose `inputs: tuple[str, ...]` naming the batch keys it takes"
             )
         self.net = net
-        derived = {"num_classes": int(num_classes), "class_names": list(class_names) if class_names else None}
-        self.hparams.update(derived)
-        # the logged copy too: Lightning merges it with the datamodule's hparams and rejects differing values
-        if hasattr(self, "_hparams_initial"):
-            self._hparams_initial.update(derived)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.register_buffer(
             "loss_weight", torch.tensor(weights, dtype=torch.float32) if weights is not None else None,
@@ -128,17 +146,13 @@ class LitFER(LightningModule):
         n = sum(p.numel() for p in net.parameters())
         log.info("%s: %d parameters, inputs %s, %d classes", type(net).__name__, n, net.inputs, num_classes)
 
-    def setup(self, stage: str) -> None:
-        if self.net is not None:
-            return
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or getattr(dm, "num_classes", None) is None:
-            raise ValueError(
-                "LitFER: the net is built with the datamodule's num_classes; pass a datamodule that exposes "
-                "num_classes/class_names, or give num_classes explicitly"
-            )
-        self._build(int(dm.num_classes), getattr(dm, "class_names", None))
-        self.net.to(self.device)
+    def _data_derived(self, datamodule: Any) -> dict[str, Any] | None:
+        if getattr(datamodule, "num_classes", None) is None:
+            return None
+        names = getattr(datamodule, "class_names", None)
+        size = getattr(datamodule, "image_size", None)
+        return {"num_classes": int(datamodule.num_classes), "class_names": list(names) if names else None,
+                "image_size": int(size) if size else None}
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -159,10 +173,7 @@ class LitFER(LightningModule):
         loss = F.cross_entropy(
             logits, label, weight=self.loss_weight, label_smoothing=self.hparams.label_smoothing
         )  # eq. 6
-        self.log(
-            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
-            batch_size=label.shape[0], sync_dist=stage != "train",
-        )
+        self.log_step_value(stage, "loss", loss, label.shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach(), label)
         return {"loss": loss, "preds": logits.detach().argmax(dim=1), "target": label}
 
@@ -186,25 +197,11 @@ class LitFER(LightningModule):
                 out[key] = value.detach().cpu() if isinstance(value, Tensor) else value
         return out
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def _stage_metric_values(self, stage: str) -> dict[str, Tensor]:
         metrics: FERMetrics = getattr(self, f"{stage}_metrics")
-        if not metrics.update_called:
-            return
         values = metrics.compute(self.class_names, per_class=stage != "train")
-        # torchmetrics already gathered the states across processes: every rank holds the same value, which
-        # sync_dist averages exactly (and Lightning stops warning about unsynchronised epoch-level logs)
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         self.confusion_matrices[stage] = metrics.compute_confusion().cpu()
-        metrics.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        return values
 
     # ------------------------------------------------------------------ portable checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from common.choices import check_choices
+from lightning_modules.base import drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
     CheckpointError,
     check_class_path,
@@ -33,6 +34,7 @@ from lightning_modules.checkpoint_io import (
     load_system,
     require_system,
 )
+from lightning_modules.optim import build_optimization
 from models.diffusion import (
     PAIRINGS,
     ConditionalLatentUNet,
@@ -114,6 +116,7 @@ class LitVAE(LightningModule):
         if kl_weight < 0:
             raise ValueError(f"LitVAE: kl_weight must be >= 0, got {kl_weight}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        drop_foreign_hparams(self)
         if pretrained_dir is not None:
             self.vae = load_autoencoder_kl(pretrained_dir)
         else:
@@ -173,11 +176,7 @@ class LitVAE(LightningModule):
             self.vae.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.vae.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "monitor": "val/loss"}}
+        return build_optimization(self.vae, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
 
     def export_pretrained(self, local_dir: str | Path) -> Path:
         """Write the autoencoder as a diffusers ``save_pretrained`` directory (loadable by ``LitLDM(vae_path=)``)."""
@@ -270,6 +269,7 @@ class LitLDM(LightningModule):
             raise ValueError(f"LitLDM: {len(class_names)} class_names for a net with {net.num_classes} classes")
         self._check_sampling(sampler, num_inference_steps, guidance_scale, num_train_timesteps)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "net", "consistency_encoder"])
+        drop_foreign_hparams(self)
         self.net = net
         self.consistency_encoder = consistency_encoder
         if consistency_encoder is not None:
@@ -418,11 +418,7 @@ class LitLDM(LightningModule):
         }
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.net.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                         "monitor": "val/loss"}}
+        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # how to rebuild the injected modules, so a checkpoint reloads on its own (see load_ldm)

@@ -13,12 +13,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from common.choices import check_choices
+from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization, build_param_groups
 from metrics.msa import MSAMetrics
 
@@ -35,7 +34,7 @@ _LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-class LitMSA(LightningModule):
+class LitMSA(EpochMetricsSystem):
     """Multimodal sentiment regression (CMU-MOSI / CMU-MOSEI) with MMSA-convention metrics.
 
     Args:
@@ -47,12 +46,14 @@ class LitMSA(LightningModule):
         loss: task loss, ``"l1"`` (MMSA's default), ``"mse"`` or ``"smooth_l1"``.
         lr_multipliers: ``{parameter-name prefix: multiplier}`` of the base learning rate, e.g.
             ``{"text_encoder.": 0.1}``; 0 freezes.
-        feature_dims: data-derived; filled from the datamodule in :meth:`setup` when ``None`` and stored in the
+        feature_dims: data-derived; the CLI links it from the datamodule (``data.feature_dims``), so the net is built
+            here; when ``None`` it is read from ``trainer.datamodule`` in :meth:`setup`. Stored in the
             hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
         seq_lens: as ``feature_dims``.
 
-    Logged keys: ``{stage}/loss``, ``{stage}/loss_task``, ``{stage}/loss_<aux>`` and, per epoch, every metric of
-    :class:`MSAMetrics` as ``{stage}/<name>`` (``train``, ``val``, ``test``).
+    Logged keys, per epoch (exact over every sample of every DDP process): ``{stage}/loss``, ``{stage}/loss_task``,
+    ``{stage}/loss_<aux>``, ``{stage}/<net log>`` and every metric of :class:`MSAMetrics` as ``{stage}/<name>``
+    (``train``, ``val``, ``test``); per training step ``train/loss_step``.
     """
 
     def __init__(
@@ -69,40 +70,30 @@ class LitMSA(LightningModule):
         super().__init__()
         check_choices(LitMSA, locals())
         self.save_hyperparameters()
+        drop_foreign_hparams(self)
         self.net_factory = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss_fn = _LOSSES[loss]
-        self.net: nn.Module | None = None
-        if feature_dims is not None and seq_lens is not None:
-            self._build(feature_dims, seq_lens)
         self.train_metrics = MSAMetrics()
         self.val_metrics = MSAMetrics()
         self.test_metrics = MSAMetrics()
-        # Sample-weighted means, gathered exactly across DDP processes (uneven shards included).
-        self.loss_means = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "loss_task")}
-        )
+        if feature_dims is not None and seq_lens is not None:
+            self._build(feature_dims=feature_dims, seq_lens=seq_lens)
 
     # ------------------------------------------------------------------ construction
-    def _build(self, feature_dims: dict[str, int], seq_lens: dict[str, int]) -> None:
+    DERIVED = ("feature_dims", "seq_lens")
+
+    def _build_net(self, feature_dims: dict[str, int], seq_lens: dict[str, int]) -> None:
         self.net = self.net_factory(dict(feature_dims), dict(seq_lens))
-        self.hparams["feature_dims"] = dict(feature_dims)
-        self.hparams["seq_lens"] = dict(seq_lens)
         n = sum(p.numel() for p in self.net.parameters())
         n_train = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         log.info("%s: %d parameters (%d trainable)", type(self.net).__name__, n, n_train)
 
-    def setup(self, stage: str) -> None:
-        if self.net is not None:
-            return
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "feature_dims"):
-            raise ValueError(
-                "LitMSA: the net is built from the datamodule's feature_dims/seq_lens; pass a datamodule that "
-                "exposes them, or give feature_dims and seq_lens explicitly"
-            )
-        self._build(dm.feature_dims, dm.seq_lens)
+    def _data_derived(self, datamodule: Any) -> dict[str, Any] | None:
+        if not hasattr(datamodule, "feature_dims"):
+            return None
+        return {"feature_dims": dict(datamodule.feature_dims), "seq_lens": dict(datamodule.seq_lens)}
 
     def on_fit_start(self) -> None:
         """Nets with parts fitted on the training split before training (``requires_prefit``, e.g. HGCL's
@@ -131,16 +122,12 @@ class LitMSA(LightningModule):
         aux = out.get("aux_losses") or {}
         loss = task + sum(aux.values()) if aux else task
         bs = label.shape[0]
-        on_step = stage == "train"
-        for name, value in (("loss", loss), ("loss_task", task)):
-            mean = self.loss_means[f"{stage}_{name}"]
-            mean(value.detach(), weight=bs)
-            self.log(f"{stage}/{name}", mean, on_step=on_step and name == "loss", on_epoch=True,
-                     prog_bar=name == "loss", batch_size=bs)
+        self.log_step_value(stage, "loss", loss, bs)
+        self.log_epoch_mean(stage, "loss_task", task, bs)
         for name, value in aux.items():
-            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+            self.log_epoch_mean(stage, f"loss_{name}", value, bs)
         for name, value in (out.get("logs") or {}).items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+            self.log_epoch_mean(stage, name, torch.as_tensor(value, device=pred.device), bs)
         getattr(self, f"{stage}_metrics").update(pred, label)
         return loss
 
@@ -156,25 +143,6 @@ class LitMSA(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         out = self(batch)
         return {"id": batch.get("id"), "pred": out["pred"].detach().cpu(), "label": batch["label"].detach().cpu()}
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metric: MSAMetrics = getattr(self, f"{stage}_metrics")
-        if not metric.update_called:
-            return
-        values = metric.compute()
-        # The states were gathered across processes, so every rank holds the same values; sync_dist averages equal
-        # numbers (exact) and keeps Lightning from warning about unsynchronised epoch-level logs.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
-        metric.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

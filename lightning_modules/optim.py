@@ -7,11 +7,41 @@ from typing import Any
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-__all__ = ["build_optimization", "build_param_groups"]
+__all__ = ["NO_DECAY_NAME_PARTS", "build_optimization", "build_param_groups", "no_weight_decay_names"]
+
+
+#: Name fragments of parameters that never get weight decay besides biases and norms: position-bias tables and
+#: position embeddings (timm's Swin/ViT declare them through ``no_weight_decay()``; the fragments also catch
+#: modules that do not).
+NO_DECAY_NAME_PARTS = ("relative_position_bias_table", "pos_embed", "position_bias", "cls_token")
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Full names of the parameters of ``module`` that are exempt from weight decay.
+
+    Exempt: every bias and every 1-D parameter (norm scales and shifts: LayerNorm, BatchNorm, GroupNorm, RMSNorm
+    ...), names containing :data:`NO_DECAY_NAME_PARTS`, and what any submodule declares through timm's
+    ``no_weight_decay()`` (names relative to that submodule) or ``no_weight_decay_keywords()`` (fragments) -
+    timm's own rule (``timm.optim.param_groups_weight_decay``) applied to submodules at any depth, since the
+    project's nets wrap timm models.
+    """
+    declared: set[str] = set()
+    keywords: set[str] = set(NO_DECAY_NAME_PARTS)
+    for prefix, sub in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        if callable(getattr(sub, "no_weight_decay", None)):
+            declared.update(f"{dot}{n}" for n in sub.no_weight_decay())
+        if callable(getattr(sub, "no_weight_decay_keywords", None)):
+            keywords.update(sub.no_weight_decay_keywords())
+    out = set()
+    for name, p in module.named_parameters():
+        if p.ndim <= 1 or name.endswith(".bias") or name in declared or any(k in name for k in keywords):
+            out.add(name)
+    return out
 
 
 def build_param_groups(module: nn.Module, lr_multipliers: dict[str, float] | None) -> list[dict[str, Any]]:
-    """Parameter groups chosen by parameter *name* prefix (never by position).
+    """Parameter groups chosen by parameter *name* (never by position): learning-rate prefixes x weight decay.
 
     Args:
         module: the model.
@@ -19,29 +49,34 @@ def build_param_groups(module: nn.Module, lr_multipliers: dict[str, float] | Non
             prefix, the rest form the base group (multiplier 1). A multiplier of 0 freezes the group.
 
     Returns:
-        a list of ``{"params": [...], "name": prefix, "lr_multiplier": m}`` dicts, empty groups omitted.
+        a list of ``{"params": [...], "name": ..., "lr_multiplier": m}`` dicts, empty groups omitted. Each prefix
+        group is split in two: the parameters of :func:`no_weight_decay_names` go to ``"<name>/no_decay"`` with
+        ``weight_decay=0.0``; the others keep the optimizer's weight decay.
     """
     prefixes = sorted((lr_multipliers or {}).items(), key=lambda kv: -len(kv[0]))
-    groups: dict[str, dict[str, Any]] = {"": {"params": [], "name": "base", "lr_multiplier": 1.0}}
+    exempt = no_weight_decay_names(module)
+    groups: dict[str, dict[str, Any]] = {"": {"params": [], "no_decay": [], "name": "base", "lr_multiplier": 1.0}}
     for prefix, mult in prefixes:
-        groups[prefix] = {"params": [], "name": prefix, "lr_multiplier": float(mult)}
+        groups[prefix] = {"params": [], "no_decay": [], "name": prefix, "lr_multiplier": float(mult)}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         key = next((pre for pre, _ in prefixes if name.startswith(pre)), "")
-        groups[key]["params"].append(p)
-    unused = [pre for pre, _ in prefixes if not groups[pre]["params"]]
+        groups[key]["no_decay" if name in exempt else "params"].append(p)
+    unused = [pre for pre, _ in prefixes if not (groups[pre]["params"] or groups[pre]["no_decay"])]
     if unused:
         raise ValueError(f"build_param_groups: no trainable parameter name starts with {unused}")
     out = []
     for g in groups.values():
-        if not g["params"]:
-            continue
         if g["lr_multiplier"] == 0.0:
-            for p in g["params"]:
+            for p in g["params"] + g["no_decay"]:
                 p.requires_grad_(False)
             continue
-        out.append(g)
+        if g["params"]:
+            out.append({"params": g["params"], "name": g["name"], "lr_multiplier": g["lr_multiplier"]})
+        if g["no_decay"]:
+            out.append({"params": g["no_decay"], "name": f"{g['name']}/no_decay", "lr_multiplier": g["lr_multiplier"],
+                        "weight_decay": 0.0})
     return out
 
 

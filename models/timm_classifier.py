@@ -32,8 +32,9 @@ class TimmClassifier(nn.Module):
             ``pretrained_cfg_overlay={"file": ...}``; the classifier is re-initialised when ``num_classes`` differs);
             ``None`` means random initialisation.
         in_chans: Input channels (timm adapts the first convolution of a 3-channel checkpoint).
-        img_size: Input side for architectures that need it (ViT, Swin, MaxViT); ``None`` leaves timm's default
-            and is required for architectures that do not take ``img_size`` (ResNet, VGG, EfficientNet, ConvNeXt).
+        img_size: Input side (the CLI links it from ``data.image_size``); passed to timm only for architectures built
+            for one input side (timm's ``fixed_input_size``: ViT, Swin, MaxViT); convolutional nets (ResNet, VGG,
+            EfficientNet, ConvNeXt) take any side and ignore it. ``None`` leaves timm's default.
         drop_rate: Classifier dropout.
         drop_path_rate: Stochastic depth rate; ``None`` keeps the architecture's default (some, like VGG, have none).
         model_kwargs: Further architecture arguments passed to ``timm.create_model`` verbatim (e.g. a small
@@ -65,7 +66,9 @@ class TimmClassifier(nn.Module):
         self.in_chans = in_chans
         self.inputs: tuple[str, ...] = ("image",)
         kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
-        if img_size is not None:
+        if img_size is not None and getattr(timm.get_pretrained_cfg(model_name), "fixed_input_size", False):
+            # only architectures built for one input side take it (ViT, Swin, MaxViT: timm's `fixed_input_size`);
+            # convolutional nets accept any side and timm would reject the argument
             kwargs["img_size"] = img_size
         if drop_path_rate is not None:
             kwargs["drop_path_rate"] = drop_path_rate

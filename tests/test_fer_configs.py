@@ -21,7 +21,7 @@ def _fast_dev_run(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     args = [
         "fit", "--config", str(config), "--config", str(REPO / "configs" / "data" / "ckplus48.yaml"),
         "--data.init_args.root", str(root), "--data.init_args.cache_dir", str(tmp_path / "cache"),
-        "--data.init_args.image_size", "64", "--data.init_args.batch_size", "4",
+        "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0", "--data.init_args.progress", "none",
         "--trainer.fast_dev_run", "true", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks", "callbacks.confusion_matrix.ConfusionMatrixLogger",

@@ -226,7 +226,7 @@ def test_unknown_and_empty_folders(tmp_path: Path) -> None:
 
 
 def test_sampler_and_only_train_shuffles(tmp_path: Path) -> None:
-    dm = _ready(_dm(tmp_path, sampler="class_balanced"))
+    dm = _ready(_dm(tmp_path, train_sampler="class_balanced"))
     assert isinstance(dm.train_dataloader().sampler, WeightedRandomSampler)
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
@@ -239,7 +239,7 @@ def test_sampler_and_only_train_shuffles(tmp_path: Path) -> None:
 def test_invalid_arguments_name_the_class(tmp_path: Path) -> None:
     for kwargs in (
         {"split": "random"},
-        {"sampler": "oversample"},
+        {"train_sampler": "oversample"},
         {"resplit": "yes"},
         {"unknown_folders": "warn"},
         {"extra_roots": ["/a/real"]},

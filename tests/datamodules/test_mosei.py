@@ -70,10 +70,12 @@ def test_prepare_data_missing_file(tmp_path):
         dm.prepare_data()
 
 
-def test_properties_need_setup(tmp_path):
+def test_properties_load_the_file_on_first_use(tmp_path):
     dm = MMSADataModule(path=str(tmp_path / "x.pkl"))
-    with pytest.raises(RuntimeError, match="MMSADataModule: call setup"):
-        _ = dm.feature_dims
+    with pytest.raises(MMSADataError, match="x.pkl"):
+        _ = dm.feature_dims  # the missing file is named, not a bare "call setup"
+    path = write_mmsa_pickle(tmp_path / "aligned_50.pkl", dims=(16, 5, 7))
+    assert MMSADataModule(path=str(path)).feature_dims == {"text": 16, "audio": 5, "vision": 7}
 
 
 @pytest.mark.parametrize("kwargs", [{"dataset_name": "iemocap"}, {"batch_size": 0}, {"num_workers": -1}])

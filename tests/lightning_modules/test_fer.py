@@ -144,7 +144,8 @@ def test_plateau_scheduler_monitors_val_loss_and_param_groups_by_name() -> None:
     assert groups["global_branch.head."]["lr"] == pytest.approx(1e-2)
     assert groups["base"]["lr"] == pytest.approx(1e-3)
     head_ids = {id(p) for p in lit.net.global_branch.head.parameters()}
-    assert {id(p) for p in groups["global_branch.head."]["params"]} == head_ids
+    got = groups["global_branch.head."]["params"] + groups["global_branch.head./no_decay"]["params"]
+    assert {id(p) for p in got} == head_ids
 
 
 def test_missing_descriptor_and_bad_net_raise() -> None:

@@ -83,11 +83,13 @@ def test_param_groups_by_name() -> None:
     net = nn.ModuleDict({"text_encoder": nn.Linear(2, 2), "head": nn.Linear(2, 1)})
     groups = build_param_groups(net, {"text_encoder.": 0.1})
     by_name = {g["name"]: g for g in groups}
-    assert set(by_name) == {"base", "text_encoder."}
-    assert len(by_name["text_encoder."]["params"]) == 2 and by_name["text_encoder."]["lr_multiplier"] == 0.1
+    assert set(by_name) == {"base", "base/no_decay", "text_encoder.", "text_encoder./no_decay"}
+    assert by_name["text_encoder."]["params"] == [net["text_encoder"].weight]
+    assert by_name["text_encoder./no_decay"]["params"] == [net["text_encoder"].bias]
+    assert by_name["text_encoder."]["lr_multiplier"] == by_name["text_encoder./no_decay"]["lr_multiplier"] == 0.1
     # a zero multiplier freezes the group
     groups = build_param_groups(net, {"text_encoder.": 0.0})
-    assert [g["name"] for g in groups] == ["base"]
+    assert [g["name"] for g in groups] == ["base", "base/no_decay"]
     assert not net["text_encoder"].weight.requires_grad
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_param_groups(net, {"nonexistent.": 2.0})
@@ -97,10 +99,11 @@ def test_lr_multipliers_reach_the_optimizer(datamodule: MMSADataModule) -> None:
     model = LitMSA(net=TINY_TFN, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
                    lr_multipliers={"text_lstm.": 0.5})
     datamodule.setup("fit")
-    model._build(datamodule.feature_dims, datamodule.seq_lens)
+    model._build(feature_dims=datamodule.feature_dims, seq_lens=datamodule.seq_lens)
     opt = model.configure_optimizers()
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs == {"base": pytest.approx(0.1), "text_lstm.": pytest.approx(0.05)}
+    assert lrs == {"base": pytest.approx(0.1), "base/no_decay": pytest.approx(0.1),
+                   "text_lstm.": pytest.approx(0.05), "text_lstm./no_decay": pytest.approx(0.05)}
 
 
 def test_bad_loss_name() -> None:
