@@ -46,6 +46,8 @@ class LitMSA(LightningModule):
         loss: task loss, ``"l1"`` (MMSA's default), ``"mse"`` or ``"smooth_l1"``.
         lr_multipliers: ``{parameter-name prefix: multiplier}`` of the base learning rate, e.g.
             ``{"text_encoder.": 0.1}``; 0 freezes.
+        weight_decays: ``{parameter-name prefix: weight decay}`` overriding the optimizer's decay for those
+            parameters (``""`` = the rest), e.g. Self-MM's per-sub-network decays on MOSEI.
         feature_dims: data-derived; filled from the datamodule in :meth:`setup` when ``None`` and stored in the
             hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
         seq_lens: as ``feature_dims``.
@@ -62,6 +64,7 @@ class LitMSA(LightningModule):
         scheduler_monitor: str = "val/mae",
         loss: str = "l1",
         lr_multipliers: dict[str, float] | None = None,
+        weight_decays: dict[str, float] | None = None,
         feature_dims: dict[str, int] | None = None,
         seq_lens: dict[str, int] | None = None,
     ) -> None:
@@ -167,4 +170,5 @@ class LitMSA(LightningModule):
         if self.net is None:
             raise RuntimeError("LitMSA: configure_optimizers called before the net was built")
         return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
-                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor)
+                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor,
+                                  self.hparams.get("weight_decays"))
