@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from models.mfn import MFN
 from models.msa_utils import MODALITIES, check_feature_dims, rnn_final_state
 
-__all__ = ["MFM", "mmd_loss", "mmd_kernel", "masked_mse"]
+__all__ = ["MFM", "masked_mse", "mmd_kernel", "mmd_loss"]
 
 
 def mmd_kernel(x: Tensor, y: Tensor) -> Tensor:

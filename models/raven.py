@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from models.msa_utils import check_feature_dims, rnn_final_state
 
-__all__ = ["RAVEN", "word_segments", "shift_words"]
+__all__ = ["RAVEN", "shift_words", "word_segments"]
 
 _NONVERBAL = ("audio", "vision")
 

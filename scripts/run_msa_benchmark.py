@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.run_fer_experiment import _atomic_write  # noqa: E402  (the project's atomic text write)
+from scripts.run_fer_experiment import _atomic_write
 
 log = logging.getLogger("run_msa_benchmark")
 
@@ -386,9 +386,9 @@ def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None
     lines = ["# HGCL paper Tables 1-2 under MMSA's protocol", ""]
     if note:
         lines += [note, ""]
-    lines += ["Test split, best-on-validation checkpoint of each run; mean ± sample standard deviation over seeds "
+    lines += [("Test split, best-on-validation checkpoint of each run; mean ± sample standard deviation over seeds "
               "(accuracies and F1 in %). Metric definitions: MMSA's `__eval_mosei_regression` "
-              "(lightning_modules/metrics_msa.py).", ""]
+              "(lightning_modules/metrics_msa.py)."), ""]
     for dataset in DATASETS:
         summary = summarise(rows, dataset)
         if not summary:
@@ -446,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv_path = out / "results.csv"
     rows = read_rows(csv_path)
     done = {(r["model"], r["dataset"], int(r["seed"])) for r in rows}
-    todo = [(m, s) for m in args.models for s in args.seeds if (m, args.dataset, s) not in done]
+    # Seed-major order: every model gets its first seed before any gets a second, so a partial benchmark already
+    # covers all models.
+    todo = [(m, s) for s in args.seeds for m in args.models if (m, args.dataset, s) not in done]
     skipped = len(args.models) * len(args.seeds) - len(todo)
     if skipped:
         log.info("skipping %d finished run(s) already in %s", skipped, csv_path)
@@ -458,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             m, s = futures[fut]
             try:
                 row = fut.result()
-            except Exception as exc:  # one failed run must not lose the others
+            except Exception as exc:  # noqa: BLE001  (one failed run must not lose the others)
                 log.error("%s", exc)
                 failures.append(f"{m} seed {s}: {exc}")
                 continue

@@ -9,10 +9,24 @@ from models.mfm import MFM, SequenceDecoder, masked_mse, mmd_kernel, mmd_loss
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 LENS = {"text": 5, "audio": 5, "vision": 5}
-TINY = dict(
-    text_hidden=4, audio_hidden=3, vision_hidden=4, memory_dim=5, attention_hidden=4, proposal_hidden=4,
-    retain_hidden=4, update_hidden=4, zy_dim=6, zt_dim=5, za_dim=4, zv_dim=4, fy_dim=5, ft_dim=3, fa_dim=2, fv_dim=3,
-)
+TINY = {
+    "text_hidden": 4,
+    "audio_hidden": 3,
+    "vision_hidden": 4,
+    "memory_dim": 5,
+    "attention_hidden": 4,
+    "proposal_hidden": 4,
+    "retain_hidden": 4,
+    "update_hidden": 4,
+    "zy_dim": 6,
+    "zt_dim": 5,
+    "za_dim": 4,
+    "zv_dim": 4,
+    "fy_dim": 5,
+    "ft_dim": 3,
+    "fa_dim": 2,
+    "fv_dim": 3,
+}
 
 
 def _batch(b: int = 4, lengths: tuple[int, ...] = (5, 3, 5, 2)) -> dict[str, torch.Tensor]:
@@ -27,15 +41,19 @@ def _batch(b: int = 4, lengths: tuple[int, ...] = (5, 3, 5, 2)) -> dict[str, tor
 
 def test_mmd_kernel_matches_formula() -> None:
     x, y = torch.randn(3, 4), torch.randn(2, 4)
-    expected = torch.tensor([[torch.exp(-((x[i] - y[j]) ** 2).mean() / 4) for j in range(2)] for i in range(3)])
+    expected = torch.tensor(
+        [[torch.exp(-((x[i] - y[j]) ** 2).mean() / 4) for j in range(2)] for i in range(3)]
+    )
     torch.testing.assert_close(mmd_kernel(x, y), expected)
 
 
 def test_mmd_loss_zero_for_identical_samples_and_large_for_shifted_codes() -> None:
     z = torch.randn(64, 8)
     assert mmd_loss(z, prior=z).abs().item() < 1e-6
-    near = mmd_loss(torch.randn(256, 8, generator=torch.Generator().manual_seed(1)),
-                    prior=torch.randn(256, 8, generator=torch.Generator().manual_seed(2)))
+    near = mmd_loss(
+        torch.randn(256, 8, generator=torch.Generator().manual_seed(1)),
+        prior=torch.randn(256, 8, generator=torch.Generator().manual_seed(2)),
+    )
     far = mmd_loss(torch.randn(256, 8) + 5.0, prior=torch.randn(256, 8))
     assert far > 10 * near
 
@@ -58,8 +76,15 @@ def test_sequence_decoder_shape_and_autoregression() -> None:
 
 def test_mfm_training_forward_returns_weighted_losses_and_eval_none() -> None:
     torch.manual_seed(0)
-    net = MFM(DIMS, LENS, **TINY, mmd_weight=2.0, text_recon_weight=0.5, audio_recon_weight=0.0,
-              vision_recon_weight=1.0)
+    net = MFM(
+        DIMS,
+        LENS,
+        **TINY,
+        mmd_weight=2.0,
+        text_recon_weight=0.5,
+        audio_recon_weight=0.0,
+        vision_recon_weight=1.0,
+    )
     batch = _batch()
     out = net(batch)
     assert out["pred"].shape == (4,)

@@ -8,7 +8,7 @@ import torch
 from models.raven import RAVEN, shift_words, word_segments
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
-TINY = dict(frame_dim=5, nonverbal_hidden=4, sentence_hidden=5)
+TINY = {"frame_dim": 5, "nonverbal_hidden": 4, "sentence_hidden": 5}
 
 
 def _mask(lengths: list[int], width: int) -> torch.Tensor:
@@ -44,7 +44,9 @@ def test_shift_is_bounded_by_beta_times_word_norm() -> None:
     for shift in (big, small):
         moved = shift_words(words, shift, beta=0.2) - words
         assert (moved.norm(dim=-1) <= 0.2 * words.norm(dim=-1) + 1e-5).all()
-    torch.testing.assert_close(shift_words(words, small, beta=0.2), words + small)  # alpha = 1 for small shifts
+    torch.testing.assert_close(
+        shift_words(words, small, beta=0.2), words + small
+    )  # alpha = 1 for small shifts
     torch.testing.assert_close(shift_words(words, big, beta=0.0), words)
 
 
@@ -55,7 +57,9 @@ def _batch() -> dict[str, torch.Tensor]:
         "text": torch.randn(3, 4, 6, generator=g) * tm.unsqueeze(-1),
         "audio": torch.randn(3, 9, 3, generator=g) * am.unsqueeze(-1),
         "vision": torch.randn(3, 6, 4, generator=g) * vm.unsqueeze(-1),
-        "text_mask": tm, "audio_mask": am, "vision_mask": vm,
+        "text_mask": tm,
+        "audio_mask": am,
+        "vision_mask": vm,
     }
 
 
