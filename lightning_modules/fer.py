@@ -22,8 +22,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_modules.metrics_fer import FERMetrics
 from lightning_modules.optim import build_optimization
+from metrics.fer import FERMetrics
 
 __all__ = ["FERNet", "LitFER"]
 
