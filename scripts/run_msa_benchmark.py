@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.run_fer_experiment import _atomic_write
+from common.io import atomic_write
 
 log = logging.getLogger("run_msa_benchmark")
 
@@ -70,7 +70,7 @@ DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 DISPLAY = {"hgcl": "HGCL (ours)", "tfn": "TFN", "lmf": "LMF", "mfn": "MFN", "raven": "RAVEN", "mfm": "MFM",
            "mult": "MulT", "misa": "MISA", "mag_bert": "MAG-BERT", "self_mm": "Self-MM"}
 
-#: LitMSA metric key -> MMSA's name (metrics: lightning_modules/metrics_msa.py).
+#: LitMSA metric key -> MMSA's name (metrics: metrics/msa.py).
 METRICS = {
     "acc2_has0": "Has0_acc_2", "acc2_non0": "Non0_acc_2", "f1_has0": "Has0_F1_score", "f1_non0": "Non0_F1_score",
     "acc5": "Mult_acc_5", "acc7": "Mult_acc_7", "mae": "MAE", "corr": "Corr", "mse": "MSE",
@@ -294,7 +294,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue())
+    with atomic_write(path, "w", newline="") as f:
+        f.write(buf.getvalue())
 
 
 def summarise(rows: list[dict[str, Any]], dataset: str) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -374,12 +375,9 @@ def write_chart(summary: dict[str, dict[str, tuple[float, float, int]]], path: P
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None:
@@ -388,7 +386,7 @@ def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None
         lines += [note, ""]
     lines += [("Test split, best-on-validation checkpoint of each run; mean ± sample standard deviation over seeds "
               "(accuracies and F1 in %). Metric definitions: MMSA's `__eval_mosei_regression` "
-              "(lightning_modules/metrics_msa.py)."), ""]
+              "(metrics/msa.py)."), ""]
     for dataset in DATASETS:
         summary = summarise(rows, dataset)
         if not summary:
@@ -398,7 +396,8 @@ def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None
                   f"### The HGCL paper's layout ({table})", "", *paper_table(summary, dataset), "", PAPER_MAPPING,
                   "", f"Chart: `results_{dataset}.png`.", ""]
         write_chart(summary, out / f"results_{dataset}.png", f"{dataset.upper()}: mean ± std over seeds")
-    _atomic_write(out / "results.md", "\n".join(lines))
+    with atomic_write(out / "results.md", "w") as f:
+        f.write("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------- main
