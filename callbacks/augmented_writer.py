@@ -23,7 +23,7 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from common.choices import check_choices
+from common.io import atomic_write
 from metrics.generation import QualityFilter
 
 log = logging.getLogger(__name__)
@@ -79,15 +81,12 @@ class AugmentedImageWriter(BasePredictionWriter):
         output_root: str,
         data_root: str | None = None,
         class_names: list[str] | None = None,
-        image_mode: str = "L",
+        image_mode: Literal["L", "RGB"] = "L",
         quality: QualityFilter | None = None,
-        progress: str = "rich",
+        progress: Literal["rich", "none"] = "rich",
     ) -> None:
+        check_choices(AugmentedImageWriter, locals())
         super().__init__(write_interval="batch")
-        if image_mode not in ("L", "RGB"):
-            raise ValueError(f"AugmentedImageWriter: image_mode must be 'L' or 'RGB', got {image_mode!r}")
-        if progress not in ("rich", "none"):
-            raise ValueError(f"AugmentedImageWriter: progress must be 'rich' or 'none', got {progress!r}")
         self.output_root = check_output_root(output_root, data_root)
         self.data_root = data_root
         self.class_names = class_names
@@ -167,14 +166,9 @@ class AugmentedImageWriter(BasePredictionWriter):
 
     # ------------------------------------------------------------------ writing
     def _save_png(self, array: np.ndarray, final: Path) -> None:
-        """Atomic PNG write: temp file in the same folder, then ``os.replace``."""
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        try:
-            Image.fromarray(array, mode=None).save(tmp, format="PNG")
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Atomic PNG write (:func:`common.io.atomic_write`)."""
+        with atomic_write(final) as f:
+            Image.fromarray(array, mode=None).save(f, format="PNG")
 
     def _append_manifest(self, records: list[dict]) -> None:
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
@@ -262,10 +256,9 @@ class AugmentedImageWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stop_progress()
         if trainer.is_global_zero:
-            summary = summarise_manifest(self.output_root)
-            tmp = self.output_root / f".{SUMMARY}.tmp"
-            tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-            os.replace(tmp, self.output_root / SUMMARY)
+            summary = summarize_augmentation_manifest(self.output_root)
+            with atomic_write(self.output_root / SUMMARY, "w") as f:
+                f.write(json.dumps(summary, indent=2, sort_keys=True))
             log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
             real = getattr(trainer.datamodule, "counts", None)
             if isinstance(real, dict) and real:
@@ -302,9 +295,8 @@ class AugmentedImageWriter(BasePredictionWriter):
         blank = torch.zeros(3, *size)
         grid = make_grid(torch.stack([t if t is not None else blank for t in tiles]), rows=len(files))
         final = self.output_root / "samples_grid.png"
-        tmp = self.output_root / ".samples_grid.tmp.png"
-        Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, final)
+        with atomic_write(final) as f:
+            Image.fromarray(grid).save(f, format="PNG")
         log.info("Sample grid (rows: %s) written to %s", ", ".join(sorted(files)), final)
         return final
 
@@ -318,14 +310,11 @@ class AugmentedImageWriter(BasePredictionWriter):
             "before (real train)": {c: {"real": n} for c, n in real_counts.items()},
             "after (real + generated)": {c: {"real": n, "generated": accepted.get(c, 0)} for c, n in real_counts.items()},
         }
-        final = self.output_root / "class_distribution.png"
-        tmp = self.output_root / ".class_distribution.tmp.png"
-        plot_class_distribution(counts, tmp, title="Train split before / after augmentation")
-        os.replace(tmp, final)
-        return final
+        return plot_class_distribution(counts, self.output_root / "class_distribution.png",
+                                       title="Train split before / after augmentation")
 
 
-def summarise_manifest(output_root: str | Path) -> dict[str, Any]:
+def summarize_augmentation_manifest(output_root: str | Path) -> dict[str, Any]:
     """Per-class ``accepted``/``rejected`` counts and rejection reasons of a manifest (all runs)."""
     per_class: dict[str, Counter] = {}
     path = Path(output_root) / MANIFEST

@@ -15,6 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
+from common.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 ClassCounts = dict[str, dict[str, dict[str, int]]]
@@ -57,7 +59,8 @@ def plot_class_distribution(counts: ClassCounts, path: str | Path, title: str = 
         ax.tick_params(axis="x", labelrotation=45)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=100, format="png")
     return path
 
 

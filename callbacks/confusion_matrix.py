@@ -7,10 +7,8 @@ learning emotions. J. Zhengzhou Univ. (Eng. Sci.), 2026, 47(3): 126-133.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -18,11 +16,15 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from common.choices import check_choices
+from common.io import atomic_write
+
 __all__ = ["ConfusionMatrixLogger", "plot_confusion_matrix", "save_figure_atomic"]
 
 log = logging.getLogger(__name__)
 
-NORMALIZE = ("true", "none")
+Normalize = Literal["true", "none"]
+NORMALIZE = get_args(Normalize)
 
 
 def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str = "true", title: str = ""):
@@ -63,16 +65,9 @@ def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str
 
 
 def save_figure_atomic(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temporary file + rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Save a matplotlib figure as PNG through :func:`common.io.atomic_write` (never a half-written file)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=120, format="png")
 
 
 class ConfusionMatrixLogger(Callback):
@@ -91,11 +86,13 @@ class ConfusionMatrixLogger(Callback):
     """
 
     def __init__(
-        self, dirpath: str | None = None, stages: tuple[str, ...] = ("val", "test"), normalize: str = "true"
+        self,
+        dirpath: str | None = None,
+        stages: tuple[Literal["val", "test"], ...] = ("val", "test"),
+        normalize: Normalize = "true",
     ) -> None:
         super().__init__()
-        if normalize not in NORMALIZE:
-            raise ValueError(f"ConfusionMatrixLogger: normalize must be one of {NORMALIZE}, got {normalize!r}")
+        check_choices(ConfusionMatrixLogger, locals())
         bad = [s for s in stages if s not in ("val", "test")]
         if bad:
             raise ValueError(f"ConfusionMatrixLogger: stages must be 'val' and/or 'test', got {bad}")

@@ -11,6 +11,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from common.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -67,9 +69,8 @@ class DiffusionSampleLogger(Callback):
         folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch_{trainer.current_epoch:03d}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(grid).save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            Image.fromarray(grid).save(f, format="PNG")
         self.last_path = path
         for lg in trainer.loggers:
             if hasattr(lg, "log_image"):

@@ -12,35 +12,28 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from common.choices import check_choices
+from common.io import atomic_write
+
 __all__ = ["EmotionTimelineWriter"]
 
 log = logging.getLogger(__name__)
 
-OVERWRITE = ("never", "replace")
-PLOTS = ("per_source", "none")
-X_AXES = ("time", "frame")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+Overwrite = Literal["never", "replace"]
+OVERWRITE = get_args(Overwrite)
+Plot = Literal["per_source", "none"]
+PLOTS = get_args(Plot)
+XAxis = Literal["time", "frame"]
+X_AXES = get_args(XAxis)
 
 
 def _safe_stem(source: str) -> str:
@@ -72,18 +65,13 @@ class EmotionTimelineWriter(BasePredictionWriter):
         self,
         output_dir: str,
         csv_name: str = "emotions.csv",
-        plot: str = "per_source",
-        x_axis: str = "time",
-        overwrite: str = "never",
+        plot: Plot = "per_source",
+        x_axis: XAxis = "time",
+        overwrite: Overwrite = "never",
         max_faces: int = 8,
     ) -> None:
+        check_choices(EmotionTimelineWriter, locals())
         super().__init__(write_interval="batch")
-        if overwrite not in OVERWRITE:
-            raise ValueError(f"EmotionTimelineWriter: overwrite must be one of {OVERWRITE}, got {overwrite!r}")
-        if plot not in PLOTS:
-            raise ValueError(f"EmotionTimelineWriter: plot must be one of {PLOTS}, got {plot!r}")
-        if x_axis not in X_AXES:
-            raise ValueError(f"EmotionTimelineWriter: x_axis must be one of {X_AXES}, got {x_axis!r}")
         if not csv_name.endswith(".csv"):
             raise ValueError(f"EmotionTimelineWriter: csv_name must end with .csv, got {csv_name!r}")
         self.output_dir = Path(output_dir)
@@ -160,7 +148,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
         csv_path = self.output_dir / self._rank_name(trainer, self.csv_name)
         plots = self._plot_paths(trainer, data) if self.plot == "per_source" else {}
         self._check_free([csv_path, *plots.values()])
-        _atomic_write_text(csv_path, self._csv_text(data, names))
+        with atomic_write(csv_path, "w", newline="") as fh:
+            fh.write(self._csv_text(data, names))
         self.written.append(csv_path)
         for source, path in plots.items():
             self._plot_source(data, source, names, path)

@@ -39,10 +39,11 @@ def literal_options(fn: Callable) -> dict[str, tuple]:
     for name, ann in getattr(fn, "__annotations__", {}).items():
         if name == "return":
             continue
-        if isinstance(ann, str):
-            if "Literal" not in ann:
+        if isinstance(ann, str):  # postponed annotation (``from __future__ import annotations``)
+            try:
+                ann = eval(ann, fn.__globals__)  # the module's own annotation text, not user input
+            except Exception:  # noqa: BLE001, S112 - e.g. a name imported only under TYPE_CHECKING: not a Literal
                 continue
-            ann = eval(ann, fn.__globals__)  # the module's own annotation text, not user input
         opts = _options(ann)
         if opts is not None:
             out[name] = opts

@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -32,6 +33,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
+from common.choices import check_choices
+from common.io import atomic_write
 from datamodules.datasets.images import (
     SPLITS,
     FaceBatchTransform,
@@ -125,13 +128,13 @@ class FERDataModule(LightningDataModule):
         root: str,
         class_names: list[str],
         class_aliases: dict[str, str] | None = None,
-        unknown_folders: str = "error",
+        unknown_folders: Literal["error", "ignore"] = "error",
         extra_roots: list[str] | None = None,
         image_size: int = 112,
         face_detection: str = "haar",
         face_margin: float = 0.2,
         no_face: str = "keep",
-        on_bad_image: str = "skip",
+        on_bad_image: Literal["skip", "error"] = "skip",
         background: str = "black",
         descriptor: str = "sun",
         lbp_points: int = 8,
@@ -141,13 +144,13 @@ class FERDataModule(LightningDataModule):
         sun_ratio: float = 1.6,
         sun_channels: str = "intensity",
         sun_params_file: str | None = None,
-        split: str = "stratified",
+        split: Literal["stratified", "group"] = "stratified",
         split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
         subject_pattern: str | None = None,
         split_file: str | None = None,
-        resplit: str = "never",
+        resplit: Literal["never", "always"] = "never",
         cache_dir: str | None = None,
-        sampler: str = "none",
+        sampler: Literal["none", "class_balanced"] = "none",
         hflip_prob: float = 0.5,
         affine_degrees: float = 10.0,
         affine_translate: float = 0.05,
@@ -164,28 +167,17 @@ class FERDataModule(LightningDataModule):
         seed: int = 42,
         predict_source: str | None = None,
         predict_every_n_frames: int = 1,
-        progress: str = "rich",
+        progress: Literal["rich", "none"] = "rich",
     ) -> None:
         super().__init__()
+        check_choices(FERDataModule, locals())
         name = type(self).__name__
         if not class_names or len(set(class_names)) != len(class_names):
             raise ValueError(
                 f"{name}: class_names must be a non-empty list of unique names, got {class_names}"
             )
-        if split not in ("stratified", "group"):
-            raise ValueError(f"{name}: split must be 'stratified' or 'group', got {split!r}")
         if split == "group" and not subject_pattern:
             raise ValueError(f"{name}: split='group' needs subject_pattern (e.g. '^(S\\d+)_' for CK+)")
-        if resplit not in ("never", "always"):
-            raise ValueError(f"{name}: resplit must be 'never' or 'always', got {resplit!r}")
-        if sampler not in ("none", "class_balanced"):
-            raise ValueError(f"{name}: sampler must be 'none' or 'class_balanced', got {sampler!r}")
-        if unknown_folders not in ("error", "ignore"):
-            raise ValueError(f"{name}: unknown_folders must be 'error' or 'ignore', got {unknown_folders!r}")
-        if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"{name}: on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-        if progress not in ("rich", "none"):
-            raise ValueError(f"{name}: progress must be 'rich' or 'none', got {progress!r}")
         if batch_size < 1 or num_workers < 0 or predict_every_n_frames < 1:
             raise ValueError(f"{name}: batch_size and predict_every_n_frames must be >= 1, num_workers >= 0")
         if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
@@ -397,9 +389,8 @@ class FERDataModule(LightningDataModule):
         for e, target in _progress(todo, f"Descriptor maps ({hp.descriptor})", hp.progress == "rich"):
             crop = np.load(self._crop_path(cache, e))
             m = to_uint8_map(compute_descriptor(crop, self._desc_settings, sun))
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, m)
-            tmp.replace(target)
+            with atomic_write(target) as f:
+                np.save(f, m)
         log.info(
             "Descriptor maps (%s): %d computed, %d cached in %s",
             hp.descriptor,

@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from features.mmsa_format import MMSAData, MMSADataError, load_mmsa, missing_file_message
 
-__all__ = ["MOSEIDataModule"]
+__all__ = ["MMSADataModule", "MOSEIDataModule"]
 
 log = logging.getLogger(__name__)
 
 
-class MOSEIDataModule(pl.LightningDataModule):
-    """CMU-MOSI / CMU-MOSEI sentiment data from an MMSA (``aligned_50.pkl`` / ``unaligned_50.pkl``) or MulT
+class MMSADataModule(pl.LightningDataModule):
+    """CMU-MOSI / CMU-MOSEI (named for the MMSA file format it reads, not for one dataset) sentiment data from an MMSA (``aligned_50.pkl`` / ``unaligned_50.pkl``) or MulT
     (``mosi_data.pkl`` / ``mosei_senti_data.pkl``) feature file, or the pickle-free ``.npz`` made by
     ``python -m features.convert_mmsa``.
 
@@ -57,12 +57,12 @@ class MOSEIDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset_name is not None and dataset_name.lower() not in ("mosi", "mosei"):
-            raise ValueError(f"MOSEIDataModule: dataset_name must be 'mosi', 'mosei' or None, got {dataset_name!r}")
+            raise ValueError(f"MMSADataModule: dataset_name must be 'mosi', 'mosei' or None, got {dataset_name!r}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"MOSEIDataModule: batch sizes must be >= 1, got batch_size={batch_size}, "
+            raise ValueError(f"MMSADataModule: batch sizes must be >= 1, got batch_size={batch_size}, "
                              f"eval_batch_size={eval_batch_size}")
         if num_workers < 0:
-            raise ValueError(f"MOSEIDataModule: num_workers must be >= 0, got {num_workers}")
+            raise ValueError(f"MMSADataModule: num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self._data: MMSAData | None = None
         self._datasets: dict[str, MMSADataset] = {}
@@ -83,7 +83,7 @@ class MOSEIDataModule(pl.LightningDataModule):
     @property
     def data(self) -> MMSAData:
         if self._data is None:
-            raise RuntimeError("MOSEIDataModule: call setup() before reading the data-derived properties")
+            raise RuntimeError("MMSADataModule: call setup() before reading the data-derived properties")
         return self._data
 
     @property
@@ -143,3 +143,7 @@ class MOSEIDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+#: Former name (it loads MOSI as well as MOSEI); kept so saved configs (``datamodules.mosei.MOSEIDataModule``) load.
+MOSEIDataModule = MMSADataModule

@@ -11,7 +11,7 @@ dtypes and plain containers; anything else is refused before it runs). The desti
 ``np.load(..., allow_pickle=False)`` and restores every array with its dtype and shape, object-string arrays, lists
 and scalars. After writing, the file is read back and compared with the source; any difference is an error and the
 output is removed. The source file is never modified; the output is written atomically and an existing output is
-only replaced with ``--overwrite``. ``MOSEIDataModule(path=...)`` reads either form.
+only replaced with ``--overwrite``. ``MMSADataModule(path=...)`` reads either form.
 """
 
 from __future__ import annotations

@@ -32,16 +32,21 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 from scipy.optimize import brentq
 from scipy.special import gammaln
 
+from common.choices import check_choices
+
 log = logging.getLogger(__name__)
 
-DESCRIPTORS = ("sun", "spectral_residual", "lbp", "energy", "none")
-SUN_CHANNELS = ("intensity", "opponent")
+Descriptor = Literal["sun", "spectral_residual", "lbp", "energy", "none"]
+DESCRIPTORS = get_args(Descriptor)
+SunChannels = Literal["intensity", "opponent"]
+SUN_CHANNELS = get_args(SunChannels)
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -106,7 +111,7 @@ def dog_responses(
     rgb: np.ndarray,
     sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     ratio: float = 1.6,
-    channels: str = "intensity",
+    channels: SunChannels = "intensity",
 ) -> np.ndarray:
     """Responses of the DoG filter bank, ``G_{k sigma} * c - G_{sigma} * c`` negated (centre minus surround).
 
@@ -119,8 +124,7 @@ def dog_responses(
     Shapes:
         rgb: ``[H, W, 3]`` uint8 -> ``[K, H, W]`` float32 with ``K = len(sigmas) * n_channels``.
     """
-    if channels not in SUN_CHANNELS:
-        raise ValueError(f"dog_responses: channels must be one of {SUN_CHANNELS}, got {channels!r}")
+    check_choices(dog_responses, locals())
     x = (rgb.astype(np.float32) / 255.0) if rgb.ndim == 3 else (rgb.astype(np.float32)[:, :, None] / 255.0)
     if x.shape[2] == 1:
         x = np.repeat(x, 3, axis=2)
@@ -264,23 +268,16 @@ def sun_map(rgb: np.ndarray, params: SUNParams) -> np.ndarray:
 class DescriptorSettings:
     """Which descriptor to compute and its parameters (hashed into the descriptor cache key)."""
 
-    descriptor: str = "sun"
+    descriptor: Descriptor = "sun"
     lbp_points: int = 8
     lbp_radius: float = 1.0
     energy_sigma: float = 2.0
     sun_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     sun_ratio: float = 1.6
-    sun_channels: str = "intensity"
+    sun_channels: SunChannels = "intensity"
 
     def __post_init__(self) -> None:
-        if self.descriptor not in DESCRIPTORS:
-            raise ValueError(
-                f"DescriptorSettings: descriptor must be one of {DESCRIPTORS}, got {self.descriptor!r}"
-            )
-        if self.sun_channels not in SUN_CHANNELS:
-            raise ValueError(
-                f"DescriptorSettings: sun_channels must be one of {SUN_CHANNELS}, got {self.sun_channels!r}"
-            )
+        check_choices(DescriptorSettings, vars(self))
         if not self.sun_sigmas or min(self.sun_sigmas) <= 0 or self.sun_ratio <= 1.0:
             raise ValueError("DescriptorSettings: sun_sigmas must be positive and sun_ratio > 1")
 

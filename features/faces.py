@@ -26,17 +26,23 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
+from common.choices import check_choices
+from common.io import atomic_write
 from features.images import BadImageError, ImageRecord, load_image_rgb
 
 log = logging.getLogger(__name__)
 
-FACE_DETECTIONS = ("haar", "none")
-NO_FACE_POLICIES = ("keep", "skip")
-BAD_IMAGE_POLICIES = ("skip", "error")
+FaceDetection = Literal["haar", "none"]
+FACE_DETECTIONS = get_args(FaceDetection)
+NoFacePolicy = Literal["keep", "skip"]
+NO_FACE_POLICIES = get_args(NoFacePolicy)
+BadImagePolicy = Literal["skip", "error"]
+BAD_IMAGE_POLICIES = get_args(BadImagePolicy)
 #: Bump when the crop algorithm changes so old caches are not reused.
 CACHE_VERSION = 1
 
@@ -154,28 +160,17 @@ class FaceCropSettings:
     """
 
     image_size: int = 112
-    face_detection: str = "haar"
+    face_detection: FaceDetection = "haar"
     margin: float = 0.2
-    no_face: str = "keep"
-    background: str = "black"
+    no_face: NoFacePolicy = "keep"
+    background: Literal["black", "white"] = "black"
     cascade: str = "haarcascade_frontalface_default.xml"
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_size_frac: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.face_detection not in FACE_DETECTIONS:
-            raise ValueError(
-                f"FaceCropSettings: face_detection must be one of {FACE_DETECTIONS}, got {self.face_detection!r}"
-            )
-        if self.no_face not in NO_FACE_POLICIES:
-            raise ValueError(
-                f"FaceCropSettings: no_face must be one of {NO_FACE_POLICIES}, got {self.no_face!r}"
-            )
-        if self.background not in ("black", "white"):
-            raise ValueError(
-                f"FaceCropSettings: background must be 'black' or 'white', got {self.background!r}"
-            )
+        check_choices(FaceCropSettings, vars(self))
         if self.image_size < 8:
             raise ValueError(f"FaceCropSettings: image_size must be >= 8, got {self.image_size}")
         if self.margin < 0:
@@ -219,12 +214,9 @@ def read_manifest(path: str | Path) -> dict[str, dict]:
 
 
 def write_manifest(path: str | Path, entries: Iterable[dict]) -> None:
-    """Rewrite the manifest atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Rewrite the manifest atomically (:func:`common.io.atomic_write`)."""
+    with atomic_write(path, "w") as f:
         f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in entries)
-    os.replace(tmp, path)
 
 
 def _progress(items: Sequence, description: str, enabled: bool) -> Iterator:
@@ -252,8 +244,8 @@ def preprocess_faces(
     cache_dir: str | Path,
     settings: FaceCropSettings,
     roots: dict[str, str] | None = None,
-    on_bad_image: str = "skip",
-    progress: str = "rich",
+    on_bad_image: BadImagePolicy = "skip",
+    progress: Literal["rich", "none"] = "rich",
     detector: HaarFaceDetector | None = None,
 ) -> dict[str, dict]:
     """Detect, crop and cache every record once; reuse the cache for unchanged files.
@@ -275,12 +267,7 @@ def preprocess_faces(
     Returns:
         Manifest entries for ``records``, keyed by source path.
     """
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(
-            f"preprocess_faces: on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}"
-        )
-    if progress not in ("rich", "none"):
-        raise ValueError(f"preprocess_faces: progress must be 'rich' or 'none', got {progress!r}")
+    check_choices(preprocess_faces, locals())
     cache_dir = Path(cache_dir)
     (cache_dir / "faces").mkdir(parents=True, exist_ok=True)
     manifest_path = cache_dir / "manifest.jsonl"
@@ -367,9 +354,8 @@ def preprocess_faces(
         rel_file = f"faces/{entry['sha1']}-{settings_hash(sdict)}.npy"
         target = cache_dir / rel_file
         if not target.is_file():
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, crop)
-            os.replace(tmp, target)
+            with atomic_write(target) as f:
+                np.save(f, crop)
         entry["cache_file"] = rel_file
         out[rec.path] = entry
     if dirty:
@@ -390,7 +376,7 @@ def preprocess_faces(
     return out
 
 
-def summarize_manifest(entries: Iterable[dict]) -> dict[str, int]:
+def summarize_face_manifest(entries: Iterable[dict]) -> dict[str, int]:
     """Counts: ``ok``, ``skipped:<reason>``, ``no_face_kept``, ``cached``, ``processed``."""
     c: Counter = Counter()
     for e in entries:

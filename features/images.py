@@ -14,9 +14,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.choices import check_choices
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def scan_class_folders(
     root: str | Path,
     class_names: Sequence[str],
     class_aliases: dict[str, str] | None = None,
-    unknown_folders: str = "error",
+    unknown_folders: Literal["error", "ignore"] = "error",
     origin: str = REAL_ORIGIN,
     require_all_classes: bool = True,
 ) -> list[ImageRecord]:
@@ -96,10 +99,7 @@ def scan_class_folders(
             an empty folder is almost always a failed copy, and silently training without a class is worse),
             loose files directly in ``root``, or an alias to a class that is not in ``class_names``.
     """
-    if unknown_folders not in ("error", "ignore"):
-        raise ValueError(
-            f"scan_class_folders: unknown_folders must be 'error' or 'ignore', got {unknown_folders!r}"
-        )
+    check_choices(scan_class_folders, locals())
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Image root {str(root)!r} does not exist or is not a directory")
@@ -176,7 +176,7 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     return np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
 
 
-def pil_to_rgb_array(image: Image.Image, background: str = "black") -> np.ndarray:
+def pil_to_rgb_array(image: Image.Image, background: Literal["black", "white"] = "black") -> np.ndarray:
     """Convert any PIL image to 8-bit RGB.
 
     * ``1``/``L``/``P``/``RGB``/``CMYK``/``YCbCr``/``LAB``/``HSV``: PIL's own conversion (palette looked up).
@@ -193,8 +193,7 @@ def pil_to_rgb_array(image: Image.Image, background: str = "black") -> np.ndarra
     Returns:
         ``[H, W, 3]`` uint8 array.
     """
-    if background not in ("black", "white"):
-        raise ValueError(f"pil_to_rgb_array: background must be 'black' or 'white', got {background!r}")
+    check_choices(pil_to_rgb_array, locals())
     mode = image.mode
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"

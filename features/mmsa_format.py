@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -42,6 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common import MODALITIES
+from common.io import atomic_write
+
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
     from numpy._core import numeric as _np_numeric
@@ -50,9 +52,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
 
 __all__ = [
+    "FILE_SPLITS",
     "LABEL_RANGE",
     "MODALITIES",
-    "SPLITS",
     "STANDARD_SPLIT_SIZES",
     "MMSAData",
     "MMSADataError",
@@ -70,8 +72,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, str, str] = ("train", "valid", "test")
-MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
+#: Split keys as the MMSA files store them ("valid", MMSA's spelling); the datamodule serves "valid" as
+#: Lightning's "val" stage (datamodules.datasets.images.SPLITS names the stages of the face pipeline).
+FILE_SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 
 #: Standard split sizes (train, valid, test) per schema and dataset.
@@ -296,20 +299,8 @@ def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | 
     header = {"format": NPZ_FORMAT, "version": NPZ_VERSION, "schema": schema, "source": Path(src).name,
               "tree": tree}
     arrays[NPZ_HEADER_KEY] = np.asarray(json.dumps(header))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, allow_pickle=False, **arrays)
     return path
 
 
@@ -360,7 +351,7 @@ def load_feature_file(path: str | os.PathLike) -> dict[str, Any]:
     data = load_npz(path) if magic.startswith(b"PK") else restricted_pickle_load(path)
     if not isinstance(data, Mapping):
         raise MMSADataError(f"{path}: top level is a {type(data).__name__}, expected a dict with splits "
-                            f"{list(SPLITS)}.")
+                            f"{list(FILE_SPLITS)}.")
     return data
 
 
@@ -599,7 +590,7 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     if dataset_name is not None and dataset_name.lower() not in ("mosi", "mosei"):
         raise ValueError(f"load_mmsa: dataset_name must be 'mosi', 'mosei' or None, got {dataset_name!r}")
     raw = load_feature_file(path)
-    missing = [s for s in SPLITS if s not in raw]
+    missing = [s for s in FILE_SPLITS if s not in raw]
     if missing:
         raise MMSADataError(f"{path}: missing split(s) {missing} (top-level keys: {sorted(map(str, raw))}).")
     schema = detect_schema(raw, path)
@@ -607,7 +598,7 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     splits: dict[str, MMSASplit] = {}
     counts: dict[str, dict[str, int]] = {}
     alignment: dict[str, bool] = {}
-    for split in SPLITS:
+    for split in FILE_SPLITS:
         splits[split], counts[split], alignment[split] = _build_split(raw[split], split, schema, str(path))
     del raw
 
@@ -615,13 +606,13 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
         raise MMSADataError(f"{path}: splits disagree on alignment (audio_lengths/vision_lengths present in "
                             f"{[s for s, a in alignment.items() if not a]} only).")
     for m in MODALITIES:
-        dims = {s: int(getattr(splits[s], m).shape[2]) for s in SPLITS}
+        dims = {s: int(getattr(splits[s], m).shape[2]) for s in FILE_SPLITS}
         if len(set(dims.values())) > 1:
             raise MMSADataError(f"{path}: feature dim of '{m}' differs between splits: {dims}.")
-        lens = {s: int(getattr(splits[s], m).shape[1]) for s in SPLITS}
+        lens = {s: int(getattr(splits[s], m).shape[1]) for s in FILE_SPLITS}
         if len(set(lens.values())) > 1:
             raise MMSADataError(f"{path}: sequence length of '{m}' differs between splits: {lens}.")
-    tb = {s: splits[s].text_bert is not None for s in SPLITS}
+    tb = {s: splits[s].text_bert is not None for s in FILE_SPLITS}
     if len(set(tb.values())) > 1:
         raise MMSADataError(f"{path}: 'text_bert' is present in some splits only: {tb}.")
 
@@ -637,7 +628,7 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
              path, schema, "aligned" if data.aligned else "unaligned", data.split_sizes, data.feature_dims,
              data.seq_lens, total_bad, counts if total_bad else "")
     if dataset_name is not None:
-        expected = dict(zip(SPLITS, STANDARD_SPLIT_SIZES[schema][dataset_name.lower()]))
+        expected = dict(zip(FILE_SPLITS, STANDARD_SPLIT_SIZES[schema][dataset_name.lower()]))
         if expected != data.split_sizes:
             msg = (f"{path}: split sizes {data.split_sizes} differ from the standard {dataset_name} "
                    f"({schema} format) sizes {expected}; results will not be comparable with published ones.")

@@ -55,14 +55,16 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from features.mmsa_format import SPLITS, save_npz
+from common.choices import check_choices
+from common.io import atomic_write
+from common.tensors import masked_mean
+from features.mmsa_format import FILE_SPLITS, save_npz
 
 __all__ = [
     "NEGATIVE_WORDS",
@@ -122,7 +124,7 @@ def read_real_labels(labels_dir: str | os.PathLike, dataset: str) -> dict[str, d
     """
     labels_dir = Path(labels_dir)
     out: dict[str, dict[str, list]] = {s: {"video": [], "clip": [], "start": [], "end": [], "label": []}
-                                       for s in SPLITS}
+                                       for s in FILE_SPLITS}
     if dataset == "mosi":
         import h5py
 
@@ -131,7 +133,7 @@ def read_real_labels(labels_dir: str | os.PathLike, dataset: str) -> dict[str, d
             if not f.is_file():
                 raise FileNotFoundError(f"{f}: MOSI label file not found (needed by --labels-from)")
         folds = json.loads(folds_file.read_text())
-        video_split = {v: s for s in SPLITS for v in folds[f"standard_{s}_fold"]}
+        video_split = {v: s for s in FILE_SPLITS for v in folds[f"standard_{s}_fold"]}
         dropped = 0
         with h5py.File(csd, "r") as h5:
             group = h5["Opinion Segment Labels"]["data"]
@@ -193,10 +195,6 @@ def _features(rng: np.random.Generator, basis: np.ndarray, mask: np.ndarray) -> 
     return x * mask[:, :, None]
 
 
-def _masked_mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
-
-
 def _random_lengths(rng: np.random.Generator, n: int, full: int, low_frac: float, minimum: int = 1) -> np.ndarray:
     low = min(full, max(minimum, round(full * low_frac)))
     return rng.integers(low, full + 1, size=n)
@@ -230,13 +228,13 @@ def _tokens(rng: np.random.Generator, text_mask: np.ndarray, p_text: np.ndarray)
 
 def generate_mmsa(
     *,
-    fmt: str = "mmsa",
-    alignment: str = "aligned",
+    fmt: Literal["mmsa", "mult"] = "mmsa",
+    alignment: Literal["aligned", "unaligned"] = "aligned",
     sizes: Sequence[int] = (96, 24, 40),
-    preset: str = "mosi",
+    preset: Literal["mosi", "mosei"] = "mosi",
     dims: Sequence[int] | None = None,
     seq_lens: Sequence[int] | None = None,
-    text_bert: str = "include",
+    text_bert: Literal["include", "omit"] = "include",
     labels_from: str | os.PathLike | None = None,
     max_per_split: int | None = None,
     seed: int = 0,
@@ -260,14 +258,7 @@ def generate_mmsa(
     Returns:
         ``{"train": {...}, "valid": {...}, "test": {...}}`` ready to pickle.
     """
-    if fmt not in ("mmsa", "mult"):
-        raise ValueError(f"generate_mmsa: fmt must be 'mmsa' or 'mult', got {fmt!r}")
-    if alignment not in ("aligned", "unaligned"):
-        raise ValueError(f"generate_mmsa: alignment must be 'aligned' or 'unaligned', got {alignment!r}")
-    if preset not in PRESETS:
-        raise ValueError(f"generate_mmsa: preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if text_bert not in ("include", "omit"):
-        raise ValueError(f"generate_mmsa: text_bert must be 'include' or 'omit', got {text_bert!r}")
+    check_choices(generate_mmsa, locals())
     dims = tuple(int(d) for d in (dims or PRESETS[preset]["dims" if fmt == "mmsa" else "dims_mult"]))
     lens = tuple(int(v) for v in (seq_lens or PRESETS[preset][alignment]))
     if len(dims) != 3 or len(lens) != 3 or min(dims) < 1 or min(lens) < 1:
@@ -283,7 +274,7 @@ def generate_mmsa(
     weights = np.array(SIGNAL_WEIGHTS + (NOISE_SD,))
 
     real = read_real_labels(labels_from, preset) if labels_from is not None else None
-    counts = [len(real[s]["label"]) for s in SPLITS] if real is not None else [int(n) for n in sizes]
+    counts = [len(real[s]["label"]) for s in FILE_SPLITS] if real is not None else [int(n) for n in sizes]
     if max_per_split is not None:
         counts = [min(c, max_per_split) for c in counts]
     est = sum(counts) * sum(d * v for d, v in zip(dims, lens)) * 4
@@ -291,7 +282,7 @@ def generate_mmsa(
         log.warning("about %.1f GB of float32 features will be generated (%d samples); consider --max-per-split "
                     "or smaller --dims", est / 2**30, sum(counts))
     data: dict[str, dict[str, Any]] = {}
-    for s_idx, split in enumerate(SPLITS):
+    for s_idx, split in enumerate(FILE_SPLITS):
         srng = np.random.default_rng([seed, s_idx])
         if real is not None:
             rec = real[split]
@@ -321,7 +312,7 @@ def generate_mmsa(
         masks = [text_mask, np.arange(la)[None, :] < a_len[:, None], np.arange(lv)[None, :] < v_len[:, None]]
 
         feats = [_features(srng, b, m) for b, m in zip(bases, masks)]
-        proj = np.stack([_masked_mean(x, m) @ b[:, 0] for x, m, b in zip(feats, masks, bases)], axis=1)  # [N, 3]
+        proj = np.stack([masked_mean(x, m) @ b[:, 0] for x, m, b in zip(feats, masks, bases)], axis=1)  # [N, 3]
         noise = srng.standard_normal(n)
         if rec is None:
             y = proj @ weights[:3] + NOISE_SD * noise
@@ -388,20 +379,8 @@ def write_feature_file(data: dict[str, Any], out: str | os.PathLike, *, overwrit
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
     if out.suffix == ".npz":
         return save_npz(data, out, source=out.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask = os.umask(0)
-        os.umask(_umask)
-        os.chmod(tmp, 0o666 & ~_umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as f:
+        pickle.dump(data, f, protocol=4)
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from common.choices import check_choices
 from models.diffusion import (
     PAIRINGS,
     ConditionalLatentUNet,
@@ -92,15 +93,14 @@ class LitVAE(LightningModule):
         sample_size: int = 32,
         pretrained_dir: str | None = None,
         kl_weight: float = 1e-4,
-        recon_loss: str = "l1",
+        recon_loss: Literal["l1", "mse"] = "l1",
         image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        if recon_loss not in RECON_LOSSES:
-            raise ValueError(f"LitVAE: recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        check_choices(LitVAE, locals())
         if kl_weight < 0:
             raise ValueError(f"LitVAE: kl_weight must be >= 0, got {kl_weight}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -230,7 +230,7 @@ class LitLDM(LightningModule):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         p_uncond: float = 0.1,
-        consistency: str = "triplet",
+        consistency: Literal["none", "triplet", "contrastive"] = "triplet",
         consistency_weight: float = 0.1,
         consistency_margin: float = 1.0,
         consistency_max_timestep: int = 300,
@@ -244,8 +244,7 @@ class LitLDM(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        if consistency not in CONSISTENCY:
-            raise ValueError(f"LitLDM: consistency must be one of {CONSISTENCY}, got {consistency!r}")
+        check_choices(LitLDM, locals())
         if consistency != "none" and consistency_encoder is None:
             raise ValueError(f"LitLDM: consistency={consistency!r} needs a consistency_encoder (or use 'none')")
         if not 0.0 <= p_uncond < 1.0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from common.choices import check_choices
 from lightning_modules.optim import build_optimization, build_param_groups
 from metrics.msa import MSAMetrics
 
@@ -62,15 +63,14 @@ class LitMSA(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/mae",
-        loss: str = "l1",
+        loss: Literal["l1", "mse", "smooth_l1"] = "l1",
         lr_multipliers: dict[str, float] | None = None,
         weight_decays: dict[str, float] | None = None,
         feature_dims: dict[str, int] | None = None,
         seq_lens: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
-        if loss not in _LOSSES:
-            raise ValueError(f"LitMSA: loss must be one of {sorted(_LOSSES)}, got {loss!r}")
+        check_choices(LitMSA, locals())
         self.save_hyperparameters()
         self.net_factory = net
         self.optimizer_factory = optimizer

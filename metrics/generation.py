@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -37,12 +38,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from common.choices import check_choices
 from models.frozen_classifier import ClassifierView
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DUPLICATE_METRICS = ("cosine", "mse", "none")
+DuplicateMetric = Literal["cosine", "mse", "none"]
+DUPLICATE_METRICS = get_args(DuplicateMetric)
 
 
 def load_image_folder(root: str | Path, class_names: list[str], size: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -196,7 +199,7 @@ class QualityFilter:
         self,
         classifier: nn.Module,
         min_confidence: float = 0.5,
-        duplicate_metric: str = "cosine",
+        duplicate_metric: DuplicateMetric = "cosine",
         duplicate_threshold: float = 0.995,
         reference_root: str | None = None,
         class_names: list[str] | None = None,
@@ -204,11 +207,9 @@ class QualityFilter:
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         image_size: int | None = None,
     ) -> None:
+        check_choices(QualityFilter, locals())
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"QualityFilter: min_confidence must be in [0, 1], got {min_confidence}")
-        if duplicate_metric not in DUPLICATE_METRICS:
-            raise ValueError(f"QualityFilter: duplicate_metric must be one of {DUPLICATE_METRICS}, got "
-                             f"{duplicate_metric!r}")
         if duplicate_metric != "none" and reference_root is None:
             raise ValueError("QualityFilter: duplicate_metric needs reference_root (the real training images)")
         if reference_root is not None and class_names is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 # saved run configs name `models.diffusion.FrozenImageEncoder`; the class lives in models/frozen_classifier.py
+from common.choices import check_choices
 from models.frozen_classifier import FrozenImageEncoder  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-PAIRINGS = ("triplet", "contrastive")
+Pairing = Literal["triplet", "contrastive"]
+PAIRINGS = get_args(Pairing)
 
 
 class ClassLabelEmbedding(nn.Module):
@@ -261,7 +264,7 @@ def contrastive_consistency_loss(
     z_real: Tensor,
     labels: Tensor,
     margin: float = 1.0,
-    pairing: str = "triplet",
+    pairing: Pairing = "triplet",
     mask: Tensor | None = None,
 ) -> Tensor:
     """Contrastive consistency loss of eq. (2), averaged over the anchors that take part.
@@ -303,8 +306,7 @@ def contrastive_consistency_loss(
     Shapes:
         x_gen, x_real: ``[B, F]``; z_gen, z_real: ``[B, ...]``; labels: ``[B]`` -> scalar.
     """
-    if pairing not in PAIRINGS:
-        raise ValueError(f"contrastive_consistency_loss: pairing must be one of {PAIRINGS}, got {pairing!r}")
+    check_choices(contrastive_consistency_loss, locals())
     if margin < 0:
         raise ValueError(f"contrastive_consistency_loss: margin must be >= 0, got {margin}")
     b = x_gen.shape[0]

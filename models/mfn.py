@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
 from models.msa_utils import MODALITIES, check_feature_dims
 
 __all__ = ["MFN"]
 
-_CELLS = ("lstm", "lsthm")
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -84,7 +84,7 @@ class MFN(nn.Module):
         audio_hidden: int = 32,
         vision_hidden: int = 256,
         memory_dim: int = 400,
-        cell: str = "lstm",
+        cell: Literal["lstm", "lsthm"] = "lstm",
         attention_hidden: int = 32,
         attention_dropout: float = 0.2,
         proposal_hidden: int = 64,
@@ -98,13 +98,10 @@ class MFN(nn.Module):
         head: Literal["mlp", "none"] = "mlp",
     ) -> None:
         super().__init__()
+        check_choices(MFN, locals())
         check_feature_dims("MFN", feature_dims)
         if seq_lens is not None:
             self._check_aligned({m: seq_lens[m] for m in MODALITIES if m in seq_lens}, "seq_lens")
-        if head not in ("mlp", "none"):
-            raise ValueError(f"MFN: head must be 'mlp' or 'none', got {head!r}")
-        if cell not in _CELLS:
-            raise ValueError(f"MFN: cell must be one of {_CELLS}, got {cell!r}")
         widths = (
             text_hidden,
             audio_hidden,

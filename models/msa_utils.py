@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.tfn import masked_mean
+from common import MODALITIES
+from common.tensors import masked_mean
 
 __all__ = [
     "MODALITIES",
@@ -26,8 +27,6 @@ __all__ = [
     "rnn_sequence",
     "zero_padding",
 ]
-
-MODALITIES = ("text", "audio", "vision")
 
 
 def check_feature_dims(owner: str, feature_dims: dict[str, int]) -> None:

@@ -35,17 +35,17 @@ masked mean of ``batch["text"]``, or of a local BERT run on ``batch["text_bert"]
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
 from models.msa_utils import check_feature_dims, load_local_encoder, masked_mean, rnn_final_state
 
 __all__ = ["SelfMM"]
 
-_POOLS = ("first", "mean")
 _SPACES = ("fusion", "text", "audio", "vision")
 
 
@@ -128,7 +128,7 @@ class SelfMM(nn.Module):
         feature_dims: dict[str, int],
         seq_lens: dict[str, int] | None = None,
         *,
-        text_pool: str = "first",
+        text_pool: Literal["first", "mean"] = "first",
         text_encoder: str | None = None,
         audio_rnn_hidden: int = 16,
         vision_rnn_hidden: int = 32,
@@ -149,9 +149,8 @@ class SelfMM(nn.Module):
         unimodal_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        check_choices(SelfMM, locals())
         check_feature_dims("SelfMM", feature_dims)
-        if text_pool not in _POOLS:
-            raise ValueError(f"SelfMM: text_pool must be one of {_POOLS}, got {text_pool!r}")
         widths = (
             audio_rnn_hidden,
             vision_rnn_hidden,

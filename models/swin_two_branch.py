@@ -67,19 +67,27 @@ Shapes:
 from __future__ import annotations
 
 import logging
+from typing import Literal, get_args
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
+
 log = logging.getLogger(__name__)
 
-FUSIONS = ("tile_concat", "add", "late")
-FUSION_CONVS = ("full", "separable")
-BRANCHES = ("two", "global")
-REFINES = ("residual", "replace", "none")
-INITS = ("zero", "default")
+Fusion = Literal["tile_concat", "add", "late"]
+FUSIONS = get_args(Fusion)
+FusionConv = Literal["full", "separable"]
+FUSION_CONVS = get_args(FusionConv)
+Branches = Literal["two", "global"]
+BRANCHES = get_args(Branches)
+Refine = Literal["residual", "replace", "none"]
+REFINES = get_args(Refine)
+Init = Literal["zero", "default"]
+INITS = get_args(Init)
 
 
 class StageFusion(nn.Module):
@@ -106,20 +114,13 @@ class StageFusion(nn.Module):
     def __init__(
         self,
         dim: int,
-        fusion: str = "tile_concat",
-        refine: str = "residual",
-        init: str = "zero",
-        fusion_conv: str = "full",
+        fusion: Literal["tile_concat", "add"] = "tile_concat",
+        refine: Refine = "residual",
+        init: Init = "zero",
+        fusion_conv: FusionConv = "full",
     ) -> None:
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"StageFusion: init must be one of {INITS}, got {init!r}")
-        if fusion not in ("tile_concat", "add"):
-            raise ValueError(f"StageFusion: fusion must be 'tile_concat' or 'add', got {fusion!r}")
-        if refine not in REFINES:
-            raise ValueError(f"StageFusion: refine must be one of {REFINES}, got {refine!r}")
-        if fusion_conv not in FUSION_CONVS:
-            raise ValueError(f"StageFusion: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
+        check_choices(StageFusion, locals())
         self.dim = dim
         self.fusion = fusion
         self.refine = refine
@@ -212,15 +213,17 @@ class TwoBranchSwin(nn.Module):
 
     Args:
         num_classes: Number of emotion classes.
-        model_name: timm Swin entry point whose defaults the explicit arguments below override (and whose weights a
-            ``pretrained_file`` must match).
-        img_size: Side of the square RGB input.
+        model_name: timm Swin entry point; it picks the architecture (``swin_base_patch4_window7_224`` builds a
+            Swin-B: its ``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``patch_size``, ``img_size``), and
+            a ``pretrained_file`` must match it. The six arguments below override its defaults when not ``None``.
+        img_size: Side of the square RGB input (``None``: the entry point's).
         local_img_size: Side of the square descriptor input; ``None`` means ``img_size``.
-        patch_size: Patch-embedding stride.
-        embed_dim: Channels ``C_1`` of stage 1 (doubles at each later stage).
-        depths: Swin blocks per stage (4 stages).
-        num_heads: Attention heads per stage; ``None`` uses ``max(1, C_i // 32)``.
-        window_size: Attention window side.
+        patch_size: Patch-embedding stride (``None``: the entry point's).
+        embed_dim: Channels ``C_1`` of stage 1, doubling at each later stage (``None``: the entry point's).
+        depths: Swin blocks per stage (``None``: the entry point's).
+        num_heads: Attention heads per stage; ``None`` takes the entry point's, or ``max(1, C_i // 32)`` when
+            ``embed_dim`` is given.
+        window_size: Attention window side (``None``: the entry point's).
         descriptor_chans: Channels of the descriptor map (1 for a saliency/LBP/energy map).
         fusion: ``"tile_concat"`` (eq. 3, the paper), ``"add"`` or ``"late"`` (ablations, see module docstring).
         fusion_conv: Eq. 3's convolution for ``"tile_concat"``: ``"full"`` (dense 3x3, the paper) or
@@ -245,45 +248,37 @@ class TwoBranchSwin(nn.Module):
         self,
         num_classes: int,
         model_name: str = "swin_tiny_patch4_window7_224",
-        img_size: int = 224,
+        img_size: int | None = None,
         local_img_size: int | None = None,
-        patch_size: int = 4,
-        embed_dim: int = 96,
-        depths: tuple[int, ...] = (2, 2, 6, 2),
-        num_heads: tuple[int, ...] | None = (3, 6, 12, 24),
-        window_size: int = 7,
+        patch_size: int | None = None,
+        embed_dim: int | None = None,
+        depths: tuple[int, ...] | None = None,
+        num_heads: tuple[int, ...] | None = None,
+        window_size: int | None = None,
         descriptor_chans: int = 1,
-        fusion: str = "tile_concat",
-        fusion_conv: str = "full",
-        branches: str = "two",
-        refine: str = "residual",
-        fusion_init: str = "zero",
+        fusion: Fusion = "tile_concat",
+        fusion_conv: FusionConv = "full",
+        branches: Branches = "two",
+        refine: Refine = "residual",
+        fusion_init: Init = "zero",
         pretrained_file: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"TwoBranchSwin: fusion must be one of {FUSIONS}, got {fusion!r}")
-        if fusion_conv not in FUSION_CONVS:
-            raise ValueError(f"TwoBranchSwin: fusion_conv must be one of {FUSION_CONVS}, got {fusion_conv!r}")
-        if branches not in BRANCHES:
-            raise ValueError(f"TwoBranchSwin: branches must be one of {BRANCHES}, got {branches!r}")
-        if fusion_init not in INITS:
-            raise ValueError(f"TwoBranchSwin: fusion_init must be one of {INITS}, got {fusion_init!r}")
-        if refine not in REFINES:
-            raise ValueError(f"TwoBranchSwin: refine must be one of {REFINES}, got {refine!r}")
+        check_choices(TwoBranchSwin, locals())
         if num_classes < 1:
             raise ValueError(f"TwoBranchSwin: num_classes must be >= 1, got {num_classes}")
-        depths = tuple(depths)
-        if num_heads is None:
-            num_heads = tuple(max(1, embed_dim * 2**i // 32) for i in range(len(depths)))
-        num_heads = tuple(num_heads)
-        if len(num_heads) != len(depths):
+        depths = None if depths is None else tuple(depths)
+        if num_heads is None and embed_dim is not None:
+            num_heads = tuple(max(1, embed_dim * 2**i // 32) for i in range(len(depths or (0,) * 4)))
+        num_heads = None if num_heads is None else tuple(num_heads)
+        if num_heads is not None and depths is not None and len(num_heads) != len(depths):
             raise ValueError(f"TwoBranchSwin: num_heads {num_heads} and depths {depths} differ in length")
-        for i, h in enumerate(num_heads):
-            if (embed_dim * 2**i) % h:
-                raise ValueError(f"TwoBranchSwin: stage {i} width {embed_dim * 2**i} not divisible by {h} heads")
+        if num_heads is not None and embed_dim is not None:
+            for i, h in enumerate(num_heads):
+                if (embed_dim * 2**i) % h:
+                    raise ValueError(f"TwoBranchSwin: stage {i} width {embed_dim * 2**i} not divisible by {h} heads")
         self.num_classes = num_classes
         self.fusion = fusion
         self.fusion_conv = fusion_conv if branches == "two" and fusion == "tile_concat" else None
@@ -291,28 +286,27 @@ class TwoBranchSwin(nn.Module):
         self.refine = refine
         self.inputs: tuple[str, ...] = ("image", "descriptor") if branches == "two" else ("image",)
 
-        common = {
-            "patch_size": patch_size,
-            "embed_dim": embed_dim,
-            "depths": depths,
-            "num_heads": num_heads,
-            "window_size": window_size,
-            "drop_path_rate": drop_path_rate,
-        }
+        # explicit arguments override the entry point's defaults; None keeps them
+        arch = {"patch_size": patch_size, "embed_dim": embed_dim, "depths": depths, "num_heads": num_heads,
+                "window_size": window_size}
+        common = {k: v for k, v in arch.items() if v is not None}
+        common["drop_path_rate"] = drop_path_rate
+        sizes = {"img_size": img_size} if img_size is not None else {}
+        local_size = local_img_size or img_size
+        local_sizes = {"img_size": local_size} if local_size is not None else {}
         late = branches == "two" and fusion == "late"
         # the global Swin owns the final norm + head (norm, pool, linear), except for late fusion
         self.global_branch = _create_swin(
-            model_name, pretrained_file, num_classes=0 if late else num_classes, in_chans=3, img_size=img_size,
-            drop_rate=drop_rate, **common,
+            model_name, pretrained_file, num_classes=0 if late else num_classes, in_chans=3, drop_rate=drop_rate,
+            **sizes, **common,
         )
         self.local_branch: nn.Module | None = None
         self.fusions = nn.ModuleList()
         self.late_head: nn.Module | None = None
-        dims = [embed_dim * 2**i for i in range(len(depths))]
+        dims = [int(f["num_chs"]) for f in self.global_branch.feature_info]
         if branches == "two":
             self.local_branch = _create_swin(
-                model_name, pretrained_file, num_classes=0, in_chans=descriptor_chans,
-                img_size=local_img_size or img_size, **common,
+                model_name, pretrained_file, num_classes=0, in_chans=descriptor_chans, **local_sizes, **common,
             )
             if late:
                 self.late_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(2 * dims[-1], num_classes))

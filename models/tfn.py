@@ -20,17 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-__all__ = ["TFN", "SubNet", "masked_mean"]
+from common.tensors import masked_mean
 
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over time of the valid steps only.
-
-    Shapes:
-        x: ``[B, L, D]``; mask: ``[B, L]`` bool (True = valid) -> ``[B, D]``.
-    """
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+__all__ = ["TFN", "SubNet"]
 
 
 class SubNet(nn.Module):

@@ -44,7 +44,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from callbacks.augmented_writer import AugmentedImageWriter, summarise_manifest
+from callbacks.augmented_writer import AugmentedImageWriter, summarize_augmentation_manifest
 from datamodules.fer import FERDataModule
 from datamodules.generation import GenerationDataModule, format_plan
 from lightning_modules.fer import LitFER
@@ -212,7 +212,7 @@ def main() -> None:
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
         ldm, datamodule=gen_dm, return_predictions=False, ckpt_path=None)
     print(format_plan(gen_dm.counts, gen_dm.plan))
-    summary = summarise_manifest(aug_root)
+    summary = summarize_augmentation_manifest(aug_root)
     timings["generate"] = time.time() - t0
 
     # quality of the generated set vs the real images (classifier features)

@@ -29,13 +29,14 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from common.io import atomic_write
 
 log = logging.getLogger("run_fer_experiment")
 
@@ -59,19 +60,13 @@ COLUMNS = ("model", "dataset", "seed", "accuracy", "mean_class_accuracy", "macro
            "params_m", "n_test")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_tables(rows: list[dict], out: Path, note: str) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "results.csv", buf.getvalue())
+    with atomic_write(out / "results.csv", "w", newline="") as fh:
+        fh.write(buf.getvalue())
     lines = [
         "# Face-expression experiment (test split, best-on-val checkpoint)",
         "",
@@ -88,7 +83,8 @@ def write_tables(rows: list[dict], out: Path, note: str) -> None:
             f"{r['n_test']} |"
         )
     lines += summary_lines(rows)
-    _atomic_write(out / "results.md", "\n".join(lines) + "\n")
+    with atomic_write(out / "results.md", "w", newline="") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def summary_lines(rows: list[dict]) -> list[str]:

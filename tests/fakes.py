@@ -2,7 +2,7 @@
 
 MOSI/MOSEI: :func:`write_mmsa_pickle` writes a tiny file in the exact MMSA (or MulT) schema with the planted,
 learnable signal of :mod:`features.synthetic_mmsa` (small dims by default: text 16, audio 5, vision 7, L = 8),
-deterministic by seed. Use it as ``MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path)))``.
+deterministic by seed. Use it as ``MMSADataModule(path=str(write_mmsa_pickle(tmp_path)))``.
 """
 
 from __future__ import annotations

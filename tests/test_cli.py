@@ -35,7 +35,7 @@ def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
                 "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
             },
         },
-        "data": {"class_path": "datamodules.mosei.MOSEIDataModule",
+        "data": {"class_path": "datamodules.mosei.MMSADataModule",
                  "init_args": {"path": str(data_path), "batch_size": 8}},
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 1,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -52,7 +52,21 @@ def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
 def test_every_experiment_config_parses_and_instantiates(config: Path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
-    assert cli.model is not None and cli.datamodule is not None
+    cfg = yaml.safe_load(config.read_text())
+    for obj, key in ((cli.model, "model"), (cli.datamodule, "data")):
+        # the YAML's classes are the ones built, and its scalar arguments reached them
+        assert f"{type(obj).__module__}.{type(obj).__qualname__}" == _resolve(cfg[key]["class_path"])
+        scalars = {k: v for k, v in cfg[key].get("init_args", {}).items() if isinstance(v, str | int | float | bool)}
+        assert {k: obj.hparams[k] for k in scalars} == scalars
+
+
+def _resolve(class_path: str) -> str:
+    """``module.Class`` of what a class path names (aliases such as ``MOSEIDataModule`` resolve to their class)."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def test_fit_writes_checkpoints_config_and_metric_keys(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _config(tmp_path: Path, data: Path, max_epochs: int) -> Path:
                                                                    "audio_hidden": 4, "vision_hidden": 4,
                                                                    "post_fusion_dim": 16, "dropout": 0.0}},
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.005}}}},
-        "data": {"class_path": "datamodules.mosei.MOSEIDataModule",
+        "data": {"class_path": "datamodules.mosei.MMSADataModule",
                  "init_args": {"path": str(data), "batch_size": 8, "eval_batch_size": 4}},
         "trainer": {"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,9 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from common.choices import check_choices
+
 log = logging.getLogger(__name__)
 
-#: Names of split partitions, in order.
+#: Names of the split partitions, in order; they are the Lightning stages ("val", unlike the "valid" key of MMSA
+#: files: features.mmsa_format.FILE_SPLITS).
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 
 
@@ -194,10 +198,9 @@ class FaceBatchTransform:
         brightness: float = 0.0,
         contrast: float = 0.0,
         saturation: float = 0.0,
-        augment: str = "none",
+        augment: Literal["train", "none"] = "none",
     ) -> None:
-        if augment not in ("train", "none"):
-            raise ValueError(f"FaceBatchTransform: augment must be 'train' or 'none', got {augment!r}")
+        check_choices(FaceBatchTransform, locals())
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"FaceBatchTransform: hflip_prob must be in [0, 1], got {hflip_prob}")
         if len(affine_scale) != 2 or not 0 < affine_scale[0] <= affine_scale[1]:

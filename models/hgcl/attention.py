@@ -13,15 +13,21 @@ of ``R_t, R_a, R_v`` over valid steps, concatenates them and applies a two-layer
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
+from common.tensors import masked_mean
+
 from .inputs import sinusoidal_positions
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh}
-POSITIONAL = ("sinusoidal", "none")
+Activation = Literal["relu", "gelu", "elu", "tanh"]  # the keys of ACTIVATIONS
+Positional = Literal["sinusoidal", "none"]
+POSITIONAL = get_args(Positional)
 
 
 def make_activation(name: str, owner: str) -> nn.Module:
@@ -29,17 +35,6 @@ def make_activation(name: str, owner: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"{owner}: activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]()
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over valid steps (dim 1); all-padding rows give zeros.
-
-    Shapes:
-        - x: ``[B, L, D]``, mask: ``[B, L]`` bool
-        - output: ``[B, D]``
-    """
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 
 class ModalityProjection(nn.Module):
@@ -68,15 +63,12 @@ class ModalityProjection(nn.Module):
         dim: int,
         dropout: float = 0.1,
         activation: str = "gelu",
-        positional: str = "sinusoidal",
+        positional: Positional = "sinusoidal",
     ) -> None:
         super().__init__()
+        check_choices(ModalityProjection, locals())
         if in_dim < 1 or dim < 1:
             raise ValueError(f"ModalityProjection: in_dim and dim must be >= 1, got {in_dim}, {dim}")
-        if positional not in POSITIONAL:
-            raise ValueError(
-                f"ModalityProjection: positional must be one of {POSITIONAL}, got {positional!r}"
-            )
         self.in_dim, self.dim, self.positional = in_dim, dim, positional
         self.norm = nn.LayerNorm(in_dim)
         self.fc1 = nn.Linear(in_dim, dim)

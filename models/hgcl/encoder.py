@@ -20,12 +20,17 @@ layer-normalised per node (``"none"`` keeps eq. 11 bare).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import Tensor, nn
 from torch_geometric.nn import DenseGCNConv, DenseGINConv, DenseGraphConv, DenseSAGEConv
 
-from .attention import make_activation
+from common.choices import check_choices
 
-GNN_TYPES = ("graphconv", "gcn", "gin", "sage")
+from .attention import Activation, make_activation
+
+GNNType = Literal["graphconv", "gcn", "gin", "sage"]
+GNN_TYPES = get_args(GNNType)
 
 
 class GNNEncoder(nn.Module):
@@ -49,21 +54,16 @@ class GNNEncoder(nn.Module):
         self,
         dim: int,
         num_layers: int = 2,
-        gnn: str = "graphconv",
-        activation: str = "relu",
+        gnn: GNNType = "graphconv",
+        activation: Activation = "relu",
         dropout: float = 0.1,
-        residual: str = "add",
-        norm: str = "layernorm",
+        residual: Literal["add", "none"] = "add",
+        norm: Literal["layernorm", "none"] = "layernorm",
     ) -> None:
         super().__init__()
-        if gnn not in GNN_TYPES:
-            raise ValueError(f"GNNEncoder: gnn must be one of {GNN_TYPES}, got {gnn!r}")
+        check_choices(GNNEncoder, locals())
         if num_layers < 1 or dim < 1:
             raise ValueError(f"GNNEncoder: num_layers and dim must be >= 1, got {num_layers}, {dim}")
-        if residual not in ("add", "none"):
-            raise ValueError(f"GNNEncoder: residual must be 'add' or 'none', got {residual!r}")
-        if norm not in ("layernorm", "none"):
-            raise ValueError(f"GNNEncoder: norm must be 'layernorm' or 'none', got {norm!r}")
         self.dim, self.num_layers, self.gnn, self.residual, self.norm = dim, num_layers, gnn, residual, norm
         self.norms = nn.ModuleList(
             nn.LayerNorm(dim) if norm == "layernorm" else nn.Identity() for _ in range(num_layers)

@@ -27,14 +27,21 @@ Edge criteria (the paper leaves them open; all are config strings):
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODALITIES = ("text", "audio", "vision")
-INTRA_EDGES = ("window", "full")
-CROSS_EDGES = ("topk", "threshold", "cooccur")
-TEXT_AUDIO_EDGES = ("none", "same")
+from common import MODALITIES
+from common.choices import check_choices
+
+IntraEdges = Literal["window", "full"]
+CrossEdges = Literal["topk", "threshold", "cooccur"]
+TextAudioEdges = Literal["none", "same"]
+INTRA_EDGES = get_args(IntraEdges)
+CROSS_EDGES = get_args(CrossEdges)
+TEXT_AUDIO_EDGES = get_args(TextAudioEdges)
 
 
 def _ranks(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,26 +68,15 @@ class MultimodalGraphBuilder(nn.Module):
 
     def __init__(
         self,
-        intra_edges: str = "window",
+        intra_edges: IntraEdges = "window",
         window: int = 2,
-        cross_edges: str = "topk",
+        cross_edges: CrossEdges = "topk",
         cross_k: int = 3,
         cross_threshold: float = 0.5,
-        text_audio_edges: str = "none",
+        text_audio_edges: TextAudioEdges = "none",
     ) -> None:
         super().__init__()
-        if intra_edges not in INTRA_EDGES:
-            raise ValueError(
-                f"MultimodalGraphBuilder: intra_edges must be one of {INTRA_EDGES}, got {intra_edges!r}"
-            )
-        if cross_edges not in CROSS_EDGES:
-            raise ValueError(
-                f"MultimodalGraphBuilder: cross_edges must be one of {CROSS_EDGES}, got {cross_edges!r}"
-            )
-        if text_audio_edges not in TEXT_AUDIO_EDGES:
-            raise ValueError(
-                f"MultimodalGraphBuilder: text_audio_edges must be one of {TEXT_AUDIO_EDGES}, got {text_audio_edges!r}"
-            )
+        check_choices(MultimodalGraphBuilder, locals())
         if window < 1 or cross_k < 1:
             raise ValueError(
                 f"MultimodalGraphBuilder: window and cross_k must be >= 1, got {window}, {cross_k}"

@@ -35,31 +35,30 @@ perplexity (``dvae_ppl_<m>``), the unweighted local-loss terms and the mean node
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .attention import FusionEncoder, ModalityProjection, TextGuidedAttention, make_activation
+from common.choices import check_choices
+
+from .attention import (
+    Activation,
+    FusionEncoder,
+    ModalityProjection,
+    Positional,
+    TextGuidedAttention,
+    make_activation,
+)
 from .augment import GraphAugment
 from .dvae import DVAECodebook, perplexity
-from .encoder import GNNEncoder
-from .graphs import MODALITIES, MultimodalGraphBuilder
-from .inputs import SegmentPool, TextEncoder
-from .losses import INFONCE, LocalGraphLoss, ProjectionHead, info_nce, masked_readout
+from .encoder import GNNEncoder, GNNType
+from .graphs import MODALITIES, CrossEdges, IntraEdges, MultimodalGraphBuilder, TextAudioEdges
+from .inputs import SegmentPool, TextEncoder, TextEncoderMode
+from .losses import LocalGraphLoss, ProjectionHead, info_nce, masked_readout
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("local+global", "local", "global")
-AUGMENTATION = ("auto", "none")
-CONTRAST = ("infonce", "none")
-NODE_FEATURES = ("projected", "attended")
-HEAD_INPUTS = ("graphs+fusion", "graphs")
-GNN_SHARING = ("separate", "shared")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"HGCL: {name} must be one of {choices}, got {value!r}")
 
 
 class HGCL(nn.Module):
@@ -90,9 +89,12 @@ class HGCL(nn.Module):
         gnn_residual: ``"add" | "none"``. gnn_norm: ``"layernorm" | "none"``.
         gnn_sharing: ``"separate" | "shared"`` GNN encoder for the two levels.
         alpha: weight of the graph-level term in the local loss (eq. 6).
-        contrast: ``"infonce" | "none"``. infonce: ``"symmetric" | "local_to_global"`` (eq. 14 verbatim).
+        nce: the cross-level InfoNCE of eqs. 12-14, its one switch: ``"symmetric"`` (both directions),
+            ``"local_to_global"`` (eq. 14 verbatim) or ``"none"`` (off; required when ``graphs`` is not
+            ``"local+global"``, since it contrasts the two graphs).
         tau: InfoNCE temperature. proj_dim: width of the projection MLPs (eqs. 12-13).
-        lambda_local, lambda_nce, lambda_dvae: weights of the auxiliary losses (0 turns a term off). Eq. (7)
+        lambda_local, lambda_nce, lambda_dvae: weights of the auxiliary losses (0 turns the local or dVAE term
+            off; ``lambda_nce`` must be > 0 unless ``nce="none"``). Eq. (7)
             is not size-normalised (it grows like ``||V||``, i.e. with sqrt(nodes x dim)), hence the small
             default ``lambda_local``.
         head_inputs: ``"graphs+fusion"`` (``[z_L, z_G, R_m]``) or ``"graphs"`` (``[z_L, z_G]``).
@@ -110,48 +112,48 @@ class HGCL(nn.Module):
         seq_lens: dict[str, int],
         dim: int = 64,
         text_encoder: str | None = None,
-        text_encoder_mode: str = "frozen",
+        text_encoder_mode: TextEncoderMode = "frozen",
         max_nodes_per_modality: int = 50,
-        positional: str = "sinusoidal",
+        positional: Positional = "sinusoidal",
         heads: int = 4,
         attn_layers: int = 1,
-        node_features: str = "projected",
+        node_features: Literal["projected", "attended"] = "projected",
         dropout: float = 0.1,
-        activation: str = "gelu",
+        activation: Activation = "gelu",
         codebook_size: int | dict[str, int] = 64,
         gumbel_temperature: float = 1.0,
         dvae_kl_weight: float = 0.1,
         dead_code_steps: int = 100,
         dvae_warmup_steps: int = 0,
-        graphs: str = "local+global",
-        intra_edges: str = "window",
+        graphs: Literal["local+global", "local", "global"] = "local+global",
+        intra_edges: IntraEdges = "window",
         window: int = 2,
-        cross_edges: str = "topk",
+        cross_edges: CrossEdges = "topk",
         cross_k: int = 3,
         cross_threshold: float = 0.5,
-        text_audio_edges: str = "none",
-        augmentation: str = "auto",
+        text_audio_edges: TextAudioEdges = "none",
+        augmentation: Literal["auto", "none"] = "auto",
         sigma: float = 0.1,
         p_add: float = 0.01,
         p_drop: float = 0.1,
-        gnn: str = "graphconv",
+        gnn: GNNType = "graphconv",
         gnn_layers: int = 2,
-        gnn_activation: str = "relu",
-        gnn_residual: str = "add",
-        gnn_norm: str = "layernorm",
-        gnn_sharing: str = "separate",
+        gnn_activation: Activation = "relu",
+        gnn_residual: Literal["add", "none"] = "add",
+        gnn_norm: Literal["layernorm", "none"] = "layernorm",
+        gnn_sharing: Literal["separate", "shared"] = "separate",
         alpha: float = 1.0,
-        contrast: str = "infonce",
-        infonce: str = "symmetric",
+        nce: Literal["symmetric", "local_to_global", "none"] = "symmetric",
         tau: float = 0.2,
         proj_dim: int = 32,
         lambda_local: float = 0.01,
         lambda_nce: float = 0.1,
         lambda_dvae: float = 1.0,
-        head_inputs: str = "graphs+fusion",
+        head_inputs: Literal["graphs+fusion", "graphs"] = "graphs+fusion",
         head_hidden: int = 64,
     ) -> None:
         super().__init__()
+        check_choices(HGCL, locals())
         for name, d in (("feature_dims", feature_dims), ("seq_lens", seq_lens)):
             missing = [m for m in MODALITIES if m not in d]
             if missing:
@@ -159,13 +161,6 @@ class HGCL(nn.Module):
             bad = {m: d[m] for m in MODALITIES if int(d[m]) < 1}
             if bad:
                 raise ValueError(f"HGCL: {name} values must be >= 1, got {bad}")
-        _check_choice("graphs", graphs, GRAPHS)
-        _check_choice("augmentation", augmentation, AUGMENTATION)
-        _check_choice("contrast", contrast, CONTRAST)
-        _check_choice("infonce", infonce, INFONCE)
-        _check_choice("node_features", node_features, NODE_FEATURES)
-        _check_choice("head_inputs", head_inputs, HEAD_INPUTS)
-        _check_choice("gnn_sharing", gnn_sharing, GNN_SHARING)
         if dim < 1 or max_nodes_per_modality < 1 or head_hidden < 1:
             raise ValueError(
                 f"HGCL: dim, max_nodes_per_modality and head_hidden must be >= 1, "
@@ -181,6 +176,11 @@ class HGCL(nn.Module):
         ):
             if v < 0:
                 raise ValueError(f"HGCL: {name} must be >= 0, got {v}")
+        if nce != "none" and graphs != "local+global":
+            raise ValueError(f"HGCL: nce={nce!r} contrasts the local and global graphs, but graphs={graphs!r}; "
+                             "set nce='none'")
+        if nce != "none" and lambda_nce == 0:
+            raise ValueError(f"HGCL: lambda_nce=0 with nce={nce!r}; switch the InfoNCE off with nce='none'")
         if node_features == "attended" and attn_layers < 1:
             raise ValueError("HGCL: node_features='attended' needs attn_layers >= 1")
         if isinstance(codebook_size, int):
@@ -193,7 +193,7 @@ class HGCL(nn.Module):
         self.feature_dims = {m: int(feature_dims[m]) for m in MODALITIES}
         self.seq_lens = {m: int(seq_lens[m]) for m in MODALITIES}
         self.dim, self.max_nodes_per_modality = dim, max_nodes_per_modality
-        self.graphs, self.augmentation, self.contrast, self.infonce = graphs, augmentation, contrast, infonce
+        self.graphs, self.augmentation, self.nce = graphs, augmentation, nce
         self.node_features, self.head_inputs, self.gnn_sharing = node_features, head_inputs, gnn_sharing
         self.tau, self.dvae_warmup_steps = tau, dvae_warmup_steps
         self.lambda_local, self.lambda_nce, self.lambda_dvae = lambda_local, lambda_nce, lambda_dvae
@@ -253,7 +253,7 @@ class HGCL(nn.Module):
             self.gnn_global = None
         # 7. local loss (eqs. 3-8), 8. projections for InfoNCE (eqs. 12-14)
         self.local_loss = LocalGraphLoss(dim, alpha) if self.use_local and lambda_local > 0 else None
-        self.use_nce = graphs == "local+global" and contrast == "infonce" and lambda_nce > 0
+        self.use_nce = nce != "none"
         self.proj_local = ProjectionHead(dim, proj_dim) if self.use_nce else None
         self.proj_global = ProjectionHead(dim, proj_dim) if self.use_nce else None
         # 9. prediction head
@@ -382,7 +382,7 @@ class HGCL(nn.Module):
 
         if training and self.use_nce:
             aux["nce"] = self.lambda_nce * info_nce(
-                self.proj_local(z_local), self.proj_global(z_global), self.tau, self.infonce
+                self.proj_local(z_local), self.proj_global(z_global), self.tau, self.nce
             )
 
         if self.fusion is not None:
@@ -393,8 +393,8 @@ class HGCL(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"feature_dims={self.feature_dims}, num_nodes={self.num_nodes}, dim={self.dim}, "
-            f"graphs={self.graphs!r}, augmentation={self.augmentation!r}, contrast={self.contrast!r}, "
-            f"infonce={self.infonce!r}, node_features={self.node_features!r}, head_inputs={self.head_inputs!r}, "
+            f"graphs={self.graphs!r}, augmentation={self.augmentation!r}, nce={self.nce!r}, "
+            f"node_features={self.node_features!r}, head_inputs={self.head_inputs!r}, "
             f"codebook_size={self.codebook_size}, lambda_local={self.lambda_local}, lambda_nce={self.lambda_nce}, "
             f"lambda_dvae={self.lambda_dvae}, tau={self.tau}"
         )

@@ -26,13 +26,17 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
+from common.choices import check_choices
+
 log = logging.getLogger(__name__)
 
-TEXT_ENCODER_MODES = ("frozen", "finetune")
+TextEncoderMode = Literal["frozen", "finetune"]
+TEXT_ENCODER_MODES = get_args(TextEncoderMode)
 
 
 class TextEncoder(nn.Module):
@@ -49,10 +53,9 @@ class TextEncoder(nn.Module):
         - output: ``([B, L, H], [B, L] bool)`` last hidden states and the attention mask
     """
 
-    def __init__(self, path: str, mode: str = "frozen") -> None:
+    def __init__(self, path: str, mode: TextEncoderMode = "frozen") -> None:
         super().__init__()
-        if mode not in TEXT_ENCODER_MODES:
-            raise ValueError(f"TextEncoder: mode must be one of {TEXT_ENCODER_MODES}, got {mode!r}")
+        check_choices(TextEncoder, locals())
         local = Path(path).expanduser()
         if not local.is_dir() or not (local / "config.json").is_file():
             raise ValueError(

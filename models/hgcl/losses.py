@@ -29,13 +29,19 @@ global-to-local term (same positives, in-batch negatives in both directions).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
+from common.tensors import masked_mean
+
 from .attention import make_activation
 
-INFONCE = ("symmetric", "local_to_global")
+InfoNCEDirection = Literal["symmetric", "local_to_global"]
+INFONCE = get_args(InfoNCEDirection)
 
 
 def masked_readout(h: Tensor, mask: Tensor) -> Tensor:
@@ -45,8 +51,7 @@ def masked_readout(h: Tensor, mask: Tensor) -> Tensor:
         - h: ``[B, N, d]``, mask: ``[B, N]`` bool
         - output: ``[B, d]``
     """
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return masked_mean(h, mask)
 
 
 def node_reconstruction_loss(v: Tensor, v_rec: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
@@ -73,15 +78,14 @@ def graph_distance_loss(z: Tensor, z_aug: Tensor, eps: float = 1e-8) -> Tensor:
     return ((z - z_aug).pow(2).sum(-1) + eps).sqrt().mean()
 
 
-def info_nce(z_local: Tensor, z_global: Tensor, tau: float = 0.2, direction: str = "symmetric") -> Tensor:
+def info_nce(z_local: Tensor, z_global: Tensor, tau: float = 0.2, direction: InfoNCEDirection = "symmetric") -> Tensor:
     """Eq. (14) with cosine similarity and in-batch negatives.
 
     Shapes:
         - z_local, z_global: ``[B, p]`` (row ``i`` of both from the same sample)
         - output: scalar
     """
-    if direction not in INFONCE:
-        raise ValueError(f"info_nce: direction must be one of {INFONCE}, got {direction!r}")
+    check_choices(info_nce, locals())
     logits = F.normalize(z_local, dim=-1) @ F.normalize(z_global, dim=-1).t() / tau  # [B, B]
     target = torch.arange(logits.size(0), device=logits.device)
     loss = F.cross_entropy(logits, target)

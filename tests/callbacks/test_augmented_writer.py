@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
-from callbacks.augmented_writer import AugmentedImageWriter, summarise_manifest
+from callbacks.augmented_writer import AugmentedImageWriter, summarize_augmentation_manifest
 from datamodules.generation import GenerationDataModule
 from metrics.generation import QualityFilter
 from models.frozen_classifier import FrozenImageEncoder
@@ -155,7 +155,7 @@ def test_quality_filter_rejections_are_counted(tmp_path, data_root):
     assert len(recs) == 14
     assert all(r["status"] == "rejected" and r["reason"] == "low_confidence" for r in recs)
     assert not list(out.glob("*/*.png"))
-    summary = summarise_manifest(out)
+    summary = summarize_augmentation_manifest(out)
     assert summary["total"]["rejected_low_confidence"] == 14
     quality_dup = QualityFilter(clf, min_confidence=0.0, duplicate_metric="mse", duplicate_threshold=1.0,
                                 reference_root=str(data_root), class_names=CLASSES)

@@ -8,7 +8,7 @@ from PIL import Image
 from callbacks.confusion_matrix import ConfusionMatrixLogger, plot_confusion_matrix
 from lightning_modules.fer import LitFER
 from models.timm_classifier import TimmClassifier
-from tests.lightning_modules.test_fer import CLASSES, TinyFaceDataModule
+from tests.lightning_modules.test_fer import TinyFaceDataModule
 
 
 def test_png_written_per_validation_and_test_epoch(tmp_path) -> None:
@@ -42,4 +42,3 @@ def test_bad_options_raise() -> None:
         ConfusionMatrixLogger(normalize="all")
     with pytest.raises(ValueError, match="ConfusionMatrixLogger.*stages"):
         ConfusionMatrixLogger(stages=("train",))
-    assert CLASSES  # the shared tiny datamodule is importable

@@ -1,4 +1,4 @@
-"""Tests for datamodules/mosei.py: MOSEIDataModule on tiny fake MMSA/MulT files."""
+"""Tests for datamodules/mosei.py: MMSADataModule on tiny fake MMSA/MulT files."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from torch import nn
 from torch.utils.data import RandomSampler, SequentialSampler
 
 import datamodules.mosei as mosei_module
-from datamodules.mosei import MOSEIDataModule
+from datamodules.mosei import MMSADataModule
 from features.mmsa_format import MMSADataError, SplitSizeWarning
 from tests.fakes import write_mmsa_npz, write_mmsa_pickle
 
 
 def test_properties_and_batches(tmp_path):
     path = write_mmsa_pickle(tmp_path, 16, 8, 8, aligned=False, dims=(16, 5, 7), seq_len=(8, 12, 10))
-    dm = MOSEIDataModule(path=str(path), batch_size=4, eval_batch_size=3)
+    dm = MMSADataModule(path=str(path), batch_size=4, eval_batch_size=3)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.feature_dims == {"text": 16, "audio": 5, "vision": 7}
@@ -36,7 +36,7 @@ def test_properties_and_batches(tmp_path):
 
 
 def test_only_train_shuffles(tmp_path):
-    dm = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path)), batch_size=4)
+    dm = MMSADataModule(path=str(write_mmsa_pickle(tmp_path)), batch_size=4)
     dm.setup("fit")
     assert isinstance(dm.train_dataloader().sampler, RandomSampler)
     for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
@@ -57,7 +57,7 @@ def test_setup_caches_the_loaded_file(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mosei_module, "load_mmsa", counting)
-    dm = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path)))
+    dm = MMSADataModule(path=str(write_mmsa_pickle(tmp_path)))
     dm.setup("fit")
     dm.setup("test")
     dm.setup("predict")
@@ -65,38 +65,38 @@ def test_setup_caches_the_loaded_file(tmp_path, monkeypatch):
 
 
 def test_prepare_data_missing_file(tmp_path):
-    dm = MOSEIDataModule(path=str(tmp_path / "data" / "mosei" / "aligned_50.pkl"))
+    dm = MMSADataModule(path=str(tmp_path / "data" / "mosei" / "aligned_50.pkl"))
     with pytest.raises(MMSADataError, match="not found.*github.com/thuiar/MMSA"):
         dm.prepare_data()
 
 
 def test_properties_need_setup(tmp_path):
-    dm = MOSEIDataModule(path=str(tmp_path / "x.pkl"))
-    with pytest.raises(RuntimeError, match="MOSEIDataModule: call setup"):
+    dm = MMSADataModule(path=str(tmp_path / "x.pkl"))
+    with pytest.raises(RuntimeError, match="MMSADataModule: call setup"):
         _ = dm.feature_dims
 
 
 @pytest.mark.parametrize("kwargs", [{"dataset_name": "iemocap"}, {"batch_size": 0}, {"num_workers": -1}])
 def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="MOSEIDataModule"):
-        MOSEIDataModule(path="x.pkl", **kwargs)
+    with pytest.raises(ValueError, match="MMSADataModule"):
+        MMSADataModule(path="x.pkl", **kwargs)
 
 
 def test_hparams_saved(tmp_path):
-    dm = MOSEIDataModule(path="data/mosi/aligned_50.pkl", dataset_name="mosi", batch_size=8)
+    dm = MMSADataModule(path="data/mosi/aligned_50.pkl", dataset_name="mosi", batch_size=8)
     assert dm.hparams.path == "data/mosi/aligned_50.pkl" and dm.hparams.dataset_name == "mosi"
     assert dm.hparams.batch_size == 8 and dm.hparams.eval_batch_size is None
 
 
 def test_npz_path_and_split_warning(tmp_path):
-    dm = MOSEIDataModule(path=str(write_mmsa_npz(tmp_path)), dataset_name="mosei")
+    dm = MMSADataModule(path=str(write_mmsa_npz(tmp_path)), dataset_name="mosei")
     with pytest.warns(SplitSizeWarning):
         dm.setup("fit")
     assert dm.feature_dims == {"text": 16, "audio": 5, "vision": 7}
 
 
 def test_mult_file(tmp_path):
-    dm = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, fmt="mult", dims=(12, 5, 7))), batch_size=4)
+    dm = MMSADataModule(path=str(write_mmsa_pickle(tmp_path, fmt="mult", dims=(12, 5, 7))), batch_size=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert "text_bert" not in batch and batch["text"].shape == (4, 8, 12) and batch["text_mask"].all()
@@ -132,7 +132,7 @@ class _MeanRegressor(pl.LightningModule):
 
 
 def test_trainer_fit_and_predict(tmp_path):
-    dm = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, aligned=False)), batch_size=4, eval_batch_size=5)
+    dm = MMSADataModule(path=str(write_mmsa_pickle(tmp_path, aligned=False)), batch_size=4, eval_batch_size=5)
     dm.setup("fit")
     model = _MeanRegressor(dm.feature_dims)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
@@ -142,3 +142,9 @@ def test_trainer_fit_and_predict(tmp_path):
     preds = trainer.predict(model, datamodule=dm)
     assert [i for p in preds for i in p["id"]] == dm.data.splits["test"].id.tolist()
     assert torch.cat([p["pred"] for p in preds]).shape == (8,)
+
+
+def test_former_name_is_an_alias_for_saved_configs() -> None:
+    from datamodules import mosei
+
+    assert mosei.MOSEIDataModule is mosei.MMSADataModule

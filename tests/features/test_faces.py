@@ -17,7 +17,7 @@ from features.faces import (
     detection_rate,
     preprocess_faces,
     read_manifest,
-    summarize_manifest,
+    summarize_face_manifest,
 )
 from features.images import BadImageError, load_image_rgb, scan_class_folders
 from tests.fakes_images import MODES, make_class_folders, real_root, tree_fingerprint, write_bad_files
@@ -67,7 +67,7 @@ def test_preprocess_all_modes_and_bad_files_counted_originals_untouched(tmp_path
     with caplog.at_level(logging.INFO, logger="features.faces"):
         out = preprocess_faces(recs, tmp_path / "cache", settings, progress="none")
     assert tree_fingerprint(root) == before  # originals never modified
-    summary = summarize_manifest(out.values())
+    summary = summarize_face_manifest(out.values())
     assert summary["ok"] == 6
     for reason in bad:
         assert summary[f"skipped:{reason}"] == (2 if reason == "not_an_image" else 1)
@@ -138,7 +138,7 @@ def test_no_face_keep_or_skip_counted(tmp_path: Path, policy: str) -> None:
         FaceCropSettings(image_size=16, no_face=policy),
         progress="none",
     )
-    summary = summarize_manifest(out.values())
+    summary = summarize_face_manifest(out.values())
     if policy == "keep":
         assert summary == {"ok": 4, "no_face_kept": 4, "processed": 4}
         assert all(e["face"] == "not_found" and e["box"] is None for e in out.values())

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-from datamodules.mosei import MOSEIDataModule
+from datamodules.mosei import MMSADataModule
 from lightning_modules.msa import LitMSA, build_param_groups
 from models.tfn import TFN
 from tests.fakes import write_mmsa_pickle
@@ -31,12 +31,12 @@ class _AuxNet(nn.Module):
 
 
 @pytest.fixture()
-def datamodule(tmp_path) -> MOSEIDataModule:
+def datamodule(tmp_path) -> MMSADataModule:
     path = write_mmsa_pickle(tmp_path / "aligned_50.pkl", n_train=16, n_valid=8, n_test=8)
-    return MOSEIDataModule(str(path), batch_size=8)
+    return MMSADataModule(str(path), batch_size=8)
 
 
-def test_builds_net_from_datamodule_and_runs(datamodule: MOSEIDataModule) -> None:
+def test_builds_net_from_datamodule_and_runs(datamodule: MMSADataModule) -> None:
     model = LitMSA(net=TINY_TFN)
     assert model.net is None
     trainer = Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
@@ -49,7 +49,7 @@ def test_builds_net_from_datamodule_and_runs(datamodule: MOSEIDataModule) -> Non
         assert key in metrics, key
 
 
-def test_aux_losses_are_added_and_logged(datamodule: MOSEIDataModule) -> None:
+def test_aux_losses_are_added_and_logged(datamodule: MMSADataModule) -> None:
     model = LitMSA(net=_AuxNet)
     trainer = Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=datamodule)
@@ -60,7 +60,7 @@ def test_aux_losses_are_added_and_logged(datamodule: MOSEIDataModule) -> None:
     assert "val/bias" in m
 
 
-def test_test_metrics_match_direct_computation(datamodule: MOSEIDataModule) -> None:
+def test_test_metrics_match_direct_computation(datamodule: MMSADataModule) -> None:
     from metrics.msa import msa_metrics
 
     model = LitMSA(net=TINY_TFN)
@@ -106,7 +106,7 @@ def test_weight_decays_per_prefix_reach_the_optimizer() -> None:
     assert by_name["base"]["weight_decay"] == 0.01
 
 
-def test_lr_multipliers_reach_the_optimizer(datamodule: MOSEIDataModule) -> None:
+def test_lr_multipliers_reach_the_optimizer(datamodule: MMSADataModule) -> None:
     model = LitMSA(net=TINY_TFN, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
                    lr_multipliers={"text_lstm.": 0.5})
     datamodule.setup("fit")

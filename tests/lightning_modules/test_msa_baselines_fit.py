@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
-from datamodules.mosei import MOSEIDataModule
+from datamodules.mosei import MMSADataModule
 from lightning_modules.msa import LitMSA
 from models.lmf import LMF
 from models.mag_bert import MAGBERT
@@ -58,7 +58,7 @@ def tiny_bert_full_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _fit(tmp_path: Path, net: Callable[..., nn.Module], aligned: bool = True) -> Trainer:
-    data = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
+    data = MMSADataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
     model = LitMSA(net=net, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     trainer = Trainer(
         fast_dev_run=True,
@@ -142,7 +142,7 @@ def test_new_baseline_learns_planted_signal(tmp_path: Path, name: str) -> None:
     aligned, net = LEARN[name]
     seed_everything(0)
     path = write_mmsa_pickle(tmp_path, n_train=320, n_valid=32, n_test=160, aligned=aligned, seed=3)
-    data = MOSEIDataModule(path=str(path), batch_size=32, eval_batch_size=160)
+    data = MMSADataModule(path=str(path), batch_size=32, eval_batch_size=160)
     model = LitMSA(net=net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
     trainer = Trainer(
         max_epochs=10, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -234,3 +234,15 @@ def test_separable_fusion_zero_init_starts_as_global_model() -> None:
     F.cross_entropy(net(image, desc), torch.tensor([0, 2])).backward()
     assert net.fusions[0].fuse_conv.weight.grad.abs().sum() > 0
     assert "fusion_conv='separable'" in repr(net)
+
+
+def test_model_name_picks_the_architecture_and_explicit_args_override() -> None:
+    """``model_name`` chooses the Swin (a swin_base name builds a Swin-B, not the former Swin-T defaults)."""
+    base = TwoBranchSwin(3, model_name="swin_base_patch4_window7_224", depths=(1, 1, 1, 1), branches="global")
+    g = base.global_branch
+    assert g.embed_dim == 128 and [layer.blocks[0].attn.num_heads for layer in g.layers] == [4, 8, 16, 32]
+    tiny = TwoBranchSwin(3, model_name="swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1), branches="global")
+    assert tiny.global_branch.embed_dim == 96
+    small = TwoBranchSwin(3, model_name="swin_small_patch4_window7_224", branches="global", embed_dim=32,
+                          depths=(1, 1, 1, 1), img_size=64, window_size=4)
+    assert small.global_branch.embed_dim == 32 and small.global_branch.patch_embed.img_size == (64, 64)

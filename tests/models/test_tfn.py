@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.tfn import TFN, masked_mean
+from common.tensors import masked_mean
+from models.tfn import TFN
 
 DIMS = {"text": 16, "audio": 5, "vision": 7}
 LENS = {"text": 6, "audio": 6, "vision": 6}

@@ -88,9 +88,9 @@ def test_padding_changes_nothing(mode):
     ("kwargs", "keys"),
     [
         ({}, {"local", "nce", "dvae"}),
-        ({"graphs": "local"}, {"local"}),
-        ({"graphs": "global"}, {"dvae"}),
-        ({"contrast": "none"}, {"local", "dvae"}),
+        ({"graphs": "local", "nce": "none"}, {"local"}),
+        ({"graphs": "global", "nce": "none"}, {"dvae"}),
+        ({"nce": "none"}, {"local", "dvae"}),
         ({"lambda_local": 0.0}, {"nce", "dvae"}),
         ({"lambda_dvae": 0.0}, {"local", "nce"}),
         ({"augmentation": "none"}, {"local", "nce", "dvae"}),
@@ -117,7 +117,7 @@ def test_ablation_switches_change_aux_losses(kwargs, keys):
     "kwargs",
     [
         {"gnn": "gin", "cross_edges": "cooccur", "intra_edges": "full"},
-        {"gnn": "gcn", "cross_edges": "threshold", "node_features": "attended", "infonce": "local_to_global"},
+        {"gnn": "gcn", "cross_edges": "threshold", "node_features": "attended", "nce": "local_to_global"},
         {"gnn": "sage", "text_audio_edges": "same", "gnn_sharing": "shared", "head_inputs": "graphs"},
         {"attn_layers": 0, "positional": "none", "codebook_size": {"text": 4, "audio": 5, "vision": 6}},
     ],
@@ -144,7 +144,7 @@ def test_unaligned_pooling_bounds_node_count():
 
 def test_dvae_warmup_uses_unquantised_features():
     torch.manual_seed(0)
-    model = HGCL(DIMS, LENS, **SMALL, graphs="global", dvae_warmup_steps=2, head_inputs="graphs")
+    model = HGCL(DIMS, LENS, **SMALL, graphs="global", nce="none", dvae_warmup_steps=2, head_inputs="graphs")
     batch = make_batch()
 
     def pred_with_codebook_scaled(step, scale):
@@ -164,8 +164,9 @@ def test_bad_arguments_and_batches_raise():
     for kwargs in (
         {"graphs": "both"},
         {"augmentation": "random"},
-        {"contrast": "triplet"},
-        {"infonce": "x"},
+        {"nce": "triplet"},
+        {"graphs": "local"},  # the InfoNCE needs both graphs: nce must say "none"
+        {"lambda_nce": 0.0},  # one switch for the InfoNCE: nce="none", not a zero weight
         {"dim": 0},
         {"tau": 0.0},
         {"lambda_nce": -1.0},

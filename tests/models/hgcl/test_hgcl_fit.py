@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from datamodules.mosei import MOSEIDataModule
+from datamodules.mosei import MMSADataModule
 from lightning_modules.msa import LitMSA
 from models.hgcl import HGCL
 from tests.fakes import write_mmsa_pickle
@@ -32,7 +32,7 @@ def _trainer(**kwargs) -> Trainer:
 
 @pytest.mark.parametrize("aligned", [True, False])
 def test_hgcl_fast_dev_run_through_litmsa(tmp_path: Path, aligned: bool) -> None:
-    data = MOSEIDataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
+    data = MMSADataModule(path=str(write_mmsa_pickle(tmp_path, aligned=aligned)), batch_size=4)
     model = LitMSA(
         net=functools.partial(TINY, max_nodes_per_modality=6),
         optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
@@ -45,7 +45,7 @@ def test_hgcl_fast_dev_run_through_litmsa(tmp_path: Path, aligned: bool) -> None
     assert isinstance(model.net, HGCL) and max(model.net.num_nodes.values()) <= 6
 
 
-def _acc2_non0(trainer: Trainer, model: LitMSA, data: MOSEIDataModule) -> float:
+def _acc2_non0(trainer: Trainer, model: LitMSA, data: MMSADataModule) -> float:
     return float(trainer.test(model, datamodule=data, verbose=False)[0]["test/acc2_non0"])
 
 
@@ -64,7 +64,7 @@ def test_hgcl_learns_planted_signal(tmp_path: Path) -> None:
     path = write_mmsa_pickle(
         tmp_path, n_train=480, n_valid=64, n_test=200, dims=(16, 5, 7), seq_len=8, seed=3
     )
-    data = MOSEIDataModule(path=str(path), batch_size=32, eval_batch_size=200)
+    data = MMSADataModule(path=str(path), batch_size=32, eval_batch_size=200)
     net = functools.partial(HGCL, dim=32, heads=4, codebook_size=16, proj_dim=16, head_hidden=32, dropout=0.1)
     model = LitMSA(net=net, optimizer=functools.partial(torch.optim.Adam, lr=2e-3))
     trainer = _trainer(max_epochs=15, num_sanity_val_steps=0, limit_val_batches=0)

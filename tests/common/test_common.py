@@ -1,0 +1,62 @@
+"""The lowest-layer helpers: atomic_write, masked_mean, check_choices."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Literal
+
+import numpy as np
+import pytest
+import torch
+
+from common import MODALITIES
+from common.choices import check_choices, literal_options
+from common.io import atomic_write
+from common.tensors import masked_mean
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path) -> None:
+    path = tmp_path / "sub" / "out.txt"
+    with atomic_write(path, "w") as f:
+        f.write("first")
+    assert path.read_text() == "first"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # like a plain open(), not mkstemp's 0o600
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as f:
+        f.write("half")
+        raise RuntimeError("crash while writing")
+    assert path.read_text() == "first"  # the old file survives a failed write
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]  # no temporary file left
+    with atomic_write(path) as f:  # bytes by default (np.save, PIL, savefig take file objects)
+        np.save(f, np.arange(3))
+    assert np.load(path).tolist() == [0, 1, 2]
+
+
+def test_masked_mean_ignores_padding_for_torch_and_numpy() -> None:
+    x = torch.tensor([[[1.0], [3.0], [100.0]], [[5.0], [7.0], [9.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean(x, mask).flatten().tolist() == [2.0, 0.0]  # all-padding row -> zeros
+    out = masked_mean(x.numpy().astype(np.float64), mask.numpy())
+    assert out.dtype == np.float64 and out.flatten().tolist() == [2.0, 0.0]
+
+
+class _Net:
+    def __init__(self, mode: Literal["a", "b"] = "a", pool: Literal["mean"] | None = None, width: int = 3,
+                 name: str = "x") -> None:
+        check_choices(_Net, locals())
+
+
+def test_check_choices_reads_the_literal_annotations() -> None:
+    assert literal_options(_Net.__init__) == {"mode": ("a", "b"), "pool": ("mean", None)}
+    _Net("b", None)
+    _Net(pool="mean", name="anything")
+    with pytest.raises(ValueError, match=r"_Net: mode must be one of \('a', 'b'\), got 'c'"):
+        _Net("c")
+    with pytest.raises(ValueError, match="_Net: pool"):
+        _Net(pool="max")
+
+
+def test_modalities_order() -> None:
+    assert MODALITIES == ("text", "audio", "vision")
