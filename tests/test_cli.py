@@ -51,8 +51,13 @@ def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:
 @pytest.mark.parametrize("config", experiment_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_experiment_config_parses_and_instantiates(config: Path, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
-    cli = cli_main(["--config", str(config), "--trainer.logger", "false"], run=False)
-    cfg = yaml.safe_load(config.read_text())
+    # A delta config ('# base: <config>' header) is composed over its base, as the user runs it.
+    from tests.helpers.scripts import load_script
+
+    bench = load_script("scripts/run_msa_benchmark.py")
+    chain = bench.config_chain(config)
+    cli = cli_main([a for c in chain for a in ("--config", str(c))] + ["--trainer.logger", "false"], run=False)
+    cfg = bench.compose(chain)
     for obj, key in ((cli.model, "model"), (cli.datamodule, "data")):
         # the YAML's classes are the ones built, and its scalar arguments reached them
         assert f"{type(obj).__module__}.{type(obj).__qualname__}" == _resolve(cfg[key]["class_path"])
