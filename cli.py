@@ -27,11 +27,14 @@ Defaults added to every run:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -47,9 +50,12 @@ from lightning_modules.checkpoint_io import (
     load_checkpoint,
 )
 
-__all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "link_data_derived"]
+__all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "compose_configs", "config_chain",
+           "link_data_derived"]
 
 log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent
 
 #: Settings that must agree, given once: (datamodule attribute, system argument). Applied when the datamodule has
 #: been instantiated; a link whose source attribute the datamodule lacks, or whose target the chosen system does not
@@ -72,6 +78,61 @@ def link_data_derived(parser: LightningArgumentParser) -> None:
     """Link every data-derived system argument of :data:`DATA_LINKS` (``apply_on="instantiate"``)."""
     for source, target in DATA_LINKS:
         parser.link_arguments(source, target, apply_on="instantiate")
+
+
+# ---------------------------------------------------------------------- delta configs
+# A config that is a small delta over another names its base in its leading comment block, ``# base: <path>``
+# (repository-relative), and runs as ``--config <base> --config <delta>``. One reader for the runner scripts and
+# the tests.
+def config_chain(path: str | os.PathLike, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The config files to pass, base first: follows ``# base: <path>`` lines of each file's leading comment block
+    (paths relative to ``root``), so a delta config brings its base along.
+
+    Raises:
+        ValueError: on a missing base file or a cycle, naming the file.
+    """
+    chain: list[Path] = []
+    current = Path(path) if Path(path).is_absolute() else root / path
+    while True:
+        if not current.is_file():
+            who = f"(base of {chain[0]})" if chain else ""
+            raise ValueError(f"config_chain: {current} does not exist {who}".rstrip())
+        if current in chain:
+            raise ValueError(f"config_chain: cycle of '# base:' lines through {current}")
+        chain.insert(0, current)
+        base = None
+        for line in current.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            text = line.lstrip("#").strip()
+            if text.startswith("base:"):
+                base = text.split(":", 1)[1].strip()
+                break
+        if base is None:
+            return chain
+        current = Path(base) if Path(base).is_absolute() else root / base
+
+
+def _merge(base: Any, delta: Any) -> Any:
+    """jsonargparse's composition of several ``--config`` files for plain values: mappings merge key by key, a
+    later ``class_path`` that differs replaces the whole entry, anything else (lists included) is replaced."""
+    if not (isinstance(base, dict) and isinstance(delta, dict)):
+        return delta
+    if "class_path" in delta and delta["class_path"] != base.get("class_path"):
+        return dict(delta)
+    out = dict(base)
+    for key, value in delta.items():
+        out[key] = _merge(out[key], value) if key in out else value
+    return out
+
+
+def compose_configs(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """The composed YAML of several config files (later files win), e.g. ``compose_configs(config_chain(delta))``."""
+    out: dict[str, Any] = {}
+    for p in paths:
+        out = _merge(out, yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {})
+    return out
+
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -350,7 +411,6 @@ def _as_dict(ns: Any) -> dict[str, Any]:
 #: reason, split sizes, the generation plan, parameter counts) the CLI shows.
 PROJECT_PACKAGES = ("common", "datamodules", "features", "lightning_modules", "callbacks", "models", "metrics",
                     "scripts")
-PROJECT_ROOT = Path(__file__).resolve().parent
 
 
 class _RankZeroInfo(logging.Filter):

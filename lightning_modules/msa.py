@@ -46,6 +46,8 @@ class LitMSA(EpochMetricsSystem):
         loss: task loss, ``"l1"`` (MMSA's default), ``"mse"`` or ``"smooth_l1"``.
         lr_multipliers: ``{parameter-name prefix: multiplier}`` of the base learning rate, e.g.
             ``{"text_encoder.": 0.1}``; 0 freezes.
+        weight_decays: ``{parameter-name prefix: weight decay}`` overriding the optimizer's decay for those
+            parameters (``""`` = the rest), e.g. Self-MM's per-sub-network decays on MOSEI.
         feature_dims: data-derived; the CLI links it from the datamodule (``data.feature_dims``), so the net is built
             here; when ``None`` it is read from ``trainer.datamodule`` in :meth:`setup`. Stored in the
             hyper-parameters so :meth:`load_from_checkpoint` rebuilds the same net.
@@ -64,6 +66,7 @@ class LitMSA(EpochMetricsSystem):
         scheduler_monitor: str = "val/mae",
         loss: Literal["l1", "mse", "smooth_l1"] = "l1",
         lr_multipliers: dict[str, float] | None = None,
+        weight_decays: dict[str, float] | None = None,
         feature_dims: dict[str, int] | None = None,
         seq_lens: dict[str, int] | None = None,
     ) -> None:
@@ -149,4 +152,5 @@ class LitMSA(EpochMetricsSystem):
         if self.net is None:
             raise RuntimeError("LitMSA: configure_optimizers called before the net was built")
         return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
-                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor)
+                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor,
+                                  self.hparams.get("weight_decays"))

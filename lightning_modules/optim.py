@@ -40,30 +40,45 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
     return out
 
 
-def build_param_groups(module: nn.Module, lr_multipliers: dict[str, float] | None) -> list[dict[str, Any]]:
-    """Parameter groups chosen by parameter *name* (never by position): learning-rate prefixes x weight decay.
+def build_param_groups(
+    module: nn.Module,
+    lr_multipliers: dict[str, float] | None,
+    weight_decays: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter groups chosen by parameter *name* prefix (never by position): learning-rate and
+    weight-decay prefixes x decay / no-decay.
 
     Args:
         module: the model.
         lr_multipliers: ``{name_prefix: multiplier}``; a parameter joins the group of the longest matching
-            prefix, the rest form the base group (multiplier 1). A multiplier of 0 freezes the group.
+            prefix (of this dict or of ``weight_decays``), the rest form the base group (multiplier 1). A multiplier
+            of 0 freezes the group.
+        weight_decays: ``{name_prefix: weight decay}`` for the groups whose decay differs from the optimizer's
+            (e.g. Self-MM's per-sub-network decays); ``""`` names the base group.
 
     Returns:
-        a list of ``{"params": [...], "name": ..., "lr_multiplier": m}`` dicts, empty groups omitted. Each prefix
-        group is split in two: the parameters of :func:`no_weight_decay_names` go to ``"<name>/no_decay"`` with
-        ``weight_decay=0.0``; the others keep the optimizer's weight decay.
+        a list of ``{"params": [...], "name": ..., "lr_multiplier": m}`` dicts (plus ``"weight_decay"`` where
+        ``weight_decays`` gives one), empty groups omitted. Each prefix group is split in two: the parameters of
+        :func:`no_weight_decay_names` go to ``"<name>/no_decay"`` with ``weight_decay=0.0``; the others keep the
+        optimizer's weight decay, or the group's from ``weight_decays``.
     """
-    prefixes = sorted((lr_multipliers or {}).items(), key=lambda kv: -len(kv[0]))
+    mults = dict(lr_multipliers or {})
+    decays = dict(weight_decays or {})
+    keys = sorted((set(mults) | set(decays)) - {""}, key=lambda k: -len(k))
     exempt = no_weight_decay_names(module)
-    groups: dict[str, dict[str, Any]] = {"": {"params": [], "no_decay": [], "name": "base", "lr_multiplier": 1.0}}
-    for prefix, mult in prefixes:
-        groups[prefix] = {"params": [], "no_decay": [], "name": prefix, "lr_multiplier": float(mult)}
+    groups: dict[str, dict[str, Any]] = {
+        "": {"params": [], "no_decay": [], "name": "base", "lr_multiplier": float(mults.get("", 1.0))}
+    }
+    for prefix in keys:
+        groups[prefix] = {"params": [], "no_decay": [], "name": prefix, "lr_multiplier": float(mults.get(prefix, 1.0))}
+    for prefix, decay in decays.items():
+        groups[prefix]["weight_decay"] = float(decay)
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        key = next((pre for pre, _ in prefixes if name.startswith(pre)), "")
+        key = next((pre for pre in keys if name.startswith(pre)), "")
         groups[key]["no_decay" if name in exempt else "params"].append(p)
-    unused = [pre for pre, _ in prefixes if not (groups[pre]["params"] or groups[pre]["no_decay"])]
+    unused = [pre for pre in keys if not (groups[pre]["params"] or groups[pre]["no_decay"])]
     if unused:
         raise ValueError(f"build_param_groups: no trainable parameter name starts with {unused}")
     out = []
@@ -73,7 +88,10 @@ def build_param_groups(module: nn.Module, lr_multipliers: dict[str, float] | Non
                 p.requires_grad_(False)
             continue
         if g["params"]:
-            out.append({"params": g["params"], "name": g["name"], "lr_multiplier": g["lr_multiplier"]})
+            group = {"params": g["params"], "name": g["name"], "lr_multiplier": g["lr_multiplier"]}
+            if "weight_decay" in g:
+                group["weight_decay"] = g["weight_decay"]
+            out.append(group)
         if g["no_decay"]:
             out.append({"params": g["no_decay"], "name": f"{g['name']}/no_decay", "lr_multiplier": g["lr_multiplier"],
                         "weight_decay": 0.0})
@@ -86,10 +104,12 @@ def build_optimization(
     scheduler: LRSchedulerCallable | None,
     lr_multipliers: dict[str, float] | None,
     monitor: str,
+    weight_decays: dict[str, float] | None = None,
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimizer over :func:`build_param_groups` (each group's learning
-    rate scaled by its multiplier) and, when given, the scheduler stepped per epoch and watching ``monitor``."""
-    opt = optimizer(build_param_groups(net, lr_multipliers))
+    rate scaled by its multiplier, its weight decay overridden where given) and, when given, the scheduler stepped
+    per epoch and watching ``monitor``."""
+    opt = optimizer(build_param_groups(net, lr_multipliers, weight_decays))
     for group in opt.param_groups:
         group["lr"] = group["lr"] * group.get("lr_multiplier", 1.0)
     if scheduler is None:

@@ -67,6 +67,8 @@ class MFN(nn.Module):
         update_dropout: dropout of :math:`\\mathcal{D}_{\\gamma_2}`.
         output_hidden: hidden width of the output MLP (``outConfig.shapes``).
         output_dropout: dropout of the output MLP.
+        head: ``"mlp"`` (the output MLP, :meth:`forward` predicts) or ``"none"`` (no output MLP: for models that
+            read :meth:`encode` as their sentence representation, e.g. MFM's :math:`z_y` encoder).
 
     Shapes:
         batch["text"]: ``[B, L, Dt]``, batch["audio"]: ``[B, L, Da]``, batch["vision"]: ``[B, L, Dv]``,
@@ -93,6 +95,7 @@ class MFN(nn.Module):
         update_dropout: float = 0.5,
         output_hidden: int = 128,
         output_dropout: float = 0.0,
+        head: Literal["mlp", "none"] = "mlp",
     ) -> None:
         super().__init__()
         check_choices(MFN, locals())
@@ -130,7 +133,8 @@ class MFN(nn.Module):
         self.proposal = _mlp(window, proposal_hidden, memory_dim, proposal_dropout)
         self.retain_gate = _mlp(window + memory_dim, retain_hidden, memory_dim, retain_dropout)
         self.update_gate = _mlp(window + memory_dim, update_hidden, memory_dim, update_dropout)
-        self.head = _mlp(total + memory_dim, output_hidden, 1, output_dropout)
+        self.out_dim = total + memory_dim
+        self.head = _mlp(self.out_dim, output_hidden, 1, output_dropout) if head == "mlp" else None
 
     def extra_repr(self) -> str:
         return f"feature_dims={self.feature_dims}, hidden={self.hidden}, memory_dim={self.memory_dim}, cell={self.cell!r}"
@@ -144,6 +148,16 @@ class MFN(nn.Module):
             )
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.head is None:
+            raise RuntimeError("MFN: built with head='none'; call encode() for the sentence representation")
+        return {"pred": self.head(self.encode(batch)).squeeze(-1)}
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        """The final states of the three LSTMs and the gated memory, :math:`[h_T^t; h_T^a; h_T^v; u_T]`.
+
+        Shapes:
+            batch as in the class docstring -> ``[B, text_hidden + audio_hidden + vision_hidden + memory_dim]``.
+        """
         xs = {m: batch[m] for m in MODALITIES}
         self._check_aligned({m: x.shape[1] for m, x in xs.items()}, "batch lengths")
         valid = batch["text_mask"]
@@ -170,5 +184,4 @@ class MFN(nn.Module):
             mem = torch.where(keep, gamma1 * mem + gamma2 * proposal, mem)
             h = {m: torch.where(keep, new_h[m], h[m]) for m in MODALITIES}
             c = {m: torch.where(keep, new_c[m], c[m]) for m in MODALITIES}
-        final = torch.cat([h[m] for m in MODALITIES] + [mem], dim=-1)
-        return {"pred": self.head(final).squeeze(-1)}
+        return torch.cat([h[m] for m in MODALITIES] + [mem], dim=-1)

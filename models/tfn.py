@@ -60,7 +60,11 @@ class TFN(nn.Module):
         audio_hidden: width of the audio embedding.
         vision_hidden: width of the visual embedding.
         post_fusion_dim: width of the sentiment inference network.
-        dropout: dropout of the sub-networks and of the fusion network.
+        dropout: dropout of the sub-networks and of the fusion network, where the per-part values below are None.
+        audio_dropout: dropout of the audio sub-network (MMSA's ``dropouts[0]``); ``None``: ``dropout``.
+        vision_dropout: dropout of the visual sub-network (``dropouts[1]``); ``None``: ``dropout``.
+        text_dropout: dropout of the text sub-network (``dropouts[2]``); ``None``: ``dropout``.
+        post_fusion_dropout: dropout before the inference network (``dropouts[3]``); ``None``: ``dropout``.
         output_range: the output is ``sigmoid(x) * output_range + output_shift`` (TFN's bounded regression);
             ``None`` for an unbounded linear output.
         output_shift: see ``output_range``.
@@ -81,6 +85,10 @@ class TFN(nn.Module):
         vision_hidden: int = 16,
         post_fusion_dim: int = 64,
         dropout: float = 0.2,
+        audio_dropout: float | None = None,
+        vision_dropout: float | None = None,
+        text_dropout: float | None = None,
+        post_fusion_dropout: float | None = None,
         output_range: float | None = 6.0,
         output_shift: float = -3.0,
     ) -> None:
@@ -90,21 +98,27 @@ class TFN(nn.Module):
             raise ValueError(f"TFN: feature_dims lacks {sorted(missing)}")
         if min(text_hidden, text_out, audio_hidden, vision_hidden, post_fusion_dim) <= 0:
             raise ValueError("TFN: every width must be positive")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"TFN: dropout must be in [0, 1), got {dropout}")
+        drops = {
+            name: dropout if value is None else value
+            for name, value in (("audio", audio_dropout), ("vision", vision_dropout), ("text", text_dropout),
+                                ("post_fusion", post_fusion_dropout))
+        }
+        for name, p in {"dropout": dropout, **drops}.items():
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"TFN: {name} dropout must be in [0, 1), got {p}")
         self.feature_dims = dict(feature_dims)
         self.output_range = output_range
         self.output_shift = output_shift
 
-        self.audio_net = SubNet(feature_dims["audio"], audio_hidden, dropout)
-        self.vision_net = SubNet(feature_dims["vision"], vision_hidden, dropout)
+        self.audio_net = SubNet(feature_dims["audio"], audio_hidden, drops["audio"])
+        self.vision_net = SubNet(feature_dims["vision"], vision_hidden, drops["vision"])
         self.text_lstm = nn.LSTM(feature_dims["text"], text_hidden, batch_first=True)
-        self.text_drop = nn.Dropout(dropout)
+        self.text_drop = nn.Dropout(drops["text"])
         self.text_fc = nn.Linear(text_hidden, text_out)
 
         fused = (text_out + 1) * (audio_hidden + 1) * (vision_hidden + 1)
         self.post_fusion = nn.Sequential(
-            nn.Dropout(dropout),
+            nn.Dropout(drops["post_fusion"]),
             nn.Linear(fused, post_fusion_dim),
             nn.ReLU(),
             nn.Linear(post_fusion_dim, post_fusion_dim),

@@ -14,7 +14,6 @@ sizes stay as shipped: the point is that the shipped config runs.
 
 from __future__ import annotations
 
-import copy
 import re
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cli import compose_configs, config_chain
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -49,23 +50,8 @@ class TrainingConfig:
         return [self.base, self.path] if self.base is not None else [self.path]
 
     def composed(self) -> dict[str, Any]:
-        """The YAML of the files merged (dicts merged recursively, later files win), for inspection."""
-        out: dict[str, Any] = {}
-        for f in self.files:
-            _merge(out, yaml.safe_load(f.read_text()) or {})
-        return out
-
-
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            # a new class_path replaces the init_args of the old one, as jsonargparse does
-            if "class_path" in v and v.get("class_path") != into[k].get("class_path"):
-                into[k] = copy.deepcopy(v)
-            else:
-                _merge(into[k], v)
-        else:
-            into[k] = copy.deepcopy(v)
+        """The YAML of the files merged as jsonargparse merges them (:func:`cli.compose_configs`)."""
+        return compose_configs(self.files)
 
 
 def header_lines(path: Path) -> list[str]:
@@ -236,25 +222,11 @@ def config_base(path: Path) -> Path | None:
     return base_of(Path(path))
 
 
-def config_chain(path: Path) -> list[Path]:
-    """``[base of base, ..., base, path]``: the files to pass, in order, as ``--config``."""
-    chain = [Path(path)]
-    while (base := base_of(chain[0])) is not None:
-        if base in chain:
-            raise ValueError(f"{path}: the '# base:' headers form a cycle")
-        chain.insert(0, base)
-    return chain
-
-
 def config_args(path: Path) -> list[str]:
     """``["--config", base, "--config", path]`` (just ``path`` for a full config)."""
     return [arg for p in config_chain(path) for arg in ("--config", str(p))]
 
 
 def composed_config(path: Path) -> dict[str, Any]:
-    """The merged YAML mapping of :func:`config_chain` (mappings merge key by key; a new ``class_path`` replaces
-    the old one's ``init_args``, as jsonargparse does)."""
-    merged: dict[str, Any] = {}
-    for p in config_chain(path):
-        _merge(merged, yaml.safe_load(p.read_text()) or {})
-    return merged
+    """The merged YAML mapping of :func:`cli.config_chain`, as jsonargparse composes the files."""
+    return compose_configs(config_chain(path))

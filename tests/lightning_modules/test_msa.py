@@ -95,6 +95,19 @@ def test_param_groups_by_name() -> None:
         build_param_groups(net, {"nonexistent.": 2.0})
 
 
+def test_weight_decays_per_prefix_reach_the_optimizer() -> None:
+    """Self-MM on MOSEI decays its sub-networks differently (MMSA: audio 0, video 0, other 0.01)."""
+    from lightning_modules.optim import build_optimization
+
+    net = nn.ModuleDict({"audio_net": nn.Linear(2, 2), "vision_net": nn.Linear(2, 2), "head": nn.Linear(2, 1)})
+    opt = build_optimization(net, functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=0.01),
+                             None, {"vision_net.": 0.1}, "val/mae", {"audio_net.": 0.0, "vision_net.": 0.0})
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["audio_net."]["weight_decay"] == 0.0 and by_name["audio_net."]["lr"] == pytest.approx(1e-3)
+    assert by_name["vision_net."]["weight_decay"] == 0.0 and by_name["vision_net."]["lr"] == pytest.approx(1e-4)
+    assert by_name["base"]["weight_decay"] == 0.01
+
+
 def test_lr_multipliers_reach_the_optimizer(datamodule: MMSADataModule) -> None:
     model = LitMSA(net=TINY_TFN, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
                    lr_multipliers={"text_lstm.": 0.5})
