@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -122,6 +123,17 @@ class FERDataModule(LightningDataModule):
         predict_source: folder of images, an image file, or a video file to run prediction on.
         predict_every_n_frames: keep one video frame in n.
         progress: ``"rich"`` progress bar during preprocessing, or ``"none"``.
+        augment_policy: extra train-time policy of :class:`~datamodules.datasets.images.FaceBatchTransform`:
+            ``"none"``, ``"trivial"`` (TrivialAugment) or ``"rand"`` (RandAugment) over ops chosen for grey faces.
+        augment_ops: RandAugment's number of ops per face.
+        augment_magnitude: RandAugment's magnitude in [0, 10].
+        random_erasing: per-face probability of timm's random erasing (train only).
+        cache_backend: ``"memory"`` (every crop held as a uint8 tensor, fastest for sets that fit) or ``"litdata"``
+            (crops written once as litdata chunks and streamed from disk: memory stays flat as the set grows, and
+            litdata shards the train split across DDP ranks and nodes; see
+            :mod:`datamodules.datasets.streaming`). Same batch contract either way.
+        stream_dir: where the litdata chunks go (default ``<cache>/litdata/<hash>``); a local folder, or an object
+            store URL that litdata understands (``s3://...``).
     """
 
     def __init__(
@@ -169,9 +181,17 @@ class FERDataModule(LightningDataModule):
         predict_source: str | None = None,
         predict_every_n_frames: int = 1,
         progress: str = "rich",
+        augment_policy: Literal["none", "trivial", "rand"] = "none",
+        augment_ops: int = 2,
+        augment_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
+        cache_backend: Literal["memory", "litdata"] = "memory",
+        stream_dir: str | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        if cache_backend not in ("memory", "litdata"):
+            raise ValueError(f"{name}: cache_backend must be 'memory' or 'litdata', got {cache_backend!r}")
         if not class_names or len(set(class_names)) != len(class_names):
             raise ValueError(
                 f"{name}: class_names must be a non-empty list of unique names, got {class_names}"
@@ -234,6 +254,10 @@ class FERDataModule(LightningDataModule):
             contrast,
             saturation,
             augment="train",
+            policy=augment_policy,
+            policy_ops=augment_ops,
+            policy_magnitude=augment_magnitude,
+            random_erasing=random_erasing,
         )
         self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none")
         self.datasets: dict[str, FaceTensorDataset] = {}

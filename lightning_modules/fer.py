@@ -209,7 +209,7 @@ class LitFER(LightningModule):
 
         Logs ``{stage}/top_pred_share`` (share of the most-predicted class: 1.0 = collapsed) and returns the
         ``[K]`` predicted counts (``None`` when nothing was counted). Skipped during the sanity check, whose
-        untrained predictions say nothing about training.
+        untrained predictions say nothing about training, and for epochs of fewer than ``2 K`` faces.
         """
         counter: PredictionCounts = getattr(self, f"{stage}_pred_counts")
         if not counter.update_called:
@@ -220,7 +220,7 @@ class LitFER(LightningModule):
             return predicted
         total = int(predicted.sum())
         self.log(f"{stage}/top_pred_share", predicted.max().float() / max(total, 1), sync_dist=True)
-        if total > 1 and int((predicted > 0).sum()) == 1 and int((targets > 0).sum()) > 1:
+        if total >= 2 * len(predicted) and int((predicted > 0).sum()) == 1 and int((targets > 0).sum()) > 1:
             counts = ", ".join(f"{n}={int(c)}" for n, c in zip(self.class_names, predicted))
             only = self.class_names[int(predicted.argmax())]
             epoch = self.current_epoch if self._trainer is not None else -1
