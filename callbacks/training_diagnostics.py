@@ -73,8 +73,11 @@ class TrainingDiagnostics(Callback):
         self.every_n_steps = every_n_steps
         self.depth = depth
         self._active = False
+        self._step = 0
         self._stats: dict[str, float] = {}
         self._handles: list[Any] = []
+        #: every logged record (``{"step": ..., "diag/...": ...}``), in order; :attr:`last` is the latest one
+        self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ hooks on the net
     def _gate_hook(self, key: str, tanh: bool):
@@ -114,7 +117,8 @@ class TrainingDiagnostics(Callback):
 
     # ------------------------------------------------------------------ training loop
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._active = trainer.global_step % self.every_n_steps == 0
+        self._step = trainer.global_step  # the optimizer step this batch makes (global_step counts it after)
+        self._active = self._step % self.every_n_steps == 0
         self._stats = {}
 
     def on_train_batch_end(
@@ -132,7 +136,17 @@ class TrainingDiagnostics(Callback):
             if logits.shape[0] > 1:
                 self._stats["diag/logit_spread"] = float(logits.float().std(dim=0).mean())
         if self._stats:
-            pl_module.log_dict(self._stats, on_step=True, on_epoch=False, batch_size=1)
+            # straight to the loggers at this step (a LightningModule.log from a callback would be repeated at
+            # every later logging step until re-logged)
+            record = {"step": float(self._step), **self._stats}
+            self.history.append(record)
+            for logger in trainer.loggers:
+                logger.log_metrics(self._stats, step=self._step)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The latest logged record (empty before the first)."""
+        return self.history[-1] if self.history else {}
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if not self._active:

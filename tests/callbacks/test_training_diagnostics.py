@@ -35,10 +35,12 @@ def test_callback_logs_stage_norms_and_gate_activations(tmp_path, gate: str) -> 
     refine = "none" if gate == "lavt" else "residual"
     lit = LitFER(partial(TwoBranchSwin, gate=gate, refine=refine, fusion_init="gate_closed", **TINY_SWIN),
                  optimizer=partial(torch.optim.AdamW, lr=1e-3))
-    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False,
-                       gradient_clip_val=1e-6, callbacks=[TrainingDiagnostics(every_n_steps=1)])
+    diag = TrainingDiagnostics(every_n_steps=2)
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False,
+                       gradient_clip_val=1e-6, callbacks=[diag])
     trainer.fit(lit, datamodule=TinyFaceDataModule())
-    m = trainer.callback_metrics
+    assert [r["step"] for r in diag.history] == [0.0, 2.0]  # steps 0 and 2 of 3
+    m = diag.history[0]
     for key in ("diag/grad_norm/global_branch.layers.0", "diag/grad_norm/local_branch.layers.3",
                 "diag/grad_norm/fusions.2", "diag/grad_norm/total", "diag/gate_mean/fusions.0",
                 "diag/gate_saturated/fusions.3", "diag/fused_rms/fusions.1", "diag/logit_spread"):
