@@ -192,6 +192,9 @@ class FERDataModule(LightningDataModule):
         name = type(self).__name__
         if cache_backend not in ("memory", "litdata"):
             raise ValueError(f"{name}: cache_backend must be 'memory' or 'litdata', got {cache_backend!r}")
+        if cache_backend == "litdata" and sampler != "none":
+            raise ValueError(f"{name}: sampler={sampler!r} needs random access; the litdata stream shuffles itself "
+                             "(use cache_backend='memory' for class-balanced sampling)")
         if not class_names or len(set(class_names)) != len(class_names):
             raise ValueError(
                 f"{name}: class_names must be a non-empty list of unique names, got {class_names}"
@@ -409,6 +412,7 @@ class FERDataModule(LightningDataModule):
         )
         split = self._load_or_make_split(real, entries, write=True)
         if hp.descriptor == "none":
+            self._write_streams(real, extra, entries, split, None)
             return
         sun = None
         if hp.descriptor == "sun":
@@ -435,6 +439,71 @@ class FERDataModule(LightningDataModule):
             sum(e["status"] == "ok" for e in entries.values()) - len(todo),
             out_dir,
         )
+        self._write_streams(real, extra, entries, split, out_dir)
+
+    # ------------------------------------------------------------------ split members / streaming cache
+    def _members(
+        self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict
+    ) -> dict[str, list[ImageRecord]]:
+        """The records of each split in loader order (sorted real paths; usable generated images join train)."""
+        by_rel = {r.rel: r for r in real}
+        members: dict[str, list[ImageRecord]] = {s: [by_rel[p] for p in sorted(split[s])] for s in SPLITS}
+        members["train"] += [r for r in extra if entries[r.path]["status"] == "ok"]
+        return members
+
+    def _stream_dir(self, desc_dir: Path | None, split: dict) -> Path:
+        """``stream_dir`` or ``<cache>/litdata/<hash of split + crop + descriptor settings>``."""
+        if self.hparams.stream_dir:
+            return Path(self.hparams.stream_dir)
+        key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
+               "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots()}
+        return self.cache_root / "litdata" / settings_hash(key)
+
+    def _write_streams(
+        self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict,
+        desc_dir: Path | None,
+    ) -> None:
+        """``cache_backend="litdata"``: write each split's cached crops once as litdata chunks (rank 0)."""
+        if self.hparams.cache_backend != "litdata":
+            return
+        from datamodules.datasets.streaming import StreamRecord, write_face_stream
+
+        root = self._stream_dir(desc_dir, split)
+        for s, recs in self._members(real, extra, entries, split).items():
+            if not recs:
+                continue
+            rows = [
+                StreamRecord(
+                    str(self._crop_path(self.cache_root, entries[r.path])),
+                    None if desc_dir is None else str(desc_dir / Path(entries[r.path]["cache_file"]).name),
+                    r.label, r.origin, r.path,
+                )
+                for r in recs
+            ]
+            write_face_stream(rows, root / s)
+
+    def _setup_streams(self, members: dict[str, list[ImageRecord]], split: dict, desc_dir: Path | None) -> None:
+        """Open the litdata streams written by :meth:`prepare_data` (same items as the in-memory datasets)."""
+        from datamodules.datasets.streaming import INDEX_FILE, FaceStreamingDataset
+
+        hp = self.hparams
+        root = self._stream_dir(desc_dir, split)
+        for s in SPLITS:
+            folder = root / s
+            if not members[s]:
+                size = self._crop_settings.image_size
+                descs = None if hp.descriptor == "none" else torch.zeros(0, 1, size, size, dtype=torch.uint8)
+                self.datasets[s] = FaceTensorDataset(torch.zeros(0, 3, size, size, dtype=torch.uint8),
+                                                     torch.zeros(0, dtype=torch.long), [], [], descs)
+                continue
+            if not (folder / INDEX_FILE).is_file():
+                raise RuntimeError(f"litdata stream {str(folder)!r} missing: call prepare_data() before setup()")
+            # train: litdata's seeded shuffle, and its default tail handling across DDP ranks (equal batch
+            # counts per rank); eval: written order, every face exactly once
+            self.datasets[s] = FaceStreamingDataset(
+                str(folder), shuffle=s == "train", seed=hp.seed, drop_last=None if s == "train" else False
+            )
+        log.info("FER litdata streams under %s: %s", root, {s: len(d) for s, d in self.datasets.items()})
 
     def _fit_or_load_sun(self, split: dict, real: list[ImageRecord], entries: dict[str, dict]) -> SUNParams:
         path = self.sun_params_path
@@ -486,9 +555,10 @@ class FERDataModule(LightningDataModule):
         if hp.descriptor == "sun":
             sun = self.load_sun_params()
         desc_dir = self._descriptor_dir(sun) if hp.descriptor != "none" else None
-        by_rel = {r.rel: r for r in real}
-        members: dict[str, list[ImageRecord]] = {s: [by_rel[p] for p in sorted(split[s])] for s in SPLITS}
-        members["train"] += [r for r in extra if entries[r.path]["status"] == "ok"]
+        members = self._members(real, extra, entries, split)
+        if hp.cache_backend == "litdata":
+            self._setup_streams(members, split, desc_dir)
+            return
         for s in SPLITS:
             recs = members[s]
             crops = [np.load(self._crop_path(cache, entries[r.path])) for r in recs]
@@ -540,12 +610,17 @@ class FERDataModule(LightningDataModule):
 
     def _loader(self, split: str, **kwargs) -> DataLoader:
         nw = self.hparams.num_workers
+        collate = self._collate_train if split == "train" else self._collate_eval
+        if self.hparams.cache_backend == "litdata" and not isinstance(self._require(split), FaceTensorDataset):
+            from datamodules.datasets.streaming import streaming_loader
+
+            return streaming_loader(self._require(split), self.hparams.batch_size, nw, collate)
         return DataLoader(
             self._require(split),
             batch_size=self.hparams.batch_size,
             num_workers=nw,
             persistent_workers=nw > 0,
-            collate_fn=self._collate_train if split == "train" else self._collate_eval,
+            collate_fn=collate,
             **kwargs,
         )
 
