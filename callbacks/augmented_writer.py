@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from features.generation_quality import QualityFilter
+from metrics.generation import QualityFilter
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class AugmentedImageWriter(BasePredictionWriter):
         data_root: the real dataset folder (protected); also taken from the datamodule's ``data_root`` when present.
         class_names: class names by index; default: the model's or the datamodule's ``class_names``.
         image_mode: ``"L"`` (grayscale PNG, e.g. CK+) or ``"RGB"``.
-        quality: optional :class:`features.generation_quality.QualityFilter`; rejected images are not written but
+        quality: optional :class:`metrics.generation.QualityFilter`; rejected images are not written but
             recorded (with their scores) in the manifest.
         progress: ``"rich"`` (per-class and overall bars with images/s) or ``"none"``.
     """

@@ -34,16 +34,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
 from datamodules.datasets.images import (
-    REAL_ORIGIN,
     SPLITS,
-    BadImageError,
     FaceBatchTransform,
     FaceTensorDataset,
-    ImageRecord,
     class_balanced_weights,
     group_split,
-    load_image_rgb,
-    scan_class_folders,
     stack_hwc_uint8,
     stratified_split,
     subject_from_name,
@@ -64,6 +59,7 @@ from features.faces import (
     read_manifest,
     settings_hash,
 )
+from features.images import REAL_ORIGIN, BadImageError, ImageRecord, load_image_rgb, scan_class_folders
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """LightningDataModule for CMU-MOSI / CMU-MOSEI processed features (MMSA or MulT files, or their ``.npz`` form).
 
 The batch layout and the ``feature_dims`` / ``seq_lens`` properties follow ``docs/architecture.md``
-("Multimodal sentiment"). Loading, validation and cleaning live in :mod:`datamodules.datasets.mmsa`.
+("Multimodal sentiment"). Loading, validation and cleaning live in :mod:`features.mmsa_format`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from datamodules.datasets.mmsa import (
-    MMSAData,
-    MMSADataError,
-    MMSADataset,
-    load_mmsa,
-    missing_file_message,
-    mmsa_collate,
-)
+from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
+from features.mmsa_format import MMSAData, MMSADataError, load_mmsa, missing_file_message
 
 __all__ = ["MOSEIDataModule"]
 

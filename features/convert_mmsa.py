@@ -4,7 +4,7 @@ Usage::
 
     python -m features.convert_mmsa data/mosi/aligned_50.pkl data/mosi/aligned_50.npz
 
-The source is read with the restricted unpickler of :mod:`datamodules.datasets.mmsa` (only numpy arrays, scalars,
+The source is read with the restricted unpickler of :mod:`features.mmsa_format` (only numpy arrays, scalars,
 dtypes and plain containers; anything else is refused before it runs). The destination holds one array per entry
 (``train/audio``, ``train/id``, ...; strings as fixed-width unicode arrays) and a JSON header array
 ``__mmsa_header__`` (format, version, detected schema, source name and the key tree), so it loads with
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.datasets.mmsa import MMSADataError, detect_schema, load_feature_file, load_npz, save_npz
+from features.mmsa_format import MMSADataError, detect_schema, load_feature_file, load_npz, save_npz
 
 __all__ = ["convert_mmsa", "main", "trees_equal"]
 

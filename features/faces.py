@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.datasets.images import BadImageError, ImageRecord, load_image_rgb
+from features.images import BadImageError, ImageRecord, load_image_rgb
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +263,12 @@ def preprocess_faces(
     skipped by reason, faces not found) is logged at the end.
 
     Args:
-        records: files to process (from :func:`datamodules.datasets.images.scan_class_folders`).
+        records: files to process (from :func:`features.images.scan_class_folders`).
         cache_dir: cache directory (created).
         settings: crop settings; stored in each entry.
         roots: origin -> root directory, stored in the manifest for reference.
         on_bad_image: ``"skip"`` (counted, logged, recorded with its reason) or ``"error"`` (raise
-            :class:`~datamodules.datasets.images.BadImageError`).
+            :class:`~features.images.BadImageError`).
         progress: ``"rich"`` progress bar or ``"none"``.
         detector: detector to use (default: built from ``settings``); exposed for tests/counting.
 

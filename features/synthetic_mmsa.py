@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.datasets.mmsa import SPLITS, save_npz
+from features.mmsa_format import SPLITS, save_npz
 
 __all__ = [
     "NEGATIVE_WORDS",

@@ -19,12 +19,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_modules.metrics_fer import FERMetrics, PredictionCounts
 from lightning_modules.optim import build_optimization
+from metrics.fer import FERMetrics, PredictionCounts
 
 __all__ = ["FERNet", "LitFER"]
 

@@ -211,7 +211,7 @@ class LitLDM(LightningModule):
         consistency: ``"none"``, ``"triplet"`` or ``"contrastive"`` (pairing of eq. 2).
         consistency_weight, consistency_margin, consistency_max_timestep: weight, margin ``m`` and timestep cut-off.
         consistency_encoder: frozen image encoder returning ``[B, F]`` features of normalised images (e.g.
-            :class:`models.diffusion.FrozenImageEncoder`); required when ``consistency != "none"``.
+            :class:`models.frozen_classifier.FrozenImageEncoder`); required when ``consistency != "none"``.
         sampler, num_inference_steps, guidance_scale: generation settings of ``predict_step``/:meth:`generate`.
         image_mean, image_std: the datamodule's normalisation.
         optimizer, scheduler: factories (only ``net`` is optimised).

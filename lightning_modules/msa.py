@@ -2,7 +2,7 @@
 
 The net is a plain ``nn.Module`` from ``models/`` (contract in ``docs/architecture.md``): it takes the batch dict
 and returns ``{"pred": [B], "aux_losses": {...}, "logs": {...}}``. This system owns the task loss, the
-optimisation and the metrics (:class:`~lightning_modules.metrics_msa.MSAMetrics`, one object per stage).
+optimisation and the metrics (:class:`~metrics.msa.MSAMetrics`, one object per stage).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lightning_modules.metrics_msa import MSAMetrics
 from lightning_modules.optim import build_optimization, build_param_groups
+from metrics.msa import MSAMetrics
 
 __all__ = ["LitMSA", "build_param_groups"]
 

@@ -28,6 +28,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+# saved run configs name `models.diffusion.FrozenImageEncoder`; the class lives in models/frozen_classifier.py
+from models.frozen_classifier import FrozenImageEncoder  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 PAIRINGS = ("triplet", "contrastive")
@@ -388,89 +391,3 @@ def sample_latents(
             eps = net(z_in, t, labels)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
     return latents
-
-
-def _strip_to_model_keys(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
-    """Find the prefix (e.g. ``"net.model."`` of a Lightning checkpoint) under which ``model_keys`` were saved."""
-    counts: dict[str, int] = {}
-    for k in state:
-        for mk in model_keys:
-            if k.endswith(mk) and (len(k) == len(mk) or k[-len(mk) - 1] == "."):
-                counts[k[: len(k) - len(mk)]] = counts.get(k[: len(k) - len(mk)], 0) + 1
-    if not counts:
-        return {}
-    prefix = max(counts, key=counts.get)
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in model_keys}
-
-
-class FrozenImageEncoder(nn.Module):
-    """Frozen high-level feature extractor for eq. (2) and for the generation-quality metrics.
-
-    A timm model built locally (``pretrained=False``), optionally loaded from a LOCAL checkpoint of a recognition
-    model trained in the project (a Lightning ``.ckpt``, whose ``state_dict`` prefix such as ``net.model.`` is found
-    automatically, or a plain state-dict file). It returns timm's pre-logits features, or the logits
-    (``output="logits"``). Parameters never require grad and the module stays in eval mode, but gradients flow to
-    its INPUT (needed by eq. 2).
-
-    Args:
-        model_name: timm entry point.
-        num_classes: classes of the checkpoint's head.
-        checkpoint_path: local checkpoint, or ``None`` (random features; only for tests).
-        in_chans: input channels.
-        output: ``"features"`` (pre-logits) or ``"logits"``.
-        model_kwargs: extra ``timm.create_model`` arguments (must match the checkpoint's architecture).
-
-    Shapes:
-        images: ``[B, in_chans, H, W]`` normalised like the training batches -> ``[B, F]`` (or ``[B, num_classes]``).
-    """
-
-    def __init__(
-        self,
-        model_name: str = "resnet18",
-        num_classes: int = 7,
-        checkpoint_path: str | None = None,
-        in_chans: int = 3,
-        output: str = "features",
-        model_kwargs: dict | None = None,
-    ) -> None:
-        super().__init__()
-        import timm
-
-        if output not in ("features", "logits"):
-            raise ValueError(f"FrozenImageEncoder: output must be 'features' or 'logits', got {output!r}")
-        self.model_name = model_name
-        self.output = output
-        self.init_args = {"model_name": model_name, "num_classes": num_classes, "checkpoint_path": checkpoint_path,
-                          "in_chans": in_chans, "output": output, "model_kwargs": dict(model_kwargs or {})}
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                       **(model_kwargs or {}))
-        if checkpoint_path is not None:
-            path = Path(checkpoint_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"FrozenImageEncoder: checkpoint not found: {path}")
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
-            own = self.model.state_dict()
-            matched = _strip_to_model_keys(state, set(own))
-            if len(matched) < 0.9 * len(own):
-                raise ValueError(
-                    f"FrozenImageEncoder: checkpoint {path} matches only {len(matched)}/{len(own)} tensors of "
-                    f"timm {model_name!r}; check model_name/model_kwargs/num_classes"
-                )
-            self.model.load_state_dict(matched, strict=False)
-            log.info("FrozenImageEncoder: loaded %d tensors from %s", len(matched), path)
-        self.requires_grad_(False)
-        self.eval()
-        self.num_features = num_classes if output == "logits" else int(
-            getattr(self.model, "head_hidden_size", None) or self.model.num_features)
-
-    def train(self, mode: bool = True) -> FrozenImageEncoder:
-        return super().train(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        if self.output == "logits":
-            return self.model(images)
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-
-    def extra_repr(self) -> str:
-        return f"model_name={self.model_name!r}, output={self.output!r}, num_features={self.num_features}"

@@ -47,10 +47,11 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from callbacks.augmented_writer import AugmentedImageWriter, summarise_manifest
 from datamodules.fer import FERDataModule
 from datamodules.generation import GenerationDataModule, format_plan
-from features.generation_quality import QualityFilter, generation_quality, load_image_folder
 from lightning_modules.fer import LitFER
 from lightning_modules.ldm import LitLDM, LitVAE, load_ldm
-from models.diffusion import ConditionalLatentUNet, FrozenImageEncoder
+from metrics.generation import QualityFilter, generation_quality, load_image_folder
+from models.diffusion import ConditionalLatentUNet
+from models.frozen_classifier import FrozenImageEncoder
 from models.timm_classifier import TimmClassifier
 
 CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # noqa: E402  (the shared single-run driver)
+import run_fer_experiment as exp  # the shared single-run driver
 
 log = logging.getLogger("run_fer_learning_curves")
 CURVE_COLUMNS = ("model", "dataset", "seed", "epoch", "minutes", "val_acc", "val_top_pred_share")

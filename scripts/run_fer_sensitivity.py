@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # noqa: E402  (the shared single-run driver)
+import run_fer_experiment as exp  # the shared single-run driver
 
 log = logging.getLogger("run_fer_sensitivity")
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datamodules.datasets.mmsa import save_npz
+from features.mmsa_format import save_npz
 from features.synthetic_mmsa import generate_mmsa
 
 __all__ = [

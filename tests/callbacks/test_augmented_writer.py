@@ -11,8 +11,8 @@ from PIL import Image
 
 from callbacks.augmented_writer import AugmentedImageWriter, summarise_manifest
 from datamodules.generation import GenerationDataModule
-from features.generation_quality import QualityFilter
-from models.diffusion import FrozenImageEncoder
+from metrics.generation import QualityFilter
+from models.frozen_classifier import FrozenImageEncoder
 
 CLASSES = ["anger", "contempt", "fear"]
 COUNTS = {"anger": 4, "contempt": 1, "fear": 2}

@@ -12,10 +12,10 @@ import torch
 import yaml
 from torch.utils.data import SequentialSampler, WeightedRandomSampler
 
-from datamodules.datasets.images import load_image_rgb
 from datamodules.fer import FERDataModule
 from features.descriptors import fit_sun_params
 from features.faces import HaarFaceDetector
+from features.images import load_image_rgb
 from tests.fakes_images import (
     CK_CLASSES,
     JAFFE_CLASSES,

@@ -12,16 +12,14 @@ import torch
 from PIL import Image
 
 from datamodules.datasets.images import (
-    BadImageError,
     FaceBatchTransform,
     FaceTensorDataset,
     class_balanced_weights,
     group_split,
-    load_image_rgb,
-    scan_class_folders,
     stratified_split,
     subject_from_name,
 )
+from features.images import BadImageError, load_image_rgb, scan_class_folders
 from tests.fakes_images import make_class_folders, real_root, save_in_mode, synthetic_face, write_bad_files
 
 

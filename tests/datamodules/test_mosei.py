@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import RandomSampler, SequentialSampler
 
 import datamodules.mosei as mosei_module
-from datamodules.datasets.mmsa import MMSADataError, SplitSizeWarning
 from datamodules.mosei import MOSEIDataModule
+from features.mmsa_format import MMSADataError, SplitSizeWarning
 from tests.fakes import write_mmsa_npz, write_mmsa_pickle
 
 

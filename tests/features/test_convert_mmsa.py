@@ -9,8 +9,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from datamodules.datasets.mmsa import MMSADataError, load_npz, restricted_pickle_load
 from features.convert_mmsa import convert_mmsa, main, trees_equal
+from features.mmsa_format import MMSADataError, load_npz, restricted_pickle_load
 from tests.fakes import make_mmsa_dict, write_malicious_pickle, write_pickle
 
 

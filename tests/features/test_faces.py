@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.datasets.images import BadImageError, load_image_rgb, scan_class_folders
 from features.faces import (
     FaceCropSettings,
     HaarFaceDetector,
@@ -20,6 +19,7 @@ from features.faces import (
     read_manifest,
     summarize_manifest,
 )
+from features.images import BadImageError, load_image_rgb, scan_class_folders
 from tests.fakes_images import MODES, make_class_folders, real_root, tree_fingerprint, write_bad_files
 
 CLASSES = ["happy", "sad"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.datasets.mmsa import load_mmsa
+from features.mmsa_format import load_mmsa
 from features.synthetic_mmsa import (
     NEGATIVE_WORDS,
     NEUTRAL_WORDS,

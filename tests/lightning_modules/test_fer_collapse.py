@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.fer import LitFER
-from lightning_modules.metrics_fer import PredictionCounts
+from metrics.fer import PredictionCounts
 from tests.lightning_modules.test_fer import CLASSES, TinyFaceDataModule, _trainer
 
 

@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks.diffusion_samples import DiffusionSampleLogger
 from lightning_modules.ldm import LitLDM, LitVAE, load_ldm, load_vae
-from models.diffusion import ConditionalLatentUNet, FrozenImageEncoder, build_autoencoder_kl
+from models.diffusion import ConditionalLatentUNet, build_autoencoder_kl
+from models.frozen_classifier import FrozenImageEncoder
 
 
 class TinyFaces(Dataset):

@@ -61,7 +61,7 @@ def test_aux_losses_are_added_and_logged(datamodule: MOSEIDataModule) -> None:
 
 
 def test_test_metrics_match_direct_computation(datamodule: MOSEIDataModule) -> None:
-    from lightning_modules.metrics_msa import msa_metrics
+    from metrics.msa import msa_metrics
 
     model = LitMSA(net=TINY_TFN)
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,

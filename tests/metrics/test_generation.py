@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from features.generation_quality import ClassifierView, QualityFilter, generation_quality, load_image_folder
-from models.diffusion import FrozenImageEncoder
+from metrics.generation import QualityFilter, generation_quality, load_image_folder
+from models.frozen_classifier import ClassifierView, FrozenImageEncoder
 
 
 class LinearClassifier(nn.Module):
@@ -118,7 +118,7 @@ def test_standard_fid_and_is_from_a_local_inception_file(tmp_path, monkeypatch):
     pytest.importorskip("torch_fidelity")
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
-    from features.generation_quality import inception_scores
+    from metrics.generation import inception_scores
 
     # Build a random-init InceptionV3 state dict without the download that the constructor would do.
     with monkeypatch.context() as m:

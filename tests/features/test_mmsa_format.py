@@ -1,4 +1,4 @@
-"""Tests for datamodules/datasets/mmsa.py: restricted loading, schema, validation, cleaning, masks, Dataset."""
+"""Tests for features/mmsa_format.py: restricted loading, schema, validation, cleaning, masks, Dataset."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.datasets.mmsa import (
+from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
+from features.mmsa_format import (
     MMSADataError,
-    MMSADataset,
     RestrictedUnpickler,
     SplitSizeWarning,
     load_mmsa,
-    mmsa_collate,
     restricted_pickle_load,
 )
 from tests.fakes import (
@@ -90,7 +89,7 @@ def test_nan_inf_cleaned_with_counts(tmp_path, caplog):
     raw["train"]["audio"][2, 2, 2] = -np.inf
     raw["valid"]["vision"][0, 0, :3] = np.inf
     path = write_pickle(raw, tmp_path / "aligned_50.pkl")
-    with caplog.at_level("INFO", logger="datamodules.datasets.mmsa"):
+    with caplog.at_level("INFO", logger="features.mmsa_format"):
         data = load_mmsa(path)
     assert data.nonfinite_counts["train"] == {"text": 0, "audio": 3, "vision": 0}
     assert data.nonfinite_counts["valid"] == {"text": 0, "audio": 0, "vision": 3}

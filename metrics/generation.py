@@ -37,61 +37,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from models.frozen_classifier import ClassifierView
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DUPLICATE_METRICS = ("cosine", "mse", "none")
-
-
-class ClassifierView(nn.Module):
-    """Features or logits of a timm classifier for images in ``[0, 1]`` (normalised inside).
-
-    Args:
-        classifier: a timm model, or a module holding one as ``.model`` (``TimmClassifier``,
-            ``models.diffusion.FrozenImageEncoder``).
-        output: ``"features"`` (pre-logits) or ``"logits"``.
-        mean, std: normalisation the classifier was trained with.
-        image_size: resize input to this side first (``None`` = as is).
-
-    Shapes:
-        images: ``[B, 3, H, W]`` in ``[0, 1]`` -> ``[B, num_features]``.
-    """
-
-    def __init__(
-        self,
-        classifier: nn.Module,
-        output: str = "features",
-        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-        std: tuple[float, ...] = (0.5, 0.5, 0.5),
-        image_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        if output not in ("features", "logits"):
-            raise ValueError(f"ClassifierView: output must be 'features' or 'logits', got {output!r}")
-        model = getattr(classifier, "model", classifier)
-        if not hasattr(model, "forward_features"):
-            raise ValueError("ClassifierView: classifier must be a timm model (or hold one as .model)")
-        self.model = model.eval().requires_grad_(False)
-        self.output = output
-        self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.num_features = int(model.num_classes if output == "logits" else
-                                getattr(model, "head_hidden_size", None) or model.num_features)
-
-    def train(self, mode: bool = True) -> ClassifierView:
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.float()
-        if self.image_size is not None and x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
-        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        if self.output == "features":
-            return feats
-        return self.model.get_classifier()(feats)
 
 
 def load_image_folder(root: str | Path, class_names: list[str], size: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -231,7 +182,7 @@ class QualityFilter:
 
     Args:
         classifier: recognition classifier trained in the project (timm model or module with ``.model``), e.g.
-            ``models.diffusion.FrozenImageEncoder`` built from its checkpoint.
+            ``models.frozen_classifier.FrozenImageEncoder`` built from its checkpoint.
         min_confidence: minimum softmax probability of the conditioned class (0 disables).
         duplicate_metric: ``"cosine"`` (classifier features), ``"mse"`` (pixels) or ``"none"``.
         duplicate_threshold: cosine similarity >= threshold, or pixel MSE <= threshold, means memorised.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from lightning_modules.metrics_msa import MSAMetrics, msa_metrics, weighted_binary_f1
+from metrics.msa import MSAMetrics, msa_metrics, weighted_binary_f1
 
 
 def mmsa_reference(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""metrics package: torchmetrics Metrics for MSA (msa), FER (fer) and generation quality (generation)."""
