@@ -19,7 +19,7 @@ def tiny_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr("sys.argv", ["script"])
     make_class_folders(tmp_path / "data" / "ckplus48", classes=CK_CLASSES, subjects=7, frames=1, size=32)
     return ["--data-root", str(tmp_path / "data"), "--datasets", "ckplus48", "--epochs", "1", "--max-minutes", "5",
-            "--image-size", "32", "--batch-size", "4", "--limit-batches", "2", "--threads", "1"]
+            "--image-size", "64", "--batch-size", "4", "--limit-batches", "2", "--threads", "1"]
 
 
 @pytest.mark.slow
