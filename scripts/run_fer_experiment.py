@@ -53,6 +53,7 @@ MODELS: dict[str, str | tuple[str, ...]] = {
     "resnet18": "configs/fer/baselines/resnet18_ckplus48.yaml",
     "resnet50": "configs/fer/baselines/resnet50_ckplus48.yaml",
     "mae_vit": "configs/fer/baselines/mae_vit_ckplus48.yaml",
+    "poster": "configs/fer/baselines/poster_ckplus48.yaml",
     "vgg16": "configs/fer/baselines/vgg16_ckplus48.yaml",
     "efficientnet_b0": "configs/fer/baselines/efficientnet_b0_ckplus48.yaml",
     "vit_small": "configs/fer/baselines/vit_small_ckplus48.yaml",
