@@ -150,8 +150,9 @@ def test_streams_shard_across_two_ddp_processes(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "paths.json"
+    # spawn, not fork: forking a process whose OpenMP/gloo threads are running can deadlock
     mp.start_processes(_ddp_worker, args=(2, str(root), str(tmp_path), port, str(out)), nprocs=2,
-                       start_method="fork")
+                       start_method="spawn")
     per_rank = json.loads(out.read_text())
     val = [p for r in per_rank for p in r["val"]]
     assert sorted(val) == sorted(mem.datasets["val"].paths)  # every eval face exactly once across the ranks
