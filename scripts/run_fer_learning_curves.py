@@ -31,7 +31,11 @@ CURVE_COLUMNS = ("model", "dataset", "seed", "epoch", "minutes", "val_acc", "val
 
 
 class LearningCurve(Callback):
-    """Records ``(epoch, minutes since fit start, val/acc, val/top_pred_share)`` after every validation epoch."""
+    """Records ``(epoch, minutes since fit start, val/acc, val/top_pred_share)`` after every training epoch.
+
+    Read in ``on_train_epoch_end``: the epoch's validation has run by then, and LitFER has logged ``val/acc`` (a
+    callback's ``on_validation_epoch_end`` runs before the module's, when ``val/acc`` is not logged yet).
+    """
 
     def __init__(self) -> None:
         self.points: list[dict] = []
@@ -40,8 +44,8 @@ class LearningCurve(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if "val/acc" not in trainer.callback_metrics:
             return
         m = trainer.callback_metrics
         self.points.append({
@@ -56,6 +60,8 @@ def plot_curves(points: list[dict], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     datasets = sorted({p["dataset"] for p in points})
+    if not datasets:
+        raise ValueError("plot_curves: no learning-curve points (did validation run?)")
     fig = Figure(figsize=(6 * len(datasets), 4.2))
     for i, ds in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)
