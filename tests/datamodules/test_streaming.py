@@ -156,7 +156,7 @@ def test_streams_shard_across_two_ddp_processes(tmp_path: Path) -> None:
     per_rank = json.loads(out.read_text())
     val = [p for r in per_rank for p in r["val"]]
     assert sorted(val) == sorted(mem.datasets["val"].paths)  # every eval face exactly once across the ranks
-    assert all(r["val"] for r in per_rank)  # both ranks got a share
+    # litdata shards by CHUNK: a split smaller than one chunk (as here) goes whole to one rank
     train0, train1 = (set(r["train"]) for r in per_rank)
     assert not train0 & train1  # disjoint training shards
     assert len(per_rank[0]["train"]) == len(per_rank[1]["train"])  # equal steps per rank (no DDP hang)
