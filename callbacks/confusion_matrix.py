@@ -42,13 +42,22 @@ def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    k = matrix.shape[0]
+    size = max(4.0, 0.6 * k + 2.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    draw_confusion_matrix(ax, matrix, class_names, normalize, title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_confusion_matrix(ax: Any, matrix: Tensor, class_names: list[str], normalize: str = "true",
+                          title: str = "") -> Any:
+    """Draw a ``[K, K]`` count matrix into the matplotlib axes ``ax`` (see :func:`plot_confusion_matrix`)."""
     counts = matrix.detach().cpu().double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1) if normalize == "true" else counts
     k = counts.shape[0]
-    size = max(4.0, 0.6 * k + 2.0)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0 if normalize == "true" else None)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(k), labels=class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), labels=class_names)
     ax.set_xlabel("predicted")
@@ -60,8 +69,7 @@ def plot_confusion_matrix(matrix: Tensor, class_names: list[str], normalize: str
             text = f"{rates[i, j]:.2f}\n({int(counts[i, j])})" if normalize == "true" else f"{int(counts[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > thresh else "black")
-    fig.tight_layout()
-    return fig
+    return im
 
 
 def save_figure_atomic(fig: Any, path: Path) -> None:

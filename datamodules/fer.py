@@ -166,6 +166,17 @@ class FERDataModule(LightningDataModule):
         predict_max_fps: frame-rate cap of live sources (webcam/stream).
         predict_max_frames: stop a live source after this many frames (None: until it ends or Ctrl-C).
         progress: ``"rich"`` progress bar during preprocessing, or ``"none"``.
+        augment_policy: extra train-time policy of :class:`~datamodules.datasets.images.FaceBatchTransform`:
+            ``"none"``, ``"trivial"`` (TrivialAugment) or ``"rand"`` (RandAugment) over ops chosen for grey faces.
+        augment_ops: RandAugment's number of ops per face.
+        augment_magnitude: RandAugment's magnitude in [0, 10].
+        random_erasing: per-face probability of timm's random erasing (train only).
+        cache_backend: ``"memory"`` (every crop held as a uint8 tensor, fastest for sets that fit) or ``"litdata"``
+            (crops written once as litdata chunks and streamed from disk: memory stays flat as the set grows, and
+            litdata shards the train split across DDP ranks and nodes; see
+            :mod:`datamodules.datasets.streaming`). Same batch contract either way.
+        stream_dir: where the litdata chunks go (default ``<cache>/litdata/<hash>``); a local folder, or an object
+            store URL that litdata understands (``s3://...``).
     """
 
     def __init__(
@@ -224,10 +235,19 @@ class FERDataModule(LightningDataModule):
         predict_max_fps: float | None = None,
         predict_max_frames: int | None = None,
         progress: Literal["rich", "none"] = "rich",
+        augment_policy: Literal["none", "trivial", "rand"] = "none",
+        augment_ops: int = 2,
+        augment_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
+        cache_backend: Literal["memory", "litdata"] = "memory",
+        stream_dir: str | None = None,
     ) -> None:
         super().__init__()
         check_choices(FERDataModule, locals())
         name = type(self).__name__
+        if cache_backend == "litdata" and train_sampler != "none":
+            raise ValueError(f"{name}: train_sampler={train_sampler!r} needs random access; the litdata stream shuffles itself "
+                             "(use cache_backend='memory' for class-balanced sampling)")
         if not class_names or len(set(class_names)) != len(class_names):
             raise ValueError(
                 f"{name}: class_names must be a non-empty list of unique names, got {class_names}"
@@ -280,6 +300,10 @@ class FERDataModule(LightningDataModule):
             contrast,
             saturation,
             augment="train",
+            policy=augment_policy,
+            policy_ops=augment_ops,
+            policy_magnitude=augment_magnitude,
+            random_erasing=random_erasing,
         )
         self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none")
         self.datasets: dict[str, FaceTensorDataset] = {}
@@ -550,6 +574,7 @@ class FERDataModule(LightningDataModule):
         self._check_usable(real, extra, entries)
         split = self._load_or_make_split(real, entries, write=True)
         if hp.descriptor == "none":
+            self._write_streams(real, extra, entries, split, None)
             return
         sun = None
         if hp.descriptor == "sun":
@@ -575,6 +600,71 @@ class FERDataModule(LightningDataModule):
             sum(e["status"] == "ok" for e in entries.values()) - len(todo),
             out_dir,
         )
+        self._write_streams(real, extra, entries, split, out_dir)
+
+    # ------------------------------------------------------------------ split members / streaming cache
+    def _members(
+        self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict
+    ) -> dict[str, list[ImageRecord]]:
+        """The records of each split in loader order (sorted real paths; usable generated images join train)."""
+        by_rel = {r.rel: r for r in real}
+        members: dict[str, list[ImageRecord]] = {s: [by_rel[p] for p in sorted(split[s])] for s in SPLITS}
+        members["train"] += [r for r in extra if entries[r.path]["status"] == "ok"]
+        return members
+
+    def _stream_dir(self, desc_dir: Path | None, split: dict) -> Path:
+        """``stream_dir`` or ``<cache>/litdata/<hash of split + crop + descriptor settings>``."""
+        if self.hparams.stream_dir:
+            return Path(self.hparams.stream_dir)
+        key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
+               "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots()}
+        return self.cache_root / "litdata" / settings_hash(key)
+
+    def _write_streams(
+        self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict,
+        desc_dir: Path | None,
+    ) -> None:
+        """``cache_backend="litdata"``: write each split's cached crops once as litdata chunks (rank 0)."""
+        if self.hparams.cache_backend != "litdata":
+            return
+        from datamodules.datasets.streaming import StreamRecord, write_face_stream
+
+        root = self._stream_dir(desc_dir, split)
+        for s, recs in self._members(real, extra, entries, split).items():
+            if not recs:
+                continue
+            rows = [
+                StreamRecord(
+                    str(self._crop_path(self.cache_root, entries[r.path])),
+                    None if desc_dir is None else str(desc_dir / Path(entries[r.path]["cache_file"]).name),
+                    r.label, r.origin, r.path,
+                )
+                for r in recs
+            ]
+            write_face_stream(rows, root / s)
+
+    def _setup_streams(self, members: dict[str, list[ImageRecord]], split: dict, desc_dir: Path | None) -> None:
+        """Open the litdata streams written by :meth:`prepare_data` (same items as the in-memory datasets)."""
+        from datamodules.datasets.streaming import INDEX_FILE, FaceStreamingDataset
+
+        hp = self.hparams
+        root = self._stream_dir(desc_dir, split)
+        for s in SPLITS:
+            folder = root / s
+            if not members[s]:
+                size = self._crop_settings.image_size
+                descs = None if hp.descriptor == "none" else torch.zeros(0, 1, size, size, dtype=torch.uint8)
+                self.datasets[s] = FaceTensorDataset(torch.zeros(0, 3, size, size, dtype=torch.uint8),
+                                                     torch.zeros(0, dtype=torch.long), [], [], descs)
+                continue
+            if not (folder / INDEX_FILE).is_file():
+                raise RuntimeError(f"litdata stream {str(folder)!r} missing: call prepare_data() before setup()")
+            # train: litdata's seeded shuffle, and its default tail handling across DDP ranks (equal batch
+            # counts per rank); eval: written order, every face exactly once
+            self.datasets[s] = FaceStreamingDataset(
+                str(folder), shuffle=s == "train", seed=hp.seed, drop_last=None if s == "train" else False
+            )
+        log.info("FER litdata streams under %s: %s", root, {s: len(d) for s, d in self.datasets.items()})
 
     def _fit_or_load_sun(self, split: dict, real: list[ImageRecord], entries: dict[str, dict]) -> SUNParams:
         path = self.sun_params_path
@@ -628,9 +718,10 @@ class FERDataModule(LightningDataModule):
         if hp.descriptor == "sun":
             sun = self.load_sun_params()
         desc_dir = self._descriptor_dir(sun) if hp.descriptor != "none" else None
-        by_rel = {r.rel: r for r in real}
-        members: dict[str, list[ImageRecord]] = {s: [by_rel[p] for p in sorted(split[s])] for s in SPLITS}
-        members["train"] += [r for r in extra if entries[r.path]["status"] == "ok"]
+        members = self._members(real, extra, entries, split)
+        if hp.cache_backend == "litdata":
+            self._setup_streams(members, split, desc_dir)
+            return
         for s in SPLITS:
             recs = members[s]
             crops = [np.load(self._crop_path(cache, entries[r.path])) for r in recs]
@@ -702,12 +793,17 @@ class FERDataModule(LightningDataModule):
 
     def _loader(self, split: str, **kwargs) -> DataLoader:
         nw = self.hparams.num_workers
+        collate = self._collate_train if split == "train" else self._collate_eval
+        if self.hparams.cache_backend == "litdata" and not isinstance(self._require(split), FaceTensorDataset):
+            from datamodules.datasets.streaming import streaming_loader
+
+            return streaming_loader(self._require(split), self.hparams.batch_size, nw, collate)
         return DataLoader(
             self._require(split),
             batch_size=self.hparams.batch_size,
             num_workers=nw,
             persistent_workers=nw > 0,
-            collate_fn=self._collate_train if split == "train" else self._collate_eval,
+            collate_fn=collate,
             **kwargs,
         )
 

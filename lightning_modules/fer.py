@@ -22,11 +22,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
-from metrics.fer import FERMetrics
+from metrics.fer import FERMetrics, PredictionCounts
 
 __all__ = ["FERNet", "LitFER", "read_fer_preprocessing"]
 
@@ -83,7 +84,13 @@ class LitFER(EpochMetricsSystem):
     Logged keys: ``{stage}/loss`` and, per epoch, ``{stage}/acc``, ``{stage}/mean_class_acc``,
     ``{stage}/f1_macro``, ``{stage}/precision_macro``, ``{stage}/recall_macro``; for ``val`` and ``test`` also
     ``{stage}/precision_<class>`` and ``{stage}/recall_<class>``. The last confusion matrix of each stage is kept in
-    ``self.confusion_matrices[stage]`` (``[K, K]``, rows = true class).
+    ``self.confusion_matrices[stage]`` (``[K, K]``, rows = true class). ``{stage}/top_pred_share`` is the share of
+    the most-predicted class over the epoch; when it is 1.0 while the targets span several classes a collapse
+    warning names the per-class prediction counts (:meth:`_check_collapse`).
+
+    Mixed batches: when a training batch carries ``label_soft`` ``[B, K]`` (mixup/cutmix target distributions,
+    written by :class:`callbacks.mixup.MixupCutmix`), the loss is the cross-entropy against it; metrics keep using
+    the hard ``label``.
 
     Shapes:
         batch["image"]: ``[B, 3, H, W]``; batch["descriptor"]: ``[B, 1, H, W]`` (two-branch nets only);
@@ -143,6 +150,9 @@ class LitFER(EpochMetricsSystem):
         self.train_metrics = FERMetrics(num_classes)
         self.val_metrics = FERMetrics(num_classes)
         self.test_metrics = FERMetrics(num_classes)
+        # collapse check (see _check_collapse): per-stage predicted/target class counts over an epoch
+        for s in STAGES:
+            setattr(self, f"{s}_pred_counts", PredictionCounts(num_classes))
         n = sum(p.numel() for p in net.parameters())
         log.info("%s: %d parameters, inputs %s, %d classes", type(net).__name__, n, net.inputs, num_classes)
 
@@ -170,11 +180,13 @@ class LitFER(EpochMetricsSystem):
     def _shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
         logits = self(batch)
         label = batch["label"]
+        target = batch.get("label_soft", label) if stage == "train" else label
         loss = F.cross_entropy(
-            logits, label, weight=self.loss_weight, label_smoothing=self.hparams.label_smoothing
+            logits, target, weight=self.loss_weight, label_smoothing=self.hparams.label_smoothing
         )  # eq. 6
         self.log_step_value(stage, "loss", loss, label.shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach(), label)
+        getattr(self, f"{stage}_pred_counts").update(logits.detach(), label)
         return {"loss": loss, "preds": logits.detach().argmax(dim=1), "target": label}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
@@ -201,6 +213,9 @@ class LitFER(EpochMetricsSystem):
         metrics: FERMetrics = getattr(self, f"{stage}_metrics")
         values = metrics.compute(self.class_names, per_class=stage != "train")
         self.confusion_matrices[stage] = metrics.compute_confusion().cpu()
+        share = self._check_collapse(stage)  # reduced here too, on every process in the same order
+        if share is not None:
+            values["top_pred_share"] = share
         return values
 
     # ------------------------------------------------------------------ portable checkpoints
@@ -215,6 +230,35 @@ class LitFER(EpochMetricsSystem):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.preprocessing = checkpoint.get(PREPROCESSING_CKPT_KEY)
+
+
+    def _check_collapse(self, stage: str) -> Tensor | None:
+        """Warn when a whole epoch's predictions fell on one class while its targets spanned several.
+
+        Returns the share of the most-predicted class (1.0 = collapsed; logged as ``{stage}/top_pred_share``), or
+        ``None`` when nothing was counted. The warning is skipped during the sanity check, whose untrained
+        predictions say nothing about training, and for epochs of fewer than ``2 K`` faces.
+        """
+        counter: PredictionCounts = getattr(self, f"{stage}_pred_counts")
+        predicted, targets = counter.compute().cpu()
+        counter.reset()
+        total = int(predicted.sum())
+        if total == 0:
+            return None
+        share = predicted.max().float() / total
+        if self._trainer is not None and self.trainer.sanity_checking:
+            return share
+        if total >= 2 * len(predicted) and int((predicted > 0).sum()) == 1 and int((targets > 0).sum()) > 1:
+            counts = ", ".join(f"{n}={int(c)}" for n, c in zip(self.class_names, predicted))
+            only = self.class_names[int(predicted.argmax())]
+            epoch = self.current_epoch if self._trainer is not None else -1
+            rank_zero_warn(
+                f"LitFER: collapse — every {stage} prediction of epoch {epoch} was class {only!r} although the "
+                f"targets span {int((targets > 0).sum())} classes (predicted counts: {counts}). The model "
+                "predicts a constant; typical causes: learning rate too high for the batch size without "
+                "warm-up, no gradient clipping (see docs/fer_experiments.md)."
+            )
+        return share
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

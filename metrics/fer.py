@@ -19,8 +19,9 @@ Key names (``{stage}/`` is prepended by the system):
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -29,7 +30,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-__all__ = ["FERMetrics"]
+__all__ = ["FERMetrics", "PredictionCounts"]
 
 
 class FERMetrics(nn.Module):
@@ -89,3 +90,37 @@ class FERMetrics(nn.Module):
     def reset(self) -> None:
         self.scores.reset()
         self.confusion.reset()
+
+
+class PredictionCounts(Metric):
+    """How often each class was predicted (argmax) and how often it was the target over an epoch.
+
+    The collapse check of :class:`lightning_modules.fer.LitFER` reads it: a whole epoch of predictions on one
+    class while the targets span several classes means the model has collapsed. States are summed across
+    processes, so every rank sees the same counts.
+
+    Args:
+        num_classes: Number of classes ``K``.
+
+    Shapes:
+        preds: ``[B, K]`` logits or ``[B]`` class indices; target: ``[B]`` int64
+        compute(): ``[2, K]`` int64 — row 0 predicted counts, row 1 target counts
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"PredictionCounts: num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.add_state("predicted", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("targets", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        idx = preds.argmax(dim=1) if preds.ndim == 2 else preds
+        self.predicted += torch.bincount(idx.long().flatten(), minlength=self.num_classes)[: self.num_classes]
+        self.targets += torch.bincount(target.long().flatten(), minlength=self.num_classes)[: self.num_classes]
+
+    def compute(self) -> Tensor:
+        return torch.stack([self.predicted, self.targets])

@@ -39,6 +39,21 @@ Readings chosen where the paper is vague (each one is a constructor option where
 * Initialisation (not in the paper): by default (``fusion_init="zero"``) the fusion conv of eq. 3 and the last
   refinement conv start at zero, so at step 0 every ``E'_i = G_i`` and the network equals the global-only Swin; it
   then learns how much of the local branch to admit. ``fusion_init="default"`` uses PyTorch's conv init.
+* Gate reading (``gate``). ``"sigmoid"`` (default) is eq. 4 as read above plus the refinement. ``"lavt"`` is the
+  gate of LAVT (Yang et al., CVPR 2022, https://arxiv.org/abs/2112.02244, §3.3 "language gate"), which the paper
+  cites for it: ``E_i = G_i + tanh(W_2 ReLU(W_1 F_i)) ⊙ F_i`` with bias-free ``W_1, W_2`` (1x1 convs ``C_i -> C_i``)
+  and **no** further refinement (it needs ``refine="none"``). The paper's text (a sigmoid-free "combination of
+  activation functions", then "a 1x1 conv + ReLU and tanh") fits both readings; the 3-seed ablation
+  (``scripts/run_fer_ablations.py --variants swin2b swin2b_lavt``) is what should decide the default.
+* Initialisation and gradient flow (``fusion_init``). ``"zero"`` zeroes the fusion conv: ``F_i = 0`` at step 0, so
+  ``E'_i = G_i`` but the gate (``dL/dS = dL/dE ⊙ F = 0``) and the first refinement conv get no gradient until the
+  fusion conv has moved; with the LAVT gate it is worse — ``S = tanh(W_2 ReLU(W_1 0)) = 0`` and ReLU'(0) = 0 leave
+  *every* fusion parameter without gradient forever, so that combination is refused. ``"gate_closed"`` keeps the
+  fusion conv at PyTorch's default init (``F_i != 0``) and closes the gate instead: the LAVT gate's last conv
+  ``W_2`` is zero (``S = 0``), the sigmoid gate's bias is ``-4`` (``S ≈ 0.018``); the last refinement conv is zero.
+  The model still starts (almost exactly) as the global-only Swin, and every fusion parameter except those behind
+  a zero layer gets a gradient at the first step (those behind it at the second), as in zero-init residual
+  branches. ``tests/models/test_swin_two_branch_gate.py`` checks both claims.
 * Cross-entropy (eq. 6) is the training loss; it lives in the system (``lightning_modules.fer.LitFER``).
 
 Cost. Eq. 3's dense 3x3 convolution ``2C_i -> C_i`` costs ``18 C_i^2`` multiply-adds per token; over the four
@@ -86,8 +101,12 @@ Branches = Literal["two", "global"]
 BRANCHES = get_args(Branches)
 Refine = Literal["residual", "replace", "none"]
 REFINES = get_args(Refine)
-Init = Literal["zero", "default"]
+Init = Literal["zero", "default", "gate_closed"]
 INITS = get_args(Init)
+Gate = Literal["sigmoid", "lavt"]
+GATES = get_args(Gate)
+#: sigmoid-gate bias of ``fusion_init="gate_closed"``: S = sigmoid(-4) ~ 0.018 at initialisation
+CLOSED_GATE_BIAS = -4.0
 
 
 class StageFusion(nn.Module):
@@ -103,7 +122,11 @@ class StageFusion(nn.Module):
         init: ``"zero"``: the fusion conv (the pointwise map for ``"separable"``) and (with ``refine="residual"``)
             the last refinement conv start at zero, so ``E'_i = G_i`` at initialisation and the model starts as the global-only Swin, learning how
             much local information to admit (the gradient of the fusion conv is ``S * dL/dE``, non-zero from the
-            first step); ``"default"``: PyTorch's default conv initialisation everywhere.
+            first step); ``"default"``: PyTorch's default conv initialisation everywhere; ``"gate_closed"``: default
+            fusion conv, closed gate (LAVT: zero ``W_2``; sigmoid: bias ``-4``) and zero last refinement conv (see
+            "Initialisation and gradient flow" in the module docstring).
+        gate: ``"sigmoid"`` (eq. 4: ``S = sigmoid(Conv1x1(F))``) or ``"lavt"`` (``S = tanh(W_2 ReLU(W_1 F))``,
+            bias-free, LAVT's language gate; needs ``refine="none"``).
 
     Shapes:
         g: ``[B, H, W, C]`` global stage output (NHWC, as timm's Swin stages emit it)
@@ -118,9 +141,16 @@ class StageFusion(nn.Module):
         refine: Refine = "residual",
         init: Init = "zero",
         fusion_conv: FusionConv = "full",
+        gate: Gate = "sigmoid",
     ) -> None:
         super().__init__()
         check_choices(StageFusion, locals())
+        if gate == "lavt" and refine != "none":
+            raise ValueError(f"StageFusion: gate='lavt' has no refinement after eq. 5 (LAVT): set refine='none', "
+                             f"got {refine!r}")
+        if gate == "lavt" and init == "zero":
+            raise ValueError("StageFusion: init='zero' with gate='lavt' leaves every fusion parameter without "
+                             "gradient (F = 0 and S = tanh(0) = 0); use init='gate_closed'")
         self.dim = dim
         self.fusion = fusion
         self.refine = refine
@@ -135,7 +165,13 @@ class StageFusion(nn.Module):
         elif self.fusion_conv == "separable":
             self.fuse_dw = nn.Conv2d(2 * dim, 2 * dim, kernel_size=3, padding=1, groups=2 * dim)
             self.fuse_conv = nn.Conv2d(2 * dim, dim, kernel_size=1)
-        self.gate_conv = nn.Conv2d(dim, dim, kernel_size=1)
+        self.gate_type = gate
+        self.gate_conv = nn.Conv2d(dim, dim, kernel_size=1, bias=gate == "sigmoid")
+        # LAVT's second gate layer (W_2); None for the sigmoid gate
+        self.gate_conv2 = nn.Conv2d(dim, dim, kernel_size=1, bias=False) if gate == "lavt" else None
+        # parameter-free probes: forward hooks on them see F_i and S_i (callbacks.fer_diagnostics reads them)
+        self.fused_probe = nn.Identity()
+        self.gate_probe = nn.Identity()
         if refine != "none":
             self.refine_conv1 = nn.Conv2d(dim, dim, kernel_size=1)
             self.refine_conv2 = nn.Conv2d(dim, dim, kernel_size=1)
@@ -144,9 +180,18 @@ class StageFusion(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for conv in (self.fuse_dw, self.fuse_conv, self.gate_conv, self.refine_conv1, self.refine_conv2):
+        for conv in (self.fuse_dw, self.fuse_conv, self.gate_conv, self.gate_conv2, self.refine_conv1,
+                     self.refine_conv2):
             if conv is not None:
                 conv.reset_parameters()
+        if self.init == "gate_closed":
+            if self.gate_conv2 is not None:
+                nn.init.zeros_(self.gate_conv2.weight)
+            else:
+                nn.init.constant_(self.gate_conv.bias, CLOSED_GATE_BIAS)
+            if self.refine == "residual":
+                nn.init.zeros_(self.refine_conv2.weight)
+                nn.init.zeros_(self.refine_conv2.bias)
         if self.init == "zero":
             zero = [self.fuse_conv] + ([self.refine_conv2] if self.refine == "residual" else [])
             for conv in zero:
@@ -176,7 +221,9 @@ class StageFusion(nn.Module):
         return self.fuse_conv(x).permute(0, 2, 3, 1)
 
     def _gate_nhwc(self, f: Tensor) -> Tensor:
-        """Eq. 4 on NHWC tensors: ``S = sigmoid(Conv1x1(F))``."""
+        """Eq. 4 on NHWC tensors: ``S = sigmoid(Conv1x1(F))``, or LAVT's ``S = tanh(W_2 ReLU(W_1 F))``."""
+        if self.gate_conv2 is not None:
+            return torch.tanh(_pointwise(self.gate_conv2, F.relu(_pointwise(self.gate_conv, f))))
         return torch.sigmoid(_pointwise(self.gate_conv, f))
 
     def _refine_nhwc(self, e: Tensor) -> Tensor:
@@ -199,13 +246,14 @@ class StageFusion(nn.Module):
         return self._refine_nhwc(e.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, g: Tensor, loc: Tensor) -> Tensor:
-        f = self._fuse_nhwc(g, loc)
-        e = torch.addcmul(g, self._gate_nhwc(f), f)  # eq. 5: E = S * F + G
+        f = self.fused_probe(self._fuse_nhwc(g, loc))
+        e = torch.addcmul(g, self.gate_probe(self._gate_nhwc(f)), f)  # eq. 5: E = S * F + G
         return self._refine_nhwc(e)
 
     def extra_repr(self) -> str:
         conv = f", fusion_conv={self.fusion_conv!r}" if self.fusion_conv else ""
-        return f"dim={self.dim}, fusion={self.fusion!r}{conv}, refine={self.refine!r}, init={self.init!r}"
+        return (f"dim={self.dim}, fusion={self.fusion!r}{conv}, gate={self.gate_type!r}, refine={self.refine!r}, "
+                f"init={self.init!r}")
 
 
 class TwoBranchSwin(nn.Module):
@@ -237,6 +285,8 @@ class TwoBranchSwin(nn.Module):
             random initialisation. Nothing is ever downloaded.
         drop_rate: Dropout before the classifier.
         drop_path_rate: Stochastic-depth rate of both Swins.
+        gate: Local gate of eq. 4: ``"sigmoid"`` (default) or ``"lavt"`` (LAVT's ``tanh(W_2 ReLU(W_1 F))``,
+            with ``refine="none"`` and ``fusion_init="gate_closed"``); see the module docstring.
 
     Shapes:
         image: ``[B, 3, img_size, img_size]``
@@ -264,6 +314,7 @@ class TwoBranchSwin(nn.Module):
         pretrained_file: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        gate: Gate = "sigmoid",
     ) -> None:
         super().__init__()
         check_choices(TwoBranchSwin, locals())
@@ -313,7 +364,7 @@ class TwoBranchSwin(nn.Module):
             else:
                 self.local_branch.norm = nn.Identity()  # L_4 only enters the stage-4 fusion, never a head
                 self.fusions = nn.ModuleList(
-                    StageFusion(d, fusion=fusion, refine=refine, init=fusion_init, fusion_conv=fusion_conv)
+                    StageFusion(d, fusion=fusion, refine=refine, init=fusion_init, fusion_conv=fusion_conv, gate=gate)
                     for d in dims
                 )
         self.reset_parameters()

@@ -43,13 +43,18 @@ log = logging.getLogger("run_fer_experiment")
 DATASETS = ("ckplus48", "jaffe")
 #: model key -> config path pattern (``{ds}`` = dataset name); baselines reuse their CK+48 config and switch the
 #: data block with ``configs/data/<dataset>.yaml``.
-MODELS = {
+MODELS: dict[str, str | tuple[str, ...]] = {
     "swin2b": "configs/fer/swin2b_{ds}.yaml",
+    # the LAVT reading of the local gate: a delta over the paper's model
+    "swin2b_lavt": ("configs/fer/swin2b_{ds}.yaml", "configs/fer/variants/lavt_gate.yaml"),
     "swin_global": "configs/fer/swin_global_{ds}.yaml",
     "swin2b_sep": "configs/fer/swin2b_sep_ckplus48.yaml",
     "swin2b_add": "configs/fer/swin2b_add_ckplus48.yaml",
     "swin2b_late": "configs/fer/swin2b_late_ckplus48.yaml",
+    "resnet18": "configs/fer/baselines/resnet18_ckplus48.yaml",
     "resnet50": "configs/fer/baselines/resnet50_ckplus48.yaml",
+    "mae_vit": "configs/fer/baselines/mae_vit_ckplus48.yaml",
+    "poster": "configs/fer/baselines/poster_ckplus48.yaml",
     "vgg16": "configs/fer/baselines/vgg16_ckplus48.yaml",
     "efficientnet_b0": "configs/fer/baselines/efficientnet_b0_ckplus48.yaml",
     "vit_small": "configs/fer/baselines/vit_small_ckplus48.yaml",
@@ -60,15 +65,17 @@ COLUMNS = ("model", "dataset", "seed", "accuracy", "mean_class_accuracy", "macro
            "params_m", "n_test")
 
 
-def write_tables(rows: list[dict], out: Path, note: str) -> None:
+def write_tables(rows: list[dict], out: Path, note: str, stem: str = "results",
+                 title: str = "Face-expression experiment") -> None:
+    """``<out>/<stem>.csv`` and ``<out>/<stem>.md`` (per-run rows, then mean ± std over seeds), atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_write(out / "results.csv", "w", newline="") as fh:
+    with atomic_write(out / f"{stem}.csv", "w", newline="") as fh:
         fh.write(buf.getvalue())
     lines = [
-        "# Face-expression experiment (test split, best-on-val checkpoint)",
+        f"# {title} (test split, best-on-val checkpoint)",
         "",
         note,
         "",
@@ -83,7 +90,7 @@ def write_tables(rows: list[dict], out: Path, note: str) -> None:
             f"{r['n_test']} |"
         )
     lines += summary_lines(rows)
-    with atomic_write(out / "results.md", "w", newline="") as fh:
+    with atomic_write(out / f"{stem}.md", "w", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
@@ -116,15 +123,42 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+def model_configs(model: str, dataset: str) -> list[Path]:
+    """The config files of ``model`` on ``dataset`` (a base config, then any deltas), checked to exist."""
+    entry = MODELS[model]
+    paths = [REPO / p.format(ds=dataset) for p in ((entry,) if isinstance(entry, str) else entry)]
+    for config in paths:
+        if not config.exists():
+            raise FileNotFoundError(f"run_fer_experiment: no config {config} for model {model!r} on {dataset!r}")
+    return paths
+
+
+def _uses_epoch_schedule(configs: list[Path]) -> bool:
+    """Whether the resolved scheduler is WarmupCosineLR (its max_epochs must follow --epochs)."""
+    import yaml
+
+    sched = None
+    for config in configs:
+        s = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("init_args", {}).get("scheduler")
+        if s is not None:
+            sched = s.get("class_path")
+    return sched == "lightning_modules.schedulers.WarmupCosineLR"
+
+
+def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path,
+            extra_args: list[str] | None = None, tag: str | None = None, callbacks: list | None = None) -> dict:
+    """Train ``model`` on ``dataset`` with ``seed`` through its configs, test its best-on-val checkpoint.
+
+    Args:
+        extra_args: further CLI arguments (after the script's own, so they win), e.g. ``extra_roots``.
+        tag: run-folder name (default the model key); the row's ``model`` column stays the model key.
+        callbacks: callback objects appended to the trainer before fitting (e.g. a learning-curve recorder).
+    """
     from cli import cli_main
 
-    config = REPO / MODELS[model].format(ds=dataset)
-    if not config.exists():
-        raise FileNotFoundError(f"run_fer_experiment: no config {config} for model {model!r} on {dataset!r}")
-    run_dir = out / "runs" / dataset / model / f"seed{seed}"
-    cli_args = [
-        "--config", str(config),
+    configs = model_configs(model, dataset)
+    run_dir = out / "runs" / dataset / (tag or model) / f"seed{seed}"
+    cli_args = [a for c in configs for a in ("--config", str(c))] + [
         "--config", str(REPO / "configs" / "data" / f"{dataset}.yaml"),
         "--seed_everything", str(seed),
         "--data.init_args.root", str(Path(args.data_root).resolve() / dataset),
@@ -135,6 +169,8 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         "--data.init_args.progress", "none",
         "--trainer.max_epochs", str(args.epochs),
         "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
+        *(["--trainer.limit_train_batches", str(args.limit_batches), "--trainer.limit_val_batches",
+            str(args.limit_batches)] if getattr(args, "limit_batches", None) else []),
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
@@ -148,8 +184,14 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
     ]
     if dataset == "jaffe" and args.jaffe_stratified:
         cli_args += ["--data.init_args.split", "stratified"]
+    if _uses_epoch_schedule(configs):
+        cli_args += ["--model.init_args.scheduler.init_args.max_epochs", str(args.epochs),
+                     "--model.init_args.scheduler.init_args.warmup_epochs", str(min(5, max(args.epochs // 5, 0)))]
+    cli_args += list(extra_args or [])
     cli = cli_main(cli_args, run=False)
     trainer, lit, dm = cli.trainer, cli.model, cli.datamodule
+    for cb in callbacks or []:
+        trainer.callbacks.append(cb)
     start = time.perf_counter()
     trainer.fit(lit, datamodule=dm)
     seconds = time.perf_counter() - start
@@ -174,17 +216,19 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         "best_epoch": best_epoch,
         "params_m": sum(p.numel() for p in lit.net.parameters()) / 1e6,
         "n_test": n_test,
+        # not table columns: the test confusion matrix and class names (Fig. 10), the per-epoch curve
+        "confusion": lit.confusion_matrices.get("test"),
+        "class_names": list(lit.class_names),
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/fer_experiment", help="output directory (created)")
+def build_parser(description: str, default_out: str = "runs/fer_experiment") -> argparse.ArgumentParser:
+    """The options every face-experiment script shares (data, budget, seeds)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=default_out, help="output directory (created)")
     parser.add_argument("--data-root", default=str(REPO / ".." / "shared" / "data"),
                         help="folder holding ckplus48/ and jaffe/")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--models", nargs="+", default=["swin2b", "swin_global", "resnet50", "efficientnet_b0"],
-                        choices=sorted(MODELS))
+    parser.add_argument("--datasets", nargs="+", default=["ckplus48"], choices=DATASETS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42],
                         help="training seeds (seed_everything: init, shuffling, dropout); the split stays fixed")
     parser.add_argument("--epochs", type=int, default=5, help="same epoch budget for every model")
@@ -194,8 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jaffe-stratified", action="store_true",
                         help="stratified JAFFE split instead of poser-disjoint")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    args = parser.parse_args(argv)
+    parser.add_argument("--limit-batches", type=int, default=None, help="cap train/val batches per epoch (smoke runs)")
+    return parser
 
+
+def prepare_run(args: argparse.Namespace) -> Path:
+    """Logging, offline env, threads, the output folder; checks the dataset folders exist."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -207,13 +255,27 @@ def main(argv: list[str] | None = None) -> None:
     for ds in args.datasets:
         if not (Path(args.data_root) / ds).is_dir():
             raise FileNotFoundError(f"run_fer_experiment: dataset folder {Path(args.data_root) / ds} not found")
-    note = (
+    return out
+
+
+def budget_note(args: argparse.Namespace) -> str:
+    return (
         f"Equal budget per model: {args.epochs} epochs capped at {args.max_minutes} min, {args.image_size} px, "
         f"batch {args.batch_size}, {args.threads} CPU threads, training seeds "
         f"{', '.join(map(str, args.seeds))} (the data config's split seed), random init. CK+48: subject-disjoint "
         f"70/15/15 split; JAFFE: Haar face crop, {'stratified' if args.jaffe_stratified else 'poser-disjoint'} "
         "split. 'seconds' = wall-clock training time (fit incl. validation)."
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(__doc__.splitlines()[0])
+    parser.set_defaults(datasets=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=["swin2b", "swin_global", "resnet50", "efficientnet_b0"],
+                        choices=sorted(MODELS))
+    args = parser.parse_args(argv)
+    out = prepare_run(args)
+    note = budget_note(args)
     rows: list[dict] = []
     for ds in args.datasets:
         for seed in args.seeds:

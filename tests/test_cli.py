@@ -27,7 +27,9 @@ PIECES = {"trainer", "data", "ldm"}
 
 
 def experiment_configs() -> list[Path]:
-    return sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.relative_to(REPO / "configs").parts[0] not in PIECES)
+    # fer/recipes and fer/variants are deltas over a full config (two --config files), not runnable alone
+    return sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.relative_to(REPO / "configs").parts[0] not in PIECES
+                  and p.parent.name not in ("recipes", "variants"))
 
 
 def _tiny_tfn_config(tmp_path: Path, data_path: Path, **trainer) -> Path:

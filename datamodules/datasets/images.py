@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from timm.data.random_erasing import RandomErasing
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -178,6 +180,16 @@ class FaceBatchTransform:
         contrast: contrast factor drawn from [1 - c, 1 + c] (blend with the image's mean grey level).
         saturation: saturation factor drawn from [1 - s, 1 + s] (blend with the grey image).
         augment: ``"train"`` applies the random transforms, ``"none"`` only converts and normalises.
+        policy: after flip/affine/colour jitter, ``"trivial"`` applies one op of :data:`FACE_AUGMENT_OPS` per face
+            with a uniformly drawn magnitude (TrivialAugment, Müller & Hutter 2021); ``"rand"`` applies
+            ``policy_ops`` ops drawn uniformly at the fixed magnitude ``policy_magnitude`` / 10 of each op's
+            range (RandAugment, Cubuk et al. 2020, timm's ``rand-m9-n2``); ``"none"`` skips it. The op set is
+            chosen for grey face crops: no colour/hue/solarize/invert; geometric ops move the descriptor map
+            with the face. The ops are torchvision's ``transforms.v2.functional``.
+        policy_ops: RandAugment's N.
+        policy_magnitude: RandAugment's M in [0, 10].
+        random_erasing: probability of timm's ``RandomErasing`` (``mode="pixel"``: per-pixel normal noise in the
+            normalised space) per face, applied after normalisation to the same box of image and descriptor.
 
     Shapes:
         Input samples: ``image`` ``[3, H, W]`` uint8, ``descriptor`` ``[1, H, W]`` uint8 (optional).
@@ -199,8 +211,19 @@ class FaceBatchTransform:
         contrast: float = 0.0,
         saturation: float = 0.0,
         augment: Literal["train", "none"] = "none",
+        policy: Literal["none", "trivial", "rand"] = "none",
+        policy_ops: int = 2,
+        policy_magnitude: float = 9.0,
+        random_erasing: float = 0.0,
     ) -> None:
         check_choices(FaceBatchTransform, locals())
+        if policy_ops < 1 or not 0 <= policy_magnitude <= 10:
+            raise ValueError(
+                f"FaceBatchTransform: need policy_ops >= 1 and policy_magnitude in [0, 10], got {policy_ops}, "
+                f"{policy_magnitude}"
+            )
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"FaceBatchTransform: random_erasing must be in [0, 1], got {random_erasing}")
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"FaceBatchTransform: hflip_prob must be in [0, 1], got {hflip_prob}")
         if len(affine_scale) != 2 or not 0 < affine_scale[0] <= affine_scale[1]:
@@ -224,7 +247,29 @@ class FaceBatchTransform:
         self.contrast = float(contrast)
         self.saturation = float(saturation)
         self.augment = augment
+        self.policy = policy
+        self.policy_ops = int(policy_ops)
+        self.policy_magnitude = float(policy_magnitude)
+        self.random_erasing = float(random_erasing)
+        self._eraser = (
+            RandomErasing(probability=random_erasing, mode="pixel", device="cpu") if random_erasing > 0 else None
+        )
         self._grids: dict[tuple[int, int], Tensor] = {}
+
+    def _policy(self, image: Tensor, desc: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """TrivialAugment / RandAugment over :data:`FACE_AUGMENT_OPS`, one draw per face (``[B, C, H, W]`` in [0, 1])."""
+        names = list(FACE_AUGMENT_OPS)
+        imgs, descs = [], []
+        for i in range(image.shape[0]):
+            img, d = image[i], None if desc is None else desc[i]
+            n = 1 if self.policy == "trivial" else self.policy_ops
+            for k in torch.randint(len(names), (n,)).tolist():
+                level = float(torch.rand(())) if self.policy == "trivial" else self.policy_magnitude / 10.0
+                sign = 1.0 if float(torch.rand(())) < 0.5 else -1.0
+                img, d = _apply_face_op(names[k], img, d, level, sign)
+            imgs.append(img)
+            descs.append(d)
+        return torch.stack(imgs), None if desc is None else torch.stack(descs)
 
     def _geometric(self, x: Tensor) -> Tensor:
         """Random flip + affine warp of ``x`` ``[B, C, H, W]`` float, same parameters for all channels."""
@@ -287,13 +332,82 @@ class FaceBatchTransform:
             x = self._geometric(x.float().div_(255.0))
             image = self._colour(x[:, :3])
             desc = x[:, 3:] if has_desc else None
+            if self.policy != "none":
+                image, desc = self._policy(image, desc)
         else:
             image = batch["image"].float().div_(255.0)
             desc = batch["descriptor"].float().div_(255.0) if has_desc else None
         batch["image"] = (image - self.mean) / self.std
         if desc is not None:
             batch["descriptor"] = (desc - self.descriptor_mean) / self.descriptor_std
+        if self.augment == "train" and self._eraser is not None:
+            # one box per face over image + descriptor together (timm erases every channel of the box)
+            x = torch.cat([batch["image"], batch["descriptor"]], 1) if desc is not None else batch["image"]
+            x = self._eraser(x)
+            batch["image"] = x[:, :3]
+            if desc is not None:
+                batch["descriptor"] = x[:, 3:]
         return batch
+
+
+#: Train-time policies of :class:`FaceBatchTransform`.
+AUGMENT_POLICIES = ("none", "trivial", "rand")
+#: Augmentation ops for grey face crops: name -> (geometric?, maximum magnitude). Geometric ops warp the
+#: descriptor map with the face; photometric ops touch the image only. Magnitudes follow RandAugment's ranges,
+#: narrowed for 48-64 px faces (translation 20 % of the side, rotation 30 degrees, shear 0.3).
+FACE_AUGMENT_OPS: dict[str, tuple[bool, float]] = {
+    "identity": (False, 0.0),
+    "rotate": (True, 30.0),
+    "shear_x": (True, 0.3),
+    "shear_y": (True, 0.3),
+    "translate_x": (True, 0.2),
+    "translate_y": (True, 0.2),
+    "brightness": (False, 0.9),
+    "contrast": (False, 0.9),
+    "sharpness": (False, 0.9),
+    "autocontrast": (False, 0.0),
+    "equalize": (False, 0.0),
+    "posterize": (False, 4.0),
+}
+
+
+def _apply_face_op(name: str, img: Tensor, desc: Tensor | None, level: float, sign: float) -> tuple[Tensor, Tensor | None]:
+    """One op of :data:`FACE_AUGMENT_OPS` at ``level`` in [0, 1] of its range (``sign`` for symmetric ops).
+
+    Shapes:
+        img: ``[3, H, W]`` float in [0, 1]; desc: ``[1, H, W]`` float in [0, 1] or None
+    """
+    geometric, top = FACE_AUGMENT_OPS[name]
+    m = level * top
+    if geometric:
+        h, w = img.shape[-2:]
+        kw = {"angle": 0.0, "translate": [0, 0], "scale": 1.0, "shear": [0.0, 0.0]}
+        if name == "rotate":
+            kw["angle"] = sign * m
+        elif name == "shear_x":
+            kw["shear"] = [math.degrees(math.atan(sign * m)), 0.0]
+        elif name == "shear_y":
+            kw["shear"] = [0.0, math.degrees(math.atan(sign * m))]
+        elif name == "translate_x":
+            kw["translate"] = [round(sign * m * w), 0]
+        else:
+            kw["translate"] = [0, round(sign * m * h)]
+        x = img if desc is None else torch.cat([img, desc], 0)
+        x = TF.affine(x, interpolation=TF.InterpolationMode.BILINEAR, **kw)
+        return (x, None) if desc is None else (x[:3], x[3:])
+    if name == "brightness":
+        img = TF.adjust_brightness(img, 1.0 + sign * m)
+    elif name == "contrast":
+        img = TF.adjust_contrast(img, 1.0 + sign * m)
+    elif name == "sharpness":
+        img = TF.adjust_sharpness(img, 1.0 + sign * m)
+    elif name == "autocontrast":
+        img = TF.autocontrast(img)
+    elif name == "equalize":
+        img = TF.equalize(img)
+    elif name == "posterize":
+        img = TF.posterize(img, int(8 - round(m)))
+    return img.clamp(0, 1), desc
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Fig. 10: side-by-side confusion matrices of the paper's model and a baseline on the same test split.
+
+Both models train through ``run_fer_experiment.run_one`` (same configs, budget, split and seed; best-on-val
+checkpoint) and are tested on the same test split; the row-normalised test confusion matrices (per-class recall on
+the diagonal, counts in brackets) are drawn side by side. With several seeds the matrices are summed over seeds
+(every seed tests the same faces).
+
+Writes ``<out>/confusion.png``, ``<out>/confusion.md`` (per-class recall of both models) and the runs' table
+``<out>/confusion_runs.md``.
+
+    python scripts/run_fer_confusion.py --out runs/fer_confusion --models swin2b vgg16 --epochs 15 --seeds 42 1 2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_fer_experiment as exp  # the shared single-run driver
+
+log = logging.getLogger("run_fer_confusion")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = exp.build_parser(__doc__.splitlines()[0], default_out="runs/fer_confusion")
+    parser.add_argument("--models", nargs=2, default=["swin2b", "vgg16"], choices=sorted(exp.MODELS),
+                        metavar=("PAPER_MODEL", "BASELINE"))
+    args = parser.parse_args(argv)
+    out = exp.prepare_run(args)
+    ds = args.datasets[0]
+    import torch
+    from matplotlib.figure import Figure
+
+    from callbacks.confusion_matrix import draw_confusion_matrix, save_figure_atomic
+
+    matrices: dict[str, torch.Tensor] = {}
+    class_names: list[str] = []
+    rows = []
+    for seed in args.seeds:
+        for model in args.models:
+            row = exp.run_one(model, ds, seed, args, out)
+            rows.append(row)
+            cm, class_names = row["confusion"], row["class_names"]
+            matrices[model] = matrices[model] + cm if model in matrices else cm
+            exp.write_tables(rows, out, exp.budget_note(args), stem="confusion_runs", title="Fig. 10 runs")
+    fig = Figure(figsize=(2 * max(4.0, 0.6 * len(class_names) + 2.0), max(4.0, 0.6 * len(class_names) + 2.0)))
+    for i, model in enumerate(args.models):
+        acc = float(matrices[model].diag().sum() / matrices[model].sum().clamp_min(1))
+        draw_confusion_matrix(fig.add_subplot(1, 2, i + 1), matrices[model], class_names,
+                              title=f"{model} (acc {acc:.3f}, {len(args.seeds)} seed(s))")
+    fig.tight_layout()
+    save_figure_atomic(fig, out / "confusion.png")
+    lines = ["# Fig. 10: per-class test recall (rows of the confusion matrices)", "",
+             "| class | " + " | ".join(args.models) + " |", "|---|" + "---|" * len(args.models)]
+    for k, name in enumerate(class_names):
+        cells = [f"{float(matrices[m][k, k] / matrices[m][k].sum().clamp_min(1)):.3f}" for m in args.models]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "confusion.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return matrices
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The train-time policies of FaceBatchTransform (TrivialAugment / RandAugment over face ops, random erasing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.datasets.images import FACE_AUGMENT_OPS, FaceBatchTransform, _apply_face_op
+
+
+def _samples(n: int = 6) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g),
+             "descriptor": torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8, generator=g),
+             "label": torch.tensor(i % 3)} for i in range(n)]
+
+
+@pytest.mark.parametrize("name", sorted(FACE_AUGMENT_OPS))
+def test_geometric_ops_move_the_descriptor_with_the_face_photometric_ops_do_not(name: str) -> None:
+    torch.manual_seed(0)
+    img, desc = torch.rand(3, 32, 32), torch.rand(1, 32, 32)
+    out_img, out_desc = _apply_face_op(name, img, desc, 1.0, 1.0)
+    assert out_img.shape == img.shape and out_desc.shape == desc.shape
+    assert 0 <= float(out_img.min()) and float(out_img.max()) <= 1
+    geometric = FACE_AUGMENT_OPS[name][0]
+    if geometric:
+        # warping a stacked [image; descriptor] tensor: the descriptor equals the image's warp of the same map
+        ref, _ = _apply_face_op(name, desc.expand(3, -1, -1), None, 1.0, 1.0)
+        torch.testing.assert_close(out_desc[0], ref[0])
+        assert not torch.equal(out_desc, desc)
+    else:
+        assert torch.equal(out_desc, desc)
+    if name != "identity":
+        assert not torch.equal(out_img, img)
+
+
+@pytest.mark.parametrize("policy", ["trivial", "rand"])
+def test_policies_change_train_batches_only(policy: str) -> None:
+    plain = FaceBatchTransform(augment="train")
+    aug = FaceBatchTransform(augment="train", policy=policy, random_erasing=1.0)
+    torch.manual_seed(1)
+    a = plain(_samples())
+    torch.manual_seed(1)
+    b = aug(_samples())
+    assert a["image"].shape == b["image"].shape and a["descriptor"].shape == b["descriptor"].shape
+    assert not torch.equal(a["image"], b["image"])
+    ev = FaceBatchTransform(augment="none", policy=policy, random_erasing=1.0)
+    torch.testing.assert_close(ev(_samples())["image"], FaceBatchTransform()(_samples())["image"])
+
+
+def test_random_erasing_hits_image_and_descriptor_in_the_same_box() -> None:
+    plain = FaceBatchTransform(augment="train")
+    erase = FaceBatchTransform(augment="train", random_erasing=1.0)
+    torch.manual_seed(3)
+    a = plain(_samples())
+    torch.manual_seed(3)
+    b = erase(_samples())
+    changed_img = (a["image"] != b["image"]).any(1)
+    changed_desc = (a["descriptor"] != b["descriptor"]).any(1)
+    assert changed_img.any() and torch.equal(changed_img, changed_desc)
+
+
+def test_bad_policy_options_raise() -> None:
+    with pytest.raises(ValueError, match="policy must be"):
+        FaceBatchTransform(policy="auto")
+    with pytest.raises(ValueError, match="policy_magnitude"):
+        FaceBatchTransform(policy="rand", policy_magnitude=11)
+    with pytest.raises(ValueError, match="random_erasing"):
+        FaceBatchTransform(random_erasing=1.5)

@@ -1,0 +1,163 @@
+"""The litdata streaming cache (cache_backend="litdata") against the in-memory path, and under 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.datasets.streaming import FaceStreamingDataset, StreamRecord, write_face_stream
+from datamodules.fer import FERDataModule
+from tests.datamodules.test_fer import CLASSES, _dm
+from tests.fakes_images import make_class_folders
+
+
+def _pair(tmp_path: Path, **kwargs) -> tuple[FERDataModule, FERDataModule]:
+    root = tmp_path / "data"
+    make_class_folders(root, CLASSES, subjects=5, frames=2, size=24)
+    mem = _dm(tmp_path, root, **kwargs)
+    stream = _dm(tmp_path, root, cache_backend="litdata", **kwargs)
+    for dm in (mem, stream):
+        dm.prepare_data()
+        dm.setup("fit")
+    return mem, stream
+
+
+def _assert_same_batches(a, b) -> None:
+    a, b = list(a), list(b)
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], torch.Tensor):
+                torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+            else:
+                assert x[k] == y[k], k
+
+
+def test_eval_batches_are_identical_to_the_in_memory_path(tmp_path: Path) -> None:
+    mem, stream = _pair(tmp_path)
+    assert isinstance(stream.datasets["val"], FaceStreamingDataset)
+    _assert_same_batches(mem.val_dataloader(), stream.val_dataloader())
+    _assert_same_batches(mem.test_dataloader(), stream.test_dataloader())
+    assert stream.class_counts() == mem.class_counts()
+
+
+def test_fixed_order_train_batches_are_identical_including_augmentation(tmp_path: Path) -> None:
+    mem, stream = _pair(tmp_path, augment_policy="trivial", random_erasing=0.5)
+    from torch.utils.data import DataLoader
+
+    from datamodules.datasets.streaming import streaming_loader
+
+    fixed = FaceStreamingDataset(str(stream.datasets["train"].input_dir.path), shuffle=False)
+    bs = mem.hparams.batch_size
+    a = list(DataLoader(mem.datasets["train"], batch_size=bs, shuffle=False, collate_fn=list))
+    b = list(streaming_loader(fixed, bs, 0, list))
+    assert len(a) == len(b)
+    import random
+
+    for x, y in zip(a, b):  # the same items in the same order ...
+        for ix, iy in zip(x, y):
+            assert ix["path"] == iy["path"] and torch.equal(ix["image"], iy["image"])
+            assert torch.equal(ix["descriptor"], iy["descriptor"]) and int(ix["label"]) == int(iy["label"])
+        # ... give the same augmented batches through the same train collate (timm's eraser draws from `random`)
+        torch.manual_seed(7)
+        random.seed(7)
+        bx = mem._collate_train(x)
+        torch.manual_seed(7)
+        random.seed(7)
+        by = stream._collate_train(y)
+        _assert_same_batches([bx], [by])
+
+
+def test_shuffled_train_epochs_hold_the_split_and_repeat_for_the_same_seed(tmp_path: Path) -> None:
+    mem, stream = _pair(tmp_path)
+
+    def epoch_paths(dm: FERDataModule) -> list[str]:
+        return [p for batch in dm.train_dataloader() for p in batch["path"]]
+
+    expected = sorted(mem.datasets["train"].paths)
+    first = epoch_paths(stream)
+    assert sorted(first) == expected  # every training face exactly once per epoch
+    again = _dm(tmp_path, tmp_path / "data", cache_backend="litdata")
+    again.prepare_data()
+    again.setup("fit")
+    assert epoch_paths(again) == first  # same seed -> same litdata order
+    other = _dm(tmp_path, tmp_path / "data", cache_backend="litdata", seed=43, split_file=str(stream.split_path))
+    other.prepare_data()
+    other.setup("fit")
+    assert sorted(epoch_paths(other)) == expected and epoch_paths(other) != first
+
+
+def test_stream_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "faces", CLASSES, subjects=2, frames=1, size=24)
+    import numpy as np
+
+    recs = []
+    for i, f in enumerate(sorted((tmp_path / "faces").rglob("*.png"))):
+        np.save(tmp_path / f"c{i}.npy", np.full((8, 8, 3), i, dtype=np.uint8))
+        recs.append(StreamRecord(str(tmp_path / f"c{i}.npy"), None, i % 3, "real", str(f)))
+    out = write_face_stream(recs, tmp_path / "s")
+    mtime = (out / "index.json").stat().st_mtime_ns
+    assert write_face_stream(recs, tmp_path / "s") == out and (out / "index.json").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="different stream"):
+        write_face_stream(recs[:-1], tmp_path / "s")
+    ds = FaceStreamingDataset(str(out))
+    assert len(ds) == len(recs) and int(ds[2]["image"][0, 0, 0]) == 2 and ds[2]["image"].shape == (3, 8, 8)
+    assert json.loads((out / "face_stream.json").read_text())["n"] == len(recs)
+
+
+def test_litdata_refuses_the_class_balanced_sampler(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="class_balanced"):
+        _dm(tmp_path, cache_backend="litdata", sampler="class_balanced")
+    with pytest.raises(ValueError, match="cache_backend"):
+        _dm(tmp_path, cache_backend="disk")
+
+
+def _ddp_worker(rank: int, world: int, root: str, tmp: str, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dm = _dm(Path(tmp), Path(root), cache_backend="litdata")
+    dm.setup("fit")  # prepare_data ran once in the parent (rank 0's job)
+    paths = {s: [p for b in getattr(dm, f"{s}_dataloader")() for p in b["path"]] for s in ("train", "val")}
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, paths)
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes + litdata streams
+def test_streams_shard_across_two_ddp_processes(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    root = tmp_path / "data"
+    make_class_folders(root, CLASSES, subjects=6, frames=2, size=24)
+    dm = _dm(tmp_path, root, cache_backend="litdata")
+    dm.prepare_data()
+    mem = _dm(tmp_path, root)
+    mem.setup("fit")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "paths.json"
+    # spawn, not fork: forking a process whose OpenMP/gloo threads are running can deadlock
+    mp.start_processes(_ddp_worker, args=(2, str(root), str(tmp_path), port, str(out)), nprocs=2,
+                       start_method="spawn")
+    per_rank = json.loads(out.read_text())
+    val = [p for r in per_rank for p in r["val"]]
+    assert sorted(val) == sorted(mem.datasets["val"].paths)  # every eval face exactly once across the ranks
+    # litdata shards by CHUNK: a split smaller than one chunk (as here) goes whole to one rank
+    train0, train1 = (set(r["train"]) for r in per_rank)
+    assert not train0 & train1  # disjoint training shards
+    assert len(per_rank[0]["train"]) == len(per_rank[1]["train"])  # equal steps per rank (no DDP hang)
+    assert train0 | train1 <= set(mem.datasets["train"].paths)
