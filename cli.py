@@ -320,6 +320,7 @@ class AffectCLI(LightningCLI):
             f" (same as the config: {', '.join(same) or 'none'}); kept from the config/command line: "
             f"{', '.join(kept) or 'none'}"
         )
+        self._data_from_checkpoint(sub, hparams, ckpt_path)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
@@ -327,6 +328,28 @@ class AffectCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write(f"Parsing the hyper-parameters of checkpoint {ckpt_path} failed!\n")
             raise
+
+    def _data_from_checkpoint(self, sub: str, hparams: dict[str, Any], ckpt_path: str) -> None:
+        """The data-derived system arguments of :data:`DATA_LINKS` are applied when the classes are instantiated,
+        i.e. after the checkpoint's hyper-parameters were merged, so a data setting such as ``image_size`` would
+        override the checkpoint's and build a different net. Where the datamodule takes the link's source as an
+        argument, set it to the checkpoint's value, so the link reproduces the trained net (logged when it
+        changes the config)."""
+        data_cfg = self.config[sub].get("data")
+        if data_cfg is None or not data_cfg.get("init_args"):
+            return
+        init = data_cfg["init_args"]
+        for source, target in DATA_LINKS:
+            src, dst = source.removeprefix("data."), target.removeprefix("model.init_args.")
+            if dst not in hparams or hparams[dst] is None or src not in init:
+                continue
+            value = hparams[dst]
+            if isinstance(init[src], (list, tuple)) and isinstance(value, (list, tuple)):
+                value = type(init[src])(value)
+            if init[src] != value:
+                rank_zero_info(f"Checkpoint {ckpt_path}: data.{src} = {value!r} (the trained model's; the config "
+                               f"said {init[src]!r})")
+                init[src] = value
 
     def before_validate(self) -> None:
         self._resolve_best_checkpoint()
