@@ -15,7 +15,6 @@ Writes ``<out>/curves.csv`` (model, dataset, seed, epoch, minutes, val_acc, val_
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import sys
 import time
@@ -25,6 +24,8 @@ from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_fer_experiment as exp  # the shared single-run driver
+
+from common.io import atomic_write
 
 log = logging.getLogger("run_fer_learning_curves")
 CURVE_COLUMNS = ("model", "dataset", "seed", "epoch", "minutes", "val_acc", "val_top_pred_share")
@@ -97,11 +98,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 points += [{"model": model, "dataset": ds, "seed": seed, **p} for p in curve.points]
                 exp.write_tables(rows, out, exp.budget_note(args), stem="learning_curves",
                                  title="Accuracy at an equal wall-clock budget")
-                buf = io.StringIO()
-                writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS)
-                writer.writeheader()
-                writer.writerows(points)
-                exp._atomic_write(out / "curves.csv", buf.getvalue())
+                with atomic_write(out / "curves.csv", "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(points)
     plot_curves(points, out / "learning_curves.png")
     print((out / "learning_curves.md").read_text())
     return points
