@@ -157,7 +157,7 @@ class MISA(nn.Module):
         self.cmd_moments = cmd_moments
         self.text_encoder_path = text_encoder
 
-        self.text_encoder = load_local_encoder("MISA", text_encoder) if text_encoder is not None else None
+        self.text_encoder = load_local_encoder("MISA", text_encoder, pooler="drop") if text_encoder is not None else None
         text_dim = (
             self.text_encoder.config.hidden_size if self.text_encoder is not None else feature_dims["text"]
         )

@@ -8,6 +8,7 @@ first), as in the MMSA and MulT feature files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +99,7 @@ def rnn_sequence(rnn: nn.RNNBase, x: Tensor, mask: Tensor) -> tuple[Tensor, Tens
     return out, (h[0] if isinstance(h, tuple) else h)
 
 
-def load_local_encoder(owner: str, path: str | Path) -> nn.Module:
+def load_local_encoder(owner: str, path: str | Path, pooler: Literal["keep", "drop"] = "keep") -> nn.Module:
     """Load a pretrained BERT-like encoder from a local directory (never from a hub).
 
     Args:
@@ -119,4 +120,7 @@ def load_local_encoder(owner: str, path: str | Path) -> nn.Module:
 
     # from_pretrained returns the model in eval mode, and Lightning keeps module modes as they are: switch to
     # training mode so BERT's dropout is active while the owner trains (the owner's .eval() still applies).
-    return AutoModel.from_pretrained(str(path), local_files_only=True).train()
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).train()
+    if pooler == "drop" and getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model

@@ -182,7 +182,7 @@ class SelfMM(nn.Module):
         self.label_bound = label_bound
         self.unimodal_weight = unimodal_weight
 
-        self.text_encoder = load_local_encoder("SelfMM", text_encoder) if text_encoder is not None else None
+        self.text_encoder = load_local_encoder("SelfMM", text_encoder, pooler="drop") if text_encoder is not None else None
         text_out = (
             self.text_encoder.config.hidden_size if self.text_encoder is not None else feature_dims["text"]
         )

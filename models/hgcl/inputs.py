@@ -67,6 +67,8 @@ class TextEncoder(nn.Module):
         self.path = str(local)
         self.mode = mode
         self.bert = AutoModel.from_pretrained(self.path)
+        if getattr(self.bert, "pooler", None) is not None:
+            self.bert.pooler = None  # only the token states are read; an unused pooler breaks DDP (no gradient)
         self.out_dim = int(self.bert.config.hidden_size)
         if mode == "frozen":
             self.bert.requires_grad_(False)
