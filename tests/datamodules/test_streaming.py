@@ -111,7 +111,7 @@ def test_stream_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
 
 def test_litdata_refuses_the_class_balanced_sampler(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="class_balanced"):
-        _dm(tmp_path, cache_backend="litdata", sampler="class_balanced")
+        _dm(tmp_path, cache_backend="litdata", train_sampler="class_balanced")
     with pytest.raises(ValueError, match="cache_backend"):
         _dm(tmp_path, cache_backend="disk")
 
