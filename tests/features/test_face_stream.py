@@ -10,23 +10,11 @@ from features.detection import build_detector
 from features.face_stream import FaceStream
 from features.synthetic_classroom import Portrait, compose_frame, crossing_scene
 from features.tracking import IoUTracker, box_iou
-from tests.fakes_images import real_root
+from tests.fakes_classroom import jaffe_portraits
 
 
 def _portraits(names: tuple[str, ...]) -> list[Portrait]:
-    root = real_root("jaffe")
-    if root is None:
-        pytest.skip("JAFFE not found at <repo>/../shared/data/jaffe")
-    from features.faces import HaarFaceDetector
-    from features.images import load_image_rgb
-
-    haar = HaarFaceDetector(min_size_frac=0.25)
-    out = []
-    for n in names:
-        f = min(root.glob(f"neutral/{n}.*.tiff"))
-        rgb = load_image_rgb(f)
-        out.append(Portrait(rgb, tuple(int(v) for v in haar.detect(rgb)[0]), n))
-    return out
+    return jaffe_portraits(names)
 
 
 def _gt_ids(faces, gt_boxes: np.ndarray) -> dict[int, int]:
