@@ -37,7 +37,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_NET = {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4}
+TINY_NET = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4}
 
 
 class _Timed:
@@ -86,6 +86,7 @@ def run_once(video: Path, net: str, sun, batch_size: int) -> dict[str, float]:
         data["image_size"] = 32
     data.update(root="/nonexistent", predict_source=str(video), predict_every_n_frames=1, predict_max_fps=None,
                 batch_size=batch_size, progress="none", sun_sigmas=list(sun.sigmas))
+    net_args["img_size"] = data["image_size"]  # linked from data.image_size in the CLI (cli.DATA_LINKS)
     dm = FERDataModule(**data)
     dm._sun_params = sun
     dm.setup("predict")
