@@ -17,7 +17,7 @@ class SplitContentWarning(UserWarning):
 
 def warn_split_content(where: str, sizes: dict[str, int], ids: dict[str, Iterable] | None = None,
                        train: str = "train", val: str = "valid", test: str = "test") -> list[str]:
-    """Warn (``SplitContentWarning`` and a logged warning) about an empty validation split and about sample ids
+    """Warn (``SplitContentWarning`` and a logged warning) about an empty validation or test split and about sample ids
     present in both the training and the test split. Returns the messages.
 
     Args:
@@ -29,6 +29,9 @@ def warn_split_content(where: str, sizes: dict[str, int], ids: dict[str, Iterabl
     if sizes.get(val, 0) == 0:
         msgs.append(f"{where}: the {val} split is empty: no validation metrics, and a checkpoint or scheduler that "
                     f"monitors a val/ metric has nothing to watch")
+    if test in sizes and sizes[test] == 0:
+        msgs.append(f"{where}: the {test} split is empty: no test metrics (a stratified split of classes this small "
+                    f"gives the test split nothing; more samples per class or other split ratios fix it)")
     if ids is not None and train in ids and test in ids:
         common = sorted(set(map(str, ids[train])) & set(map(str, ids[test])))
         if common:

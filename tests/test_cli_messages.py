@@ -64,6 +64,12 @@ def test_empty_validation_split_warns(tmp_path: Path) -> None:
         load_mmsa(path)
 
 
+def test_empty_test_split_warns(tmp_path: Path) -> None:
+    path = write_pickle(make_mmsa_dict(n_train=8, n_valid=4, n_test=0), tmp_path / "aligned_50.pkl")
+    with pytest.warns(SplitContentWarning, match="test split is empty"):
+        load_mmsa(path)
+
+
 def test_identical_ids_in_train_and_test_warn(tmp_path: Path) -> None:
     data = make_mmsa_dict(n_train=8, n_valid=4, n_test=4)
     test_ids = data["test"]["id"].astype(data["train"]["id"].dtype)

@@ -180,7 +180,7 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
     else:
         dargs = cfg["data"]["init_args"]
         names = list(dargs["class_names"])
-        data_args = {"root": str(write_faces(tmp / "faces", names, size=max(32, int(dargs.get("image_size", 32))))),
+        data_args = {"root": str(write_faces(tmp / "faces", names, per_class=8, size=max(32, int(dargs.get("image_size", 32))))),
                      "cache_dir": str(tmp / "cache"), "face_detection": "none", "num_workers": 0,
                      "batch_size": 4, "split_file": str(tmp / "split.json"), "progress": "none"}
         if dargs.get("split") == "group":
