@@ -47,6 +47,7 @@ from models.diffusion import (
     predict_x0,
     sample_latents,
 )
+from models.frozen_classifier import classifier_normalisation
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,8 @@ class LitLDM(LightningModule):
         self.net = net
         self.consistency_encoder = consistency_encoder
         if consistency_encoder is not None:
+            # the encoder reads the data-normalised batch: its training normalisation must be the data's
+            classifier_normalisation(consistency_encoder, tuple(image_mean), tuple(image_std), owner="LitLDM")
             consistency_encoder.requires_grad_(False).eval()
         if vae_config is not None:
             vae = AutoencoderKL.from_config(vae_config)

@@ -250,3 +250,18 @@ def test_predict_refuses_an_untrained_unet(tmp_path, vae_dir):
                               output_root=str(tmp_path / "out"), total_multiplier=1.0, scarce_classes=[])
     with pytest.raises(RuntimeError, match="untrained UNet"):
         trainer(tmp_path).predict(model, datamodule=dm)
+
+
+def test_ldm_refuses_a_consistency_encoder_trained_with_another_normalisation(tmp_path, vae_dir):
+    """The consistency encoder reads the data-normalised batch: its checkpoint's mean/std must be the data's."""
+    enc = FrozenImageEncoder("resnet10t", num_classes=3)
+    ckpt = tmp_path / "fer.ckpt"
+    torch.save({"state_dict": {f"net.model.{k}": v for k, v in enc.model.state_dict().items()},
+                "fer_preprocessing": {"settings": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}},
+               ckpt)
+    encoder = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(ckpt))
+    with pytest.raises(ValueError, match=r"LitLDM: mean=\(0.5, 0.5, 0.5\) differs"):
+        LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", consistency_encoder=encoder)
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", consistency_encoder=encoder,
+                   image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    assert model.norm.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
