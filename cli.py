@@ -69,7 +69,8 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (
     ("data.num_classes", "model.init_args.num_classes"),  # faces: from the class list
     ("data.class_names", "model.init_args.class_names"),
     ("data.image_size", "model.init_args.image_size"),  # face crop side -> LitFER builds the net with img_size
-    ("data.mean", "model.init_args.image_mean"),  # the batch normalisation, undone by LitVAE/LitLDM
+    ("data.mean", "model.init_args.image_mean"),  # the batch normalisation, undone by LitVAE/LitLDM (generation:
+    # GenerationDataModule.mean/std are its source datamodule's)
     ("data.std", "model.init_args.image_std"),
 )
 

@@ -59,7 +59,7 @@ class _Timed:
 
 def make_video(path: Path, portraits: Sequence, n_faces: int, n_frames: int, seed: int = 0) -> Path:
     from features.synthetic_classroom import Nuisances, compose_frame
-    from features.video_io import MP4Writer
+    from features.video import MP4Writer
 
     rng = np.random.default_rng(seed)
     sizes = rng.uniform(40, 120, n_faces)

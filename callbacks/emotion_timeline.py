@@ -283,7 +283,7 @@ class EmotionTimelineWriter(BasePredictionWriter):
         self._chunks = []
 
     def _annotate(self, trainer: Trainer, ds: Any, source: str, sdf: pd.DataFrame, path: Path) -> None:
-        from features.video_io import VIDEO_EXTENSIONS, VideoSourceError
+        from features.video import VIDEO_EXTENSIONS, VideoSourceError
 
         video = None
         if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None):

@@ -79,7 +79,7 @@ from features.images import (
     scan_class_folders,
 )
 from features.tracking import IoUTracker
-from features.video_io import VIDEO_EXTENSIONS, is_live_source, open_source
+from features.video import VIDEO_EXTENSIONS, is_live_source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -854,7 +854,7 @@ class FacePredictDataset(IterableDataset):
     Each frame goes through a :class:`features.face_stream.FaceStream` (detect all faces, link them to tracks,
     eye-aligned crops), so a student keeps one ``track_id`` over the lesson. Frames without a face are counted in
     :attr:`stats` and yield nothing; unreadable video frames and images are skipped and counted (``unreadable``,
-    ``skipped:<reason>``). A video that cannot be opened raises :class:`features.video_io.VideoSourceError` naming
+    ``skipped:<reason>``). A video that cannot be opened raises :class:`features.video.VideoSourceError` naming
     it, at construction.
 
     Args:

@@ -234,6 +234,26 @@ class GenerationDataModule(LightningDataModule):
         return len(self.class_names)
 
     @property
+    def mean(self) -> tuple[float, ...]:
+        """The real data's normalisation mean (the source datamodule's): the CLI links it to ``LitLDM``'s
+        ``image_mean``, so the generation config never types it a second time.
+
+        Raises:
+            AttributeError: no source datamodule (``class_counts`` only); the CLI then skips the link.
+        """
+        return self._source_normalisation("mean")
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """The real data's normalisation std (linked to ``image_std``; see :attr:`mean`)."""
+        return self._source_normalisation("std")
+
+    def _source_normalisation(self, name: str) -> tuple[float, ...]:
+        if self.source is None or not hasattr(self.source, name):
+            raise AttributeError(f"GenerationDataModule has no {name}: no source datamodule with a {name!r}")
+        return tuple(float(v) for v in getattr(self.source, name))
+
+    @property
     def data_root(self) -> str | None:
         """Root of the real dataset (protected from writing)."""
         hp = getattr(self.source, "hparams", {}) if self.source is not None else {}

@@ -180,7 +180,7 @@ def annotate_video(video: str | Path, df: pd.DataFrame, out: Path, hold_frames: 
     Faces of an analysed frame stay drawn for the next ``hold_frames - 1`` frames (the frame stride), so the video
     plays at the source rate. Frames wider than ``max_side`` are shrunk (labels stay readable). Returns ``out``.
     """
-    from features.video_io import MP4Writer, VideoReader
+    from features.video import MP4Writer, VideoReader
 
     reader = VideoReader(video)
     by_frame = {int(f): g for f, g in df.groupby("frame")} if len(df) else {}

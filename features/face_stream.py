@@ -4,7 +4,7 @@
 detect all faces (:mod:`features.detection`), link them to tracks (:class:`features.tracking.IoUTracker`, with
 appearance re-linking from :func:`features.tracking.face_embedding` when ``reid="appearance"``) and cut the face
 model's input (eye-aligned when the detector gives landmarks, :func:`features.detection.face_crop`). Frame stride and
-frame-rate caps belong to the frame source (:mod:`features.video_io`); every frame given to :meth:`FaceStream.process`
+frame-rate caps belong to the frame source (:mod:`features.video`); every frame given to :meth:`FaceStream.process`
 is analysed.
 """
 

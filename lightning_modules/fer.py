@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from common import FER_PREPROCESSING_KEY
 from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from metrics.fer import FERMetrics, PredictionCounts
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_id", "score", "landmarks", "label")
 #: Checkpoint key of the datamodule's preprocessing state (class names, crops, descriptors, SUN statistics).
-PREPROCESSING_CKPT_KEY = "fer_preprocessing"
+PREPROCESSING_CKPT_KEY = FER_PREPROCESSING_KEY
 
 
 def _takes_argument(factory: Callable[..., Any], name: str) -> bool:

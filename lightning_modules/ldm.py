@@ -7,8 +7,8 @@
   (label, seed, job index) into images.
 
 Images arrive as the FER batch (``docs/architecture.md``): ``image`` ``[B, 3, H, W]`` normalised with the datamodule's
-``mean``/``std``; the systems undo that normalisation to work in ``[-1, 1]`` (``image_mean``/``image_std`` must match
-the datamodule's).
+``mean``/``std``; the systems undo that normalisation to work in ``[-1, 1]`` (``image_mean``/``image_std``: the
+CLI links them from the datamodule, so they cannot differ from it).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from models.diffusion import (
     predict_x0,
     sample_latents,
 )
+from models.frozen_classifier import classifier_normalisation
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class LitVAE(LightningModule):
         pretrained_dir: LOCAL ``save_pretrained`` directory to start from instead of building the architecture.
         kl_weight: weight of the KL term.
         recon_loss: ``"l1"`` or ``"mse"``.
-        image_mean, image_std: the datamodule's normalisation (to map images back to ``[-1, 1]``).
+        image_mean, image_std: the datamodule's normalisation (to map images back to ``[-1, 1]``); linked from
+            ``data.mean``/``data.std`` by ``cli.py``, never typed in a config.
         optimizer, scheduler: factories.
 
     Shapes:
@@ -222,7 +224,8 @@ class LitLDM(LightningModule):
         consistency_encoder: frozen image encoder returning ``[B, F]`` features of normalised images (e.g.
             :class:`models.frozen_classifier.FrozenImageEncoder`); required when ``consistency != "none"``.
         sampler, num_inference_steps, guidance_scale: generation settings of ``predict_step``/:meth:`generate`.
-        image_mean, image_std: the datamodule's normalisation.
+        image_mean, image_std: the datamodule's normalisation (for generation: the source datamodule's); linked
+            from ``data.mean``/``data.std`` by ``cli.py``, never typed in a config.
         optimizer, scheduler: factories (only ``net`` is optimised).
 
     Shapes:
@@ -273,6 +276,8 @@ class LitLDM(LightningModule):
         self.net = net
         self.consistency_encoder = consistency_encoder
         if consistency_encoder is not None:
+            # the encoder reads the data-normalised batch: its training normalisation must be the data's
+            classifier_normalisation(consistency_encoder, tuple(image_mean), tuple(image_std), owner="LitLDM")
             consistency_encoder.requires_grad_(False).eval()
         if vae_config is not None:
             vae = AutoencoderKL.from_config(vae_config)

@@ -82,8 +82,8 @@ def generation_quality(
     generated: Tensor,
     generated_labels: Tensor,
     class_names: list[str],
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     image_size: int | None = None,
     kid_subsets: int = 50,
     seed: int = 0,
@@ -191,7 +191,8 @@ class QualityFilter:
         duplicate_threshold: cosine similarity >= threshold, or pixel MSE <= threshold, means memorised.
         reference_root: real image folder (``<root>/<class>/*``) to compare against, read only.
         class_names: class order of the labels.
-        mean, std: the classifier's normalisation.
+        mean, std: the classifier's normalisation; ``None``: the classifier's own (from its checkpoint, see
+            :func:`models.frozen_classifier.classifier_normalisation`).
         image_size: classifier input side (``None`` = generated size).
     """
 
@@ -203,8 +204,8 @@ class QualityFilter:
         duplicate_threshold: float = 0.995,
         reference_root: str | None = None,
         class_names: list[str] | None = None,
-        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
         image_size: int | None = None,
     ) -> None:
         check_choices(QualityFilter, locals())

@@ -8,6 +8,11 @@
   (:mod:`metrics.generation`).
 
 Both read the classifier the same way (:func:`timm_forward`, :func:`timm_num_features`).
+
+Normalisation is set once: a classifier loaded from a face-expression checkpoint knows the ``mean``/``std`` it was
+trained with (:attr:`FrozenImageEncoder.image_mean`, from the checkpoint's preprocessing state), and
+:class:`ClassifierView` takes them from there (:func:`classifier_normalisation`); a different value given beside
+them is an error, not a silent second setting.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common import FER_PREPROCESSING_KEY
 from common.choices import check_choices
 
-__all__ = ["ClassifierView", "FrozenImageEncoder", "timm_forward", "timm_num_features"]
+__all__ = ["ClassifierView", "FrozenImageEncoder", "classifier_normalisation", "timm_forward", "timm_num_features"]
+
+#: Normalisation of a classifier that does not say what it was trained with (the project's FER default for faces).
+DEFAULT_NORMALISATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,10 @@ class FrozenImageEncoder(nn.Module):
         output: ``"features"`` (pre-logits) or ``"logits"``.
         model_kwargs: extra ``timm.create_model`` arguments (must match the checkpoint's architecture).
 
+    Attributes:
+        image_mean, image_std: the RGB normalisation the checkpoint's model was trained with (read from a LitFER
+            checkpoint's preprocessing state), or ``None`` when the checkpoint does not say.
+
     Shapes:
         images: ``[B, in_chans, H, W]`` normalised like the training batches -> ``[B, F]`` (or ``[B, num_classes]``).
     """
@@ -97,6 +110,8 @@ class FrozenImageEncoder(nn.Module):
                           "in_chans": in_chans, "output": output, "model_kwargs": dict(model_kwargs or {})}
         self.model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                        **(model_kwargs or {}))
+        self.image_mean: tuple[float, ...] | None = None
+        self.image_std: tuple[float, ...] | None = None
         if checkpoint_path is not None:
             path = Path(checkpoint_path)
             if not path.is_file():
@@ -112,6 +127,11 @@ class FrozenImageEncoder(nn.Module):
                 )
             self.model.load_state_dict(matched, strict=False)
             log.info("FrozenImageEncoder: loaded %d tensors from %s", len(matched), path)
+            pre = raw.get(FER_PREPROCESSING_KEY) if isinstance(raw, dict) else None
+            settings = pre.get("settings", {}) if isinstance(pre, dict) else {}
+            if settings.get("mean") is not None and settings.get("std") is not None:
+                self.image_mean = tuple(float(v) for v in settings["mean"])
+                self.image_std = tuple(float(v) for v in settings["std"])
         self.requires_grad_(False)
         self.eval()
         self.num_features = timm_num_features(self.model, output)
@@ -126,6 +146,32 @@ class FrozenImageEncoder(nn.Module):
         return f"model_name={self.model_name!r}, output={self.output!r}, num_features={self.num_features}"
 
 
+def classifier_normalisation(
+    classifier: nn.Module,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    owner: str = "classifier_normalisation",
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` a classifier's input is normalised with: the classifier's own (``image_mean``/
+    ``image_std``, e.g. a :class:`FrozenImageEncoder` read from a LitFER checkpoint) when it knows them, else the
+    given ones, else :data:`DEFAULT_NORMALISATION`.
+
+    Raises:
+        ValueError: ``mean``/``std`` given and different from the classifier's own (naming ``owner``).
+    """
+    own_mean, own_std = getattr(classifier, "image_mean", None), getattr(classifier, "image_std", None)
+    if own_mean is None or own_std is None:
+        return (tuple(mean) if mean is not None else DEFAULT_NORMALISATION[0],
+                tuple(std) if std is not None else DEFAULT_NORMALISATION[1])
+    own_mean, own_std = tuple(float(v) for v in own_mean), tuple(float(v) for v in own_std)
+    for name, given, own in (("mean", mean, own_mean), ("std", std, own_std)):
+        if given is not None and not torch.allclose(torch.tensor(given, dtype=torch.float64),
+                                                    torch.tensor(own, dtype=torch.float64)):
+            raise ValueError(f"{owner}: {name}={tuple(given)} differs from the {name} {own} the classifier was trained "
+                             "with (from its checkpoint)")
+    return own_mean, own_std
+
+
 class ClassifierView(nn.Module):
     """Features or logits of a timm classifier for images in ``[0, 1]`` (normalised inside).
 
@@ -133,7 +179,8 @@ class ClassifierView(nn.Module):
         classifier: a timm model, or a module holding one as ``.model`` (``TimmClassifier``,
             :class:`FrozenImageEncoder`).
         output: ``"features"`` (pre-logits) or ``"logits"``.
-        mean, std: normalisation the classifier was trained with.
+        mean, std: normalisation the classifier was trained with; ``None``: the classifier's own
+            (:func:`classifier_normalisation`).
         image_size: resize input to this side first (``None`` = as is).
 
     Shapes:
@@ -144,12 +191,13 @@ class ClassifierView(nn.Module):
         self,
         classifier: nn.Module,
         output: Literal["features", "logits"] = "features",
-        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
         image_size: int | None = None,
     ) -> None:
         super().__init__()
         check_choices(ClassifierView, locals())
+        mean, std = classifier_normalisation(classifier, mean, std, owner="ClassifierView")
         model = getattr(classifier, "model", classifier)
         if not hasattr(model, "forward_features"):
             raise ValueError("ClassifierView: classifier must be a timm model (or hold one as .model)")

@@ -74,7 +74,7 @@ def jaffe_portraits(names: tuple[str, ...] = ("KA", "YM")):
 def classroom_video(path: Path, n_frames: int = 8, faces: bool = True, fps: int = 4) -> Path:
     """A 320x240 MP4 with two real faces drifting right (or nobody)."""
     from features.synthetic_classroom import paste_face
-    from features.video_io import MP4Writer
+    from features.video import MP4Writer
 
     portraits = jaffe_portraits() if faces else []
     with MP4Writer(path, fps=fps) as w:

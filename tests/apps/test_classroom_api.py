@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from apps.classroom_api import analyze_video
-from features.video_io import VideoSourceError
+from features.video import VideoSourceError
 from tests.fakes_classroom import LEARNING, classroom_video, tiny_predict_config, train_tiny_checkpoint
 
 
@@ -68,8 +68,8 @@ def test_unreadable_frame_in_the_middle_is_skipped_and_counted(tiny, tmp_path) -
     import av
     import numpy as np
 
-    from features.video_io import VideoReader
-    from tests.features.test_video_io import corrupt_jpeg_frame, write_mjpeg_avi
+    from features.video import VideoReader
+    from tests.features.test_video import corrupt_jpeg_frame, write_mjpeg_avi
 
     ckpt, cfg = tiny
     frames = [f.rgb for f in VideoReader(classroom_video(tmp_path / "src.mp4", n_frames=6))]
@@ -151,7 +151,7 @@ def test_live_source_ctrl_c_ends_cleanly_with_the_files_written(tiny, tmp_path, 
     assert sorted(df["frame"].unique()) == list(range(9))
     assert df["track_id"].nunique() == 2
     assert any("Ctrl-C" in n for n in df.attrs["notes"])
-    from features.video_io import VideoReader
+    from features.video import VideoReader
 
     assert len(list(VideoReader(out / "recording.mp4"))) == 9
     assert len(list(VideoReader(out / "annotated_webcam_0.mp4"))) == 9

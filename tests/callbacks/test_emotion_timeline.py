@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks.emotion_timeline import EmotionTimelineWriter
 from features.classroom_report import predictions_table, smooth_table, summarize_tracks
-from features.video_io import MP4Writer, VideoReader
+from features.video import MP4Writer, VideoReader
 from lightning_modules.fer import LitFER
 from models.timm_classifier import TimmClassifier
 

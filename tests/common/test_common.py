@@ -1,4 +1,4 @@
-"""The lowest-layer helpers: atomic_write, masked_mean, check_choices."""
+"""The lowest-layer helpers: atomic_write / atomic_path, masked_mean, check_choices."""
 
 from __future__ import annotations
 
@@ -60,3 +60,22 @@ def test_check_choices_reads_the_literal_annotations() -> None:
 
 def test_modalities_order() -> None:
     assert MODALITIES == ("text", "audio", "vision")
+
+
+def test_atomic_path_renames_on_success_and_removes_on_error(tmp_path) -> None:
+    from common.io import atomic_path
+
+    path = tmp_path / "sub" / "clip.mp4"
+    with atomic_path(path, suffix=".tmp.mp4") as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".clip.mp4.") and tmp.suffix == ".mp4"
+        tmp.write_bytes(b"complete")  # a library writing by path
+        assert not path.exists()  # nothing under the final name before the end
+    assert path.read_bytes() == b"complete"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert path.read_bytes() == b"complete"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["clip.mp4"]

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
@@ -144,9 +145,23 @@ CK_CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surpr
                                              ("ldm_ckplus48.yaml", "fit"), ("generate_ckplus48.yaml", "predict")])
 def test_ldm_configs_instantiate(tmp_path, monkeypatch, name, subcommand):
     cli = pytest.importorskip("cli")
+    monkeypatch.chdir(tmp_path)
+    _fake_ldm_inputs(tmp_path)
+    c = cli.cli_main(["--config", str(CONFIGS / name), "--trainer.logger", "false"], run=False)
+    assert type(c.model).__name__ in ("LitVAE", "LitLDM")
+    if name == "generate_ckplus48.yaml":
+        from callbacks.augmented_writer import AugmentedImageWriter
+
+        writers = [cb for cb in c.trainer.callbacks if isinstance(cb, AugmentedImageWriter)]
+        assert writers and writers[0].quality is not None
+        assert type(c.datamodule.source).__name__ == "FERDataModule", type(c.datamodule.source)
+        assert c.datamodule.data_root == "data/ckplus48", dict(c.datamodule.source.hparams)
+
+
+def _fake_ldm_inputs(tmp_path: Path) -> None:
+    """The local files the configs/ldm/* configs name (faces, VAEs, the recognition checkpoint), tiny and random."""
     from tests.fakes_images import make_class_folders
 
-    monkeypatch.chdir(tmp_path)
     make_class_folders(tmp_path / "data" / "ckplus48", classes=CK_CLASSES, subjects=2, frames=1, size=16,
                        kind="noise")
     vae_48 = build_autoencoder_kl(block_out_channels=(32, 64, 64), norm_num_groups=16, sample_size=48)
@@ -157,15 +172,42 @@ def test_ldm_configs_instantiate(tmp_path, monkeypatch, name, subcommand):
     clf = tmp_path / "runs" / "fer_resnet18_ckplus48" / "checkpoints" / "last.ckpt"
     clf.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"net.model.{k}": v for k, v in enc.model.state_dict().items()}}, clf)
-    c = cli.cli_main(["--config", str(CONFIGS / name), "--trainer.logger", "false"], run=False)
-    assert type(c.model).__name__ in ("LitVAE", "LitLDM")
-    if name == "generate_ckplus48.yaml":
-        from callbacks.augmented_writer import AugmentedImageWriter
 
-        writers = [cb for cb in c.trainer.callbacks if isinstance(cb, AugmentedImageWriter)]
-        assert writers and writers[0].quality is not None
-        assert type(c.datamodule.source).__name__ == "FERDataModule", type(c.datamodule.source)
-        assert c.datamodule.data_root == "data/ckplus48", dict(c.datamodule.source.hparams)
+
+@pytest.mark.parametrize("name", ["vae_ckplus48.yaml", "generate_ckplus48.yaml"])
+def test_ldm_systems_take_the_normalisation_from_the_data(tmp_path, monkeypatch, name):
+    """``image_mean``/``image_std`` of LitVAE/LitLDM are linked from the datamodule (for generation: its source
+    datamodule's): a config whose data normalisation differs ends with the system undoing THAT normalisation, even
+    when a stale value is typed for the model."""
+    cli = pytest.importorskip("cli")
+    monkeypatch.chdir(tmp_path)
+    _fake_ldm_inputs(tmp_path)
+    cfg = yaml.safe_load((CONFIGS / name).read_text())
+    data = cfg["data"]["init_args"]
+    data = data["source_config"]["init_args"] if "source_config" in data else data
+    data["mean"], data["std"] = [0.2, 0.3, 0.4], [0.25, 0.5, 0.75]
+    cfg["model"]["init_args"]["image_mean"] = [0.9, 0.9, 0.9]  # typed a second time, differently: loses
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    c = cli.cli_main(["--config", str(path), "--trainer.logger", "false"], run=False)
+    assert tuple(c.model.hparams.image_mean) == (0.2, 0.3, 0.4)
+    assert tuple(c.model.hparams.image_std) == (0.25, 0.5, 0.75)
+    assert c.model.norm.mean.flatten().tolist() == pytest.approx([0.2, 0.3, 0.4])
+    assert c.model.norm.std.flatten().tolist() == pytest.approx([0.25, 0.5, 0.75])
+
+
+def test_no_ldm_config_types_the_normalisation_twice():
+    """The data section is the one place of mean/std in every generation config (the systems' are linked)."""
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        model = yaml.safe_load(path.read_text())["model"]["init_args"]
+        assert not {"image_mean", "image_std"} & set(model), path.name
+
+
+def test_generation_datamodule_without_a_source_has_no_normalisation():
+    from datamodules.generation import GenerationDataModule
+
+    dm = GenerationDataModule(class_counts={"a": 2, "b": 1})
+    assert not hasattr(dm, "mean") and not hasattr(dm, "std")  # the CLI link is skipped, the system keeps its own
 
 
 def _ldm_checkpoint(tmp_path, vae_dir) -> tuple[Path, dict]:
@@ -208,3 +250,18 @@ def test_predict_refuses_an_untrained_unet(tmp_path, vae_dir):
                               output_root=str(tmp_path / "out"), total_multiplier=1.0, scarce_classes=[])
     with pytest.raises(RuntimeError, match="untrained UNet"):
         trainer(tmp_path).predict(model, datamodule=dm)
+
+
+def test_ldm_refuses_a_consistency_encoder_trained_with_another_normalisation(tmp_path, vae_dir):
+    """The consistency encoder reads the data-normalised batch: its checkpoint's mean/std must be the data's."""
+    enc = FrozenImageEncoder("resnet10t", num_classes=3)
+    ckpt = tmp_path / "fer.ckpt"
+    torch.save({"state_dict": {f"net.model.{k}": v for k, v in enc.model.state_dict().items()},
+                "fer_preprocessing": {"settings": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}},
+               ckpt)
+    encoder = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(ckpt))
+    with pytest.raises(ValueError, match=r"LitLDM: mean=\(0.5, 0.5, 0.5\) differs"):
+        LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", consistency_encoder=encoder)
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", consistency_encoder=encoder,
+                   image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    assert model.norm.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])

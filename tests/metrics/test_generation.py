@@ -144,3 +144,31 @@ def test_standard_fid_and_is_from_a_local_inception_file(tmp_path, monkeypatch):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a plain InceptionV3 state dict"):
         inception_scores(real, gen, str(bad))
+
+
+def test_the_classifier_normalisation_comes_from_its_checkpoint_once(tmp_path):
+    """A classifier read from a LitFER checkpoint knows the mean/std it was trained with; the views over it (quality
+    filter, generation metrics) use them, and a different value typed beside them is refused, not used."""
+    enc = FrozenImageEncoder("resnet10t", num_classes=3)
+    state = {f"net.model.{k}": v for k, v in enc.model.state_dict().items()}
+    ckpt = tmp_path / "fer.ckpt"
+    torch.save({"state_dict": state, "fer_preprocessing": {"version": 1, "settings": {
+        "mean": [0.2, 0.3, 0.4], "std": [0.25, 0.5, 0.75]}}}, ckpt)
+    trained = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(ckpt))
+    assert (trained.image_mean, trained.image_std) == ((0.2, 0.3, 0.4), (0.25, 0.5, 0.75))
+    view = ClassifierView(trained, "logits")
+    assert view.mean.flatten().tolist() == pytest.approx([0.2, 0.3, 0.4])
+    assert view.std.flatten().tolist() == pytest.approx([0.25, 0.5, 0.75])
+    assert ClassifierView(trained, "logits", mean=(0.2, 0.3, 0.4)).mean.flatten().tolist() == pytest.approx(
+        [0.2, 0.3, 0.4])  # the same value given again is fine
+    with pytest.raises(ValueError, match=r"ClassifierView: mean=\(0.5, 0.5, 0.5\) differs .* trained with"):
+        ClassifierView(trained, "logits", mean=(0.5,) * 3)
+    with pytest.raises(ValueError, match="std"):
+        QualityFilter(trained, duplicate_metric="none", std=(0.5,) * 3)
+    assert QualityFilter(trained, duplicate_metric="none").logits.std.flatten().tolist() == pytest.approx(
+        [0.25, 0.5, 0.75])
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": state}, plain)  # a checkpoint that does not say: the project default
+    untold = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(plain))
+    assert untold.image_mean is None
+    assert ClassifierView(untold, "logits").mean.flatten().tolist() == [0.5, 0.5, 0.5]
