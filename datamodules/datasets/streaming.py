@@ -210,12 +210,17 @@ class FaceStreamingDataset(StreamingDataset):
                          batch_decode=BATCH_DECODE, item_shuffle_window=ITEM_SHUFFLE_WINDOW)
         self._labels: torch.Tensor | None = None
         self._origins: list[str] | None = None
+        # one 0-d label tensor per class, shared by the items (as in-memory items are views of one labels tensor)
+        self._label_tensors: dict[int, torch.Tensor] = {}
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
         pixels, label, meta = super().__getitem__(index)
         x = _uint8_tensor(pixels)
         origin, path = meta.split(_META_SEP, 1)
-        item = {"image": x[:3], "label": torch.tensor(label, dtype=torch.long), "origin": origin, "path": path}
+        label_t = self._label_tensors.get(label)
+        if label_t is None:
+            label_t = self._label_tensors[label] = torch.tensor(label, dtype=torch.long)
+        item = {"image": x[:3], "label": label_t, "origin": origin, "path": path}
         if x.shape[0] > 3:
             item["descriptor"] = x[3:]
         return item
