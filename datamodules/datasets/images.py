@@ -323,7 +323,7 @@ class FaceBatchTransform:
         """Collate ``samples`` into a batch dict (see class docstring)."""
         batch: dict = {}
         fused = _fused_pixels(samples)
-        for k in samples[0].keys():
+        for k in samples[0]:
             if fused is not None and k in ("image", "descriptor"):
                 batch[k] = fused[:, :3] if k == "image" else fused[:, 3:]
                 continue
