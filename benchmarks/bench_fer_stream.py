@@ -12,7 +12,12 @@ script writes the per-face ``.npy`` crops the FER cache holds, writes them once 
 It prints, per backend and size, the peak resident memory (``ru_maxrss``) of that process, the resident memory
 growth during the epoch, and faces/s; then the two memory figures of the stream (10k vs 100k) side by side and the
 streaming/in-memory throughput ratio at the size both ran. Targets (issue 12): stream memory flat as the set grows,
-streaming throughput >= in-memory.
+streaming throughput >= in-memory. After the timed epoch each worker runs a second epoch with ``collate_fn=list``
+(reading alone, no batch transform) and prints its time as a share of the full epoch: what the reader costs per
+epoch on each path (the difference between the two shares is the throughput gap).
+
+Streams in ``--workdir`` written by an older sample layout (``streaming.FORMAT_VERSION``) are this script's own
+scratch output: they are deleted and written again (with a message).
 
 Run (from the repo root; needs ~2 x 4.9 GB of free disk for 100k faces, in --workdir):
     python benchmarks/bench_fer_stream.py
@@ -90,9 +95,21 @@ def worker(backend: str, n: int, workdir: Path, batch_size: int, num_workers: in
     for batch in loader:
         seen += batch["image"].shape[0]
     seconds = time.perf_counter() - start
+    growth = _rss_mb() - before
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # reading alone: the same epoch without the batch transform
+    if backend == "memory":
+        reader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, collate_fn=list)
+    else:
+        reader = streaming_loader(FaceStreamingDataset(str(workdir / f"stream_{n}"), shuffle=True, seed=1),
+                                  batch_size, num_workers, list)
+    start = time.perf_counter()
+    for _ in reader:
+        pass
+    read_seconds = time.perf_counter() - start
     return {"backend": backend, "n": n, "faces": seen, "faces_per_s": seen / seconds,
-            "rss_before_epoch_mb": before, "rss_growth_mb": _rss_mb() - before,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "read_share": read_seconds / seconds, "rss_before_epoch_mb": before, "rss_growth_mb": growth,
+            "peak_rss_mb": peak}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                                 args.num_workers)))
         return
 
-    from datamodules.datasets.streaming import write_face_stream
+    from datamodules.datasets.streaming import FORMAT_VERSION, stream_format, write_face_stream
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_fer_stream_"))
     results = []
@@ -120,8 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             records = generate(n, args.image_size, workdir / "faces")
             (workdir / f"records_{n}.json").write_text(json.dumps(
                 [[r.crop_file, r.descriptor_file, r.label, r.origin, r.path] for r in records]))
+            stream_dir = workdir / f"stream_{n}"
+            version = stream_format(stream_dir)
+            if version is not None and version != FORMAT_VERSION:
+                print(f"{stream_dir} holds a format-{version} stream (this code writes format {FORMAT_VERSION}): "
+                      "deleting this benchmark's old stream and writing it again", flush=True)
+                shutil.rmtree(stream_dir)
             t = time.perf_counter()
-            write_face_stream(records, workdir / f"stream_{n}")
+            write_face_stream(records, stream_dir)
             print(f"wrote the {n}-face stream once in {time.perf_counter() - t:.1f} s", flush=True)
             for backend in ("litdata", "memory"):
                 if backend == "memory" and n > args.max_memory_size:
@@ -131,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
                 row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
                 results.append(row)
                 print(f"{backend:8s} n={n:7d}: peak RSS {row['peak_rss_mb']:8.0f} MB, RSS growth during the epoch "
-                      f"{row['rss_growth_mb']:7.0f} MB, {row['faces_per_s']:8.0f} faces/s", flush=True)
+                      f"{row['rss_growth_mb']:7.0f} MB, {row['faces_per_s']:8.0f} faces/s; reading alone "
+                      f"{row['read_share']:.2f} of the epoch's time", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -143,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
               f"at {hi} faces (ratio {stream[hi]['peak_rss_mb'] / stream[lo]['peak_rss_mb']:.2f}; flat = ~1)")
     for n in sorted(set(stream) & set(memory)):
         print(f"n={n}: memory peak RSS {memory[n]['peak_rss_mb']:.0f} MB vs litdata {stream[n]['peak_rss_mb']:.0f} MB; "
-              f"throughput litdata / memory = {stream[n]['faces_per_s'] / memory[n]['faces_per_s']:.2f} (target >= 1)")
+              f"throughput litdata / memory = {stream[n]['faces_per_s'] / memory[n]['faces_per_s']:.2f} (target >= 1); "
+              f"reading alone: litdata {stream[n]['read_share']:.2f} vs memory {memory[n]['read_share']:.2f} of an "
+              "epoch")
 
 
 if __name__ == "__main__":

@@ -616,8 +616,12 @@ class FERDataModule(LightningDataModule):
         """``stream_dir`` or ``<cache>/litdata/<hash of split + crop + descriptor settings>``."""
         if self.hparams.stream_dir:
             return Path(self.hparams.stream_dir)
+        from datamodules.datasets.streaming import FORMAT_VERSION
+
+        # the sample layout's version is part of the key: a stream of an older layout stays untouched in its folder
         key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
-               "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots()}
+               "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots(),
+               "format": FORMAT_VERSION}
         return self.cache_root / "litdata" / settings_hash(key)
 
     def _write_streams(

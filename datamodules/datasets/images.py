@@ -322,13 +322,19 @@ class FaceBatchTransform:
     def __call__(self, samples: list[dict]) -> dict:
         """Collate ``samples`` into a batch dict (see class docstring)."""
         batch: dict = {}
-        keys = samples[0].keys()
-        for k in keys:
+        fused = _fused_pixels(samples)
+        for k in samples[0]:
+            if fused is not None and k in ("image", "descriptor"):
+                batch[k] = fused[:, :3] if k == "image" else fused[:, 3:]
+                continue
             vals = [s[k] for s in samples]
             batch[k] = torch.stack(vals) if isinstance(vals[0], Tensor) else vals
         has_desc = "descriptor" in batch
         if self.augment == "train":
-            x = torch.cat([batch["image"], batch["descriptor"]], dim=1) if has_desc else batch["image"]
+            if fused is not None:
+                x = fused
+            else:
+                x = torch.cat([batch["image"], batch["descriptor"]], dim=1) if has_desc else batch["image"]
             x = self._geometric(x.float().div_(255.0))
             image = self._colour(x[:, :3])
             desc = x[:, 3:] if has_desc else None
@@ -348,6 +354,29 @@ class FaceBatchTransform:
             if desc is not None:
                 batch["descriptor"] = x[:, 3:]
         return batch
+
+
+def _fused_pixels(samples: list[dict]) -> Tensor | None:
+    """``[B, 4, H, W]`` uint8 stacked in one copy when every sample's ``image`` and ``descriptor`` are the two parts
+    of one contiguous ``[4, H, W]`` tensor (the litdata stream's items, :mod:`datamodules.datasets.streaming`), else
+    ``None`` (separate stacks + concatenation; the values are the same either way)."""
+    if "descriptor" not in samples[0]:
+        return None
+    bases = []
+    for s in samples:
+        img, desc = s["image"], s["descriptor"]
+        if not isinstance(img, Tensor) or not isinstance(desc, Tensor):
+            return None
+        base = img._base
+        if (
+            base is None or desc._base is not base or base.dim() != 3 or base.shape[0] != 4
+            or not base.is_contiguous() or img.storage_offset() != base.storage_offset()
+            or desc.storage_offset() != base.storage_offset() + 3 * base.shape[1] * base.shape[2]
+            or img.shape != (3, *base.shape[1:])
+        ):
+            return None
+        bases.append(base)
+    return torch.stack(bases)
 
 
 #: Train-time policies of :class:`FaceBatchTransform`.

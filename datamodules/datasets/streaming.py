@@ -11,6 +11,21 @@ Batch contract: an item is exactly a :class:`FaceTensorDataset` item (``image`` 
 ``[1, H, W]`` uint8 when present, ``label`` ``[]`` int64, ``origin`` str, ``path`` str), so the same
 :class:`~datamodules.datasets.images.FaceBatchTransform` collate turns them into the same batches.
 
+Sample layout (``FORMAT_VERSION`` 2). One litdata sample per face holds three leaves: ``pixels`` ``[C, H, W]`` uint8
+(the RGB crop with the descriptor map as a 4th channel when present: ONE numpy leaf, so one deserialisation and
+one copy out of the chunk per face), ``label`` int and ``meta`` ``"origin\0path"`` (a NUL cannot occur in a POSIX
+path; litdata would read a bare string that names an existing file as that file). ``image`` and ``descriptor`` are
+views of the one ``pixels`` tensor (as the in-memory items are views of the stacked tensors). Version-1 streams
+(four leaves) are refused with an error naming the folder.
+
+Reading (the cause of the version-1 slowness, found by profiling one epoch): litdata's default ``batch_decode="auto"``
+decodes a window of 16 MB / mean sample size = 255 rows of a 128 px face sample at a time, while its default
+``item_shuffle_window`` shuffles aligned blocks of 256 items: every shuffle block straddled two decode windows, the
+shuffled order ping-ponged between them and each face was deserialised ~4 times per epoch. Here each face is decoded
+once (``batch_decode=1``: only the requested row, litdata's own setting for image samples) and the train order is
+a full in-chunk permutation (``item_shuffle_window=0``; a shuffle block of 256 consecutive -- i.e. class-sorted --
+faces would also put most of a batch in one class).
+
 Order. Chunks are written in the split's order (``keep_data_ordered``, one writer), so with ``shuffle=False`` (the
 eval splits; or a fixed-order training run) the batches are identical to the in-memory loader's, batch for batch.
 With ``shuffle=True`` litdata permutes chunks and items within its own seeded scheme (``seed``), not torch's
@@ -18,8 +33,10 @@ With ``shuffle=True`` litdata permutes chunks and items within its own seeded sc
 split's faces, but the order differs from the in-memory path's shuffled order (a different sampler). The tests
 check both (``tests/datamodules/test_streaming.py``).
 
-Under DDP litdata gives each rank a disjoint set of chunks. With ``drop_last=False`` (eval) no face is repeated or
-dropped, so the evaluation metrics equal a single-process run (tested with 2 gloo processes).
+Under DDP litdata gives each rank whole batches' worth of items (``floor(n / batch) // world_size`` batches each, cut
+out of the chunks by item interval, so chunk size does not matter) and the remainder to the last rank. With
+``drop_last=False`` (eval) no face is repeated or dropped, so the evaluation metrics equal a single-process run
+(tested with 2 gloo processes); a split with fewer than ``world_size * batch_size`` faces goes whole to the last rank.
 """
 
 from __future__ import annotations
@@ -39,10 +56,16 @@ from litdata import StreamingDataLoader, StreamingDataset, optimize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaceStreamingDataset", "StreamRecord", "streaming_loader", "write_face_stream"]
+__all__ = ["FORMAT_VERSION", "FaceStreamingDataset", "StreamRecord", "streaming_loader", "write_face_stream"]
 
 INDEX_FILE = "index.json"
 META_FILE = "face_stream.json"
+#: Sample layout written by :func:`write_face_stream` (see the module docstring); 1 = four leaves (old).
+FORMAT_VERSION = 2
+#: litdata read settings (module docstring): decode only the requested face; full in-chunk shuffle.
+BATCH_DECODE = 1
+ITEM_SHUFFLE_WINDOW = 0
+_META_SEP = "\0"
 
 
 @dataclass(frozen=True)
@@ -64,31 +87,46 @@ class StreamRecord:
     path: str
 
 
-def _read_record(record: StreamRecord) -> tuple:
-    """``litdata.optimize`` worker function: one record -> one sample ``(image, label, meta, [descriptor])``.
+def _read_record(record: StreamRecord) -> tuple[np.ndarray, int, str]:
+    """``litdata.optimize`` worker function: one record -> one sample ``(pixels, label, meta)``.
 
-    ``meta`` is the JSON text ``[origin, path]``: litdata serialises a bare string that names an existing image
-    file as that image (it reads the file), so the source path must not travel as a plain string.
+    Shapes:
+        pixels: ``[3, H, W]`` uint8, or ``[4, H, W]`` with the descriptor map as channel 3.
     """
     crop = np.load(record.crop_file)
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
         raise ValueError(f"write_face_stream: {record.crop_file}: expected an [H, W, 3] uint8 crop, got "
                          f"{crop.dtype} {crop.shape}")
-    meta = json.dumps([record.origin, record.path])
-    item: tuple = (np.ascontiguousarray(crop.transpose(2, 0, 1)), int(record.label), meta)
+    for name, text in (("origin", record.origin), ("path", record.path)):
+        if _META_SEP in text:
+            raise ValueError(f"write_face_stream: {record.crop_file}: the {name} {text!r} contains a NUL character")
+    planes = [crop.transpose(2, 0, 1)]
     if record.descriptor_file is not None:
         desc = np.load(record.descriptor_file)
         if desc.ndim == 3:
             desc = desc[:, :, 0]
-        item += (np.ascontiguousarray(desc[None]),)
-    return item
+        if desc.shape != crop.shape[:2] or desc.dtype != np.uint8:
+            raise ValueError(f"write_face_stream: {record.descriptor_file}: expected a {crop.shape[:2]} uint8 map, "
+                             f"got {desc.dtype} {desc.shape}")
+        planes.append(desc[None])
+    pixels = np.ascontiguousarray(np.concatenate(planes, axis=0))
+    return pixels, int(record.label), record.origin + _META_SEP + record.path
 
 
 def _fingerprint(records: Sequence[StreamRecord]) -> str:
-    h = hashlib.sha1()
+    h = hashlib.sha1(f"face_stream v{FORMAT_VERSION}".encode())
     for r in records:
         h.update(json.dumps([r.crop_file, r.descriptor_file, r.label, r.origin, r.path]).encode())
     return h.hexdigest()
+
+
+def stream_format(folder: str | Path) -> int | None:
+    """The ``FORMAT_VERSION`` of a stream written by :func:`write_face_stream` (1 for the old layout without the
+    key), or ``None`` when ``folder`` holds no such stream."""
+    meta_path = Path(folder) / META_FILE
+    if not meta_path.is_file():
+        return None
+    return int(json.loads(meta_path.read_text()).get("format", 1))
 
 
 def write_face_stream(
@@ -98,7 +136,7 @@ def write_face_stream(
 
     The write goes to ``<output_dir>.tmp`` and is renamed into place when complete, so an interrupted write never
     leaves a half-written stream that a later run would read. An existing ``output_dir`` that holds a different
-    record list (other split, other settings) is an error naming it, never overwritten.
+    record list (other split, other settings, an older sample layout) is an error naming it, never overwritten.
 
     Args:
         records: the faces in split order.
@@ -118,8 +156,9 @@ def write_face_stream(
         if meta.get("fingerprint") == digest:
             return out
         raise ValueError(
-            f"write_face_stream: {str(out)!r} already holds a different stream (fingerprint "
-            f"{meta.get('fingerprint')!r} != {digest!r}); delete it or choose another stream_dir"
+            f"write_face_stream: {str(out)!r} already holds a different stream (format {meta.get('format', 1)}, "
+            f"fingerprint {meta.get('fingerprint')!r}; this write: format {FORMAT_VERSION}, {digest!r}); delete it "
+            "or choose another stream_dir"
         )
     if not records:
         raise ValueError(f"write_face_stream: no records to write to {str(out)!r}")
@@ -138,7 +177,7 @@ def write_face_stream(
         start_method="fork",  # no re-import of the caller's __main__ in the writer process (spawn would)
         verbose=False,
     )
-    (tmp / META_FILE).write_text(json.dumps({"fingerprint": digest, "n": len(records)}))
+    (tmp / META_FILE).write_text(json.dumps({"fingerprint": digest, "n": len(records), "format": FORMAT_VERSION}))
     tmp.replace(out)
     log.info("Wrote %d faces as litdata chunks to %s", len(records), out)
     return out
@@ -149,33 +188,41 @@ class FaceStreamingDataset(StreamingDataset):
 
     Args:
         input_dir: folder written by :func:`write_face_stream` (local path or an object-store URL litdata reads).
-        shuffle: litdata's seeded chunk + item shuffle (train); ``False`` keeps the written order (eval).
+        shuffle: litdata's seeded chunk + full in-chunk item shuffle (train); ``False`` keeps the written order
+            (eval).
         seed: shuffle seed.
         drop_last: drop the uneven tail across ranks (train under DDP); ``False`` keeps every face once (eval).
-        labels: optional ``[N]`` labels of the written order (for ``class_counts``); read from the stream when
-            ``None``.
 
     Shapes:
         Item: ``{"image": [3, H, W] uint8, "descriptor": [1, H, W] uint8, "label": [] int64, "origin": str,
         "path": str}``
     """
 
-    def __init__(self, input_dir: str, shuffle: bool = False, seed: int = 42, drop_last: bool = False) -> None:
-        super().__init__(input_dir=input_dir, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    def __init__(self, input_dir: str, shuffle: bool = False, seed: int = 42, drop_last: bool | None = False) -> None:
+        version = stream_format(input_dir) if "://" not in str(input_dir) else FORMAT_VERSION
+        if version is not None and version != FORMAT_VERSION:
+            raise ValueError(
+                f"FaceStreamingDataset: {str(input_dir)!r} holds a format-{version} face stream; this version reads "
+                f"format {FORMAT_VERSION} (one pixel buffer per face): delete the folder and let prepare_data() "
+                "write it again"
+            )
+        super().__init__(input_dir=input_dir, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         batch_decode=BATCH_DECODE, item_shuffle_window=ITEM_SHUFFLE_WINDOW)
         self._labels: torch.Tensor | None = None
         self._origins: list[str] | None = None
+        # one 0-d label tensor per class, shared by the items (as in-memory items are views of one labels tensor)
+        self._label_tensors: dict[int, torch.Tensor] = {}
 
     def __getitem__(self, index: Any) -> dict[str, Any]:
-        raw = super().__getitem__(index)
-        origin, path = json.loads(raw[2])
-        item = {
-            "image": _uint8_tensor(raw[0]),
-            "label": torch.tensor(int(raw[1]), dtype=torch.long),
-            "origin": origin,
-            "path": path,
-        }
-        if len(raw) > 3:
-            item["descriptor"] = _uint8_tensor(raw[3])
+        pixels, label, meta = super().__getitem__(index)
+        x = _uint8_tensor(pixels)
+        origin, path = meta.split(_META_SEP, 1)
+        label_t = self._label_tensors.get(label)
+        if label_t is None:
+            label_t = self._label_tensors[label] = torch.tensor(label, dtype=torch.long)
+        item = {"image": x[:3], "label": label_t, "origin": origin, "path": path}
+        if x.shape[0] > 3:
+            item["descriptor"] = x[3:]
         return item
 
     def _scan_labels(self) -> None:
@@ -205,9 +252,12 @@ class FaceStreamingDataset(StreamingDataset):
 
 
 def _uint8_tensor(x: Any) -> torch.Tensor:
-    """A writable uint8 tensor from what litdata returns (numpy array or read-only tensor)."""
+    """A writable uint8 tensor sharing ``x``'s memory when litdata handed over its own writable copy (its numpy
+    deserialiser copies out of the chunk), else a copy."""
     if isinstance(x, torch.Tensor):
         return x.to(torch.uint8).clone()
+    if x.dtype == np.uint8 and x.flags.writeable:
+        return torch.from_numpy(x)
     return torch.from_numpy(np.array(x, dtype=np.uint8))
 
 

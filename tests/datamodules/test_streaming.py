@@ -109,6 +109,44 @@ def test_stream_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
     assert json.loads((out / "face_stream.json").read_text())["n"] == len(recs)
 
 
+def test_items_are_one_pixel_buffer_and_the_collate_stacks_it_once(tmp_path: Path) -> None:
+    from datamodules.datasets.images import _fused_pixels
+
+    mem, stream = _pair(tmp_path)
+    ds = stream.datasets["val"]
+    item = ds[0]
+    # image and descriptor are the two parts of one [4, H, W] buffer (one litdata leaf, one copy per face) ...
+    assert item["image"]._base is item["descriptor"]._base and item["image"]._base.shape[0] == 4
+    items = [ds[i] for i in range(len(ds))]
+    assert _fused_pixels(items) is not None and _fused_pixels(list(mem.datasets["val"])) is None
+    # ... which the collate stacks once; the batch equals the one from separate stacks (the in-memory items)
+    copies = [{**it, "image": it["image"].clone(), "descriptor": it["descriptor"].clone()} for it in items]
+    assert _fused_pixels(copies) is None
+    _assert_same_batches([stream._collate_eval(items)], [stream._collate_eval(copies)])
+    torch.manual_seed(3)
+    a = stream._collate_train(items)
+    torch.manual_seed(3)
+    _assert_same_batches([a], [stream._collate_train(copies)])
+
+
+def test_streams_of_the_old_layout_are_refused_by_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "c.npy", np.zeros((8, 8, 3), dtype=np.uint8))
+    out = write_face_stream([StreamRecord(str(tmp_path / "c.npy"), None, 0, "real", "a.png")], tmp_path / "s")
+    meta = json.loads((out / "face_stream.json").read_text())
+    assert meta["format"] == 2 and FaceStreamingDataset(str(out))[0]["image"].shape == (3, 8, 8)
+    import hashlib
+
+    del meta["format"]  # what a version-1 writer left: no format key, a fingerprint of the records alone
+    meta["fingerprint"] = hashlib.sha1(json.dumps([str(tmp_path / "c.npy"), None, 0, "real", "a.png"]).encode()).hexdigest()
+    (out / "face_stream.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format-1 face stream"):
+        FaceStreamingDataset(str(out))
+    with pytest.raises(ValueError, match="different stream"):
+        write_face_stream([StreamRecord(str(tmp_path / "c.npy"), None, 0, "real", "a.png")], out)
+
+
 def test_litdata_refuses_the_class_balanced_sampler(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="class_balanced"):
         _dm(tmp_path, cache_backend="litdata", train_sampler="class_balanced")
@@ -124,7 +162,7 @@ def _ddp_worker(rank: int, world: int, root: str, tmp: str, port: int, out: str)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    dm = _dm(Path(tmp), Path(root), cache_backend="litdata")
+    dm = _dm(Path(tmp), Path(root), cache_backend="litdata", batch_size=2)
     dm.setup("fit")  # prepare_data ran once in the parent (rank 0's job)
     paths = {s: [p for b in getattr(dm, f"{s}_dataloader")() for p in b["path"]] for s in ("train", "val")}
     gathered: list = [None] * world
@@ -142,9 +180,9 @@ def test_streams_shard_across_two_ddp_processes(tmp_path: Path) -> None:
 
     root = tmp_path / "data"
     make_class_folders(root, CLASSES, subjects=6, frames=2, size=24)
-    dm = _dm(tmp_path, root, cache_backend="litdata")
+    dm = _dm(tmp_path, root, cache_backend="litdata", batch_size=2)
     dm.prepare_data()
-    mem = _dm(tmp_path, root)
+    mem = _dm(tmp_path, root, batch_size=2)
     mem.setup("fit")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,7 +194,10 @@ def test_streams_shard_across_two_ddp_processes(tmp_path: Path) -> None:
     per_rank = json.loads(out.read_text())
     val = [p for r in per_rank for p in r["val"]]
     assert sorted(val) == sorted(mem.datasets["val"].paths)  # every eval face exactly once across the ranks
-    # litdata shards by CHUNK: a split smaller than one chunk (as here) goes whole to one rank
+    # litdata hands each rank whole batches' worth of items cut out of the (here single) chunk, the remainder to
+    # the last rank: a split of >= world_size * batch_size faces gives every rank eval data
+    assert len(mem.datasets["val"]) >= 2 * 2
+    assert all(len(r["val"]) >= 2 for r in per_rank)
     train0, train1 = (set(r["train"]) for r in per_rank)
     assert not train0 & train1  # disjoint training shards
     assert len(per_rank[0]["train"]) == len(per_rank[1]["train"])  # equal steps per rank (no DDP hang)
