@@ -73,6 +73,8 @@ class TextEncoder(nn.Module):
         if mode == "frozen":
             self.bert.requires_grad_(False)
             self.bert.eval()
+        else:  # from_pretrained returns eval mode, and Lightning keeps a submodule's mode at fit start: BERT's
+            self.bert.train()  # dropout would stay off while it is fine-tuned (the owner's .eval() still applies)
         log.info("TextEncoder: loaded %s (%d-d, %s)", self.path, self.out_dim, mode)
 
     def reset_parameters(self) -> None:

@@ -221,6 +221,7 @@ def test_bert_ids_path(tiny_bert_dir, mode):
         assert not any(p.requires_grad for p in model.text_encoder.parameters())
     else:
         assert any(g is not None and g.any() for g in bert_grads)
+        assert model.text_encoder.bert.training  # dropout on while fine-tuned (from_pretrained returns eval mode)
     del batch["text_bert"]
     with pytest.raises(ValueError, match="text_bert"):
         model(batch)
