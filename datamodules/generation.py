@@ -10,10 +10,12 @@ same class and seed (``seed = base_seed + k``), so a run is reproducible and res
 Under DDP the datamodule shards the jobs itself: every process computes the same job list (rank 0's list is
 broadcast, so all agree even if the folder changed between their reads) and the predict loader's sampler is
 :func:`datamodules.distributed.eval_sampler`, which gives every job to exactly one process (uneven shards, no
-padding duplicates). Lightning keeps a distributed sampler it is given, so this holds whatever
-``Trainer(use_distributed_sampler=...)`` says (with ``False`` Lightning would otherwise give EVERY job to EVERY
-process). Jobs are deterministic per index (class, seed, retry seeds), so which process runs a job does not change
-what is generated. Each process records its jobs in its own manifest shard (``manifest.rank<r>.jsonl``, see
+padding duplicates). Why the datamodule and not Lightning: Lightning's own predict sampler happens to be unrepeated
+as well, but only with ``Trainer(use_distributed_sampler=True)``; with ``False`` it would give EVERY job to EVERY
+process, and a padding ``DistributedSampler`` (the training default) would repeat jobs. Lightning keeps a
+distributed sampler it is given, so with this one the shards are the same either way (tested both ways). Jobs
+are deterministic per index (class, seed, retry seeds), so which process runs a job does not change what is
+generated (``models.diffusion.sample_latents``: one noise generator per seed). Each process records its jobs in its own manifest shard (``manifest.rank<r>.jsonl``, see
 :func:`manifest_files`) until the writer merges them at the end of predict; a crashed DDP run leaves its shards,
 and :func:`done_jobs` reads them too, so a rerun still skips what was finished.
 
