@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
-__all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "key_mask"]
+__all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "fused_dropout_supported", "key_mask"]
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -85,6 +85,15 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: tor
     return keep, _LEVELS / max(keep_levels, 1)
 
 
+def fused_dropout_supported(device: torch.device) -> bool:
+    """Whether PyTorch's fused attention kernels on ``device`` take ``dropout_p > 0``.
+
+    CUDA's flash and memory-efficient kernels do (training on GPUs runs fused); the CPU flash kernel does not, and
+    SDPA's CPU math fallback is slower than :func:`_attention_with_dropout`.
+    """
+    return device.type != "cpu"
+
+
 def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
     """``softmax(q k^T / sqrt(dh) + mask)`` with dropout on the weights, times ``v`` (training path).
 
@@ -115,7 +124,8 @@ class MultiheadAttention(nn.Module):
     (``in_proj_weight``; one matmul for self-attention, two for crossmodal attention), heads are views of it (no
     transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward. Without attention
     dropout (eval, or ``dropout=0``) PyTorch's fused (flash) kernel runs; with it (training), a lean math path
-    (:func:`_attention_with_dropout`), since the fused CPU kernel has no dropout. Deviation: the dropout keep
+    (:func:`_attention_with_dropout`) on CPU, whose fused kernel has no dropout; on CUDA the fused kernels
+    take the dropout themselves (:func:`fused_dropout_supported`). Deviation: the dropout keep
     probability is ``1 - p`` rounded to a multiple of ``2^-16`` (:func:`dropout_keep_mask`).
 
     Args:
@@ -157,10 +167,11 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)
             kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.training and self.dropout > 0:
-            out = _attention_with_dropout(q, k, v, mask, self.dropout)
-        else:  # PyTorch's fused (flash) kernel
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, Lq, dh]
+        p = self.dropout if self.training else 0.0
+        if p > 0 and not fused_dropout_supported(q.device):
+            out = _attention_with_dropout(q, k, v, mask, p)
+        else:  # PyTorch's fused kernels (CPU flash without dropout; CUDA flash / memory-efficient with dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, h, Lq, dh]
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
     def extra_repr(self) -> str:

@@ -160,3 +160,28 @@ def test_dropout_path_equals_fused_path_when_nothing_is_dropped() -> None:
     attn.train()
     torch.testing.assert_close(attn(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)),
                                attn.eval()(q, key_mask(torch.zeros(3, 5, dtype=torch.bool), torch.float32)))
+
+
+def test_accelerators_take_the_fused_kernel_with_dropout(monkeypatch) -> None:
+    """Where the fused kernels accept dropout (CUDA), training attention goes through SDPA with ``dropout_p``."""
+    import models.mult as mult
+
+    assert not mult.fused_dropout_supported(torch.device("cpu"))
+    assert mult.fused_dropout_supported(torch.device("cuda"))
+    calls: list[float] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, dropout_p: float = 0.0, **kwargs):
+        calls.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(mult.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(mult, "fused_dropout_supported", lambda device: True)  # pretend CPU were such a device
+    torch.manual_seed(0)
+    attn = MultiheadAttention(8, 2, dropout=0.5).train()
+    q = torch.randn(4, 6, 8)
+    mask = key_mask(torch.zeros(4, 6, dtype=torch.bool), torch.float32)
+    out = attn(q, mask)
+    assert calls == [0.5]
+    assert not torch.allclose(out, attn.eval()(q, mask))  # dropout was applied
+    assert calls == [0.5, 0.0]
