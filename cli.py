@@ -400,6 +400,9 @@ class AffectCLI(LightningCLI):
             ckpt_path = ckpt.best_model_path
         elif ckpt is not None and getattr(ckpt, "last_model_path", ""):
             ckpt_path = ckpt.last_model_path
+        # every process evaluates rank 0's file: processes that disagreed on the best checkpoint (a metric not
+        # reduced across them) would otherwise load different files and enter different collectives (a hang)
+        ckpt_path = self.trainer.strategy.broadcast(ckpt_path, src=0)
         rank_zero_info(f"Evaluating {ckpt_path or 'the final weights'} on the validation and test splits")
         dm = self.datamodule
         if is_overridden("validation_step", self.model) and dm is not None and is_overridden("val_dataloader", dm):

@@ -147,11 +147,13 @@ def _hinted_classes(fn: Any) -> set[type]:
 
 
 def _library_subclasses(base: type) -> set[type]:
-    top = base.__module__.split(".")[0]
+    """``base`` and its public subclasses defined in the library of ``base`` or in the project's packages (the
+    project's own schedulers, e.g. ``lightning_modules.schedulers.WarmupCosineLR``, subclass torch's)."""
+    homes = {base.__module__.split(".")[0], *PROJECT_PACKAGES}
     out, todo = {base}, [base]
     while todo:
         for sub in todo.pop().__subclasses__():
-            if sub not in out and sub.__module__.split(".")[0] == top and not sub.__name__.startswith("_"):
+            if sub not in out and sub.__module__.split(".")[0] in homes and not sub.__name__.startswith("_"):
                 out.add(sub)
                 todo.append(sub)
     return out

@@ -19,6 +19,7 @@ import yaml
 from cli import cli_main
 from lightning_modules.checkpoint_io import CheckpointError, allowed_class_paths
 from tests.fakes import _WriteMarker, write_mmsa_pickle
+from tests.helpers.configs import training_configs
 from tests.test_cli import _tiny_tfn_config
 
 NET = {"num_classes": 3, "sample_size": 8, "latent_channels": 4, "block_out_channels": [8, 16],
@@ -211,6 +212,28 @@ def test_allow_list_is_derived_not_listed() -> None:
         assert name in allowed, name
     for name in ("os.system", "subprocess.Popen", "builtins.eval", "torch.nn.Linear", "collections.UserDict"):
         assert name not in allowed, name
+
+
+def _class_paths(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("class_path"), str):
+            yield node["class_path"]
+        for value in node.values():
+            yield from _class_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _class_paths(value)
+
+
+@pytest.mark.parametrize("config", training_configs(), ids=lambda c: c.id)
+def test_every_class_a_shipped_config_puts_into_a_checkpoint_is_allowed(config) -> None:
+    """A checkpoint stores the model section of its config as hyper-parameters; `test --ckpt_path` re-reads them
+    through the allow-list, so every class path there (nets, optimizers, schedulers of our own) must pass it."""
+    model = config.composed()["model"]
+    paths = list(_class_paths(model))
+    assert paths, config.id
+    refused = [p for p in paths if p not in allowed_class_paths()]
+    assert not refused, f"{config.id}: {refused}"
 
 
 # ------------------------------------------------------------------------------------------------ §2 generation
