@@ -3,7 +3,8 @@
 Layout of ``output_root`` (read back by ``FERDataModule(extra_roots=[output_root])``, TRAIN split only)::
 
     <output_root>/<class>/<class>_<job:06d>_s<seed>.png
-    <output_root>/manifest.jsonl          one JSON record per generation attempt (accepted or rejected)
+    <output_root>/manifest.jsonl          one JSON record per generation attempt (accepted or rejected), sorted by
+                                          (job_index, attempt)
     <output_root>/manifest_summary.json   per-class accepted/rejected counts, rejection reasons, plan shortfall
 
 One source of truth for the folder: the writer takes ``output_root`` from the generation datamodule (whose manifest
@@ -20,6 +21,17 @@ temporary file in the same folder and moved into place with ``os.replace`` (neve
 record is appended only after its PNG is in place; a resumed run skips finished jobs (the generation datamodule
 reads the manifest) and file names are deterministic, so nothing is duplicated; an unwritable output folder (or a
 full disk) raises a ``RuntimeError`` naming the folder before anything is written / leaves no partial file.
+
+Under DDP (e.g. ``--config configs/trainer/cpu_ddp.yaml``) every process generates and writes its own share of the
+jobs (the generation datamodule gives every job to exactly one process, see ``datamodules.generation``): its PNGs
+(file names are per job and seed, so two processes never write the same file) and its records, appended to its own
+shard ``manifest.rank<r>.jsonl``. At the end of predict all processes meet at a barrier, then rank 0 merges the
+shards into ``manifest.jsonl`` (:func:`merge_manifest`: one record per (job, attempt), the latest one if a job was
+recorded twice, sorted, written atomically, shards removed) and writes the summary, the shortfall against the plan
+and the plots from the merged manifest, i.e. over the jobs of all processes; ``summary["this_run"]`` has the
+records and jobs each process wrote in this run (gathered across processes). With one process the writer appends
+to ``manifest.jsonl`` directly and the same merge only sorts it. A DDP run that crashed leaves its shards; the
+rerun's datamodule reads them too (finished jobs are skipped) and its merge folds them in.
 """
 
 from __future__ import annotations
@@ -38,16 +50,15 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from common.choices import check_choices
 from common.io import atomic_write
+from datamodules.generation import MANIFEST, manifest_files, manifest_shard, read_manifest_records
 from metrics.generation import QualityFilter
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
 SUMMARY = "manifest_summary.json"
 
 
@@ -114,6 +125,9 @@ class AugmentedImageWriter(BasePredictionWriter):
         self._generate = None
         self._retry_seed = None
         self.counts: Counter = Counter()
+        self._manifest_path: Path | None = None  # the file this process appends to (its shard under DDP)
+        self._rank = 0
+        self._run_counts = [0, 0]  # records, jobs (first attempts) this process wrote in this run
         self._progress = None
         self._tasks: dict[str, Any] = {}
 
@@ -136,6 +150,10 @@ class AugmentedImageWriter(BasePredictionWriter):
         check_output_root(self.output_root, getattr(dm, "data_root", None))
         if self.class_names is None:
             self.class_names = list(getattr(pl_module, "class_names", None) or dm.class_names)
+        self._rank = trainer.global_rank
+        name = MANIFEST if trainer.world_size == 1 else manifest_shard(trainer.global_rank)
+        self._manifest_path = self.output_root / name
+        self._run_counts = [0, 0]
         self._probe_writable()
         self._generate = getattr(pl_module, "generate", None)
         self._retry_seed = getattr(dm, "retry_seed", None)
@@ -143,15 +161,16 @@ class AugmentedImageWriter(BasePredictionWriter):
             log.warning("AugmentedImageWriter: rejected images cannot be topped up (the model has no generate() or "
                         "the datamodule no retry_seed()); the set may end short of the plan")
 
-    @rank_zero_only
     def _probe_writable(self) -> None:
-        probe = self.output_root / ".write_probe.tmp"
+        """On every process (each writes its own files): the folder is writable, and the file it appends to ends
+        with a complete line."""
+        probe = self.output_root / f".write_probe{self._rank}.tmp"
         try:
             self.output_root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
-            os.replace(probe, self.output_root / ".write_probe")
-            (self.output_root / ".write_probe").unlink()
-            manifest = self.output_root / MANIFEST
+            os.replace(probe, self.output_root / f".write_probe{self._rank}")
+            (self.output_root / f".write_probe{self._rank}").unlink()
+            manifest = self._manifest_path
             if manifest.is_file() and manifest.stat().st_size:
                 with open(manifest, "rb+") as f:  # a crash may have cut the last line: start a fresh one
                     f.seek(-1, os.SEEK_END)
@@ -176,7 +195,8 @@ class AugmentedImageWriter(BasePredictionWriter):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         plan = getattr(trainer.datamodule, "plan", None) or {}
-        jobs = getattr(trainer.datamodule, "jobs", None)
+        # this process's share (the bar shows rank 0's progress under DDP)
+        jobs = getattr(trainer.datamodule, "local_jobs", None) or getattr(trainer.datamodule, "jobs", None)
         todo = Counter(self.class_names[j[0]] for j in jobs) if jobs is not None else Counter()
         self._progress = Progress(
             TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
@@ -211,10 +231,12 @@ class AugmentedImageWriter(BasePredictionWriter):
 
     def _append_manifest(self, records: list[dict]) -> None:
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with open(self.output_root / MANIFEST, "a", encoding="utf-8") as f:
+        with open(self._manifest_path, "a", encoding="utf-8") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        self._run_counts[0] += len(records)
+        self._run_counts[1] += sum(1 for r in records if r.get("attempt", 0) == 0)
 
     def _to_arrays(self, images) -> np.ndarray:
         arr = (images.clamp(0, 1) * 255).round().to("cpu").byte().permute(0, 2, 3, 1).numpy()
@@ -224,7 +246,6 @@ class AugmentedImageWriter(BasePredictionWriter):
             return np.clip(np.round(luma), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(arr)
 
-    @rank_zero_only
     def write_on_batch_end(
         self,
         trainer: Trainer,
@@ -321,26 +342,44 @@ class AugmentedImageWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stop_progress()
-        if trainer.is_global_zero:
-            summary = summarize_augmentation_manifest(self.output_root)
-            plan = getattr(trainer.datamodule, "plan", None)
-            if isinstance(plan, dict) and plan:
-                accepted = {c: v.get("accepted", 0) for c, v in summary["per_class"].items()}
-                short = {c: n - accepted.get(c, 0) for c, n in plan.items() if n - accepted.get(c, 0) > 0}
-                summary.update(plan=dict(plan), shortfall=short, max_retries=self.max_retries)
-                if short:
-                    log.warning(
-                        "Augmented set %s is %d image(s) short of the plan %s after %d retries per rejected job: %s. "
-                        "Rerun with a larger max_retries or a looser quality filter (finished jobs are skipped).",
-                        self.output_root, sum(short.values()), dict(plan), self.max_retries, short,
-                    )
-            with atomic_write(self.output_root / SUMMARY, "w") as f:
-                f.write(json.dumps(summary, indent=2, sort_keys=True))
-            log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
-            real = getattr(trainer.datamodule, "counts", None)
-            if isinstance(real, dict) and real:
-                self.plot_before_after(real, summary)
-            self.write_sample_grid()
+        # every process has written all its records; the counts of this run over all processes
+        per_rank = trainer.strategy.all_gather(torch.tensor(self._run_counts, dtype=torch.long)).reshape(-1, 2)
+        trainer.strategy.barrier("AugmentedImageWriter.merge")
+        try:
+            if trainer.is_global_zero:
+                self._finish(trainer, per_rank.tolist())
+        finally:
+            trainer.strategy.barrier("AugmentedImageWriter.merged")  # the manifest is final when predict returns
+
+    def _finish(self, trainer: Trainer, per_rank: list[list[int]]) -> None:
+        """Rank 0, after the barrier: merge the shards, then summarise the merged manifest (module docstring)."""
+        merged = merge_manifest(self.output_root)
+        if merged["duplicates_dropped"]:
+            log.info("AugmentedImageWriter: %d older manifest record(s) replaced by newer ones for the same "
+                     "(job, attempt)", merged["duplicates_dropped"])
+        summary = summarize_augmentation_manifest(self.output_root)
+        summary["this_run"] = {"records": sum(r for r, _ in per_rank), "jobs": sum(j for _, j in per_rank),
+                               "per_rank": [{"records": r, "jobs": j} for r, j in per_rank],
+                               "shards_merged": merged["shards"],
+                               "duplicates_dropped": merged["duplicates_dropped"]}
+        plan = getattr(trainer.datamodule, "plan", None)
+        if isinstance(plan, dict) and plan:
+            accepted = {c: v.get("accepted", 0) for c, v in summary["per_class"].items()}
+            short = {c: n - accepted.get(c, 0) for c, n in plan.items() if n - accepted.get(c, 0) > 0}
+            summary.update(plan=dict(plan), shortfall=short, max_retries=self.max_retries)
+            if short:
+                log.warning(
+                    "Augmented set %s is %d image(s) short of the plan %s after %d retries per rejected job: %s. "
+                    "Rerun with a larger max_retries or a looser quality filter (finished jobs are skipped).",
+                    self.output_root, sum(short.values()), dict(plan), self.max_retries, short,
+                )
+        with atomic_write(self.output_root / SUMMARY, "w") as f:
+            f.write(json.dumps(summary, indent=2, sort_keys=True))
+        log.info("Augmented set %s: %s", self.output_root, json.dumps(summary["total"]))
+        real = getattr(trainer.datamodule, "counts", None)
+        if isinstance(real, dict) and real:
+            self.plot_before_after(real, summary)
+        self.write_sample_grid()
 
     def write_sample_grid(self, per_class: int = 8) -> Path | None:
         """A grid of accepted images, one row per class (first ``per_class`` of each, in manifest order), written to
@@ -348,11 +387,7 @@ class AugmentedImageWriter(BasePredictionWriter):
         from callbacks.diffusion_samples import make_grid
 
         files: dict[str, list[str]] = {}
-        for line in (self.output_root / MANIFEST).read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in read_manifest_records(self.output_root):
             if rec.get("status") == "accepted" and len(files.setdefault(rec["class"], [])) < per_class:
                 files[rec["class"]].append(rec["file"])
         files = {c: f for c, f in files.items() if f}
@@ -391,16 +426,43 @@ class AugmentedImageWriter(BasePredictionWriter):
                                        title="Train split before / after augmentation")
 
 
+def merge_manifest(output_root: str | Path) -> dict[str, int]:
+    """Merge the per-process shards of ``output_root`` into its manifest (rank 0, after every process finished).
+
+    Records are keyed by ``(job_index, attempt)``; when a key occurs more than once (a job recorded by two
+    processes, or regenerated after its file was lost) the latest record wins (manifest first, then the shards in
+    rank order). The result is sorted by key, written atomically (:func:`common.io.atomic_write`), and only then are
+    the shards removed, so a crash in between loses nothing (the next merge drops the repeats). Records without a
+    ``job_index`` are kept, after the others, in file order.
+
+    Returns:
+        ``{"records": written, "duplicates_dropped": n, "shards": shards merged}``.
+    """
+    root = Path(output_root)
+    shards = [p for p in manifest_files(root) if p.name != MANIFEST]
+    records = read_manifest_records(root)
+    if not records and not shards:
+        return {"records": 0, "duplicates_dropped": 0, "shards": 0}
+    latest: dict[tuple[int, int], dict] = {}
+    other: list[dict] = []
+    for rec in records:
+        if "job_index" in rec:
+            latest[(int(rec["job_index"]), int(rec.get("attempt", 0)))] = rec
+        else:
+            other.append(rec)
+    ordered = [latest[k] for k in sorted(latest)] + other
+    with atomic_write(root / MANIFEST, "w") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    for shard in shards:
+        shard.unlink()
+    return {"records": len(ordered), "duplicates_dropped": len(records) - len(ordered), "shards": len(shards)}
+
+
 def summarize_augmentation_manifest(output_root: str | Path) -> dict[str, Any]:
-    """Per-class ``accepted``/``rejected`` counts and rejection reasons of a manifest (all runs)."""
+    """Per-class ``accepted``/``rejected`` counts and rejection reasons of a manifest (all runs; shards of an
+    unfinished DDP run included)."""
     per_class: dict[str, Counter] = {}
-    path = Path(output_root) / MANIFEST
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in read_manifest_records(output_root):
         c = per_class.setdefault(rec["class"], Counter())
         c[rec["status"]] += 1
         if rec["status"] == "rejected":

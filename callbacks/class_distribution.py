@@ -93,11 +93,12 @@ class ClassDistributionPlot(Callback):
         if dm is None or not hasattr(dm, "class_counts"):
             log.info("ClassDistributionPlot: the datamodule has no class_counts(); nothing to plot")
             return
-        self._write(trainer, dm.class_counts())
+        # on every process: under DDP trainer.log_dir is a broadcast, which rank 0 alone must not call
+        folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        self._write(trainer, dm.class_counts(), folder)
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, counts: ClassCounts) -> None:
-        folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+    def _write(self, trainer: Trainer, counts: ClassCounts, folder: Path) -> None:
         self.last_path = plot_class_distribution(counts, folder / self.filename)
         log.info("Class distribution plot written to %s", self.last_path)
         for logger in trainer.loggers:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from common.io import atomic_write
@@ -57,16 +56,22 @@ class DiffusionSampleLogger(Callback):
         self.seed = seed
         self.last_path: Path | None = None
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        # on EVERY process: under DDP ``trainer.log_dir`` is a broadcast (a collective); called on rank 0 alone it
+        # would pair with the system's epoch-end reduction on the other ranks and hang
+        # (lightning_modules/base.py: collectives in one order on every process)
+        folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
+        if trainer.is_global_zero:
+            self._write_grid(trainer, pl_module, folder)
+
+    def _write_grid(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> None:
         k, n = pl_module.net.num_classes, self.samples_per_class
         labels = torch.arange(k).repeat_interleave(n)
         seeds = [self.seed + i for i in range(k * n)]
         images = pl_module.generate(labels, seeds, self.num_inference_steps, self.guidance_scale).cpu()
         grid = make_grid(images, rows=k)
-        folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "samples")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch_{trainer.current_epoch:03d}.png"
         with atomic_write(path) as f:

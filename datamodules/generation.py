@@ -7,6 +7,18 @@ predict loader yields jobs ``{"label": [B], "seed": [B], "job_index": [B]}``. Jo
 same class and seed (``seed = base_seed + k``), so a run is reproducible and resumable: jobs already recorded in
 ``<output_root>/manifest.jsonl`` (written by ``callbacks.augmented_writer.AugmentedImageWriter``) are skipped.
 
+Under DDP the datamodule shards the jobs itself: every process computes the same job list (rank 0's list is
+broadcast, so all agree even if the folder changed between their reads) and the predict loader's sampler is
+:func:`datamodules.distributed.eval_sampler`, which gives every job to exactly one process (uneven shards, no
+padding duplicates). Why the datamodule and not Lightning: Lightning's own predict sampler happens to be unrepeated
+as well, but only with ``Trainer(use_distributed_sampler=True)``; with ``False`` it would give EVERY job to EVERY
+process, and a padding ``DistributedSampler`` (the training default) would repeat jobs. Lightning keeps a
+distributed sampler it is given, so with this one the shards are the same either way (tested both ways). Jobs
+are deterministic per index (class, seed, retry seeds), so which process runs a job does not change what is
+generated (``models.diffusion.sample_latents``: one noise generator per seed). Each process records its jobs in its own manifest shard (``manifest.rank<r>.jsonl``, see
+:func:`manifest_files`) until the writer merges them at the end of predict; a crashed DDP run leaves its shards,
+and :func:`done_jobs` reads them too, so a rerun still skips what was finished.
+
 Plan (``plan_generation``): with ``N_c`` real training images of class ``c`` and ``N = sum N_c``:
 
 - a class is *scarce* when listed in ``scarce_classes`` or, if that is ``None``, when
@@ -21,12 +33,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+
+from datamodules.distributed import eval_sampler
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +119,45 @@ def format_plan(counts: dict[str, int], plan: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def done_jobs(output_root: str | Path) -> set[int]:
-    """Job indices already finished in ``<output_root>/manifest.jsonl``: accepted with the file on disk, or rejected
-    on the last allowed attempt (``final``; records without the field count as final). A job whose retries were cut
-    by a crash runs again. Unparsable lines (e.g. cut by a crash) are ignored, so those jobs run again."""
-    path = Path(output_root) / "manifest.jsonl"
-    done: set[int] = set()
-    if not path.is_file():
-        return done
+MANIFEST = "manifest.jsonl"
+_SHARD_RE = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
+
+
+def manifest_shard(rank: int) -> str:
+    """File name of process ``rank``'s manifest shard under DDP (merged into :data:`MANIFEST` at the end)."""
+    return f"manifest.rank{int(rank)}.jsonl"
+
+
+def manifest_files(output_root: str | Path) -> list[Path]:
+    """The manifest followed by any per-process shards (rank order) that exist in ``output_root``."""
     root = Path(output_root)
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    shards = sorted((int(m.group(1)), p) for p in root.glob("manifest.rank*.jsonl") if (m := _SHARD_RE.match(p.name)))
+    main = root / MANIFEST
+    return ([main] if main.is_file() else []) + [p for _, p in shards]
+
+
+def read_manifest_records(output_root: str | Path) -> list[dict]:
+    """Every parsable record of the manifest and its shards, in file order (lines cut by a crash are ignored)."""
+    records = []
+    for path in manifest_files(output_root):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def done_jobs(output_root: str | Path) -> set[int]:
+    """Job indices already finished in ``<output_root>/manifest.jsonl`` (and shards left by a crashed DDP run):
+    accepted with the file on disk, or rejected on the last allowed attempt (``final``; records without the field
+    count as final). A job whose retries were cut by a crash runs again. Unparsable lines (e.g. cut by a crash) are
+    ignored, so those jobs run again."""
+    done: set[int] = set()
+    root = Path(output_root)
+    for rec in read_manifest_records(root):
         if rec.get("status") == "accepted" and not (root / rec.get("file", "")).is_file():
             continue
         if rec.get("status") == "rejected" and not rec.get("final", True):
@@ -162,6 +202,8 @@ class GenerationDataModule(LightningDataModule):
         classes: restrict generation to these classes (``None`` = all).
         base_seed: seed of job 0 (job ``k`` uses ``base_seed + k``).
         batch_size: jobs per predict batch.
+
+    Under DDP each process gets a disjoint share of :attr:`jobs` (:attr:`local_jobs`; module docstring).
     """
 
     def __init__(
@@ -191,6 +233,7 @@ class GenerationDataModule(LightningDataModule):
         self.plan: dict[str, int] | None = None
         self.counts: dict[str, int] | None = None
         self.jobs: list[tuple[int, int, int]] = []
+        self.local_jobs: list[tuple[int, int, int]] = []
         self.skipped = 0
         if class_counts is not None:
             self._make_plan(dict(class_counts))
@@ -287,10 +330,18 @@ class GenerationDataModule(LightningDataModule):
                 k += 1
         done = done_jobs(self.hparams.output_root)
         self.jobs = [j for j in all_jobs if j[2] not in done]
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # one job list for all processes (each read the manifest itself), so the shards are disjoint
+            self.jobs = [tuple(j) for j in trainer.strategy.broadcast(self.jobs, src=0)]
         self.skipped = len(all_jobs) - len(self.jobs)
         log.info("Generation plan (real train counts -> generated):\n%s", format_plan(self.counts, self.plan))
         log.info("Generation: %d jobs planned, %d already done (skipped), %d to run", len(all_jobs), self.skipped,
                  len(self.jobs))
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(GenerationJobs(self.jobs), batch_size=self.hparams.batch_size, shuffle=False)
+        """Jobs in order; under DDP this process's share only (every job on exactly one process, no padding)."""
+        dataset = GenerationJobs(self.jobs)
+        sampler = eval_sampler(dataset)
+        self.local_jobs = [self.jobs[i] for i in sampler] if sampler is not None else list(self.jobs)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False, sampler=sampler)

@@ -1,6 +1,9 @@
-"""What every supervised system of the project shares: the lazily built net and the exact epoch-level logging.
+"""What every system of the project shares: the exact epoch-level logging and, for the supervised ones, the lazily
+built net.
 
-:class:`EpochMetricsSystem` is the skeleton of :class:`~lightning_modules.msa.LitMSA` and
+:class:`EpochMeanLogging` is the logging part (used on its own by :class:`~lightning_modules.ldm.LitVAE` and
+:class:`~lightning_modules.ldm.LitLDM`, whose epoch losses are therefore the same on every DDP process);
+:class:`EpochMetricsSystem` adds the net and is the skeleton of :class:`~lightning_modules.msa.LitMSA` and
 :class:`~lightning_modules.fer.LitFER`:
 
 - the net is built by :meth:`_build` from data-derived values (``feature_dims``/``seq_lens``, ``num_classes``),
@@ -31,7 +34,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-__all__ = ["STAGES", "EpochMetricsSystem"]
+__all__ = ["STAGES", "EpochMeanLogging", "EpochMetricsSystem"]
 
 STAGES = ("train", "val", "test")
 
@@ -56,49 +59,22 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class EpochMetricsSystem(LightningModule):
-    """Base of the supervised systems (see the module docstring).
+class EpochMeanLogging(LightningModule):
+    """Exact epoch-level logging (see the module docstring): per-step values go through :meth:`log_epoch_mean` /
+    :meth:`log_step_value`, never through ``self.log(..., on_epoch=True)``; the epoch-end hooks reduce them across
+    processes, in one order on every process, and log the global values.
 
-    Subclasses set :attr:`DERIVED`, implement :meth:`_build_net` (build ``self.net`` from the data-derived values)
-    and :meth:`_data_derived` (read those values from a datamodule), and own one metric object per stage,
-    ``{train,val,test}_metrics`` (``update``/``update_called``/``compute() -> {name: scalar}``/``reset``);
-    :meth:`_stage_metric_values` may be overridden to keep extra results, e.g. a confusion matrix.
+    A subclass may own one metric object per stage, ``{train,val,test}_metrics``
+    (``update``/``update_called``/``compute() -> {name: scalar}``/``reset``); :meth:`_stage_metric_values` may be
+    overridden to keep extra results, e.g. a confusion matrix. A subclass overriding an epoch-end hook calls
+    ``super()`` (or :meth:`_log_epoch_metrics`) on every process.
     """
-
-    #: names of the data-derived constructor arguments (filled by the CLI's links or in :meth:`setup`)
-    DERIVED: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
-        self.net: nn.Module | None = None
         # {stage}__{name} -> sample-weighted mean of a per-step value (created on first use)
         self.epoch_means = nn.ModuleDict()
         self._silenced_keys: set[str] = set()
-
-    # ------------------------------------------------------------------ construction
-    def _build_net(self, **derived: Any) -> None:
-        raise NotImplementedError
-
-    def _data_derived(self, datamodule: Any) -> dict[str, Any] | None:
-        """The data-derived constructor values read from ``datamodule``, or ``None`` when it lacks them."""
-        raise NotImplementedError
-
-    def _build(self, **derived: Any) -> None:
-        self._build_net(**derived)
-        self.hparams.update(derived)
-
-    def setup(self, stage: str) -> None:
-        if self.net is not None:
-            return
-        dm = getattr(self.trainer, "datamodule", None)
-        derived = self._data_derived(dm) if dm is not None else None
-        if derived is None:
-            raise ValueError(
-                f"{type(self).__name__}: the net is built from data-derived values; pass a datamodule that exposes "
-                f"them or give them explicitly ({', '.join(self.DERIVED)})"
-            )
-        self._build(**derived)
-        self.net.to(self.device)
 
     # ------------------------------------------------------------------ per-step accumulation
     def log_epoch_mean(self, stage: str, name: str, value: Tensor, batch_size: int) -> None:
@@ -138,10 +114,11 @@ class EpochMetricsSystem(LightningModule):
                 self.epoch_means[key] = MeanMetric().to(self.device)
         return keys + (["__metric__"] if any(u for _, u in gathered) else [])
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Reduce, log and reset the stage's epoch values; returns them (global values, ``{stage}/{name}``)."""
         keys = self._global_keys(stage)
         if not keys:
-            return
+            return {}
         values: dict[str, Tensor] = {}
         any_update = keys[-1] == "__metric__"
         for key in keys:
@@ -156,6 +133,7 @@ class EpochMetricsSystem(LightningModule):
         self._silence_sync_warning(values)
         for name, value in values.items():
             self.log(name, value.float(), sync_dist=False, prog_bar=name.endswith("/loss"))
+        return values
 
     def _silence_sync_warning(self, values: dict[str, Tensor]) -> None:
         # The values are already global (reduced above), so Lightning's advice to add sync_dist does not apply to
@@ -185,3 +163,43 @@ class EpochMetricsSystem(LightningModule):
                      batch_size=batch_size)
         self.log_epoch_mean(stage, name, value, batch_size)
 
+
+class EpochMetricsSystem(EpochMeanLogging):
+    """Base of the supervised systems (see the module docstring).
+
+    Subclasses set :attr:`DERIVED`, implement :meth:`_build_net` (build ``self.net`` from the data-derived values)
+    and :meth:`_data_derived` (read those values from a datamodule), and own one metric object per stage,
+    ``{train,val,test}_metrics`` (:class:`EpochMeanLogging`).
+    """
+
+    #: names of the data-derived constructor arguments (filled by the CLI's links or in :meth:`setup`)
+    DERIVED: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net: nn.Module | None = None
+
+    # ------------------------------------------------------------------ construction
+    def _build_net(self, **derived: Any) -> None:
+        raise NotImplementedError
+
+    def _data_derived(self, datamodule: Any) -> dict[str, Any] | None:
+        """The data-derived constructor values read from ``datamodule``, or ``None`` when it lacks them."""
+        raise NotImplementedError
+
+    def _build(self, **derived: Any) -> None:
+        self._build_net(**derived)
+        self.hparams.update(derived)
+
+    def setup(self, stage: str) -> None:
+        if self.net is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        derived = self._data_derived(dm) if dm is not None else None
+        if derived is None:
+            raise ValueError(
+                f"{type(self).__name__}: the net is built from data-derived values; pass a datamodule that exposes "
+                f"them or give them explicitly ({', '.join(self.DERIVED)})"
+            )
+        self._build(**derived)
+        self.net.to(self.device)

@@ -9,6 +9,10 @@
 Images arrive as the FER batch (``docs/architecture.md``): ``image`` ``[B, 3, H, W]`` normalised with the datamodule's
 ``mean``/``std``; the systems undo that normalisation to work in ``[-1, 1]`` (``image_mean``/``image_std``: the
 CLI links them from the datamodule, so they cannot differ from it).
+
+Epoch values (``{train,val,test}/loss`` and the loss terms) are exact sample-weighted means over all DDP processes
+(:class:`lightning_modules.base.EpochMeanLogging`), so checkpoint monitoring and early stopping on ``val/loss`` see
+one value on every process; the per-step training loss is ``train/loss_step``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from common.choices import check_choices
-from lightning_modules.base import drop_foreign_hparams
+from lightning_modules.base import EpochMeanLogging, drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
     CheckpointError,
     check_class_path,
@@ -73,11 +76,11 @@ class _ImageNorm:
         return ((x + 1) / 2 - self.mean.to(x)) / self.std.to(x)
 
 
-class LitVAE(LightningModule):
+class LitVAE(EpochMeanLogging):
     """Trains an ``AutoencoderKL`` on the train split: ``L = recon(x, D(z)) + kl_weight * KL(q(z|x) || N(0, I))``.
 
     After each training epoch the latent ``scaling_factor`` is set to ``1 / std`` of the posterior means seen in that
-    epoch (as in Stable Diffusion), so the diffusion model sees unit-variance latents.
+    epoch by all processes (as in Stable Diffusion), so the diffusion model sees unit-variance latents.
 
     Args:
         in_channels: image channels (3 for the FER batch).
@@ -129,8 +132,6 @@ class LitVAE(LightningModule):
         self.norm = _ImageNorm(tuple(image_mean), tuple(image_std))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self._latent_sq_sum = 0.0
-        self._latent_count = 0
 
     def forward(self, x_pm1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (reconstruction, posterior mean, KL per sample)."""
@@ -146,12 +147,11 @@ class LitVAE(LightningModule):
         kl = kl.mean() / mean[0].numel()  # per latent element, comparable across sizes
         loss = rec + self.hparams.kl_weight * kl
         b = x.shape[0]
-        self.log(f"{stage}/loss", loss, on_epoch=True, on_step=stage == "train", batch_size=b, prog_bar=True)
-        self.log(f"{stage}/recon", rec, on_epoch=True, on_step=False, batch_size=b)
-        self.log(f"{stage}/kl", kl, on_epoch=True, on_step=False, batch_size=b)
-        if stage == "train":
-            self._latent_sq_sum += float(mean.detach().pow(2).sum())
-            self._latent_count += mean.numel()
+        self.log_step_value(stage, "loss", loss, b)
+        self.log_epoch_mean(stage, "recon", rec, b)
+        self.log_epoch_mean(stage, "kl", kl, b)
+        if stage == "train":  # mean square of the posterior means, weighted by their number of elements
+            self.log_epoch_mean(stage, "latent_ms", mean.detach().pow(2).mean(), mean.numel())
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -164,11 +164,12 @@ class LitVAE(LightningModule):
         self._shared_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        if self._latent_count:
-            std = (self._latent_sq_sum / self._latent_count) ** 0.5
+        values = self._log_epoch_metrics("train")  # global over the processes: one scaling factor everywhere
+        if "train/latent_ms" in values:
+            std = float(values["train/latent_ms"]) ** 0.5
             self.vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
-            self.log("train/latent_rms", std)
-        self._latent_sq_sum, self._latent_count = 0.0, 0
+            self._silence_sync_warning({"train/latent_rms": None})
+            self.log("train/latent_rms", std, sync_dist=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vae_config"] = dict(self.vae.config)
@@ -197,7 +198,7 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained directory)")
 
 
-class LitLDM(LightningModule):
+class LitLDM(EpochMeanLogging):
     """Class-conditioned latent DDPM (eq. 1) with the contrastive consistency loss (eq. 2).
 
     Training step, written out (diffusers ``PHILOSOPHY.md``): ``z_0 = s * E(x)`` with the frozen VAE, ``t ~ U{0..T-1}``,
@@ -358,8 +359,10 @@ class LitLDM(LightningModule):
         losses = self._diffusion_losses(batch, train=True)
         b = batch["image"].shape[0]
         for k, v in losses.items():
-            self.log(f"train/{k}" if k != "loss" else "train/loss", v, on_epoch=True, on_step=k == "loss",
-                     batch_size=b, prog_bar=k == "loss")
+            if k == "loss":
+                self.log_step_value("train", k, v, b)
+            else:
+                self.log_epoch_mean("train", k, v, b)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -374,7 +377,7 @@ class LitLDM(LightningModule):
         losses = self._diffusion_losses(batch, generator=gen, train=False)
         b = batch["image"].shape[0]
         for k, v in losses.items():
-            self.log(f"{stage}/{k}", v, on_epoch=True, on_step=False, batch_size=b, prog_bar=k == "loss")
+            self.log_epoch_mean(stage, k, v, b)
 
     @torch.no_grad()
     def generate(

@@ -6,35 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from PIL import Image
 
 from callbacks.augmented_writer import AugmentedImageWriter, summarize_augmentation_manifest
 from datamodules.generation import GenerationDataModule
 from metrics.generation import QualityFilter
 from models.frozen_classifier import FrozenImageEncoder
-
-CLASSES = ["anger", "contempt", "fear"]
-COUNTS = {"anger": 4, "contempt": 1, "fear": 2}
-
-
-class FakeGenerator(LightningModule):
-    """Returns LitLDM-shaped predictions; fails at ``fail_at_batch`` to simulate an interruption."""
-
-    def __init__(self, fail_at_batch: int | None = None) -> None:
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-        self.class_names = CLASSES
-        self.fail_at_batch = fail_at_batch
-
-    def predict_step(self, batch, batch_idx):
-        if batch_idx == self.fail_at_batch:
-            raise RuntimeError("simulated crash")
-        n = len(batch["label"])
-        g = torch.Generator().manual_seed(int(batch["seed"][0]))
-        return {"images": torch.rand(n, 3, 8, 8, generator=g), "label": batch["label"], "seed": batch["seed"],
-                "job_index": batch["job_index"], "steps": 10, "guidance": 2.0, "sampler": "ddim"}
-
+from tests.helpers.generation import CLASSES, COUNTS, FakeGenerator, MeanQuality, SeededGenerator
 
 def fingerprint(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
@@ -164,31 +143,6 @@ def test_quality_filter_rejections_are_counted(tmp_path, data_root):
 
 
 # ---------------------------------------------------------------- one output_root; quality top-up (issue 14 §6)
-class SeededGenerator(FakeGenerator):
-    """One image per seed (so a retry with a new seed gives a new image), with ``generate`` for top-ups."""
-
-    def generate(self, labels, seeds):
-        return torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-    def predict_step(self, batch, batch_idx):
-        out = super().predict_step(batch, batch_idx)
-        out["images"] = self.generate(batch["label"], batch["seed"].tolist())
-        return out
-
-
-class MeanQuality:
-    """Accepts an image when its mean pixel is above ``threshold`` (about half the noise images)."""
-
-    def __init__(self, threshold: float = 0.5) -> None:
-        self.threshold = threshold
-
-    def __call__(self, images, labels):
-        m = images.mean((1, 2, 3))
-        accept = m > self.threshold
-        return {"confidence": m, "similarity": torch.full_like(m, float("nan")), "accept": accept,
-                "reason": ["ok" if a else "low_confidence" for a in accept.tolist()]}
-
-
 def _predict(module, dm, writer):
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
         module, datamodule=dm, return_predictions=False)

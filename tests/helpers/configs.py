@@ -198,6 +198,8 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
     trainer: dict[str, Any] = {
         "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
         "precision": "32-true", "max_epochs": max_epochs, "log_every_n_steps": 1,
+        # validation every epoch (ldm_ckplus48 ships 10, which would skip it in a 2-epoch run)
+        "check_val_every_n_epoch": 1,
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                    "init_args": {"save_dir": str(tmp / "logs"), "name": "run", "version": f"d{devices}"}},
     }
