@@ -1,0 +1,148 @@
+"""Fused CPU attention with in-kernel attention dropout (C++ extension, compiled at first use).
+
+PyTorch's CPU flash kernel refuses ``dropout_p > 0``, so training MulT on CPU materialised every attention weight
+(scores, mask, softmax, dropout mask, product; all again in backward). ``attention_cpu.cpp`` computes, per (batch
+b, head h, query row i) and over the valid keys j only,
+
+.. math::
+    s_j = \\frac{q_i \\cdot k_j}{\\sqrt{d_h}},\\quad P_j = \\mathrm{softmax}_j(s),\\quad
+    z_j = \\frac{\\mathrm{keep}(seed, b, h, i, j)}{1 - p},\\quad o_i = \\sum_j P_j z_j v_j
+
+and saves only the row log-sum-exp; the backward recomputes the scores and the keep decisions (a stateless
+counter-based hash of ``(seed, b, h, i, j)``, so no ``Lq x Lk`` mask is stored) and accumulates
+:math:`ds_j = P_j (g_j - \\sum_k P_k g_k)`, :math:`g_j = z_j (dO_i \\cdot v_j)`. The 64-bit seed is drawn from
+torch's default CPU generator per call, so ``torch.manual_seed`` makes runs reproducible. The keep probability is
+``round((1 - p) 2^24) / 2^24`` (24 hash bits per decision); the rescale is ``1 / (1 - p)``.
+
+The extension is built with ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ninja) into torch's
+extensions cache on the first call of :func:`load_extension`; a failed build warns once with the reason and
+:func:`available` returns False, so callers fall back to their torch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["available", "dropout_keep_mask", "fused_attention", "load_extension", "supports"]
+
+_SOURCE = Path(__file__).with_name("attention_cpu.cpp")
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+MAX_HEAD_DIM = 64
+
+
+@functools.cache
+def _build() -> tuple[ModuleType | None, str]:
+    try:
+        from torch.utils.cpp_extension import load
+
+        module = load(
+            name="affect_mult_attention_cpu",
+            sources=[str(_SOURCE)],
+            extra_cflags=_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as err:  # no compiler, no ninja, a build error: the callers' torch path runs instead
+        return None, f"{type(err).__name__}: {err}".strip()
+    return module, ""
+
+
+def load_extension() -> ModuleType:
+    """The compiled extension (built on the first call, then cached by torch).
+
+    Raises:
+        RuntimeError: the extension cannot be built (the message carries the compiler's reason).
+    """
+    module, reason = _build()
+    if module is None:
+        raise RuntimeError(f"models.kernels: the fused CPU attention extension could not be built ({reason})")
+    return module
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the extension builds here; warns once with the reason when it does not."""
+    module, reason = _build()
+    if module is None:
+        warnings.warn(
+            f"models.kernels: fused CPU attention unavailable, using the torch path ({reason[:2000]})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return module is not None
+
+
+def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether the kernel takes these inputs (CPU float32, head width <= 64); says nothing about the build."""
+    return (
+        q.device.type == k.device.type == v.device.type == "cpu"
+        and q.dtype == k.dtype == v.dtype == torch.float32
+        and q.dim() == 4
+        and 1 <= q.shape[-1] <= MAX_HEAD_DIM
+    )
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, p: float, seed: int) -> Tensor:
+        out, lse = load_extension().forward(q, k, v, valid, p, seed)
+        ctx.save_for_backward(q, k, v, valid, lse)
+        ctx.p, ctx.seed = p, seed
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, valid, lse = ctx.saved_tensors
+        dq, dk, dv = load_extension().backward(grad_out, q, k, v, valid, lse, ctx.p, ctx.seed)
+        return dq, dk, dv, None, None, None
+
+
+def _draw_seed() -> int:
+    return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64).item())
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float, training: bool) -> Tensor:
+    """``softmax(q k^T / sqrt(dh))`` over the valid keys, dropout ``p`` on the weights (training only), times ``v``.
+
+    Args:
+        q: queries.
+        k: keys.
+        v: values.
+        key_valid: True on the keys to attend to (the project's ``*_mask`` convention); a row of a sample without
+            any valid key gets a zero output and zero gradients.
+        p: dropout rate on the attention weights, in ``[0, 1)``.
+        training: apply the dropout (``False``: ``p`` is ignored).
+
+    Shapes:
+        q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]`` (any strides), key_valid: ``[B, Lk]`` bool ->
+        ``[B, h, Lq, dh]`` (stored as ``[B, Lq, h, dh]``, so ``out.transpose(1, 2).reshape(B, Lq, h * dh)`` is a
+        view).
+    """
+    if not supports(q, k, v):
+        raise ValueError(
+            f"fused_attention: CPU float32 [B, h, L, dh] inputs with dh <= {MAX_HEAD_DIM} only, got "
+            f"{q.dtype} on {q.device}, shape {tuple(q.shape)}"
+        )
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"fused_attention: dropout p must be in [0, 1), got {p}")
+    p = float(p) if training else 0.0
+    seed = _draw_seed() if p > 0 else 0
+    return _FusedAttention.apply(q, k, v, key_valid.to(torch.bool).contiguous(), p, seed)
+
+
+def dropout_keep_mask(seed: int, shape: tuple[int, int, int, int], p: float) -> Tensor:
+    """The kernel's keep decisions for ``seed`` (debug and tests): what :func:`fused_attention` uses for that seed.
+
+    Shapes:
+        shape: ``(B, h, Lq, Lk)`` -> ``[B, h, Lq, Lk]`` bool (True = kept).
+    """
+    B, h, Lq, Lk = shape
+    return load_extension().dropout_keep_mask(seed, B, h, Lq, Lk, p)

@@ -1,0 +1,369 @@
+// Fused multi-head attention with in-kernel attention dropout, CPU, float32 (flash-attention style).
+//
+// Per (batch b, head h, query row i), over the valid keys j of sample b:
+//   s_j = (q_i . k_j) / sqrt(dh),  P_j = softmax_j(s),  z_j = keep(seed, b, h, i, j) / (1 - p),
+//   out_i = sum_j P_j z_j v_j,     lse_i = log sum_j exp(s_j)   (saved for the backward).
+// Backward recomputes s, P and z (the keep decisions come from a stateless counter-based hash, so no
+// Lq x Lk tensor is ever stored):
+//   g_j = z_j (dO_i . v_j),  D_i = sum_j P_j g_j,  ds_j = P_j (g_j - D_i),
+//   dq_i = sum_j ds_j k_j / sqrt(dh),  dk_j += ds_j q_i / sqrt(dh),  dv_j += P_j z_j dO_i.
+// Work is split over B * h with at::parallel_for; a (b, h) task owns its slices of out / dq / dk / dv (no races).
+// Inside a task the valid keys are compacted into per-thread buffers laid out [dh][n] (transposed), so the loops
+// over keys are unit-stride and vectorise (expf through glibc's libmvec under -ffast-math). Padded keys cost
+// nothing and get zero gradients.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int kMaxHeadDim = 64;
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// 32-bit key of attention row (b, h, i): independent of the tensor shapes.
+inline uint32_t row_key(uint64_t seed, int64_t b, int64_t h, int64_t i) {
+  uint64_t x = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(b)));
+  x = splitmix64(x ^ static_cast<uint64_t>(h));
+  x = splitmix64(x ^ static_cast<uint64_t>(i));
+  return static_cast<uint32_t>(x >> 32);
+}
+
+// Keep decision of key j in a row: a Weyl step through murmur3's 32-bit finaliser (splitmix32), 24 bits compared
+// with the threshold round((1 - p) 2^24). 32-bit integer arithmetic only, so the loop over j vectorises.
+inline float keep_factor(uint32_t key, int32_t j, int32_t threshold) {
+  uint32_t x = key + static_cast<uint32_t>(j) * 0x9E3779B9u;
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  x ^= x >> 16;
+  return static_cast<int32_t>(x >> 8) < threshold ? 1.0f : 0.0f;
+}
+
+inline int32_t keep_threshold(double p) {
+  return static_cast<int32_t>(std::llround((1.0 - p) * static_cast<double>(1 << 24)));
+}
+
+// Strided view of a [B, h, L, dh] float tensor.
+struct View4 {
+  float* data;
+  int64_t s0, s1, s2, s3;
+  explicit View4(const at::Tensor& t)
+      : data(t.data_ptr<float>()), s0(t.stride(0)), s1(t.stride(1)), s2(t.stride(2)), s3(t.stride(3)) {}
+  inline float* at(int64_t b, int64_t h, int64_t i, int64_t d) const {
+    return data + b * s0 + h * s1 + i * s2 + d * s3;
+  }
+};
+
+struct Problem {
+  int64_t B, H, Lq, Lk, dh;
+  float scale;       // 1 / sqrt(dh)
+  float drop_scale;  // 1 / (1 - p), 1 without dropout
+  bool dropping;
+  int32_t threshold;
+  uint64_t seed;
+  const bool* valid;  // [B, Lk], true = valid key
+};
+
+// Per-thread buffers, reused over the (b, h) tasks of one parallel chunk.
+struct Buffers {
+  std::vector<float> kt, vt, dkt, dvt, s, p, g;
+  std::vector<int32_t> idx;
+  explicit Buffers(const Problem& pr, bool backward)
+      : kt(pr.dh * pr.Lk), vt(pr.dh * pr.Lk), s(pr.Lk), p(backward ? pr.Lk : 0), g(backward ? pr.Lk : 0),
+        idx(pr.Lk) {
+    if (backward) {
+      dkt.resize(pr.dh * pr.Lk);
+      dvt.resize(pr.dh * pr.Lk);
+    }
+  }
+};
+
+// Compacts sample b's valid keys of head h into kt (pre-scaled by 1/sqrt(dh)) and vt, both [dh][n].
+inline int64_t gather_keys(const Problem& pr, const View4& k, const View4& v, int64_t b, int64_t h, Buffers& buf) {
+  const bool* valid = pr.valid + b * pr.Lk;
+  int64_t n = 0;
+  for (int64_t j = 0; j < pr.Lk; ++j)
+    if (valid[j]) buf.idx[n++] = static_cast<int32_t>(j);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t j = buf.idx[t];
+    for (int64_t d = 0; d < pr.dh; ++d) {
+      buf.kt[d * n + t] = *k.at(b, h, j, d) * pr.scale;
+      buf.vt[d * n + t] = *v.at(b, h, j, d);
+    }
+  }
+  return n;
+}
+
+// s[t] = sum_d q[d] kt[d][t]; returns max_t s[t].
+template <int DH>
+inline float scores(const float* __restrict q, const float* __restrict kt, float* __restrict s, int64_t n, int dh_rt) {
+  const int dh = DH > 0 ? DH : dh_rt;
+  float m = -FLT_MAX;
+#pragma omp simd reduction(max : m)
+  for (int64_t t = 0; t < n; ++t) {
+    float acc = 0.0f;
+    for (int d = 0; d < dh; ++d) acc += q[d] * kt[d * n + t];
+    s[t] = acc;
+    m = std::max(m, acc);
+  }
+  return m;
+}
+
+template <int DH>
+void forward_task(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
+                  int64_t b, int64_t h, Buffers& buf) {
+  const int dh = DH > 0 ? DH : static_cast<int>(pr.dh);
+  const int64_t n = gather_keys(pr, k, v, b, h, buf);
+  float* __restrict s = buf.s.data();
+  const int32_t* __restrict idx = buf.idx.data();
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  float qi[kMaxHeadDim];
+  for (int64_t i = 0; i < pr.Lq; ++i) {
+    float* lse_i = lse + (b * pr.H + h) * pr.Lq + i;
+    if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
+      for (int d = 0; d < dh; ++d) *out.at(b, h, i, d) = 0.0f;
+      *lse_i = 0.0f;
+      continue;
+    }
+    for (int d = 0; d < dh; ++d) qi[d] = *q.at(b, h, i, d);
+    const float m = scores<DH>(qi, kt, s, n, dh);
+    float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+    for (int64_t t = 0; t < n; ++t) {
+      const float e = expf(s[t] - m);
+      s[t] = e;
+      l += e;
+    }
+    if (pr.dropping) {
+      const uint32_t key = row_key(pr.seed, b, h, i);
+      const int32_t thr = pr.threshold;
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) s[t] *= keep_factor(key, idx[t], thr);
+    }
+    const float norm = pr.drop_scale / l;
+    for (int d = 0; d < dh; ++d) {
+      const float* __restrict vd = vt + d * n;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t t = 0; t < n; ++t) acc += s[t] * vd[t];
+      *out.at(b, h, i, d) = acc * norm;
+    }
+    *lse_i = m + logf(l);
+  }
+}
+
+template <int DH>
+void backward_task(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& dout,
+                   const float* lse, const View4& dq, const View4& dk, const View4& dv, int64_t b, int64_t h,
+                   Buffers& buf) {
+  const int dh = DH > 0 ? DH : static_cast<int>(pr.dh);
+  const int64_t n = gather_keys(pr, k, v, b, h, buf);
+  float* __restrict s = buf.s.data();
+  float* __restrict pz = buf.p.data();
+  float* __restrict g = buf.g.data();
+  float* __restrict dkt = buf.dkt.data();
+  float* __restrict dvt = buf.dvt.data();
+  const int32_t* __restrict idx = buf.idx.data();
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  std::fill(dkt, dkt + dh * n, 0.0f);
+  std::fill(dvt, dvt + dh * n, 0.0f);
+  float qi[kMaxHeadDim], doi[kMaxHeadDim];
+  for (int64_t i = 0; i < pr.Lq; ++i) {
+    if (n == 0) {
+      for (int d = 0; d < dh; ++d) *dq.at(b, h, i, d) = 0.0f;
+      continue;
+    }
+    for (int d = 0; d < dh; ++d) {
+      qi[d] = *q.at(b, h, i, d);
+      doi[d] = *dout.at(b, h, i, d);
+    }
+    const float lse_i = lse[(b * pr.H + h) * pr.Lq + i];
+    scores<DH>(qi, kt, s, n, dh);
+    const float zs = pr.drop_scale;
+    // s <- P, pz <- P z, g <- z (dO . v)
+    if (pr.dropping) {
+      const uint32_t key = row_key(pr.seed, b, h, i);
+      const int32_t thr = pr.threshold;
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) {
+        const float z = keep_factor(key, idx[t], thr) * zs;
+        float acc = 0.0f;
+        for (int d = 0; d < dh; ++d) acc += doi[d] * vt[d * n + t];
+        const float pt = expf(s[t] - lse_i);
+        s[t] = pt;
+        pz[t] = pt * z;
+        g[t] = acc * z;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) {
+        float acc = 0.0f;
+        for (int d = 0; d < dh; ++d) acc += doi[d] * vt[d * n + t];
+        const float pt = expf(s[t] - lse_i);
+        s[t] = pt;
+        pz[t] = pt * zs;
+        g[t] = acc * zs;
+      }
+    }
+    float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+    for (int64_t t = 0; t < n; ++t) D += s[t] * g[t];
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) g[t] = s[t] * (g[t] - D);  // g <- ds
+    for (int d = 0; d < dh; ++d) {
+      const float* __restrict kd = kt + d * n;
+      float* __restrict dkd = dkt + d * n;
+      float* __restrict dvd = dvt + d * n;
+      const float qd = qi[d], dod = doi[d];
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t t = 0; t < n; ++t) {
+        acc += g[t] * kd[t];
+        dkd[t] += g[t] * qd;
+        dvd[t] += pz[t] * dod;
+      }
+      *dq.at(b, h, i, d) = acc;  // kt carries the 1/sqrt(dh)
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t j = idx[t];
+    for (int d = 0; d < dh; ++d) {
+      *dk.at(b, h, j, d) = dkt[d * n + t] * pr.scale;
+      *dv.at(b, h, j, d) = dvt[d * n + t];
+    }
+  }
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "fused attention: q, k, v must be [B, h, L, dh]");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "fused attention: float32 only");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && valid.device().is_cpu(),
+              "fused attention: CPU tensors only");
+  TORCH_CHECK(k.sizes() == v.sizes(), "fused attention: k and v shapes differ");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "fused attention: q and k disagree on B, h or dh");
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kMaxHeadDim, "fused attention: head width must be in [1, 64]");
+  TORCH_CHECK(k.size(2) < (int64_t(1) << 31), "fused attention: too many keys");
+  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 2 && valid.size(0) == q.size(0) &&
+                  valid.size(1) == k.size(2) && valid.is_contiguous(),
+              "fused attention: key mask must be a contiguous bool [B, Lk] tensor");
+}
+
+Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, double p, int64_t seed) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "fused attention: dropout must be in [0, 1)");
+  Problem pr;
+  pr.B = q.size(0);
+  pr.H = q.size(1);
+  pr.Lq = q.size(2);
+  pr.Lk = k.size(2);
+  pr.dh = q.size(3);
+  pr.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(pr.dh)));
+  pr.threshold = keep_threshold(p);
+  pr.dropping = p > 0.0 && pr.threshold < (1 << 24);
+  pr.drop_scale = p > 0.0 ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
+  pr.seed = static_cast<uint64_t>(seed);
+  pr.valid = valid.data_ptr<bool>();
+  return pr;
+}
+
+// [B, L, h, dh] storage viewed as [B, h, L, dh]: the caller's transpose(1, 2).reshape(B, L, h * dh) is then free.
+at::Tensor empty_bhld(const at::Tensor& like, int64_t L, bool zero) {
+  auto opts = like.options();
+  auto t = zero ? at::zeros({like.size(0), L, like.size(1), like.size(3)}, opts)
+                : at::empty({like.size(0), L, like.size(1), like.size(3)}, opts);
+  return t.transpose(1, 2);
+}
+
+template <typename F>
+void dispatch_dh(int64_t dh, F&& f) {
+  switch (dh) {
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 16: f(std::integral_constant<int, 16>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& valid, double p, int64_t seed) {
+  check_inputs(q, k, v, valid);
+  const Problem pr = make_problem(q, k, valid, p, seed);
+  at::Tensor out = empty_bhld(q, pr.Lq, false);
+  at::Tensor lse = at::empty({pr.B, pr.H, pr.Lq}, q.options());
+  const View4 vq(q), vk(k), vv(v), vo(out);
+  float* lse_ptr = lse.data_ptr<float>();
+  dispatch_dh(pr.dh, [&](auto DH) {
+    at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
+      Buffers buf(pr, false);
+      for (int64_t task = begin; task < end; ++task)
+        forward_task<decltype(DH)::value>(pr, vq, vk, vv, vo, lse_ptr, task / pr.H, task % pr.H, buf);
+    });
+  });
+  return {out, lse};
+}
+
+std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const at::Tensor& valid, const at::Tensor& lse,
+                                           double p, int64_t seed) {
+  check_inputs(q, k, v, valid);
+  TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == at::kFloat, "fused attention: bad grad_out");
+  TORCH_CHECK(lse.is_contiguous() && lse.numel() == q.size(0) * q.size(1) * q.size(2), "fused attention: bad lse");
+  const Problem pr = make_problem(q, k, valid, p, seed);
+  at::Tensor dq = empty_bhld(q, pr.Lq, false);
+  at::Tensor dk = empty_bhld(k, pr.Lk, true);  // padded keys keep zero gradients
+  at::Tensor dv = empty_bhld(v, pr.Lk, true);
+  const View4 vq(q), vk(k), vv(v), vdo(dout), vdq(dq), vdk(dk), vdv(dv);
+  const float* lse_ptr = lse.data_ptr<float>();
+  dispatch_dh(pr.dh, [&](auto DH) {
+    at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
+      Buffers buf(pr, true);
+      for (int64_t task = begin; task < end; ++task)
+        backward_task<decltype(DH)::value>(pr, vq, vk, vv, vdo, lse_ptr, vdq, vdk, vdv, task / pr.H,
+                                           task % pr.H, buf);
+    });
+  });
+  return {dq, dk, dv};
+}
+
+// The kernel's keep decisions for every (b, h, i, j) (debug and tests): bool [B, h, Lq, Lk].
+at::Tensor dropout_keep_mask(int64_t seed, int64_t B, int64_t H, int64_t Lq, int64_t Lk, double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "fused attention: dropout must be in [0, 1)");
+  at::Tensor keep = at::empty({B, H, Lq, Lk}, at::TensorOptions().dtype(at::kBool));
+  bool* out = keep.data_ptr<bool>();
+  const int32_t thr = keep_threshold(p);
+  const uint64_t s = static_cast<uint64_t>(seed);
+  at::parallel_for(0, B * H * Lq, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (H * Lq), h = (r / Lq) % H, i = r % Lq;
+      const uint32_t key = row_key(s, b, h, i);
+      for (int64_t j = 0; j < Lk; ++j) out[r * Lk + j] = keep_factor(key, static_cast<int32_t>(j), thr) > 0.0f;
+    }
+  });
+  return keep;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &attention_forward, "fused attention forward: (out [B,h,Lq,dh], lse [B,h,Lq])");
+  m.def("backward", &attention_backward, "fused attention backward: (dq, dk, dv)");
+  m.def("dropout_keep_mask", &dropout_keep_mask, "the kernel's keep mask, bool [B,h,Lq,Lk]");
+}
