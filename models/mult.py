@@ -26,14 +26,19 @@ sequences by ``kernel_size - 1``), and no causal attention mask is used.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import kernels
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
 __all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "fused_dropout_supported", "key_mask"]
+
+AttentionImpl = Literal["auto", "fused_cpu", "torch"]
+_ATTENTION_IMPLS = ("auto", "fused_cpu", "torch")
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -115,34 +120,57 @@ def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: fl
     return torch.bmm(weights, v.reshape(B * h, Lk, dh) * scale).view(B, h, Lq, dh)
 
 
+def _valid_keys(mask: Tensor, batch: int, num_keys: int) -> Tensor | None:
+    """The keys a 0 / -inf additive mask lets through, or ``None`` when the mask holds other values.
+
+    Shapes:
+        mask: broadcastable to ``[B, 1, 1, Lk]`` -> ``[B, Lk]`` bool (True = valid key).
+    """
+    m = mask.expand(batch, 1, 1, num_keys).reshape(batch, num_keys)
+    valid = m == 0
+    if not bool((valid | torch.isneginf(m)).all()):
+        return None
+    return valid
+
+
 class MultiheadAttention(nn.Module):
-    """Multi-head attention on PyTorch's fused kernels (``F.scaled_dot_product_attention``).
+    """Multi-head attention on fused kernels (:mod:`models.kernels` on CPU, ``F.scaled_dot_product_attention``).
 
     The same parameters (names, shapes, initialisation) and the same math as ``nn.MultiheadAttention(dim,
     num_heads, dropout, batch_first=True)`` with a key padding mask and ``need_weights=False``, which this layer
     replaces (checkpoints load unchanged): queries, keys and values come from one packed projection
     (``in_proj_weight``; one matmul for self-attention, two for crossmodal attention), heads are views of it (no
-    transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward. Without attention
-    dropout (eval, or ``dropout=0``) PyTorch's fused (flash) kernel runs; with it (training), a lean math path
-    (:func:`_attention_with_dropout`) on CPU, whose fused kernel has no dropout; on CUDA the fused kernels
-    take the dropout themselves (:func:`fused_dropout_supported`). Deviation: the dropout keep
-    probability is ``1 - p`` rounded to a multiple of ``2^-16`` (:func:`dropout_keep_mask`).
+    transposed copies), the mask is an additive ``[B, 1, 1, Lk]`` tensor built once per forward.
+
+    Kernels (``attention``): on CPU float32, ``"auto"`` runs the project's fused kernel
+    (:func:`models.kernels.fused_attention`, attention dropout inside the kernel, built at first use) in training
+    and eval; when it cannot be built (a warning says why), on other devices or dtypes, with ``"torch"``, or with
+    a mask that is not 0 / -inf, the torch path runs: without attention dropout PyTorch's fused (flash) kernel;
+    with it, a lean math path (:func:`_attention_with_dropout`) on CPU, whose fused kernel has no dropout; on CUDA
+    the fused kernels take the dropout themselves (:func:`fused_dropout_supported`). ``"fused_cpu"`` insists on
+    the project's kernel and raises where it cannot run. Deviations: the dropout keep probability is ``1 - p``
+    rounded to a multiple of ``2^-24`` (fused kernel) or ``2^-16`` (:func:`dropout_keep_mask`); the fused kernel
+    is invisible to ``torch.utils.flop_counter`` (count FLOPs with ``attention="torch"``, same math).
 
     Args:
         dim: model width.
         num_heads: heads (must divide ``dim``).
         dropout: dropout on the attention weights (training only).
+        attention: ``"auto"`` (the fused CPU kernel where it runs, else torch), ``"fused_cpu"`` (the fused CPU
+            kernel or an error), ``"torch"`` (PyTorch's kernels and the math path above).
 
     Shapes:
         query: ``[B, Lq, dim]``, mask: ``[B, 1, 1, Lk]`` additive (:func:`key_mask`), source: ``[B, Lk, dim]``
         (``None``: self-attention, ``Lk = Lq``) -> ``[B, Lq, dim]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, attention: AttentionImpl = "auto") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"MultiheadAttention: num_heads ({num_heads}) must divide dim ({dim})")
-        self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
+        if attention not in _ATTENTION_IMPLS:
+            raise ValueError(f"MultiheadAttention: attention must be one of {_ATTENTION_IMPLS}, got {attention!r}")
+        self.dim, self.num_heads, self.dropout, self.attention = dim, num_heads, dropout, attention
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -168,14 +196,45 @@ class MultiheadAttention(nn.Module):
             kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
+        out = self._fused_cpu(q, k, v, mask, p)
+        if out is not None:
+            return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
         if p > 0 and not fused_dropout_supported(q.device):
             out = _attention_with_dropout(q, k, v, mask, p)
         else:  # PyTorch's fused kernels (CPU flash without dropout; CUDA flash / memory-efficient with dropout)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, h, Lq, dh]
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
+    def _fused_cpu(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor | None:
+        """The project's fused CPU kernel where ``attention`` and the inputs allow it, else ``None``.
+
+        Shapes:
+            q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]`` -> ``[B, h, Lq, dh]``.
+        """
+        if self.attention == "torch":
+            return None
+        forced = self.attention == "fused_cpu"
+        if not kernels.supports(q, k, v) or not 0.0 <= p < 1.0:
+            if forced:
+                raise ValueError(
+                    f"MultiheadAttention: attention='fused_cpu' needs CPU float32 inputs, head width <= "
+                    f"{kernels.MAX_HEAD_DIM} and dropout < 1, got {q.dtype} on {q.device}, head width "
+                    f"{q.shape[-1]}, dropout {p}"
+                )
+            return None
+        if forced:
+            kernels.load_extension()  # raises with the build error
+        elif not kernels.available():  # warns once with the reason
+            return None
+        valid = _valid_keys(mask, q.shape[0], k.shape[2])
+        if valid is None:
+            if forced:
+                raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
+            return None
+        return kernels.fused_attention(q, k, v, valid, p, training=p > 0)
+
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}, attention={self.attention!r}"
 
 
 class CrossmodalLayer(nn.Module):
@@ -187,6 +246,7 @@ class CrossmodalLayer(nn.Module):
         attn_dropout: dropout on the attention weights.
         relu_dropout: dropout after the feed-forward ReLU.
         res_dropout: dropout on both residual branches.
+        attention: attention kernels (:class:`MultiheadAttention`).
 
     Shapes:
         target: ``[B, Lq, dim]``, source: ``[B, Lk, dim]``, source_mask: ``[B, 1, 1, Lk]`` additive key mask
@@ -194,10 +254,16 @@ class CrossmodalLayer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
+        self,
+        dim: int,
+        num_heads: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        attention: AttentionImpl = "auto",
     ):
         super().__init__()
-        self.attn = MultiheadAttention(dim, num_heads, attn_dropout)
+        self.attn = MultiheadAttention(dim, num_heads, attn_dropout, attention)
         self.norm_attn = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
@@ -232,11 +298,12 @@ class CrossmodalTransformer(nn.Module):
         relu_dropout: float,
         res_dropout: float,
         embed_dropout: float,
+        attention: AttentionImpl = "auto",
     ) -> None:
         super().__init__()
         self.dim = dim
         self.layers = nn.ModuleList(
-            CrossmodalLayer(dim, num_heads, attn_dropout, relu_dropout, res_dropout)
+            CrossmodalLayer(dim, num_heads, attn_dropout, relu_dropout, res_dropout, attention)
             for _ in range(num_layers)
         )
         self.embed_drop = nn.Dropout(embed_dropout)
@@ -288,6 +355,9 @@ class MulT(nn.Module):
         res_dropout: residual dropout.
         embed_dropout: dropout after embedding + positions.
         output_dropout: dropout inside the residual output block.
+        attention: attention kernels: ``"auto"`` (the fused CPU kernel of :mod:`models.kernels` on CPU float32
+            where it builds, else PyTorch's), ``"fused_cpu"`` (that kernel or an error), ``"torch"``
+            (:class:`MultiheadAttention`). Same math and parameters for all three.
 
     Shapes:
         batch["text"]: ``[B, Lt, Dt]``, batch["audio"]: ``[B, La, Da]``, batch["vision"]: ``[B, Lv, Dv]``,
@@ -313,9 +383,12 @@ class MulT(nn.Module):
         res_dropout: float = 0.0,
         embed_dropout: float = 0.2,
         output_dropout: float = 0.5,
+        attention: AttentionImpl = "auto",
     ) -> None:
         super().__init__()
         check_feature_dims("MulT", feature_dims)
+        if attention not in _ATTENTION_IMPLS:
+            raise ValueError(f"MulT: attention must be one of {_ATTENTION_IMPLS}, got {attention!r}")
         if dim <= 0 or num_heads <= 0 or num_layers <= 0:
             raise ValueError("MulT: dim, num_heads and num_layers must be positive")
         if dim % num_heads:
@@ -338,7 +411,7 @@ class MulT(nn.Module):
 
         def transformer(width: int, layers: int, p_attn: float) -> CrossmodalTransformer:
             return CrossmodalTransformer(
-                width, num_heads, layers, p_attn, relu_dropout, res_dropout, embed_dropout
+                width, num_heads, layers, p_attn, relu_dropout, res_dropout, embed_dropout, attention
             )
 
         # crossmodal[f"{source}_to_{target}"]: target attends to source.

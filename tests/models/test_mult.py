@@ -3,7 +3,9 @@
 The reference is the previous code path: ``nn.MultiheadAttention(batch_first=True)`` called with a key padding
 mask and ``need_weights=False``, loaded with the very same weights. The comparison covers the whole model (masks of
 unaligned sequences, empty sequences, last valid step) in eval mode, its gradients, train mode without dropout, and
-the FLOP count.
+the FLOP count. ``attention="auto"`` (the fused CPU kernel of models/kernels where it builds) and
+``attention="torch"`` (PyTorch's kernels) are both compared with the reference; the kernel's own tests are in
+test_attention_kernel.py.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def make_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     return batch
 
 
+ATTENTION = ["auto", "torch"]
+
+
 def tiny(**kwargs) -> MulT:
     torch.manual_seed(0)
     return MulT(DIMS, LENS, dim=8, num_heads=2, num_layers=2, **kwargs)
@@ -75,8 +80,9 @@ def test_state_dict_is_the_one_of_nn_multiheadattention() -> None:
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in mha.state_dict().items()}
 
 
-def test_same_outputs_and_gradients_as_nn_multiheadattention_in_eval() -> None:
-    model = tiny()
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_same_outputs_and_gradients_as_nn_multiheadattention_in_eval(attention: str) -> None:
+    model = tiny(attention=attention)
     ref = reference_of(model)
     model.eval()
     ref.eval()
@@ -92,23 +98,26 @@ def test_same_outputs_and_gradients_as_nn_multiheadattention_in_eval() -> None:
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_train_mode_without_dropout_matches_and_dropout_is_active() -> None:
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_train_mode_without_dropout_matches_and_dropout_is_active(attention: str) -> None:
     zero = {k: 0.0 for k in ("text_dropout", "attn_dropout", "audio_attn_dropout", "vision_attn_dropout",
                              "relu_dropout", "res_dropout", "embed_dropout", "output_dropout")}
-    model = tiny(**zero).train()
+    model = tiny(**zero, attention=attention).train()
     ref = reference_of(model).train()
     batch = make_batch(seed=1)
     torch.testing.assert_close(model(batch)["pred"], ref(batch)["pred"], rtol=1e-5, atol=1e-5)
     # attention dropout alone changes the output from call to call in training, not in eval
-    model = tiny(**{**zero, "attn_dropout": 0.5, "audio_attn_dropout": 0.5, "vision_attn_dropout": 0.5})
+    model = tiny(**{**zero, "attn_dropout": 0.5, "audio_attn_dropout": 0.5, "vision_attn_dropout": 0.5},
+                 attention=attention)
     model.train()
     assert not torch.allclose(model(batch)["pred"], model(batch)["pred"])
     model.eval()
     torch.testing.assert_close(model(batch)["pred"], model(batch)["pred"])
 
 
-def test_padding_has_no_effect() -> None:
-    model = tiny().eval()
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_padding_has_no_effect(attention: str) -> None:
+    model = tiny(attention=attention).eval()
     batch = make_batch(seed=2)
     junk = {k: v.clone() for k, v in batch.items()}
     for m in LENS:
@@ -119,7 +128,8 @@ def test_padding_has_no_effect() -> None:
 
 @pytest.mark.parametrize("mode", ["eval", "train"])  # fused kernel / dropout path
 def test_flop_count_is_unchanged(mode: str) -> None:
-    model = getattr(tiny(), mode)()
+    """On the torch path (the fused CPU kernel is invisible to the FLOP counter; the math is the same)."""
+    model = getattr(tiny(attention="torch"), mode)()
     ref = getattr(reference_of(model), mode)()
     batch = make_batch()
 
@@ -137,6 +147,10 @@ def test_key_mask_and_bad_heads() -> None:
     assert mask.shape == (2, 1, 1, 2) and torch.isinf(mask[0, 0, 0, 1]) and mask.sum() == float("-inf")
     with pytest.raises(ValueError, match="MultiheadAttention"):
         MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match="MultiheadAttention: attention"):
+        MultiheadAttention(10, 2, attention="flash")
+    with pytest.raises(ValueError, match="MulT: attention"):
+        tiny(attention="flash")
 
 
 def test_dropout_keep_mask_rate_and_scale() -> None:
@@ -148,9 +162,10 @@ def test_dropout_keep_mask_rate_and_scale() -> None:
     assert dropout_keep_mask((5,), 1e-9, torch.device("cpu"))[0].all()  # keep probability rounds to 1
 
 
-def test_dropout_path_equals_fused_path_when_nothing_is_dropped() -> None:
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_dropout_path_equals_fused_path_when_nothing_is_dropped(attention: str) -> None:
     torch.manual_seed(0)
-    attn = MultiheadAttention(8, 2, dropout=1e-9)  # takes the training path, keeps every weight
+    attn = MultiheadAttention(8, 2, dropout=1e-9, attention=attention)  # the training path, keeps every weight
     q, src = torch.randn(3, 5, 8), torch.randn(3, 7, 8)
     mask = key_mask(torch.arange(7)[None] >= torch.tensor([7, 3, 1])[:, None], torch.float32)
     attn.train()
@@ -178,7 +193,7 @@ def test_accelerators_take_the_fused_kernel_with_dropout(monkeypatch) -> None:
     monkeypatch.setattr(mult.F, "scaled_dot_product_attention", spy)
     monkeypatch.setattr(mult, "fused_dropout_supported", lambda device: True)  # pretend CPU were such a device
     torch.manual_seed(0)
-    attn = MultiheadAttention(8, 2, dropout=0.5).train()
+    attn = MultiheadAttention(8, 2, dropout=0.5, attention="torch").train()
     q = torch.randn(4, 6, 8)
     mask = key_mask(torch.zeros(4, 6, dtype=torch.bool), torch.float32)
     out = attn(q, mask)
