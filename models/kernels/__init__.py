@@ -109,7 +109,9 @@ def _draw_seed() -> int:
     return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64).item())
 
 
-def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float, training: bool) -> Tensor:
+def fused_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float, training: bool, seed: int | None = None
+) -> Tensor:
     """``softmax(q k^T / sqrt(dh))`` over the valid keys, dropout ``p`` on the weights (training only), times ``v``.
 
     Args:
@@ -120,6 +122,8 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float
             any valid key gets a zero output and zero gradients.
         p: dropout rate on the attention weights, in ``[0, 1)``.
         training: apply the dropout (``False``: ``p`` is ignored).
+        seed: 64-bit dropout seed (:func:`dropout_keep_mask` materialises its mask); ``None`` draws one from
+            torch's default CPU generator.
 
     Shapes:
         q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]`` (any strides), key_valid: ``[B, Lk]`` bool ->
@@ -134,7 +138,10 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float
     if not 0.0 <= p < 1.0:
         raise ValueError(f"fused_attention: dropout p must be in [0, 1), got {p}")
     p = float(p) if training else 0.0
-    seed = _draw_seed() if p > 0 else 0
+    if p == 0:
+        seed = 0
+    elif seed is None:
+        seed = _draw_seed()
     return _FusedAttention.apply(q, k, v, key_valid.to(torch.bool).contiguous(), p, seed)
 
 

@@ -1,0 +1,234 @@
+"""models/kernels: the fused CPU attention kernel (C++ extension) against float64 reference math, and in MulT.
+
+The extension is built (or loaded from torch's extensions cache) once per session by the module-scoped ``ext``
+fixture; the first build on a machine takes about a minute, later sessions load the cached library. Without a
+compiler or ninja every test here skips with the build error as the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import kernels
+from models.mult import MulT, MultiheadAttention, key_mask
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+LENS = {"text": 6, "audio": 11, "vision": 9}
+
+
+@pytest.fixture(scope="module")
+def ext():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ok = kernels.available()
+    if not ok:
+        pytest.skip(f"the fused CPU attention extension cannot be built here: {kernels._build()[1]}")
+    return kernels.load_extension()
+
+
+def reference(q, k, v, valid, keep=None, p=0.0):
+    """``softmax(q k^T / sqrt(dh) + mask) v`` in float64, dropout as ``keep / (1 - p)`` on the weights."""
+    q, k, v = (t.double() for t in (q, k, v))
+    mask = key_mask(~valid, torch.float64)
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask, dim=-1)
+    if keep is not None:
+        w = w * keep / (1 - p)
+    return w @ v
+
+
+def inputs(B, h, Lq, Lk, dh, seed=0, lengths=None):
+    g = torch.Generator().manual_seed(seed)
+    # q as a transposed view ([B, Lq, h, dh] storage), k / v contiguous: the kernel takes any strides
+    q = torch.randn(B, Lq, h, dh, generator=g).transpose(1, 2).requires_grad_()
+    k = torch.randn(B, h, Lk, dh, generator=g).requires_grad_()
+    v = torch.randn(B, h, Lk, dh, generator=g).requires_grad_()
+    if lengths is None:
+        lengths = torch.randint(1, Lk + 1, (B,), generator=g)
+        lengths[0] = Lk
+    valid = torch.arange(Lk)[None] < torch.as_tensor(lengths)[:, None]
+    return q, k, v, valid
+
+
+def check_against_reference(out, q, k, v, valid, keep=None, p=0.0):
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = reference(*leaves, valid, keep, p)
+    ref_grads = torch.autograd.grad(ref, leaves, grad.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for name, got, want in zip("qkv", (dq, dk, dv), ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=f"d{name}")
+
+
+SHAPES = [  # (B, h, Lq, Lk, dh): Lq != Lk both ways, MulT's dh = 5, dh = 16, a generic dh, one key
+    (3, 2, 7, 11, 5),
+    (2, 3, 13, 4, 16),
+    (2, 10, 20, 37, 5),
+    (2, 2, 5, 9, 3),
+    (1, 1, 4, 1, 64),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [False, True])
+def test_without_dropout_equals_reference(ext, shape, training: bool) -> None:
+    q, k, v, valid = inputs(*shape)
+    p = 0.0 if training else 0.3  # eval ignores p; training with p = 0 keeps every weight
+    out = kernels.fused_attention(q, k, v, valid, p, training=training)
+    assert out.shape == q.shape
+    check_against_reference(out, q, k, v, valid)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_equals_reference_with_the_kernel_mask(ext, shape, p: float) -> None:
+    q, k, v, valid = inputs(*shape, seed=3)
+    seed = 123456789
+    keep = kernels.dropout_keep_mask(seed, tuple(q.shape[:3]) + (k.shape[2],), p)
+    assert keep.shape == (*q.shape[:3], k.shape[2]) and keep.dtype == torch.bool
+    assert not keep.all()  # something is dropped, so the comparison means something
+    out = kernels.fused_attention(q, k, v, valid, p, training=True, seed=seed)
+    check_against_reference(out, q, k, v, valid, keep, p)
+    # the same mask regenerated in backward, not a fresh one: a second mask gives another output
+    other = kernels.dropout_keep_mask(seed + 1, tuple(keep.shape), p)
+    assert not torch.allclose(out.double(), reference(q, k, v, valid, other, p))
+
+
+def test_seed_comes_from_torch_generator(ext) -> None:
+    q, k, v, valid = inputs(2, 3, 8, 10, 5)
+    torch.manual_seed(7)
+    a = kernels.fused_attention(q, k, v, valid, 0.4, training=True)
+    b = kernels.fused_attention(q, k, v, valid, 0.4, training=True)
+    torch.manual_seed(7)
+    c = kernels.fused_attention(q, k, v, valid, 0.4, training=True)
+    assert not torch.equal(a, b)
+    assert torch.equal(a, c)
+
+
+def test_keep_mask_rate_and_seeds(ext) -> None:
+    shape = (4, 10, 200, 300)  # 2.4 M decisions
+    keep = kernels.dropout_keep_mask(1, shape, 0.3)
+    rate = keep.float().mean().item()
+    assert abs(rate - 0.7) < 0.003  # the standard error is 3e-4
+    # neighbours are independent: P(keep_j and keep_j+1) = 0.49, likewise along queries and heads
+    for dim in (3, 2, 1):
+        a, b = keep.narrow(dim, 0, shape[dim] - 1), keep.narrow(dim, 1, shape[dim] - 1)
+        assert abs((a & b).float().mean().item() - 0.49) < 0.004, dim
+    assert torch.equal(keep, kernels.dropout_keep_mask(1, shape, 0.3))
+    other = kernels.dropout_keep_mask(2, shape, 0.3)
+    agree = (keep == other).float().mean().item()
+    assert abs(agree - (0.7**2 + 0.3**2)) < 0.003  # independent masks agree on 58 % of the elements
+    assert abs(kernels.dropout_keep_mask(3, shape, 0.8).float().mean().item() - 0.2) < 0.003
+    # the decision of (b, h, i, j) does not depend on the shape it sits in
+    assert torch.equal(kernels.dropout_keep_mask(1, (2, 3, 5, 7), 0.3), keep[:2, :3, :5, :7])
+
+
+def test_padded_keys_get_no_weight_and_no_gradient(ext) -> None:
+    q, k, v, valid = inputs(3, 2, 6, 9, 5, lengths=[9, 4, 1])
+    out = kernels.fused_attention(q, k, v, valid, 0.3, training=True)
+    junk_k, junk_v = k.detach().clone(), v.detach().clone()
+    junk_k[~valid[:, None].expand_as(junk_k[..., 0])] = 1e4
+    junk_v[~valid[:, None].expand_as(junk_v[..., 0])] = -1e4
+    torch.manual_seed(0)
+    a = kernels.fused_attention(q, k, v, valid, 0.3, training=True)
+    torch.manual_seed(0)
+    b = kernels.fused_attention(q, junk_k, junk_v, valid, 0.3, training=True)
+    torch.testing.assert_close(a, b)
+    dk, dv = torch.autograd.grad(out.sum(), (k, v))
+    pad = ~valid[:, None, :, None].expand_as(dk)
+    assert (dk[pad] == 0).all() and (dv[pad] == 0).all()
+    assert dv[~pad].abs().sum() > 0
+
+
+def test_bad_inputs(ext) -> None:
+    q, k, v, valid = inputs(2, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="fused_attention: CPU float32"):
+        kernels.fused_attention(q.double(), k.double(), v.double(), valid, 0.0, training=False)
+    with pytest.raises(ValueError, match="fused_attention: dropout"):
+        kernels.fused_attention(q, k, v, valid, 1.0, training=True)
+    with pytest.raises(RuntimeError, match="key mask"):
+        kernels.fused_attention(q, k, v, valid[:, :3], 0.0, training=False)
+    attn = MultiheadAttention(10, 2, attention="fused_cpu").double()
+    x = torch.randn(2, 3, 10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="MultiheadAttention: attention='fused_cpu'"):
+        attn(x, key_mask(torch.zeros(2, 3, dtype=torch.bool), torch.float64))
+
+
+def make_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for m, L in LENS.items():
+        lengths = torch.randint(1, L + 1, (B,), generator=g)
+        lengths[0] = L
+        mask = torch.arange(L)[None] < lengths[:, None]
+        batch[m] = torch.randn(B, L, DIMS[m], generator=g) * mask[..., None]
+        batch[f"{m}_mask"] = mask
+    batch["label"] = torch.linspace(-2, 2, B)
+    return batch
+
+
+def mult(attention: str, **kwargs) -> MulT:
+    torch.manual_seed(0)
+    return MulT(DIMS, LENS, dim=10, num_heads=2, num_layers=2, attention=attention, **kwargs)  # dh = 5
+
+
+def test_mult_auto_equals_torch_path_in_eval(ext) -> None:
+    fused, plain = mult("auto").eval(), mult("torch").eval()
+    plain.load_state_dict(fused.state_dict())
+    batch = make_batch()
+    calls = []
+    real = kernels.fused_attention
+    try:
+        kernels.fused_attention = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+        out = fused(batch)["pred"]
+    finally:
+        kernels.fused_attention = real
+    assert len(calls) == 6 * 2 + 3 * 3  # every attention of the model ran the kernel
+    out_ref = plain(batch)["pred"]
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    F.l1_loss(out, batch["label"]).backward()
+    F.l1_loss(out_ref, batch["label"]).backward()
+    ref_grads = dict(plain.named_parameters())
+    for name, param in fused.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow  # ~20 s on the loaded 2-core machine
+def test_mult_trains_with_the_kernel_dropout(ext) -> None:
+    torch.manual_seed(0)
+    model = MulT(DIMS, LENS, dim=8, num_heads=2, num_layers=1, attention="fused_cpu", attn_dropout=0.3,
+                 audio_attn_dropout=0.2, vision_attn_dropout=0.1, text_dropout=0.0, embed_dropout=0.0,
+                 output_dropout=0.0).train()
+    batch = make_batch(B=8, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss = F.l1_loss(model(batch)["pred"], batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "_build", lambda: (None, "CalledProcessError: no compiler here"))
+    kernels.available.cache_clear()
+    try:
+        attn = MultiheadAttention(8, 2, dropout=0.5).train()
+        x = torch.randn(2, 5, 8)
+        mask = key_mask(torch.zeros(2, 5, dtype=torch.bool), torch.float32)
+        with pytest.warns(RuntimeWarning, match="no compiler here"):
+            attn(x, mask)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert attn(x, mask).shape == (2, 5, 8)  # torch path, no second warning
+        with pytest.raises(RuntimeError, match="no compiler here"):
+            MultiheadAttention(8, 2, attention="fused_cpu")(x, mask)
+    finally:
+        kernels.available.cache_clear()
