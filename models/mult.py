@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.choices import check_choices
 from models import kernels
 from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
 
 __all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "fused_dropout_supported", "key_mask"]
 
 AttentionImpl = Literal["auto", "fused_cpu", "torch"]
-_ATTENTION_IMPLS = ("auto", "fused_cpu", "torch")
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -168,8 +168,7 @@ class MultiheadAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"MultiheadAttention: num_heads ({num_heads}) must divide dim ({dim})")
-        if attention not in _ATTENTION_IMPLS:
-            raise ValueError(f"MultiheadAttention: attention must be one of {_ATTENTION_IMPLS}, got {attention!r}")
+        check_choices(MultiheadAttention, locals())
         self.dim, self.num_heads, self.dropout, self.attention = dim, num_heads, dropout, attention
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
@@ -387,8 +386,7 @@ class MulT(nn.Module):
     ) -> None:
         super().__init__()
         check_feature_dims("MulT", feature_dims)
-        if attention not in _ATTENTION_IMPLS:
-            raise ValueError(f"MulT: attention must be one of {_ATTENTION_IMPLS}, got {attention!r}")
+        check_choices(MulT, locals())
         if dim <= 0 or num_heads <= 0 or num_layers <= 0:
             raise ValueError("MulT: dim, num_heads and num_layers must be positive")
         if dim % num_heads:

@@ -22,6 +22,7 @@ extensions cache on the first call of :func:`load_extension`; a failed build war
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,9 @@ MAX_HEAD_DIM = 64
 
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)  # its import logs "No CUDA runtime is found": irrelevant to a CPU extension
     try:
         from torch.utils.cpp_extension import load
 
@@ -51,6 +55,8 @@ def _build() -> tuple[ModuleType | None, str]:
         )
     except Exception as err:  # no compiler, no ninja, a build error: the callers' torch path runs instead
         return None, f"{type(err).__name__}: {err}".strip()
+    finally:
+        cpp_log.setLevel(level)
     return module, ""
 
 
