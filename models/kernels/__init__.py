@@ -22,7 +22,9 @@ extensions cache on the first call of :func:`load_extension`; a failed build war
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import platform
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +40,21 @@ _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 MAX_HEAD_DIM = 64
 
 
+def _cpu_tag() -> str:
+    """Short hash of the CPU's instruction-set flags: ``-march=native`` builds are cached per CPU kind.
+
+    torch's extension cache keys on the sources and flags only; a home directory shared by machines with different
+    CPUs would otherwise load a library with instructions the CPU lacks.
+    """
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags += platform.processor()
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
@@ -47,7 +64,7 @@ def _build() -> tuple[ModuleType | None, str]:
         from torch.utils.cpp_extension import load
 
         module = load(
-            name="affect_mult_attention_cpu",
+            name=f"affect_mult_attention_cpu_{_cpu_tag()}",
             sources=[str(_SOURCE)],
             extra_cflags=_FLAGS,
             extra_ldflags=["-fopenmp"],

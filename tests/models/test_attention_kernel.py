@@ -145,6 +145,11 @@ def test_padded_keys_get_no_weight_and_no_gradient(ext) -> None:
     assert dv[~pad].abs().sum() > 0
 
 
+def test_loading_keeps_denormals(ext) -> None:
+    """-ffast-math stays out of the link: no crtfastmath flushing the whole process's denormals to zero."""
+    assert (torch.tensor([1e-39]) / 10).item() > 0
+
+
 def test_bad_inputs(ext) -> None:
     q, k, v, valid = inputs(2, 2, 3, 4, 5)
     with pytest.raises(ValueError, match="fused_attention: CPU float32"):
