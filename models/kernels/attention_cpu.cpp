@@ -8,6 +8,8 @@
 //   g_j = z_j (dO_i . v_j),  D_i = sum_j P_j g_j,  ds_j = P_j (g_j - D_i),
 //   dq_i = sum_j ds_j k_j / sqrt(dh),  dk_j += ds_j q_i / sqrt(dh),  dv_j += P_j z_j dO_i.
 // Work is split over B * h with at::parallel_for; a (b, h) task owns its slices of out / dq / dk / dv (no races).
+// Tasks run head-major (task = h * B + b): parallel_for hands each thread a contiguous range of tasks, and every
+// range then holds all samples, whose key counts differ (padding), so the threads get similar work.
 // Inside a task the valid keys are compacted into per-thread buffers laid out [dh][n] (transposed), so the loops
 // over keys are unit-stride and vectorise (expf through glibc's libmvec under -ffast-math). Padded keys cost
 // nothing and get zero gradients.
@@ -297,7 +299,10 @@ void dispatch_dh(int64_t dh, F&& f) {
     case 4: f(std::integral_constant<int, 4>{}); break;
     case 5: f(std::integral_constant<int, 5>{}); break;
     case 8: f(std::integral_constant<int, 8>{}); break;
+    case 10: f(std::integral_constant<int, 10>{}); break;  // MulT's memory transformers (width 2 d = 100)
     case 16: f(std::integral_constant<int, 16>{}); break;
+    case 32: f(std::integral_constant<int, 32>{}); break;
+    case 64: f(std::integral_constant<int, 64>{}); break;
     default: f(std::integral_constant<int, 0>{}); break;
   }
 }
@@ -314,7 +319,7 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
     at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
       Buffers buf(pr, false);
       for (int64_t task = begin; task < end; ++task)
-        forward_task<decltype(DH)::value>(pr, vq, vk, vv, vo, lse_ptr, task / pr.H, task % pr.H, buf);
+        forward_task<decltype(DH)::value>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
     });
   });
   return {out, lse};
@@ -336,8 +341,8 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
     at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
       Buffers buf(pr, true);
       for (int64_t task = begin; task < end; ++task)
-        backward_task<decltype(DH)::value>(pr, vq, vk, vv, vdo, lse_ptr, vdq, vdk, vdv, task / pr.H,
-                                           task % pr.H, buf);
+        backward_task<decltype(DH)::value>(pr, vq, vk, vv, vdo, lse_ptr, vdq, vdk, vdv, task % pr.B,
+                                           task / pr.B, buf);
     });
   });
   return {dq, dk, dv};

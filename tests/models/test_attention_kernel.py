@@ -65,11 +65,12 @@ def check_against_reference(out, q, k, v, valid, keep=None, p=0.0):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=f"d{name}")
 
 
-SHAPES = [  # (B, h, Lq, Lk, dh): Lq != Lk both ways, MulT's dh = 5, dh = 16, a generic dh, one key
+SHAPES = [  # (B, h, Lq, Lk, dh): Lq != Lk both ways, MulT's dh = 5 and 10, dh = 16, a generic dh, one key
     (3, 2, 7, 11, 5),
     (2, 3, 13, 4, 16),
     (2, 10, 20, 37, 5),
     (2, 2, 5, 9, 3),
+    (3, 4, 8, 12, 10),
     (1, 1, 4, 1, 64),
 ]
 
