@@ -616,12 +616,12 @@ class FERDataModule(LightningDataModule):
         """``stream_dir`` or ``<cache>/litdata/<hash of split + crop + descriptor settings>``."""
         if self.hparams.stream_dir:
             return Path(self.hparams.stream_dir)
-        from datamodules.datasets.streaming import FORMAT_VERSION
+        from datamodules.datasets.streaming import FORMAT_VERSION, TRAIN_WRITE_ORDER
 
         # the sample layout's version is part of the key: a stream of an older layout stays untouched in its folder
         key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
                "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots(),
-               "format": FORMAT_VERSION}
+               "format": FORMAT_VERSION, "train_order": TRAIN_WRITE_ORDER}
         return self.cache_root / "litdata" / settings_hash(key)
 
     def _write_streams(
@@ -631,12 +631,14 @@ class FERDataModule(LightningDataModule):
         """``cache_backend="litdata"``: write each split's cached crops once as litdata chunks (rank 0)."""
         if self.hparams.cache_backend != "litdata":
             return
-        from datamodules.datasets.streaming import StreamRecord, write_face_stream
+        from datamodules.datasets.streaming import StreamRecord, train_write_order, write_face_stream
 
         root = self._stream_dir(desc_dir, split)
         for s, recs in self._members(real, extra, entries, split).items():
             if not recs:
                 continue
+            if s == "train":  # a fixed permutation, so that every chunk (and shuffled batch) mixes the classes
+                recs = train_write_order(recs, self._split_digest(split))
             rows = [
                 StreamRecord(
                     str(self._crop_path(self.cache_root, entries[r.path])),

@@ -145,6 +145,14 @@ def _uses_epoch_schedule(configs: list[Path]) -> bool:
     return sched == "lightning_modules.schedulers.WarmupCosineLR"
 
 
+def _max_time(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for a cap of ``minutes`` (fractions allowed, e.g. 1.5)."""
+    if minutes <= 0:
+        raise ValueError(f"--max-minutes must be positive, got {minutes}")
+    total = round(minutes * 60)
+    return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
 def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path,
             extra_args: list[str] | None = None, tag: str | None = None, callbacks: list | None = None) -> dict:
     """Train ``model`` on ``dataset`` with ``seed`` through its configs, test its best-on-val checkpoint.
@@ -168,7 +176,7 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         "--data.init_args.num_workers", "0",
         "--data.init_args.progress", "none",
         "--trainer.max_epochs", str(args.epochs),
-        "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
+        "--trainer.max_time", _max_time(args.max_minutes),
         *(["--trainer.limit_train_batches", str(args.limit_batches), "--trainer.limit_val_batches",
             str(args.limit_batches)] if getattr(args, "limit_batches", None) else []),
         "--trainer.enable_progress_bar", "false",
@@ -232,7 +240,7 @@ def build_parser(description: str, default_out: str = "runs/fer_experiment") -> 
     parser.add_argument("--seeds", type=int, nargs="+", default=[42],
                         help="training seeds (seed_everything: init, shuffling, dropout); the split stays fixed")
     parser.add_argument("--epochs", type=int, default=5, help="same epoch budget for every model")
-    parser.add_argument("--max-minutes", type=int, default=8, help="same wall-clock cap for every model")
+    parser.add_argument("--max-minutes", type=float, default=8, help="same wall-clock cap for every model (minutes)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--jaffe-stratified", action="store_true",

@@ -23,12 +23,15 @@ decodes a window of 16 MB / mean sample size = 255 rows of a 128 px face sample 
 ``item_shuffle_window`` shuffles aligned blocks of 256 items: every shuffle block straddled two decode windows, the
 shuffled order ping-ponged between them and each face was deserialised ~4 times per epoch. Here each face is decoded
 once (``batch_decode=1``: only the requested row, litdata's own setting for image samples) and the train order is
-a full in-chunk permutation (``item_shuffle_window=0``; a shuffle block of 256 consecutive -- i.e. class-sorted --
-faces would also put most of a batch in one class).
+a full in-chunk permutation (``item_shuffle_window=0``).
 
-Order. Chunks are written in the split's order (``keep_data_ordered``, one writer), so with ``shuffle=False`` (the
-eval splits; or a fixed-order training run) the batches are identical to the in-memory loader's, batch for batch.
-With ``shuffle=True`` litdata permutes chunks and items within its own seeded scheme (``seed``), not torch's
+Order. Chunks are written in the order given (``keep_data_ordered``, one writer). Eval splits are written in the
+split's order, so their batches are identical to the in-memory loader's, batch for batch. The train split is written
+in a fixed pseudo-random permutation of the split's order (:func:`train_write_order`, seeded by the split's digest,
+not by the training seed, so one stream serves every seed): litdata shuffles chunk order and items *within* a chunk,
+and a chunk of the class-sorted order (~975 faces at 128 px) would hold one or two classes, so on a large set every
+shuffled batch would too. With ``shuffle=False`` the train batches equal the in-memory loader's batches over the
+same permutation. With ``shuffle=True`` litdata permutes chunks and items within its own seeded scheme (``seed``), not torch's
 ``RandomSampler``: the same seed gives the same epoch order run after run, and every epoch holds exactly the
 split's faces, but the order differs from the in-memory path's shuffled order (a different sampler). The tests
 check both (``tests/datamodules/test_streaming.py``).
@@ -56,7 +59,24 @@ from litdata import StreamingDataLoader, StreamingDataset, optimize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "FaceStreamingDataset", "StreamRecord", "streaming_loader", "write_face_stream"]
+__all__ = [
+    "FORMAT_VERSION", "TRAIN_WRITE_ORDER", "FaceStreamingDataset", "StreamRecord", "streaming_loader",
+    "train_write_order", "write_face_stream",
+]
+
+#: the train split's written order (part of the default stream folder's key, so streams written class-sorted by
+#: earlier versions stay untouched in their own folders)
+TRAIN_WRITE_ORDER = "permuted-1"
+
+
+def train_write_order(records: Sequence[Any], key: str) -> list[Any]:
+    """``records`` in a fixed pseudo-random order seeded by ``key`` (a split digest): same key, same order.
+
+    Shapes:
+        records: ``N`` items -> the same ``N`` items, permuted.
+    """
+    seed = int(hashlib.sha1(f"train-write-order:{key}".encode()).hexdigest()[:16], 16)
+    return [records[i] for i in np.random.default_rng(seed).permutation(len(records))]
 
 INDEX_FILE = "index.json"
 META_FILE = "face_stream.json"

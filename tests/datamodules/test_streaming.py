@@ -47,13 +47,19 @@ def test_eval_batches_are_identical_to_the_in_memory_path(tmp_path: Path) -> Non
 
 def test_fixed_order_train_batches_are_identical_including_augmentation(tmp_path: Path) -> None:
     mem, stream = _pair(tmp_path, augment_policy="trivial", random_erasing=0.5)
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from datamodules.datasets.streaming import streaming_loader
 
     fixed = FaceStreamingDataset(str(stream.datasets["train"].input_dir.path), shuffle=False)
     bs = mem.hparams.batch_size
-    a = list(DataLoader(mem.datasets["train"], batch_size=bs, shuffle=False, collate_fn=list))
+    # the train stream is written in a fixed permutation of the split (train_write_order): the in-memory
+    # loader over the same permutation must give the same batches
+    written = [fixed[i]["path"] for i in range(len(fixed))]
+    index = {p: i for i, p in enumerate(mem.datasets["train"].paths)}
+    assert sorted(written) == sorted(index) and written != list(mem.datasets["train"].paths)
+    permuted = Subset(mem.datasets["train"], [index[p] for p in written])
+    a = list(DataLoader(permuted, batch_size=bs, shuffle=False, collate_fn=list))
     b = list(streaming_loader(fixed, bs, 0, list))
     assert len(a) == len(b)
     import random
@@ -70,6 +76,29 @@ def test_fixed_order_train_batches_are_identical_including_augmentation(tmp_path
         random.seed(7)
         by = stream._collate_train(y)
         _assert_same_batches([bx], [by])
+
+
+def test_train_stream_is_written_in_a_fixed_class_mixing_order(tmp_path: Path) -> None:
+    """A class-sorted train stream would put one class in every chunk, so in every shuffled batch of a large set."""
+    import numpy as np
+
+    from datamodules.datasets.streaming import train_write_order
+
+    recs = []
+    for i in range(3000):  # 3 classes, class-sorted as the split lists them
+        np.save(tmp_path / f"c{i}.npy", np.full((4, 4, 3), i % 251, dtype=np.uint8))
+        recs.append(StreamRecord(str(tmp_path / f"c{i}.npy"), None, i // 1000, "real", f"/faces/{i:05d}.png"))
+    order = train_write_order(recs, "digest-a")
+    assert order == train_write_order(recs, "digest-a") and order != train_write_order(recs, "digest-b")
+    assert sorted(r.path for r in order) == [r.path for r in recs]
+    # every block of 64 consecutive written faces holds all three classes (class-sorted, 44 of the 46 blocks hold one class)
+    blocks = [{r.label for r in order[i:i + 64]} for i in range(0, len(order) - 63, 64)]
+    assert all(len(b) == 3 for b in blocks)
+    # and the datamodule writes the train split in that order, the eval splits in split order
+    mem, stream = _pair(tmp_path / "dm")
+    labels = stream.datasets["train"].labels.tolist()
+    assert labels != sorted(labels) and sorted(labels) == sorted(mem.datasets["train"].labels.tolist())
+    assert stream.datasets["val"].labels.tolist() == mem.datasets["val"].labels.tolist()
 
 
 def test_shuffled_train_epochs_hold_the_split_and_repeat_for_the_same_seed(tmp_path: Path) -> None:
