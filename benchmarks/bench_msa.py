@@ -18,6 +18,8 @@ TFN and LMF (MMSA-sized defaults) are timed the same way on the same batch.
 kernel of ``models/kernels`` (built at first use, during the warm-up, about a minute the first time on a machine),
 ``torch`` the PyTorch path; ``--attention auto torch`` times both side by side. The FLOP counter does not see the
 fused kernel, so every MulT of ours is counted on a ``torch``-path twin with the same weights (same math).
+``--profile`` then prints the ``torch.profiler`` self-CPU table of one more training step of each of our MulTs
+(where the time goes once attention is fused).
 
 Profile that drove the rewrite of ``models/mult.py`` (``torch.profiler``, one training step, self CPU time; shares
 only, taken under load): before, ``aten::bernoulli_`` (attention-dropout masks inside SDPA's math fallback) 32 %,
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-gflops", type=float, default=185.0, help="fp32 matmul peak of the machine")
     p.add_argument("--attention", nargs="+", choices=["auto", "torch"], default=["auto"],
                    help="our MulT's attention kernels (several: timed side by side)")
+    p.add_argument("--profile", action="store_true", help="print a profile of one step of our MulT(s) at the end")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -184,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: ours / MMSA = {ours / mmsa:.2f}x samples/s (target >= 10x); our FLOP rate "
               f"{our_rate:.1f} GFLOP/s = {100 * our_rate / a.peak_gflops:.1f} % of the {a.peak_gflops:.0f} GFLOP/s "
               "fp32 matmul peak")
+    if a.profile:
+        for name in ours_names.values():
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                steps[name]()
+            print(f"\nProfile of one training step, {name} (self CPU time):")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 
 
