@@ -21,11 +21,16 @@ extensions cache on the first call of :func:`load_extension`; a failed build war
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import platform
+import shutil
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -55,6 +60,25 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """Puts the interpreter's own bin folder on ``PATH`` while building when ``ninja`` is only there.
+
+    The ``ninja`` wheel (a runtime dependency) installs its binary next to the venv's ``python``; torch looks for
+    ``ninja`` on ``PATH``, which lacks that folder when the venv's python is run without activating the venv.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is not None or shutil.which("ninja", path=bin_dir) is None:
+        yield
+        return
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = bin_dir + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
@@ -63,14 +87,15 @@ def _build() -> tuple[ModuleType | None, str]:
     try:
         from torch.utils.cpp_extension import load
 
-        module = load(
-            name=f"affect_mult_attention_cpu_{_cpu_tag()}",
-            sources=[str(_SOURCE)],
-            extra_cflags=_FLAGS,
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as err:  # no compiler, no ninja, a build error: the callers' torch path runs instead
+        with _ninja_on_path():
+            module = load(
+                name=f"affect_mult_attention_cpu_{_cpu_tag()}",
+                sources=[str(_SOURCE)],
+                extra_cflags=_FLAGS,
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
+    except Exception as err:  # noqa: BLE001 - no compiler, no ninja, a build error: callers fall back to torch
         return None, f"{type(err).__name__}: {err}".strip()
     finally:
         cpp_log.setLevel(level)

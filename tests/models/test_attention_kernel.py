@@ -238,3 +238,18 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch) -> None:
             MultiheadAttention(8, 2, attention="fused_cpu")(x, mask)
     finally:
         kernels.available.cache_clear()
+
+
+def test_ninja_next_to_the_interpreter_is_found_without_an_activated_venv(tmp_path, monkeypatch) -> None:
+    import os
+    import sys
+
+    fake_bin = tmp_path / "venv" / "bin"
+    fake_bin.mkdir(parents=True)
+    (fake_bin / "ninja").write_text("#!/bin/sh\necho 1.11.1\n")
+    (fake_bin / "ninja").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake_bin / "python"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with kernels._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == str(fake_bin)
+    assert os.environ["PATH"] == "/nonexistent"
