@@ -72,7 +72,8 @@ def generate(n: int, size: int, folder: Path) -> list:
     return records
 
 
-def worker(backend: str, n: int, workdir: Path, batch_size: int, num_workers: int, epochs: int = 2) -> dict:
+def worker(backend: str, n: int, workdir: Path, batch_size: int, num_workers: int, epochs: int = 2,
+           group_size: int = 1) -> dict:
     """One measurement in this (fresh) process: ``epochs`` shuffled epochs; returns peak RSS, RSS growth over the
     epochs, faces/s of the first epoch (one-time costs: litdata's start, the first touch of every chunk page) and
     of the last (steady state, what each further epoch of a training run costs)."""
@@ -92,7 +93,7 @@ def worker(backend: str, n: int, workdir: Path, batch_size: int, num_workers: in
                                [r[4] for r in records], descs)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, collate_fn=collate)
     else:
-        ds = FaceStreamingDataset(str(workdir / f"stream_{n}"), shuffle=True, seed=0)
+        ds = FaceStreamingDataset(str(workdir / f"stream_{n}_g{group_size}"), shuffle=True, seed=0)
         loader = streaming_loader(ds, batch_size, num_workers, collate)
     before = _rss_mb()
     epoch_seconds, seen = [], 0
@@ -109,13 +110,13 @@ def worker(backend: str, n: int, workdir: Path, batch_size: int, num_workers: in
     if backend == "memory":
         reader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, collate_fn=list)
     else:
-        reader = streaming_loader(FaceStreamingDataset(str(workdir / f"stream_{n}"), shuffle=True, seed=1),
+        reader = streaming_loader(FaceStreamingDataset(str(workdir / f"stream_{n}_g{group_size}"), shuffle=True, seed=1),
                                   batch_size, num_workers, list)
     start = time.perf_counter()
     for _ in reader:
         pass
     read_seconds = time.perf_counter() - start
-    return {"backend": backend, "n": n, "faces": seen, "faces_per_s": seen / seconds,
+    return {"backend": backend, "n": n, "group_size": group_size, "faces": seen, "faces_per_s": seen / seconds,
             "first_epoch_faces_per_s": seen / epoch_seconds[0],
             "read_share": read_seconds / seconds, "rss_before_epoch_mb": before, "rss_growth_mb": growth,
             "peak_rss_mb": peak}
@@ -132,11 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per measurement; the last is the steady-state figure, the first is printed too")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
-    parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[1, 8],
+                        help="stream group sizes (faces per litdata sample); the largest also runs at every size")
+    parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "N", "GROUP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), Path(args.workdir), args.batch_size,
-                                args.num_workers, args.epochs)))
+                                args.num_workers, args.epochs, int(args.worker[2]))))
         return
 
     from datamodules.datasets.streaming import FORMAT_VERSION, stream_format, write_face_stream
@@ -148,43 +151,50 @@ def main(argv: list[str] | None = None) -> None:
             records = generate(n, args.image_size, workdir / "faces")
             (workdir / f"records_{n}.json").write_text(json.dumps(
                 [[r.crop_file, r.descriptor_file, r.label, r.origin, r.path] for r in records]))
-            stream_dir = workdir / f"stream_{n}"
-            version = stream_format(stream_dir)
-            if version is not None and version != FORMAT_VERSION:
-                print(f"{stream_dir} holds a format-{version} stream (this code writes format {FORMAT_VERSION}): "
-                      "deleting this benchmark's old stream and writing it again", flush=True)
-                shutil.rmtree(stream_dir)
-            t = time.perf_counter()
-            write_face_stream(records, stream_dir)
-            print(f"wrote the {n}-face stream once in {time.perf_counter() - t:.1f} s", flush=True)
-            for backend in ("litdata", "memory"):
-                if backend == "memory" and n > args.max_memory_size:
-                    continue
-                cmd = [sys.executable, __file__, "--worker", backend, str(n), "--workdir", str(workdir),
+            big = max(args.group_sizes)
+            runs = [("litdata", g) for g in args.group_sizes if g == big or n <= args.max_memory_size]
+            if n <= args.max_memory_size:
+                runs.append(("memory", 1))
+            for backend, g in runs:
+                if backend == "litdata":
+                    stream_dir = workdir / f"stream_{n}_g{g}"
+                    version = stream_format(stream_dir)
+                    if version is not None and version != FORMAT_VERSION:
+                        print(f"{stream_dir} holds a format-{version} stream (this code writes format "
+                              f"{FORMAT_VERSION}): deleting this benchmark's old stream and writing it again",
+                              flush=True)
+                        shutil.rmtree(stream_dir)
+                    t = time.perf_counter()
+                    write_face_stream(records, stream_dir, group_size=g)
+                    print(f"wrote the {n}-face stream (groups of {g}) in {time.perf_counter() - t:.1f} s", flush=True)
+                cmd = [sys.executable, __file__, "--worker", backend, str(n), str(g), "--workdir", str(workdir),
                        "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
                        "--epochs", str(args.epochs)]
                 row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
                 results.append(row)
-                print(f"{backend:8s} n={n:7d}: peak RSS {row['peak_rss_mb']:8.0f} MB, RSS growth over the epochs "
+                name = f"litdata/g{g}" if backend == "litdata" else backend
+                print(f"{name:10s} n={n:7d}: peak RSS {row['peak_rss_mb']:8.0f} MB, RSS growth over the epochs "
                       f"{row['rss_growth_mb']:7.0f} MB, first epoch {row['first_epoch_faces_per_s']:8.0f} faces/s, "
                       f"last epoch {row['faces_per_s']:8.0f} faces/s; reading alone "
                       f"{row['read_share']:.2f} of the last epoch's time", flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    stream = {r["n"]: r for r in results if r["backend"] == "litdata"}
     memory = {r["n"]: r for r in results if r["backend"] == "memory"}
-    if len(stream) >= 2:
-        lo, hi = min(stream), max(stream)
-        print(f"litdata peak RSS: {stream[lo]['peak_rss_mb']:.0f} MB at {lo} faces vs {stream[hi]['peak_rss_mb']:.0f} MB "
-              f"at {hi} faces (ratio {stream[hi]['peak_rss_mb'] / stream[lo]['peak_rss_mb']:.2f}; flat = ~1)")
-    for n in sorted(set(stream) & set(memory)):
-        print(f"n={n}: memory peak RSS {memory[n]['peak_rss_mb']:.0f} MB vs litdata {stream[n]['peak_rss_mb']:.0f} MB; "
-              f"throughput litdata / memory: first epoch "
-              f"{stream[n]['first_epoch_faces_per_s'] / memory[n]['first_epoch_faces_per_s']:.2f}, last (steady) "
-              f"epoch {stream[n]['faces_per_s'] / memory[n]['faces_per_s']:.2f} (target >= 1); "
-              f"reading alone: litdata {stream[n]['read_share']:.2f} vs memory {memory[n]['read_share']:.2f} of an "
-              "epoch")
+    for g in sorted(set(args.group_sizes)):
+        stream = {r["n"]: r for r in results if r["backend"] == "litdata" and r["group_size"] == g}
+        if len(stream) >= 2:
+            lo, hi = min(stream), max(stream)
+            print(f"litdata/g{g} peak RSS: {stream[lo]['peak_rss_mb']:.0f} MB at {lo} faces vs "
+                  f"{stream[hi]['peak_rss_mb']:.0f} MB at {hi} faces (ratio "
+                  f"{stream[hi]['peak_rss_mb'] / stream[lo]['peak_rss_mb']:.2f}; flat = ~1)")
+        for n in sorted(set(stream) & set(memory)):
+            st, mem = stream[n], memory[n]
+            print(f"n={n}, groups of {g}: memory peak RSS {mem['peak_rss_mb']:.0f} MB vs litdata "
+                  f"{st['peak_rss_mb']:.0f} MB; throughput litdata / memory: first epoch "
+                  f"{st['first_epoch_faces_per_s'] / mem['first_epoch_faces_per_s']:.2f}, last (steady) epoch "
+                  f"{st['faces_per_s'] / mem['faces_per_s']:.2f} (target >= 1); reading alone: litdata "
+                  f"{st['read_share']:.2f} vs memory {mem['read_share']:.2f} of an epoch")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,10 @@ class FERDataModule(LightningDataModule):
             :mod:`datamodules.datasets.streaming`). Same batch contract either way.
         stream_dir: where the litdata chunks go (default ``<cache>/litdata/<hash>``); a local folder, or an object
             store URL that litdata understands (``s3://...``).
+        stream_group_size: faces per litdata sample (``cache_backend="litdata"``): litdata's per-sample reader runs
+            once per group, the faces of a group always share a batch (groups are random sets of faces; see
+            :mod:`datamodules.datasets.streaming`). ``None``: the largest of 8, 4, 2, 1 that divides
+            ``batch_size``. Must divide ``batch_size``; part of the default stream folder's key.
     """
 
     def __init__(
@@ -241,10 +245,14 @@ class FERDataModule(LightningDataModule):
         random_erasing: float = 0.0,
         cache_backend: Literal["memory", "litdata"] = "memory",
         stream_dir: str | None = None,
+        stream_group_size: int | None = None,
     ) -> None:
         super().__init__()
         check_choices(FERDataModule, locals())
         name = type(self).__name__
+        if stream_group_size is not None and (stream_group_size < 1 or batch_size % stream_group_size):
+            raise ValueError(f"{name}: stream_group_size={stream_group_size} must be >= 1 and divide batch_size "
+                             f"({batch_size})")
         if cache_backend == "litdata" and train_sampler != "none":
             raise ValueError(f"{name}: train_sampler={train_sampler!r} needs random access; the litdata stream shuffles itself "
                              "(use cache_backend='memory' for class-balanced sampling)")
@@ -621,8 +629,15 @@ class FERDataModule(LightningDataModule):
         # the sample layout's version is part of the key: a stream of an older layout stays untouched in its folder
         key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
                "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots(),
-               "format": FORMAT_VERSION, "train_order": TRAIN_WRITE_ORDER}
+               "format": FORMAT_VERSION, "train_order": TRAIN_WRITE_ORDER, "group": self.stream_group_size}
         return self.cache_root / "litdata" / settings_hash(key)
+
+    @property
+    def stream_group_size(self) -> int:
+        """Faces per litdata sample: ``stream_group_size``, or the largest of 8, 4, 2, 1 dividing ``batch_size``."""
+        if self.hparams.stream_group_size is not None:
+            return int(self.hparams.stream_group_size)
+        return next(g for g in (8, 4, 2, 1) if self.hparams.batch_size % g == 0)
 
     def _write_streams(
         self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict,
@@ -647,7 +662,7 @@ class FERDataModule(LightningDataModule):
                 )
                 for r in recs
             ]
-            write_face_stream(rows, root / s)
+            write_face_stream(rows, root / s, group_size=self.stream_group_size)
 
     def _setup_streams(self, members: dict[str, list[ImageRecord]], split: dict, desc_dir: Path | None) -> None:
         """Open the litdata streams written by :meth:`prepare_data` (same items as the in-memory datasets)."""
@@ -670,7 +685,8 @@ class FERDataModule(LightningDataModule):
             self.datasets[s] = FaceStreamingDataset(
                 str(folder), shuffle=s == "train", seed=hp.seed, drop_last=None if s == "train" else False
             )
-        log.info("FER litdata streams under %s: %s", root, {s: len(d) for s, d in self.datasets.items()})
+        log.info("FER litdata streams under %s (groups of %d faces): %s", root, self.stream_group_size,
+                 {s: getattr(d, "num_faces", len(d)) for s, d in self.datasets.items()})
 
     def _fit_or_load_sun(self, split: dict, real: list[ImageRecord], entries: dict[str, dict]) -> SUNParams:
         path = self.sun_params_path

@@ -322,13 +322,29 @@ class FaceBatchTransform:
     def __call__(self, samples: list[dict]) -> dict:
         """Collate ``samples`` into a batch dict (see class docstring)."""
         batch: dict = {}
-        fused = _fused_pixels(samples)
         for k in samples[0]:
-            if fused is not None and k in ("image", "descriptor"):
-                batch[k] = fused[:, :3] if k == "image" else fused[:, 3:]
-                continue
             vals = [s[k] for s in samples]
             batch[k] = torch.stack(vals) if isinstance(vals[0], Tensor) else vals
+        return self._transform(batch, None)
+
+    def collate_pixels(self, pixels: Tensor, labels: Tensor, origins: list[str], paths: list[str]) -> dict:
+        """The batch of faces already stacked in one buffer (the litdata stream's groups): the same batch as
+        :meth:`__call__` on the equivalent items.
+
+        Shapes:
+            pixels: ``[B, 3, H, W]`` uint8, or ``[B, 4, H, W]`` with the descriptor map as channel 3;
+            labels: ``[B]`` int64.
+        """
+        batch: dict = {"image": pixels[:, :3], "label": labels, "origin": origins, "path": paths}
+        fused = None
+        if pixels.shape[1] > 3:
+            batch["descriptor"] = pixels[:, 3:]
+            fused = pixels
+        return self._transform(batch, fused)
+
+    def _transform(self, batch: dict, fused: Tensor | None) -> dict:
+        """Augmentation and normalisation of a stacked uint8 batch (``fused``: its ``[B, 4, H, W]`` buffer, or
+        ``None``)."""
         has_desc = "descriptor" in batch
         if self.augment == "train":
             if fused is not None:
@@ -354,29 +370,6 @@ class FaceBatchTransform:
             if desc is not None:
                 batch["descriptor"] = x[:, 3:]
         return batch
-
-
-def _fused_pixels(samples: list[dict]) -> Tensor | None:
-    """``[B, 4, H, W]`` uint8 stacked in one copy when every sample's ``image`` and ``descriptor`` are the two parts
-    of one contiguous ``[4, H, W]`` tensor (the litdata stream's items, :mod:`datamodules.datasets.streaming`), else
-    ``None`` (separate stacks + concatenation; the values are the same either way)."""
-    if "descriptor" not in samples[0]:
-        return None
-    bases = []
-    for s in samples:
-        img, desc = s["image"], s["descriptor"]
-        if not isinstance(img, Tensor) or not isinstance(desc, Tensor):
-            return None
-        base = img._base
-        if (
-            base is None or desc._base is not base or base.dim() != 3 or base.shape[0] != 4
-            or not base.is_contiguous() or img.storage_offset() != base.storage_offset()
-            or desc.storage_offset() != base.storage_offset() + 3 * base.shape[1] * base.shape[2]
-            or img.shape != (3, *base.shape[1:])
-        ):
-            return None
-        bases.append(base)
-    return torch.stack(bases)
 
 
 #: Train-time policies of :class:`FaceBatchTransform`.

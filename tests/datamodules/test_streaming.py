@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.datasets.streaming import FaceStreamingDataset, StreamRecord, write_face_stream
+from datamodules.datasets.streaming import (
+    FaceStreamingDataset,
+    GroupCollate,
+    StreamRecord,
+    group_items,
+    streaming_loader,
+    write_face_stream,
+)
 from datamodules.fer import FERDataModule
 from tests.datamodules.test_fer import CLASSES, _dm
 from tests.fakes_images import make_class_folders
@@ -49,13 +56,11 @@ def test_fixed_order_train_batches_are_identical_including_augmentation(tmp_path
     mem, stream = _pair(tmp_path, augment_policy="trivial", random_erasing=0.5)
     from torch.utils.data import DataLoader, Subset
 
-    from datamodules.datasets.streaming import streaming_loader
-
     fixed = FaceStreamingDataset(str(stream.datasets["train"].input_dir.path), shuffle=False)
     bs = mem.hparams.batch_size
     # the train stream is written in a fixed permutation of the split (train_write_order): the in-memory
     # loader over the same permutation must give the same batches
-    written = [fixed[i]["path"] for i in range(len(fixed))]
+    written = fixed.paths
     index = {p: i for i, p in enumerate(mem.datasets["train"].paths)}
     assert sorted(written) == sorted(index) and written != list(mem.datasets["train"].paths)
     permuted = Subset(mem.datasets["train"], [index[p] for p in written])
@@ -134,28 +139,48 @@ def test_stream_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="different stream"):
         write_face_stream(recs[:-1], tmp_path / "s")
     ds = FaceStreamingDataset(str(out))
-    assert len(ds) == len(recs) and int(ds[2]["image"][0, 0, 0]) == 2 and ds[2]["image"].shape == (3, 8, 8)
-    assert json.loads((out / "face_stream.json").read_text())["n"] == len(recs)
+    face = group_items(ds[2])[0]
+    assert len(ds) == len(recs) and int(face["image"][0, 0, 0]) == 2 and face["image"].shape == (3, 8, 8)
+    assert json.loads((out / "face_stream.json").read_text())["n"] == len(recs) == ds.num_faces
+    # a different group size is a different stream: refused in the same folder, never overwritten
+    with pytest.raises(ValueError, match="group size"):
+        write_face_stream(recs, tmp_path / "s", group_size=4)
+    grouped = FaceStreamingDataset(str(write_face_stream(recs, tmp_path / "g", group_size=4)))
+    assert grouped.group_size == 4 and len(grouped) == -(-len(recs) // 4) and grouped.num_faces == len(recs)
+    assert grouped.paths == [r.path for r in recs] and grouped.labels.tolist() == [r.label for r in recs]
+    last = grouped[len(grouped) - 1]  # the short last group
+    assert last["pixels"].shape[0] == len(recs) - 4 * (len(grouped) - 1) and last["path"] == [r.path for r in recs[-len(last["path"]):]]
 
 
-def test_items_are_one_pixel_buffer_and_the_collate_stacks_it_once(tmp_path: Path) -> None:
-    from datamodules.datasets.images import _fused_pixels
-
+def test_groups_are_one_pixel_buffer_and_the_collate_concatenates_them_once(tmp_path: Path) -> None:
     mem, stream = _pair(tmp_path)
     ds = stream.datasets["val"]
-    item = ds[0]
-    # image and descriptor are the two parts of one [4, H, W] buffer (one litdata leaf, one copy per face) ...
-    assert item["image"]._base is item["descriptor"]._base and item["image"]._base.shape[0] == 4
-    items = [ds[i] for i in range(len(ds))]
-    assert _fused_pixels(items) is not None and _fused_pixels(list(mem.datasets["val"])) is None
-    # ... which the collate stacks once; the batch equals the one from separate stacks (the in-memory items)
-    copies = [{**it, "image": it["image"].clone(), "descriptor": it["descriptor"].clone()} for it in items]
-    assert _fused_pixels(copies) is None
-    _assert_same_batches([stream._collate_eval(items)], [stream._collate_eval(copies)])
+    assert ds.group_size == 4 == stream.stream_group_size  # batch 4: the largest of 8, 4, 2, 1 dividing it
+    group = ds[0]
+    # a group is one [g, 4, H, W] buffer (RGB + descriptor map: one litdata leaf, one copy per group) ...
+    assert group["pixels"].dtype == torch.uint8 and group["pixels"].shape[:2] == (4, 4)
+    items = group_items(group)
+    assert all(it["image"]._base is group["pixels"] and it["descriptor"]._base is group["pixels"] for it in items)
+    # ... which the group collate hands to the transform as one batch: the same batch as stacking the items
+    collate = GroupCollate(stream._collate_eval)
+    _assert_same_batches([collate([group])], [stream._collate_eval(items)])
     torch.manual_seed(3)
-    a = stream._collate_train(items)
+    a = GroupCollate(stream._collate_train)([group, ds[1]])
     torch.manual_seed(3)
-    _assert_same_batches([a], [stream._collate_train(copies)])
+    _assert_same_batches([a], [stream._collate_train(items + group_items(ds[1]))])
+    listed = GroupCollate(list)([group])  # any other collate gets the groups' face items
+    assert [it["path"] for it in listed] == group["path"] and all(torch.equal(x["image"], y["image"])
+                                                                  for x, y in zip(listed, items))
+
+
+def test_batch_size_must_be_a_multiple_of_the_group_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="stream_group_size=3 must be >= 1 and divide batch_size"):
+        _dm(tmp_path, cache_backend="litdata", stream_group_size=3)
+    mem, stream = _pair(tmp_path, stream_group_size=2)
+    assert stream.datasets["train"].group_size == 2
+    with pytest.raises(ValueError, match="batch_size 3 is not a multiple of the group size 2"):
+        streaming_loader(stream.datasets["val"], 3, 0, list)
+    _assert_same_batches(mem.val_dataloader(), stream.val_dataloader())  # group size 2, batch 4
 
 
 def test_streams_of_the_old_layout_are_refused_by_name(tmp_path: Path) -> None:
@@ -164,7 +189,7 @@ def test_streams_of_the_old_layout_are_refused_by_name(tmp_path: Path) -> None:
     np.save(tmp_path / "c.npy", np.zeros((8, 8, 3), dtype=np.uint8))
     out = write_face_stream([StreamRecord(str(tmp_path / "c.npy"), None, 0, "real", "a.png")], tmp_path / "s")
     meta = json.loads((out / "face_stream.json").read_text())
-    assert meta["format"] == 2 and FaceStreamingDataset(str(out))[0]["image"].shape == (3, 8, 8)
+    assert meta["format"] == 3 and FaceStreamingDataset(str(out))[0]["pixels"].shape == (1, 3, 8, 8)
     import hashlib
 
     del meta["format"]  # what a version-1 writer left: no format key, a fingerprint of the records alone
