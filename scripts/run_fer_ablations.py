@@ -9,7 +9,8 @@ same budget, same split, best-on-val checkpoint, test split):
 ``global_only``     the global Swin alone (``swin_global``) with the generated faces
 ``fusion_add``      element-wise add instead of tile-and-concatenate ("alternative fusion") with them
 ``fusion_late``     late fusion (pooled features concatenated) with them
-``gate_lavt``       LAVT's gate ``E = G + tanh(W2 ReLU(W1 F)) * F``, no refinement (``swin2b_lavt``), with them
+``gate_sigmoid``    the sigmoid reading of the gate + residual refinement (``swin2b_sigmoid``), with them; the
+                    paper's model itself runs LAVT's gate ``E = G + tanh(W2 ReLU(W1 F)) * F`` (chosen by this arm)
 ==================  ===========================================================================================
 
 ``--generated-root`` is a folder of generated class folders (``<class>/*.png``), e.g. the ``augmented/ckplus48``
@@ -42,7 +43,7 @@ ARMS: dict[str, tuple[str, bool]] = {
     "global_only": ("swin_global", True),
     "fusion_add": ("swin2b_add", True),
     "fusion_late": ("swin2b_late", True),
-    "gate_lavt": ("swin2b_lavt", True),
+    "gate_sigmoid": ("swin2b_sigmoid", True),
 }
 
 

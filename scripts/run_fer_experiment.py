@@ -46,7 +46,7 @@ DATASETS = ("ckplus48", "jaffe")
 MODELS: dict[str, str | tuple[str, ...]] = {
     "swin2b": "configs/fer/swin2b_{ds}.yaml",
     # the LAVT reading of the local gate: a delta over the paper's model
-    "swin2b_lavt": ("configs/fer/swin2b_{ds}.yaml", "configs/fer/variants/lavt_gate.yaml"),
+    "swin2b_sigmoid": ("configs/fer/swin2b_{ds}.yaml", "configs/fer/variants/sigmoid_gate.yaml"),
     "swin_global": "configs/fer/swin_global_{ds}.yaml",
     "swin2b_sep": "configs/fer/swin2b_sep_ckplus48.yaml",
     "swin2b_add": "configs/fer/swin2b_add_ckplus48.yaml",

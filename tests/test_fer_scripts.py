@@ -29,10 +29,10 @@ def test_ablations_command_writes_its_table(tmp_path: Path, tiny_args: list[str]
     gen = tmp_path / "gen"
     make_class_folders(gen, classes=CK_CLASSES, subjects=1, frames=1, size=32, seed=5)
     rows = run_fer_ablations.main(tiny_args + ["--out", str(tmp_path / "abl"), "--generated-root", str(gen),
-                                               "--arms", "no_ddpm", "gate_lavt"])
-    assert [r["model"] for r in rows] == ["no_ddpm", "gate_lavt"]
+                                               "--arms", "no_ddpm", "gate_sigmoid"])
+    assert [r["model"] for r in rows] == ["no_ddpm", "gate_sigmoid"]
     text = (tmp_path / "abl" / "ablations.md").read_text()
-    assert "| gate_lavt | ckplus48 | 42 |" in text and "Generated faces" in text
+    assert "| gate_sigmoid | ckplus48 | 42 |" in text and "Generated faces" in text
     with open(tmp_path / "abl" / "ablations.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
 
