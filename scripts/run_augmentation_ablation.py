@@ -84,6 +84,13 @@ def trainer(out: Path, name: str, max_steps: int, monitor: str | None = None, mo
     return t, ckpt
 
 
+def own_checkpoints():
+    """``torch.load(weights_only=True)`` of this script's own recognition checkpoints: their hyper-parameters hold
+    the Python partials built here, read with exactly these globals allowed (a partial of an allowed class is
+    rebuilt, never called), so a planted file still runs no code. Every load of them goes through this."""
+    return torch.serialization.safe_globals([functools.partial, TimmClassifier, torch.optim.AdamW])
+
+
 def recognition(args, out: Path, name: str, extra: list[str] | None) -> tuple[Path, dict]:
     """Train the recognition model for ``--clf-steps`` steps, keep the best-on-val checkpoint, test it."""
     ckpt_path = out / name / "best.ckpt"
@@ -96,9 +103,7 @@ def recognition(args, out: Path, name: str, extra: list[str] | None) -> tuple[Pa
         t0 = time.time()
         t.fit(model, datamodule=dm)
         log.info("%s trained in %.0f s", name, time.time() - t0)
-    # Its hyper-parameters hold the Python partials built here: weights_only=True reads them with exactly these
-    # globals allowed (a partial of an allowed class is rebuilt, never called), so a planted file still runs no code.
-    with torch.serialization.safe_globals([functools.partial, TimmClassifier, torch.optim.AdamW]):
+    with own_checkpoints():
         model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True).eval()
     dm.prepare_data()
     dm.setup("test")
@@ -184,7 +189,8 @@ def main() -> None:
                                     attention_head_dim=8, norm_num_groups=8)
         enc = None
         if args.consistency != "none":
-            enc = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
+            with own_checkpoints():
+                enc = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
         ldm = LitLDM(net, vae_path=str(vae_dir), class_names=CLASSES, consistency=args.consistency,
                      consistency_weight=args.consistency_weight, consistency_encoder=enc, p_uncond=0.1,
                      beta_schedule="squaredcos_cap_v2", num_inference_steps=args.ddim_steps,
@@ -201,7 +207,8 @@ def main() -> None:
     ldm = load_ldm(ldm_ckpt).eval()
     ldm.hparams.num_inference_steps = args.ddim_steps
     ldm.hparams.guidance_scale = args.guidance
-    clf = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
+    with own_checkpoints():
+        clf = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
     quality = QualityFilter(clf, min_confidence=args.min_confidence, duplicate_metric=args.duplicate_metric,
                             duplicate_threshold=args.duplicate_threshold, reference_root=args.data, class_names=CLASSES,
                             mean=MEAN, std=STD)
