@@ -16,9 +16,8 @@ import torch.nn.functional as F
 
 from models import kernels
 from models.mult import MulT, MultiheadAttention, key_mask
+from tests.models.test_mult import DIMS, LENS, make_batch  # padding holds junk; one empty audio sequence
 
-DIMS = {"text": 12, "audio": 5, "vision": 7}
-LENS = {"text": 6, "audio": 11, "vision": 9}
 
 
 @pytest.fixture(scope="module")
@@ -165,15 +164,8 @@ def test_bad_inputs(ext) -> None:
         attn(x, key_mask(torch.zeros(2, 3, dtype=torch.bool), torch.float64))
 
 
-def make_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for m, L in LENS.items():
-        lengths = torch.randint(1, L + 1, (B,), generator=g)
-        lengths[0] = L
-        mask = torch.arange(L)[None] < lengths[:, None]
-        batch[m] = torch.randn(B, L, DIMS[m], generator=g) * mask[..., None]
-        batch[f"{m}_mask"] = mask
+def labelled_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    batch = make_batch(B, seed)
     batch["label"] = torch.linspace(-2, 2, B)
     return batch
 
@@ -186,7 +178,7 @@ def mult(attention: str, **kwargs) -> MulT:
 def test_mult_auto_equals_torch_path_in_eval(ext) -> None:
     fused, plain = mult("auto").eval(), mult("torch").eval()
     plain.load_state_dict(fused.state_dict())
-    batch = make_batch()
+    batch = labelled_batch()
     calls = []
     real = kernels.fused_attention
     try:
@@ -210,7 +202,7 @@ def test_mult_trains_with_the_kernel_dropout(ext) -> None:
     model = MulT(DIMS, LENS, dim=8, num_heads=2, num_layers=1, attention="fused_cpu", attn_dropout=0.3,
                  audio_attn_dropout=0.2, vision_attn_dropout=0.1, text_dropout=0.0, embed_dropout=0.0,
                  output_dropout=0.0).train()
-    batch = make_batch(B=8, seed=1)
+    batch = labelled_batch(B=8, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(12):
