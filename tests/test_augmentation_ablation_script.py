@@ -23,7 +23,7 @@ def test_augmentation_ablation_runs_end_to_end(shared_data: Path, tmp_path: Path
            "--vae-steps", "2", "--ldm-steps", "2", "--ddim-steps", "2", "--ldm-width", "16",
            "--total-multiplier", "0.05", "--scarce-multiplier", "1", "--min-confidence", "0.0"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert res.returncode == 0, res.stderr[-4000:]
     # the recognition checkpoint (whose hyper-parameters hold this script's partials) is reused by the frozen
     # encoder of the consistency loss and by the quality filter: both loads must pass the weights-only reader

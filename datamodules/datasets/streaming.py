@@ -165,21 +165,20 @@ def _fingerprint(records: Sequence[StreamRecord], group_size: int) -> str:
     return h.hexdigest()
 
 
+def _read_meta(folder: str | Path) -> dict | None:
+    """The ``face_stream.json`` metadata that :func:`write_face_stream` leaves in ``folder``, or ``None``."""
+    meta_path = Path(folder) / META_FILE
+    return json.loads(meta_path.read_text()) if meta_path.is_file() else None
+
+
+def _meta_format(meta: dict | None) -> int | None:
+    return None if meta is None else int(meta.get("format", 1))
+
+
 def stream_format(folder: str | Path) -> int | None:
     """The ``FORMAT_VERSION`` of a stream written by :func:`write_face_stream` (1 for the old layout without the
     key), or ``None`` when ``folder`` holds no such stream."""
-    meta_path = Path(folder) / META_FILE
-    if not meta_path.is_file():
-        return None
-    return int(json.loads(meta_path.read_text()).get("format", 1))
-
-
-def stream_group_size(folder: str | Path) -> int | None:
-    """The group size of a stream written by :func:`write_face_stream`, or ``None`` when unknown."""
-    meta_path = Path(folder) / META_FILE
-    if not meta_path.is_file():
-        return None
-    return json.loads(meta_path.read_text()).get("group_size")
+    return _meta_format(_read_meta(folder))
 
 
 def write_face_stream(
@@ -207,9 +206,8 @@ def write_face_stream(
         raise ValueError(f"write_face_stream: group_size must be >= 1, got {group_size}")
     out = Path(output_dir)
     digest = _fingerprint(records, group_size)
-    meta_path = out / META_FILE
     if (out / INDEX_FILE).is_file():
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = _read_meta(out) or {}
         if meta.get("fingerprint") == digest:
             return out
         raise ValueError(
@@ -257,8 +255,9 @@ class FaceStreamingDataset(StreamingDataset):
     """
 
     def __init__(self, input_dir: str, shuffle: bool = False, seed: int = 42, drop_last: bool | None = False) -> None:
-        local = "://" not in str(input_dir)
-        version = stream_format(input_dir) if local else FORMAT_VERSION
+        # local streams: the metadata is read once (format check, group size, face count)
+        self._meta = _read_meta(input_dir) if "://" not in str(input_dir) else None
+        version = _meta_format(self._meta) if self._meta is not None else None
         if version is not None and version != FORMAT_VERSION:
             raise ValueError(
                 f"FaceStreamingDataset: {str(input_dir)!r} holds a format-{version} face stream; this version reads "
@@ -267,7 +266,7 @@ class FaceStreamingDataset(StreamingDataset):
             )
         super().__init__(input_dir=input_dir, shuffle=shuffle, seed=seed, drop_last=drop_last,
                          batch_decode=BATCH_DECODE, item_shuffle_window=ITEM_SHUFFLE_WINDOW)
-        self._group_size = stream_group_size(input_dir) if local else None
+        self._group_size = None if self._meta is None else self._meta.get("group_size")
         self._labels: torch.Tensor | None = None
         self._origins: list[str] | None = None
         self._paths: list[str] | None = None
@@ -321,9 +320,8 @@ class FaceStreamingDataset(StreamingDataset):
     @property
     def num_faces(self) -> int:
         """Faces in the whole stream (all ranks; from the stream's metadata, or a scan for a remote stream)."""
-        meta_path = Path(self.input_dir.path or "") / META_FILE
-        if self.input_dir.path and meta_path.is_file():
-            return int(json.loads(meta_path.read_text())["n"])
+        if self._meta is not None:
+            return int(self._meta["n"])
         return len(self.labels)
 
 

@@ -153,7 +153,7 @@ def test_stream_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
 
 
 def test_groups_are_one_pixel_buffer_and_the_collate_concatenates_them_once(tmp_path: Path) -> None:
-    mem, stream = _pair(tmp_path)
+    _, stream = _pair(tmp_path)
     ds = stream.datasets["val"]
     assert ds.group_size == 4 == stream.stream_group_size  # batch 4: the largest of 8, 4, 2, 1 dividing it
     group = ds[0]

@@ -19,7 +19,6 @@ from models.mult import MulT, MultiheadAttention, key_mask
 from tests.models.test_mult import DIMS, LENS, make_batch  # padding holds junk; one empty audio sequence
 
 
-
 @pytest.fixture(scope="module")
 def ext():
     with warnings.catch_warnings():
