@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.checkpoint import EpochCheckpoint
 from callbacks.loggers import AutoWandbLogger
+from common.distributed import shutdown_process_group
 from lightning_modules.checkpoint_io import (
     CheckpointError,
     check_hparams_class_paths,
@@ -512,6 +513,8 @@ def main(args: ArgsType = None) -> None:
         traceback.print_exception(err)
         print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        shutdown_process_group()
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from callbacks.augmented_writer import AugmentedImageWriter
+from common.distributed import shutdown_process_group
 from datamodules.generation import GenerationDataModule
 
 CLASSES = ["anger", "contempt", "fear"]
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                       logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[writer],
                       use_distributed_sampler=args.use_distributed_sampler == "true")
     trainer.predict(SeededGenerator(), datamodule=dm, return_predictions=False)
+    shutdown_process_group()
 
 
 if __name__ == "__main__":
