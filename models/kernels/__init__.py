@@ -141,15 +141,15 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, p: float, seed: int) -> Tensor:
         out, lse = load_extension().forward(q, k, v, valid, p, seed)
-        ctx.save_for_backward(q, k, v, valid, lse)
+        ctx.save_for_backward(q, k, v, valid, out, lse)
         ctx.p, ctx.seed = p, seed
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        q, k, v, valid, lse = ctx.saved_tensors
-        dq, dk, dv = load_extension().backward(grad_out, q, k, v, valid, lse, ctx.p, ctx.seed)
+        q, k, v, valid, out, lse = ctx.saved_tensors
+        dq, dk, dv = load_extension().backward(grad_out, q, k, v, valid, out, lse, ctx.p, ctx.seed)
         return dq, dk, dv, None, None, None
 
 

@@ -11,18 +11,53 @@
 // Tasks run head-major (task = h * B + b): parallel_for hands each thread a contiguous range of tasks, and every
 // range then holds all samples, whose key counts differ (padding), so the threads get similar work.
 // Inside a task the valid keys are compacted into per-thread buffers laid out [dh][n] (transposed), so the loops
-// over keys are unit-stride and vectorise (expf through glibc's libmvec under -ffast-math). Padded keys cost
-// nothing and get zero gradients.
+// over keys are unit-stride. Padded keys cost nothing and get zero gradients.
+// Two implementations of the same math: with AVX-512 (the head widths MulT uses: 4, 5, 8, 10, 16, 32, 64) the
+// explicit 16-lane path below (several query rows per pass, fused passes, one-pass backward with
+// D_i = dO_i . out_i, own exp); otherwise portable loops that the compiler vectorises (expf through glibc's libmvec
+// under -ffast-math). Both draw the same keep decisions.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 namespace {
 
@@ -83,13 +118,20 @@ struct Problem {
 // Per-thread buffers, reused over the (b, h) tasks of one parallel chunk.
 struct Buffers {
   std::vector<float> kt, vt, dkt, dvt, s, p, g;
-  std::vector<int32_t> idx;
-  explicit Buffers(const Problem& pr, bool backward)
-      : kt(pr.dh * pr.Lk), vt(pr.dh * pr.Lk), s(pr.Lk), p(backward ? pr.Lk : 0), g(backward ? pr.Lk : 0),
-        idx(pr.Lk) {
+  std::vector<int32_t> idx, jw;  // jw: the Weyl steps idx * 0x9E3779B9 of the AVX-512 path's keep decisions
+  // Sized for both paths: keys padded to a multiple of 16, up to 4 query rows per pass (the AVX-512 path).
+  explicit Buffers(const Problem& pr, bool backward) {
+    const int64_t lp = (pr.Lk + 15) / 16 * 16 + 16;  // + the AVX-512 path's row padding
+    kt.resize(pr.dh * lp);
+    vt.resize(pr.dh * lp);
+    s.resize(4 * lp);
+    idx.resize(lp);
+    jw.resize(lp);
     if (backward) {
-      dkt.resize(pr.dh * pr.Lk);
-      dvt.resize(pr.dh * pr.Lk);
+      p.resize(4 * lp);
+      g.resize(4 * lp);
+      dkt.resize(pr.dh * lp);
+      dvt.resize(pr.dh * lp);
     }
   }
 };
@@ -252,6 +294,269 @@ void backward_task(const Problem& pr, const View4& q, const View4& k, const View
   }
 }
 
+#if defined(__AVX512F__)
+// ---------------------------------------------------------------------------------------------------------------
+// AVX-512 path: 16 keys per vector, R query rows per pass (the key/value vectors loaded once serve R rows, and the
+// dk / dv read-modify-writes happen once per R rows), the passes over a row fused so that the weights never leave
+// registers except for one store of P (and g in backward). Keys are compacted into [dh][np] buffers, np = n rounded
+// up to 16 and zero padded; the lanes past n are masked out of the max, the sums and the gradients.
+
+constexpr int kLanes = 16;
+
+inline int64_t round_up16(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// exp(x) for x <= 0 (Cephes expf: range reduction by n ln 2 in two parts, degree-5 polynomial, scale by 2^n).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, n);
+}
+
+// keep_factor for 16 keys at once, given their Weyl steps jw = j * 0x9E3779B9 (precomputed per task): the lanes
+// whose key is kept.
+inline __mmask16 keep16(uint32_t key, __m512i jw, int32_t threshold) {
+  __m512i x = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(key)), jw);
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu)));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int32_t>(0xC2B2AE35u)));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  return _mm512_cmplt_epi32_mask(_mm512_srli_epi32(x, 8), _mm512_set1_epi32(threshold));
+}
+
+inline __mmask16 lane_mask(int64_t t, int64_t n) {
+  const int64_t rem = n - t;
+  return rem >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
+}
+
+// Row stride of the [dh][.] and [R][.] buffers: np floats plus one cache line, so that rows np * 4 bytes apart
+// (2 KiB for 512 keys) do not all fall into the same few L1 sets (40 streams on 2 sets thrashed the backward).
+inline int64_t row_stride(int64_t np) { return np + kLanes; }
+
+// Like gather_keys, into [dh][ld] buffers (ld = row_stride(np), np = round_up16(n)) with zero padding; idx padded
+// with 0, jw = idx * 0x9E3779B9.
+inline int64_t gather_keys16(const Problem& pr, const View4& k, const View4& v, int64_t b, int64_t h, Buffers& buf,
+                             int64_t* np_out, int64_t* ld_out) {
+  const bool* valid = pr.valid + b * pr.Lk;
+  int64_t n = 0;
+  for (int64_t j = 0; j < pr.Lk; ++j)
+    if (valid[j]) buf.idx[n++] = static_cast<int32_t>(j);
+  const int64_t np = round_up16(n), ld = row_stride(np);
+  for (int64_t t = n; t < np; ++t) buf.idx[t] = 0;
+  for (int64_t t = 0; t < np; ++t) buf.jw[t] = static_cast<int32_t>(static_cast<uint32_t>(buf.idx[t]) * 0x9E3779B9u);
+  std::fill(buf.kt.begin(), buf.kt.begin() + pr.dh * ld, 0.0f);
+  std::fill(buf.vt.begin(), buf.vt.begin() + pr.dh * ld, 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t j = buf.idx[t];
+    for (int64_t d = 0; d < pr.dh; ++d) {
+      buf.kt[d * ld + t] = *k.at(b, h, j, d) * pr.scale;
+      buf.vt[d * ld + t] = *v.at(b, h, j, d);
+    }
+  }
+  *np_out = np;
+  *ld_out = ld;
+  return n;
+}
+
+// Rows i0 .. i0 + R - 1 of task (b, h).
+template <int DH, int R>
+inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, float* lse, int64_t b, int64_t h,
+                           int64_t i0, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  const int32_t* __restrict jw = buf.jw.data();
+  float* __restrict s = buf.s.data();  // [R][np]
+  float qi[R][DH];
+  #pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) qi[r][d] = *q.at(b, h, i0 + r, d);
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  __m512 mv[R];
+  #pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) mv[r] = neg_inf;
+  for (int64_t t = 0; t < np; t += kLanes) {
+    __m512 acc[R];
+    #pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    #pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      const __m512 kv = _mm512_loadu_ps(kt + d * ld + t);
+      #pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(qi[r][d]), kv, acc[r]);
+    }
+    const __mmask16 lm = lane_mask(t, n);
+    #pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm512_mask_blend_ps(lm, neg_inf, acc[r]);
+      _mm512_storeu_ps(s + r * ld + t, acc[r]);
+      mv[r] = _mm512_max_ps(mv[r], acc[r]);
+    }
+  }
+  __m512 m[R], l[R], o[R][DH];
+  uint32_t key[R];
+  #pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    m[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mv[r]));
+    l[r] = _mm512_setzero_ps();
+    #pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) o[r][d] = _mm512_setzero_ps();
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, i0 + r) : 0u;
+  }
+  for (int64_t t = 0; t < np; t += kLanes) {
+    const __mmask16 lm = lane_mask(t, n);
+    const __m512i jv = _mm512_loadu_si512(jw + t);
+    #pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      __m512 e = _mm512_maskz_mov_ps(lm, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + r * ld + t), m[r])));
+      l[r] = _mm512_add_ps(l[r], e);
+      if (pr.dropping) e = _mm512_maskz_mov_ps(keep16(key[r], jv, pr.threshold), e);
+      #pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) o[r][d] = _mm512_fmadd_ps(e, _mm512_loadu_ps(vt + d * ld + t), o[r][d]);
+    }
+  }
+  #pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    const float lsum = _mm512_reduce_add_ps(l[r]);
+    const float norm = pr.drop_scale / lsum;
+    #pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *out.at(b, h, i0 + r, d) = _mm512_reduce_add_ps(o[r][d]) * norm;
+    lse[(b * pr.H + h) * pr.Lq + i0 + r] = _mm512_reduce_max_ps(m[r]) + logf(lsum);
+  }
+}
+
+// Query rows per pass: the forward keeps R * DH output accumulators in registers (<= 20 of the 32), the backward
+// R * DH dq accumulators beside the 2 * DH dk / dv ones (R * DH <= 10).
+constexpr int fwd_rows_per_pass(int dh) { return dh <= 5 ? 4 : (dh <= 10 ? 2 : 1); }
+constexpr int bwd_rows_per_pass(int dh) { return dh <= 5 ? 2 : 1; }
+
+template <int DH>
+void forward_task16(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
+                    int64_t b, int64_t h, Buffers& buf) {
+  int64_t np = 0, ld = 0;
+  const int64_t n = gather_keys16(pr, k, v, b, h, buf, &np, &ld);
+  if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
+    for (int64_t i = 0; i < pr.Lq; ++i) {
+      #pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
+      lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
+    }
+    return;
+  }
+  constexpr int R = fwd_rows_per_pass(DH);
+  int64_t i = 0;
+  for (; i + R <= pr.Lq; i += R) forward_rows16<DH, R>(pr, q, out, lse, b, h, i, n, np, ld, buf);
+  for (; i < pr.Lq; ++i) forward_rows16<DH, 1>(pr, q, out, lse, b, h, i, n, np, ld, buf);
+}
+
+// One pass over the keys per R rows: D_i = sum_j P_j g_j equals dO_i . out_i (out_i = sum_j P_j z_j v_j), so it is
+// known before the pass (as in FlashAttention-2) and ds, dq, dk and dv come out of the same loop.
+template <int DH, int R>
+inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout, const View4& out, const float* lse,
+                            const View4& dq, int64_t b, int64_t h, int64_t i0, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  const int32_t* __restrict jw = buf.jw.data();
+  float* __restrict dkt = buf.dkt.data();
+  float* __restrict dvt = buf.dvt.data();
+  float qi[R][DH], doi[R][DH];
+  __m512 lsev[R], D[R], dqa[R][DH];
+  uint32_t key[R];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    float dsum = 0.0f;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      qi[r][d] = *q.at(b, h, i0 + r, d);
+      doi[r][d] = *dout.at(b, h, i0 + r, d);
+      dsum += doi[r][d] * *out.at(b, h, i0 + r, d);
+      dqa[r][d] = _mm512_setzero_ps();
+    }
+    lsev[r] = _mm512_set1_ps(lse[(b * pr.H + h) * pr.Lq + i0 + r]);
+    D[r] = _mm512_set1_ps(dsum);
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, i0 + r) : 0u;
+  }
+  const __m512 zs = _mm512_set1_ps(pr.drop_scale);
+  for (int64_t t = 0; t < np; t += kLanes) {
+    const __mmask16 lm = lane_mask(t, n);
+    const __m512i jv = _mm512_loadu_si512(jw + t);
+    __m512 dka[DH], dva[DH];
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) dka[d] = dva[d] = _mm512_setzero_ps();
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      __m512 sc = _mm512_setzero_ps(), gd = _mm512_setzero_ps();
+#pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) {
+        sc = _mm512_fmadd_ps(_mm512_set1_ps(qi[r][d]), _mm512_loadu_ps(kt + d * ld + t), sc);
+        gd = _mm512_fmadd_ps(_mm512_set1_ps(doi[r][d]), _mm512_loadu_ps(vt + d * ld + t), gd);
+      }
+      const __m512 p = _mm512_maskz_mov_ps(lm, exp512(_mm512_sub_ps(sc, lsev[r])));
+      const __m512 pz = pr.dropping ? _mm512_maskz_mul_ps(keep16(key[r], jv, pr.threshold), p, zs)
+                                    : _mm512_mul_ps(p, zs);
+      const __m512 ds = _mm512_fmsub_ps(pz, gd, _mm512_mul_ps(p, D[r]));  // P (z dO.v - D)
+#pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) {
+        dqa[r][d] = _mm512_fmadd_ps(ds, _mm512_loadu_ps(kt + d * ld + t), dqa[r][d]);
+        dka[d] = _mm512_fmadd_ps(ds, _mm512_set1_ps(qi[r][d]), dka[d]);
+        dva[d] = _mm512_fmadd_ps(pz, _mm512_set1_ps(doi[r][d]), dva[d]);
+      }
+    }
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      _mm512_storeu_ps(dkt + d * ld + t, _mm512_add_ps(_mm512_loadu_ps(dkt + d * ld + t), dka[d]));
+      _mm512_storeu_ps(dvt + d * ld + t, _mm512_add_ps(_mm512_loadu_ps(dvt + d * ld + t), dva[d]));
+    }
+  }
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *dq.at(b, h, i0 + r, d) = _mm512_reduce_add_ps(dqa[r][d]);  // kt has 1/sqrt(dh)
+}
+
+template <int DH>
+void backward_task16(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& dout,
+                     const View4& out, const float* lse, const View4& dq, const View4& dk, const View4& dv, int64_t b, int64_t h,
+                     Buffers& buf) {
+  int64_t np = 0, ld = 0;
+  const int64_t n = gather_keys16(pr, k, v, b, h, buf, &np, &ld);
+  if (n == 0) {
+    for (int64_t i = 0; i < pr.Lq; ++i)
+      #pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) *dq.at(b, h, i, d) = 0.0f;
+    return;
+  }
+  std::fill(buf.dkt.begin(), buf.dkt.begin() + DH * ld, 0.0f);
+  std::fill(buf.dvt.begin(), buf.dvt.begin() + DH * ld, 0.0f);
+  constexpr int R = bwd_rows_per_pass(DH);
+  int64_t i = 0;
+  for (; i + R <= pr.Lq; i += R) backward_rows16<DH, R>(pr, q, dout, out, lse, dq, b, h, i, n, np, ld, buf);
+  for (; i < pr.Lq; ++i) backward_rows16<DH, 1>(pr, q, dout, out, lse, dq, b, h, i, n, np, ld, buf);
+  const float* dkt = buf.dkt.data();
+  const float* dvt = buf.dvt.data();
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t j = buf.idx[t];
+    #pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      *dk.at(b, h, j, d) = dkt[d * ld + t] * pr.scale;
+      *dv.at(b, h, j, d) = dvt[d * ld + t];
+    }
+  }
+}
+#endif  // __AVX512F__
+
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "fused attention: q, k, v must be [B, h, L, dh]");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
@@ -318,31 +623,47 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
   dispatch_dh(pr.dh, [&](auto DH) {
     at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
       Buffers buf(pr, false);
-      for (int64_t task = begin; task < end; ++task)
-        forward_task<decltype(DH)::value>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
+      for (int64_t task = begin; task < end; ++task) {
+        constexpr int dh = decltype(DH)::value;
+#if defined(__AVX512F__)
+        if constexpr (dh > 0) {
+          forward_task16<dh>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
+          continue;
+        }
+#endif
+        forward_task<dh>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
+      }
     });
   });
   return {out, lse};
 }
 
 std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, const at::Tensor& valid, const at::Tensor& lse,
-                                           double p, int64_t seed) {
+                                           const at::Tensor& v, const at::Tensor& valid, const at::Tensor& out,
+                                           const at::Tensor& lse, double p, int64_t seed) {
   check_inputs(q, k, v, valid);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == at::kFloat, "fused attention: bad grad_out");
+  TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == at::kFloat, "fused attention: bad out");
   TORCH_CHECK(lse.is_contiguous() && lse.numel() == q.size(0) * q.size(1) * q.size(2), "fused attention: bad lse");
   const Problem pr = make_problem(q, k, valid, p, seed);
   at::Tensor dq = empty_bhld(q, pr.Lq, false);
   at::Tensor dk = empty_bhld(k, pr.Lk, true);  // padded keys keep zero gradients
   at::Tensor dv = empty_bhld(v, pr.Lk, true);
-  const View4 vq(q), vk(k), vv(v), vdo(dout), vdq(dq), vdk(dk), vdv(dv);
+  const View4 vq(q), vk(k), vv(v), vdo(dout), vout(out), vdq(dq), vdk(dk), vdv(dv);
   const float* lse_ptr = lse.data_ptr<float>();
   dispatch_dh(pr.dh, [&](auto DH) {
     at::parallel_for(0, pr.B * pr.H, 1, [&](int64_t begin, int64_t end) {
       Buffers buf(pr, true);
-      for (int64_t task = begin; task < end; ++task)
-        backward_task<decltype(DH)::value>(pr, vq, vk, vv, vdo, lse_ptr, vdq, vdk, vdv, task % pr.B,
-                                           task / pr.B, buf);
+      for (int64_t task = begin; task < end; ++task) {
+        constexpr int dh = decltype(DH)::value;
+#if defined(__AVX512F__)
+        if constexpr (dh > 0) {
+          backward_task16<dh>(pr, vq, vk, vv, vdo, vout, lse_ptr, vdq, vdk, vdv, task % pr.B, task / pr.B, buf);
+          continue;
+        }
+#endif
+        backward_task<dh>(pr, vq, vk, vv, vdo, lse_ptr, vdq, vdk, vdv, task % pr.B, task / pr.B, buf);
+      }
     });
   });
   return {dq, dk, dv};

@@ -70,6 +70,7 @@ SHAPES = [  # (B, h, Lq, Lk, dh): Lq != Lk both ways, MulT's dh = 5 and 10, dh =
     (2, 2, 5, 9, 3),
     (3, 4, 8, 12, 10),
     (1, 1, 4, 1, 64),
+    (2, 2, 11, 533, 5),  # over 512 keys: several 16-lane blocks and a ragged last one, 11 rows (not a multiple of 4)
 ]
 
 
@@ -83,7 +84,7 @@ def test_without_dropout_equals_reference(ext, shape, training: bool) -> None:
     check_against_reference(out, q, k, v, valid)
 
 
-@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("shape", [*SHAPES[:3], SHAPES[4], (2, 3, 9, 40, 10)])  # dh 5, 16, 10; keys > 2 x 16 lanes
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_dropout_equals_reference_with_the_kernel_mask(ext, shape, p: float) -> None:
     q, k, v, valid = inputs(*shape, seed=3)
