@@ -159,9 +159,13 @@ class MultiheadAttention(nn.Module):
         attention: ``"auto"`` (the fused CPU kernel where it runs, else torch), ``"fused_cpu"`` (the fused CPU
             kernel or an error), ``"torch"`` (PyTorch's kernels and the math path above).
 
+    ``query_mask`` (optional, forward) marks the padded query rows: the fused CPU kernel skips them (their
+    attention output is zero; the torch path computes them), which is exact wherever padded positions are inert
+    downstream, as in :class:`MulT` (their keys are masked and only each sample's last valid step is read).
+
     Shapes:
         query: ``[B, Lq, dim]``, mask: ``[B, 1, 1, Lk]`` additive (:func:`key_mask`), source: ``[B, Lk, dim]``
-        (``None``: self-attention, ``Lk = Lq``) -> ``[B, Lq, dim]``.
+        (``None``: self-attention, ``Lk = Lq``), query_mask: ``[B, 1, 1, Lq]`` additive -> ``[B, Lq, dim]``.
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, attention: AttentionImpl = "auto") -> None:
@@ -182,7 +186,8 @@ class MultiheadAttention(nn.Module):
         self.out_proj.reset_parameters()
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: Tensor, mask: Tensor, source: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, mask: Tensor, source: Tensor | None = None,
+                query_mask: Tensor | None = None) -> Tensor:
         B, Lq, d = query.shape
         h, dh = self.num_heads, d // self.num_heads
         if source is None:
@@ -195,7 +200,7 @@ class MultiheadAttention(nn.Module):
             kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
-        out = self._fused_cpu(q, k, v, mask, p)
+        out = self._fused_cpu(q, k, v, mask, p, query_mask)
         if out is not None:
             return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
         if p > 0 and not fused_dropout_supported(q.device):
@@ -204,11 +209,14 @@ class MultiheadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, h, Lq, dh]
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
-    def _fused_cpu(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor | None:
-        """The project's fused CPU kernel where ``attention`` and the inputs allow it, else ``None``.
+    def _fused_cpu(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float,
+                   query_mask: Tensor | None = None) -> Tensor | None:
+        """The project's fused CPU kernel where ``attention`` and the inputs allow it, else ``None``; it skips the
+        query rows that ``query_mask`` marks as padding (zero output there).
 
         Shapes:
-            q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]`` -> ``[B, h, Lq, dh]``.
+            q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]``, query_mask:
+            ``[B, 1, 1, Lq]`` (additive, like ``mask``) -> ``[B, h, Lq, dh]``.
         """
         if self.attention == "torch":
             return None
@@ -230,7 +238,8 @@ class MultiheadAttention(nn.Module):
             if forced:
                 raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
             return None
-        return kernels.fused_attention(q, k, v, valid, p, training=p > 0)
+        qvalid = None if query_mask is None else _valid_keys(query_mask, q.shape[0], q.shape[2])
+        return kernels.fused_attention(q, k, v, valid, p, training=p > 0, query_valid=qvalid)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}, attention={self.attention!r}"
@@ -270,9 +279,10 @@ class CrossmodalLayer(nn.Module):
         )
         self.res_drop = nn.Dropout(res_dropout)
 
-    def forward(self, target: Tensor, source_mask: Tensor, source: Tensor | None = None) -> Tensor:
+    def forward(self, target: Tensor, source_mask: Tensor, source: Tensor | None = None,
+                target_mask: Tensor | None = None) -> Tensor:
         q = self.norm_attn(target)
-        attended = self.attn(q, source_mask, None if source is None else self.norm_attn(source))
+        attended = self.attn(q, source_mask, None if source is None else self.norm_attn(source), target_mask)
         x = target + self.res_drop(attended)
         return x + self.res_drop(self.ff(self.norm_ff(x)))
 
@@ -322,11 +332,11 @@ class CrossmodalTransformer(nn.Module):
         x = self._embed(target)
         if source is None:
             for layer in self.layers:
-                x = layer(x, target_mask)
+                x = layer(x, target_mask, None, target_mask)
         else:
             src = self._embed(source)
             for layer in self.layers:
-                x = layer(x, source_mask, src)
+                x = layer(x, source_mask, src, target_mask)
         return self.norm(x)
 
 

@@ -139,8 +139,10 @@ def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, p: float, seed: int) -> Tensor:
-        out, lse = load_extension().forward(q, k, v, valid, p, seed)
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, qvalid: Tensor | None, p: float,
+                seed: int) -> Tensor:
+        out, lse = load_extension().forward(q, k, v, valid, qvalid, p, seed)
+        ctx.qvalid = qvalid
         ctx.save_for_backward(q, k, v, valid, out, lse)
         ctx.p, ctx.seed = p, seed
         return out
@@ -149,8 +151,8 @@ class _FusedAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, valid, out, lse = ctx.saved_tensors
-        dq, dk, dv = load_extension().backward(grad_out, q, k, v, valid, out, lse, ctx.p, ctx.seed)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = load_extension().backward(grad_out, q, k, v, valid, ctx.qvalid, out, lse, ctx.p, ctx.seed)
+        return dq, dk, dv, None, None, None, None
 
 
 def _draw_seed() -> int:
@@ -158,7 +160,14 @@ def _draw_seed() -> int:
 
 
 def fused_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float, training: bool, seed: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_valid: Tensor,
+    p: float,
+    training: bool,
+    seed: int | None = None,
+    query_valid: Tensor | None = None,
 ) -> Tensor:
     """``softmax(q k^T / sqrt(dh))`` over the valid keys, dropout ``p`` on the weights (training only), times ``v``.
 
@@ -172,9 +181,14 @@ def fused_attention(
         training: apply the dropout (``False``: ``p`` is ignored).
         seed: 64-bit dropout seed (:func:`dropout_keep_mask` materialises its mask); ``None`` draws one from
             torch's default CPU generator.
+        query_valid: True on the query rows to compute; the others are skipped (zero output, zero gradient for
+            their queries, no gradient from them to keys and values), which saves their work where padded rows
+            are inert downstream (MulT); ``None``: every row. The computed rows are exactly those of a call
+            without it (same keep decisions).
 
     Shapes:
-        q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]`` (any strides), key_valid: ``[B, Lk]`` bool ->
+        q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]`` (any strides), key_valid: ``[B, Lk]`` bool,
+        query_valid: ``[B, Lq]`` bool ->
         ``[B, h, Lq, dh]`` (stored as ``[B, Lq, h, dh]``, so ``out.transpose(1, 2).reshape(B, Lq, h * dh)`` is a
         view).
     """
@@ -190,7 +204,12 @@ def fused_attention(
         seed = 0
     elif seed is None:
         seed = _draw_seed()
-    return _FusedAttention.apply(q, k, v, key_valid.to(torch.bool).contiguous(), p, seed)
+    if query_valid is not None:
+        if tuple(query_valid.shape) != (q.shape[0], q.shape[2]):
+            raise ValueError(f"fused_attention: query_valid must be [B, Lq] = {(q.shape[0], q.shape[2])}, got "
+                             f"{tuple(query_valid.shape)}")
+        query_valid = query_valid.to(torch.bool).contiguous()
+    return _FusedAttention.apply(q, k, v, key_valid.to(torch.bool).contiguous(), query_valid, p, seed)
 
 
 def dropout_keep_mask(seed: int, shape: tuple[int, int, int, int], p: float) -> Tensor:

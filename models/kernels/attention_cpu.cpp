@@ -29,6 +29,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 
@@ -113,12 +114,14 @@ struct Problem {
   int32_t threshold;
   uint64_t seed;
   const bool* valid;  // [B, Lk], true = valid key
+  const bool* qvalid;  // [B, Lq], true = a query row to compute; nullptr: every row
+  inline bool row_on(int64_t b, int64_t i) const { return qvalid == nullptr || qvalid[b * Lq + i]; }
 };
 
 // Per-thread buffers, reused over the (b, h) tasks of one parallel chunk.
 struct Buffers {
   std::vector<float> kt, vt, dkt, dvt, s, p, g;
-  std::vector<int32_t> idx, jw;  // jw: the Weyl steps idx * 0x9E3779B9 of the AVX-512 path's keep decisions
+  std::vector<int32_t> idx, jw, rows;  // rows: the task's query rows to compute (AVX-512 path)  // jw: the Weyl steps idx * 0x9E3779B9 of the AVX-512 path's keep decisions
   // Sized for both paths: keys padded to a multiple of 16, up to 4 query rows per pass (the AVX-512 path).
   explicit Buffers(const Problem& pr, bool backward) {
     const int64_t lp = (pr.Lk + 15) / 16 * 16 + 16;  // + the AVX-512 path's row padding
@@ -127,6 +130,7 @@ struct Buffers {
     s.resize(4 * lp);
     idx.resize(lp);
     jw.resize(lp);
+    rows.resize(pr.Lq);
     if (backward) {
       p.resize(4 * lp);
       g.resize(4 * lp);
@@ -179,7 +183,7 @@ void forward_task(const Problem& pr, const View4& q, const View4& k, const View4
   float qi[kMaxHeadDim];
   for (int64_t i = 0; i < pr.Lq; ++i) {
     float* lse_i = lse + (b * pr.H + h) * pr.Lq + i;
-    if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
+    if (n == 0 || !pr.row_on(b, i)) {  // no valid key (callers guarantee one) or a row not asked for: zero output
       for (int d = 0; d < dh; ++d) *out.at(b, h, i, d) = 0.0f;
       *lse_i = 0.0f;
       continue;
@@ -229,7 +233,7 @@ void backward_task(const Problem& pr, const View4& q, const View4& k, const View
   std::fill(dvt, dvt + dh * n, 0.0f);
   float qi[kMaxHeadDim], doi[kMaxHeadDim];
   for (int64_t i = 0; i < pr.Lq; ++i) {
-    if (n == 0) {
+    if (n == 0 || !pr.row_on(b, i)) {
       for (int d = 0; d < dh; ++d) *dq.at(b, h, i, d) = 0.0f;
       continue;
     }
@@ -369,10 +373,18 @@ inline int64_t gather_keys16(const Problem& pr, const View4& k, const View4& v, 
   return n;
 }
 
-// Rows i0 .. i0 + R - 1 of task (b, h).
+// The query rows of sample b to compute, into buf.rows; returns their count.
+inline int64_t query_rows(const Problem& pr, int64_t b, Buffers& buf) {
+  int64_t nr = 0;
+  for (int64_t i = 0; i < pr.Lq; ++i)
+    if (pr.row_on(b, i)) buf.rows[nr++] = static_cast<int32_t>(i);
+  return nr;
+}
+
+// Query rows rows[0 .. R - 1] of task (b, h).
 template <int DH, int R>
 inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, float* lse, int64_t b, int64_t h,
-                           int64_t i0, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+                           const int32_t* rows, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
   const float* __restrict kt = buf.kt.data();
   const float* __restrict vt = buf.vt.data();
   const int32_t* __restrict jw = buf.jw.data();
@@ -381,7 +393,7 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
   #pragma GCC unroll 64
   for (int r = 0; r < R; ++r)
     #pragma GCC unroll 64
-    for (int d = 0; d < DH; ++d) qi[r][d] = *q.at(b, h, i0 + r, d);
+    for (int d = 0; d < DH; ++d) qi[r][d] = *q.at(b, h, rows[r], d);
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
   __m512 mv[R];
   #pragma GCC unroll 64
@@ -412,7 +424,7 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
     l[r] = _mm512_setzero_ps();
     #pragma GCC unroll 64
     for (int d = 0; d < DH; ++d) o[r][d] = _mm512_setzero_ps();
-    key[r] = pr.dropping ? row_key(pr.seed, b, h, i0 + r) : 0u;
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, rows[r]) : 0u;
   }
   for (int64_t t = 0; t < np; t += kLanes) {
     const __mmask16 lm = lane_mask(t, n);
@@ -431,8 +443,8 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
     const float lsum = _mm512_reduce_add_ps(l[r]);
     const float norm = pr.drop_scale / lsum;
     #pragma GCC unroll 64
-    for (int d = 0; d < DH; ++d) *out.at(b, h, i0 + r, d) = _mm512_reduce_add_ps(o[r][d]) * norm;
-    lse[(b * pr.H + h) * pr.Lq + i0 + r] = _mm512_reduce_max_ps(m[r]) + logf(lsum);
+    for (int d = 0; d < DH; ++d) *out.at(b, h, rows[r], d) = _mm512_reduce_add_ps(o[r][d]) * norm;
+    lse[(b * pr.H + h) * pr.Lq + rows[r]] = _mm512_reduce_max_ps(m[r]) + logf(lsum);
   }
 }
 
@@ -454,17 +466,25 @@ void forward_task16(const Problem& pr, const View4& q, const View4& k, const Vie
     }
     return;
   }
+  const int64_t nr = query_rows(pr, b, buf);
+  for (int64_t i = 0; i < pr.Lq; ++i) {  // rows not asked for: zero output
+    if (pr.row_on(b, i)) continue;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
+    lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
+  }
   constexpr int R = fwd_rows_per_pass(DH);
-  int64_t i = 0;
-  for (; i + R <= pr.Lq; i += R) forward_rows16<DH, R>(pr, q, out, lse, b, h, i, n, np, ld, buf);
-  for (; i < pr.Lq; ++i) forward_rows16<DH, 1>(pr, q, out, lse, b, h, i, n, np, ld, buf);
+  const int32_t* rows = buf.rows.data();
+  int64_t g = 0;
+  for (; g + R <= nr; g += R) forward_rows16<DH, R>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
+  for (; g < nr; ++g) forward_rows16<DH, 1>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
 }
 
 // One pass over the keys per R rows: D_i = sum_j P_j g_j equals dO_i . out_i (out_i = sum_j P_j z_j v_j), so it is
 // known before the pass (as in FlashAttention-2) and ds, dq, dk and dv come out of the same loop.
 template <int DH, int R>
 inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout, const View4& out, const float* lse,
-                            const View4& dq, int64_t b, int64_t h, int64_t i0, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+                            const View4& dq, int64_t b, int64_t h, const int32_t* rows, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
   const float* __restrict kt = buf.kt.data();
   const float* __restrict vt = buf.vt.data();
   const int32_t* __restrict jw = buf.jw.data();
@@ -478,14 +498,14 @@ inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout
     float dsum = 0.0f;
 #pragma GCC unroll 64
     for (int d = 0; d < DH; ++d) {
-      qi[r][d] = *q.at(b, h, i0 + r, d);
-      doi[r][d] = *dout.at(b, h, i0 + r, d);
-      dsum += doi[r][d] * *out.at(b, h, i0 + r, d);
+      qi[r][d] = *q.at(b, h, rows[r], d);
+      doi[r][d] = *dout.at(b, h, rows[r], d);
+      dsum += doi[r][d] * *out.at(b, h, rows[r], d);
       dqa[r][d] = _mm512_setzero_ps();
     }
-    lsev[r] = _mm512_set1_ps(lse[(b * pr.H + h) * pr.Lq + i0 + r]);
+    lsev[r] = _mm512_set1_ps(lse[(b * pr.H + h) * pr.Lq + rows[r]]);
     D[r] = _mm512_set1_ps(dsum);
-    key[r] = pr.dropping ? row_key(pr.seed, b, h, i0 + r) : 0u;
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, rows[r]) : 0u;
   }
   const __m512 zs = _mm512_set1_ps(pr.drop_scale);
   for (int64_t t = 0; t < np; t += kLanes) {
@@ -522,7 +542,7 @@ inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout
 #pragma GCC unroll 64
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 64
-    for (int d = 0; d < DH; ++d) *dq.at(b, h, i0 + r, d) = _mm512_reduce_add_ps(dqa[r][d]);  // kt has 1/sqrt(dh)
+    for (int d = 0; d < DH; ++d) *dq.at(b, h, rows[r], d) = _mm512_reduce_add_ps(dqa[r][d]);  // kt has 1/sqrt(dh)
 }
 
 template <int DH>
@@ -539,10 +559,17 @@ void backward_task16(const Problem& pr, const View4& q, const View4& k, const Vi
   }
   std::fill(buf.dkt.begin(), buf.dkt.begin() + DH * ld, 0.0f);
   std::fill(buf.dvt.begin(), buf.dvt.begin() + DH * ld, 0.0f);
+  const int64_t nr = query_rows(pr, b, buf);
+  for (int64_t i = 0; i < pr.Lq; ++i) {  // rows not asked for: zero gradient
+    if (pr.row_on(b, i)) continue;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *dq.at(b, h, i, d) = 0.0f;
+  }
   constexpr int R = bwd_rows_per_pass(DH);
-  int64_t i = 0;
-  for (; i + R <= pr.Lq; i += R) backward_rows16<DH, R>(pr, q, dout, out, lse, dq, b, h, i, n, np, ld, buf);
-  for (; i < pr.Lq; ++i) backward_rows16<DH, 1>(pr, q, dout, out, lse, dq, b, h, i, n, np, ld, buf);
+  const int32_t* rows = buf.rows.data();
+  int64_t g = 0;
+  for (; g + R <= nr; g += R) backward_rows16<DH, R>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
+  for (; g < nr; ++g) backward_rows16<DH, 1>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
   const float* dkt = buf.dkt.data();
   const float* dvt = buf.dvt.data();
   for (int64_t t = 0; t < n; ++t) {
@@ -573,7 +600,16 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "fused attention: key mask must be a contiguous bool [B, Lk] tensor");
 }
 
-Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, double p, int64_t seed) {
+void check_query_mask(const at::Tensor& q, const std::optional<at::Tensor>& qvalid) {
+  if (!qvalid.has_value()) return;
+  const at::Tensor& m = *qvalid;
+  TORCH_CHECK(m.device().is_cpu() && m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == q.size(0) &&
+                  m.size(1) == q.size(2) && m.is_contiguous(),
+              "fused attention: query mask must be a contiguous bool [B, Lq] tensor");
+}
+
+Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
+                     const std::optional<at::Tensor>& qvalid, double p, int64_t seed) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "fused attention: dropout must be in [0, 1)");
   Problem pr;
   pr.B = q.size(0);
@@ -587,6 +623,7 @@ Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   pr.drop_scale = p > 0.0 ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
   pr.seed = static_cast<uint64_t>(seed);
   pr.valid = valid.data_ptr<bool>();
+  pr.qvalid = qvalid.has_value() ? qvalid->data_ptr<bool>() : nullptr;
   return pr;
 }
 
@@ -613,9 +650,11 @@ void dispatch_dh(int64_t dh, F&& f) {
 }
 
 std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                          const at::Tensor& valid, double p, int64_t seed) {
+                                          const at::Tensor& valid, const std::optional<at::Tensor>& qvalid,
+                                          double p, int64_t seed) {
   check_inputs(q, k, v, valid);
-  const Problem pr = make_problem(q, k, valid, p, seed);
+  check_query_mask(q, qvalid);
+  const Problem pr = make_problem(q, k, valid, qvalid, p, seed);
   at::Tensor out = empty_bhld(q, pr.Lq, false);
   at::Tensor lse = at::empty({pr.B, pr.H, pr.Lq}, q.options());
   const View4 vq(q), vk(k), vv(v), vo(out);
@@ -639,13 +678,15 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
 }
 
 std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, const at::Tensor& valid, const at::Tensor& out,
+                                           const at::Tensor& v, const at::Tensor& valid,
+                                           const std::optional<at::Tensor>& qvalid, const at::Tensor& out,
                                            const at::Tensor& lse, double p, int64_t seed) {
   check_inputs(q, k, v, valid);
+  check_query_mask(q, qvalid);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == at::kFloat, "fused attention: bad grad_out");
   TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == at::kFloat, "fused attention: bad out");
   TORCH_CHECK(lse.is_contiguous() && lse.numel() == q.size(0) * q.size(1) * q.size(2), "fused attention: bad lse");
-  const Problem pr = make_problem(q, k, valid, p, seed);
+  const Problem pr = make_problem(q, k, valid, qvalid, p, seed);
   at::Tensor dq = empty_bhld(q, pr.Lq, false);
   at::Tensor dk = empty_bhld(k, pr.Lk, true);  // padded keys keep zero gradients
   at::Tensor dv = empty_bhld(v, pr.Lk, true);

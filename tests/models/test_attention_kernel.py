@@ -245,3 +245,33 @@ def test_ninja_next_to_the_interpreter_is_found_without_an_activated_venv(tmp_pa
     with kernels._ninja_on_path():
         assert os.environ["PATH"].split(os.pathsep)[0] == str(fake_bin)
     assert os.environ["PATH"] == "/nonexistent"
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 7, 11, 5), (2, 3, 13, 40, 10), (2, 2, 9, 20, 16), (2, 2, 6, 9, 3)])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_skipped_query_rows_are_zero_and_the_others_unchanged(ext, shape, p: float) -> None:
+    """query_valid: rows off get zero output and zero dq and send no gradient to k / v; rows on equal a full call
+    (same dropout keep decisions), for the AVX-512 widths and a generic one (dh = 3)."""
+    q, k, v, valid = inputs(*shape, seed=5)
+    B, Lq = q.shape[0], q.shape[2]
+    g = torch.Generator().manual_seed(2)
+    qvalid = torch.rand(B, Lq, generator=g) < 0.6
+    qvalid[0, 0], qvalid[-1, -1] = True, False  # both kinds present
+    seed = 99
+    full = kernels.fused_attention(q, k, v, valid, p, training=True, seed=seed)
+    part = kernels.fused_attention(q, k, v, valid, p, training=True, seed=seed, query_valid=qvalid)
+    on = qvalid[:, None, :, None].expand_as(full)
+    torch.testing.assert_close(part[on], full[on], rtol=0, atol=0)
+    assert (part[~on] == 0).all()
+    grad = torch.randn(full.shape, generator=g)
+    want = torch.autograd.grad(full, (q, k, v), grad * on)  # the full call with the skipped rows' gradient cut
+    got = torch.autograd.grad(part, (q, k, v), grad)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"d{name}")
+    assert (got[0][~on] == 0).all()
+
+
+def test_query_mask_of_the_wrong_shape_is_refused(ext) -> None:
+    q, k, v, valid = inputs(2, 2, 5, 7, 5)
+    with pytest.raises(ValueError, match=r"query_valid must be \[B, Lq\]"):
+        kernels.fused_attention(q, k, v, valid, 0.0, training=False, query_valid=torch.ones(2, 7, dtype=torch.bool))

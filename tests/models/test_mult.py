@@ -31,7 +31,7 @@ class ReferenceAttention(nn.Module):
         self.mha = nn.MultiheadAttention(fast.dim, fast.num_heads, dropout=fast.dropout, batch_first=True)
         self.mha.load_state_dict(fast.state_dict())
 
-    def forward(self, query, mask, source=None):
+    def forward(self, query, mask, source=None, query_mask=None):  # computes every query row: padding must be inert
         kv = query if source is None else source
         pad = torch.isinf(mask[:, 0, 0])
         return self.mha(query, kv, kv, key_padding_mask=pad, need_weights=False)[0]
