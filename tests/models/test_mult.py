@@ -179,7 +179,7 @@ def test_dropout_path_equals_fused_path_when_nothing_is_dropped(attention: str) 
 
 def test_accelerators_take_the_fused_kernel_with_dropout(monkeypatch) -> None:
     """Where the fused kernels accept dropout (CUDA), training attention goes through SDPA with ``dropout_p``."""
-    import models.mult as mult
+    from models import mult
 
     assert not mult.fused_dropout_supported(torch.device("cpu"))
     assert mult.fused_dropout_supported(torch.device("cuda"))
