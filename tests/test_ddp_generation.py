@@ -222,14 +222,14 @@ def test_cli_generation_under_ddp_writes_every_job_once_like_one_process(ldm_fit
     # a rerun generates nothing
     _generate_nothing(ddp, lambda: _predict(ldm_fit, "aug_ddp", 2))
     # one process: the same jobs with the same seeds, classes and files
-    _, summary_one = _predict(ldm_fit, "aug_one", 1)
+    _predict(ldm_fit, "aug_one", 1)
     one = ldm_fit["tmp"] / "aug_one"
     fields = ("job_index", "seed", "class", "attempt", "status", "file", "steps", "guidance", "checkpoint_sha256")
     assert [{k: r[k] for k in fields} for r in _records(one)] == [{k: r[k] for k in fields} for r in recs]
     # the images: an image depends on (label, seed, steps, guidance) only (models.diffusion.sample_latents), but
     # the two runs batch the jobs differently ([0, 1], [2, 3], ... vs rank 0's [0, 2], [4, 6] and rank 1's
     # [1, 3], [5]); CPU kernels may round differently per batch shape, so allow one grey level
-    for rel, data in _pngs(one).items():
+    for rel in _pngs(one):
         a = np.asarray(Image.open(ddp / rel), dtype=np.int16)
         b = np.asarray(Image.open(one / rel), dtype=np.int16)
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, rel

@@ -15,6 +15,7 @@ from metrics.generation import QualityFilter
 from models.frozen_classifier import FrozenImageEncoder
 from tests.helpers.generation import CLASSES, COUNTS, FakeGenerator, MeanQuality, SeededGenerator
 
+
 def fingerprint(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
             if p.is_file()}
