@@ -275,3 +275,25 @@ def test_query_mask_of_the_wrong_shape_is_refused(ext) -> None:
     q, k, v, valid = inputs(2, 2, 5, 7, 5)
     with pytest.raises(ValueError, match=r"query_valid must be \[B, Lq\]"):
         kernels.fused_attention(q, k, v, valid, 0.0, training=False, query_valid=torch.ones(2, 7, dtype=torch.bool))
+
+
+@pytest.mark.slow
+def test_portable_path_without_avx512_equals_reference(ext, monkeypatch) -> None:
+    """The portable loops (CPUs without AVX-512, e.g. many AMD and older Intel machines), built here with
+    ``-mno-avx512f`` under another name: the same reference checks, dropout and skipped query rows included."""
+    from torch.utils.cpp_extension import load
+
+    try:
+        portable = load(name=f"affect_attention_portable_{kernels._cpu_tag()}", sources=[str(kernels._SOURCE)],
+                        extra_cflags=[*kernels._FLAGS, "-mno-avx512f"], extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as err:  # noqa: BLE001 - a compiler refusing the flag (non-x86): nothing to check
+        pytest.skip(f"the portable build is not possible here: {err}")
+    monkeypatch.setattr(kernels, "load_extension", lambda: portable)
+    for shape in SHAPES:
+        for p in (0.0, 0.3):
+            q, k, v, valid = inputs(*shape, seed=3)
+            keep = kernels.dropout_keep_mask(7, (*q.shape[:3], k.shape[2]), p) if p else None
+            out = kernels.fused_attention(q, k, v, valid, p, training=True, seed=7)
+            check_against_reference(out, q, k, v, valid, keep, p)
+    for shape in [(3, 2, 7, 11, 5), (2, 3, 13, 40, 10), (2, 2, 6, 9, 3)]:
+        test_skipped_query_rows_are_zero_and_the_others_unchanged(portable, shape, 0.3)
