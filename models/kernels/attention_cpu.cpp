@@ -140,19 +140,33 @@ struct Buffers {
   }
 };
 
-// Compacts sample b's valid keys of head h into kt (pre-scaled by 1/sqrt(dh)) and vt, both [dh][n].
-inline int64_t gather_keys(const Problem& pr, const View4& k, const View4& v, int64_t b, int64_t h, Buffers& buf) {
+// Compacts sample b's valid keys of head h into kt (pre-scaled by 1/sqrt(dh)) and vt, both [dh][ld]. Portable
+// path (lanes = 1): ld = np = n. AVX-512 path (lanes = 16): np = n rounded up to 16, ld = np + 16 (one cache line
+// more, so that rows np * 4 bytes apart, 2 KiB for 512 keys, do not all fall into the same few L1 sets), zero
+// padding, idx padded with 0 and jw = idx * 0x9E3779B9 (the Weyl steps of the keep decisions).
+inline int64_t gather_keys(const Problem& pr, const View4& k, const View4& v, int64_t b, int64_t h, Buffers& buf,
+                           int lanes, int64_t* np_out, int64_t* ld_out) {
   const bool* valid = pr.valid + b * pr.Lk;
   int64_t n = 0;
   for (int64_t j = 0; j < pr.Lk; ++j)
     if (valid[j]) buf.idx[n++] = static_cast<int32_t>(j);
+  const int64_t np = lanes > 1 ? (n + lanes - 1) / lanes * lanes : n;
+  const int64_t ld = lanes > 1 ? np + lanes : n;
+  if (lanes > 1) {
+    for (int64_t t = n; t < np; ++t) buf.idx[t] = 0;
+    for (int64_t t = 0; t < np; ++t) buf.jw[t] = static_cast<int32_t>(static_cast<uint32_t>(buf.idx[t]) * 0x9E3779B9u);
+    std::fill(buf.kt.begin(), buf.kt.begin() + pr.dh * ld, 0.0f);
+    std::fill(buf.vt.begin(), buf.vt.begin() + pr.dh * ld, 0.0f);
+  }
   for (int64_t t = 0; t < n; ++t) {
     const int64_t j = buf.idx[t];
     for (int64_t d = 0; d < pr.dh; ++d) {
-      buf.kt[d * n + t] = *k.at(b, h, j, d) * pr.scale;
-      buf.vt[d * n + t] = *v.at(b, h, j, d);
+      buf.kt[d * ld + t] = *k.at(b, h, j, d) * pr.scale;
+      buf.vt[d * ld + t] = *v.at(b, h, j, d);
     }
   }
+  *np_out = np;
+  *ld_out = ld;
   return n;
 }
 
@@ -175,7 +189,10 @@ template <int DH>
 void forward_task(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
                   int64_t b, int64_t h, Buffers& buf) {
   const int dh = DH > 0 ? DH : static_cast<int>(pr.dh);
-  const int64_t n = gather_keys(pr, k, v, b, h, buf);
+  int64_t np = 0, ld = 0;  // both n here
+  const int64_t n = gather_keys(pr, k, v, b, h, buf, 1, &np, &ld);
+  (void)np;
+  (void)ld;
   float* __restrict s = buf.s.data();
   const int32_t* __restrict idx = buf.idx.data();
   const float* __restrict kt = buf.kt.data();
@@ -220,7 +237,10 @@ void backward_task(const Problem& pr, const View4& q, const View4& k, const View
                    const float* lse, const View4& dq, const View4& dk, const View4& dv, int64_t b, int64_t h,
                    Buffers& buf) {
   const int dh = DH > 0 ? DH : static_cast<int>(pr.dh);
-  const int64_t n = gather_keys(pr, k, v, b, h, buf);
+  int64_t np = 0, ld = 0;  // both n here
+  const int64_t n = gather_keys(pr, k, v, b, h, buf, 1, &np, &ld);
+  (void)np;
+  (void)ld;
   float* __restrict s = buf.s.data();
   float* __restrict pz = buf.p.data();
   float* __restrict g = buf.g.data();
@@ -307,8 +327,6 @@ void backward_task(const Problem& pr, const View4& q, const View4& k, const View
 
 constexpr int kLanes = 16;
 
-inline int64_t round_up16(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
-
 // exp(x) for x <= 0 (Cephes expf: range reduction by n ln 2 in two parts, degree-5 polynomial, scale by 2^n).
 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
@@ -342,35 +360,6 @@ inline __mmask16 keep16(uint32_t key, __m512i jw, int32_t threshold) {
 inline __mmask16 lane_mask(int64_t t, int64_t n) {
   const int64_t rem = n - t;
   return rem >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
-}
-
-// Row stride of the [dh][.] and [R][.] buffers: np floats plus one cache line, so that rows np * 4 bytes apart
-// (2 KiB for 512 keys) do not all fall into the same few L1 sets (40 streams on 2 sets thrashed the backward).
-inline int64_t row_stride(int64_t np) { return np + kLanes; }
-
-// Like gather_keys, into [dh][ld] buffers (ld = row_stride(np), np = round_up16(n)) with zero padding; idx padded
-// with 0, jw = idx * 0x9E3779B9.
-inline int64_t gather_keys16(const Problem& pr, const View4& k, const View4& v, int64_t b, int64_t h, Buffers& buf,
-                             int64_t* np_out, int64_t* ld_out) {
-  const bool* valid = pr.valid + b * pr.Lk;
-  int64_t n = 0;
-  for (int64_t j = 0; j < pr.Lk; ++j)
-    if (valid[j]) buf.idx[n++] = static_cast<int32_t>(j);
-  const int64_t np = round_up16(n), ld = row_stride(np);
-  for (int64_t t = n; t < np; ++t) buf.idx[t] = 0;
-  for (int64_t t = 0; t < np; ++t) buf.jw[t] = static_cast<int32_t>(static_cast<uint32_t>(buf.idx[t]) * 0x9E3779B9u);
-  std::fill(buf.kt.begin(), buf.kt.begin() + pr.dh * ld, 0.0f);
-  std::fill(buf.vt.begin(), buf.vt.begin() + pr.dh * ld, 0.0f);
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t j = buf.idx[t];
-    for (int64_t d = 0; d < pr.dh; ++d) {
-      buf.kt[d * ld + t] = *k.at(b, h, j, d) * pr.scale;
-      buf.vt[d * ld + t] = *v.at(b, h, j, d);
-    }
-  }
-  *np_out = np;
-  *ld_out = ld;
-  return n;
 }
 
 // The query rows of sample b to compute, into buf.rows; returns their count.
@@ -457,7 +446,7 @@ template <int DH>
 void forward_task16(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
                     int64_t b, int64_t h, Buffers& buf) {
   int64_t np = 0, ld = 0;
-  const int64_t n = gather_keys16(pr, k, v, b, h, buf, &np, &ld);
+  const int64_t n = gather_keys(pr, k, v, b, h, buf, kLanes, &np, &ld);
   if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
     for (int64_t i = 0; i < pr.Lq; ++i) {
       #pragma GCC unroll 64
@@ -550,7 +539,7 @@ void backward_task16(const Problem& pr, const View4& q, const View4& k, const Vi
                      const View4& out, const float* lse, const View4& dq, const View4& dk, const View4& dv, int64_t b, int64_t h,
                      Buffers& buf) {
   int64_t np = 0, ld = 0;
-  const int64_t n = gather_keys16(pr, k, v, b, h, buf, &np, &ld);
+  const int64_t n = gather_keys(pr, k, v, b, h, buf, kLanes, &np, &ld);
   if (n == 0) {
     for (int64_t i = 0; i < pr.Lq; ++i)
       #pragma GCC unroll 64
