@@ -9,7 +9,9 @@ random valid lengths of 30-100 % of the audio/vision steps for our models, which
 padded tensors as MMSA does). Both MulTs use MMSA's ``config_regression.json`` MOSI ``mult`` hyper-parameters
 (width 50, 10 heads, 4 levels, kernels 5, its dropouts) and Adam; a train step is forward + L1 loss + backward +
 ``optimizer.step()``. The two MulTs are timed **interleaved, round by round** (after warm-up steps), so load
-drifts hit both; the median step of each gives samples/s and the ratio. FLOPs per sample (forward + backward) come
+drifts hit both; in a round each model runs ``--steps-per-round`` consecutive steps and the first is not timed (it
+follows another model's step, with cold caches and an allocator shaped by that model, which a training run that
+repeats one model's step does not see); the median timed step of each gives samples/s and the ratio. FLOPs per sample (forward + backward) come
 from ``torch.utils.flop_counter.FlopCounterMode`` and, with our median step time, give our FLOP rate against the fp32
 matmul peak (``--peak-gflops``, 185 measured on the project's 2-core machine). HGCL (default hyper-parameters),
 TFN and LMF (MMSA-sized defaults) are timed the same way on the same batch.
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps-per-round", type=int, default=3,
+                   help="consecutive steps of a model per round; the first (the switch from another model: cold "
+                        "caches and allocator) is not timed, as a training run repeats one model's step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peak-gflops", type=float, default=185.0, help="fp32 matmul peak of the machine")
     p.add_argument("--attention", nargs="+", choices=["auto", "torch"], default=["auto"],
@@ -164,14 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.warmup):
             steps[name]()
     times: dict[str, list[float]] = {name: [] for name in models}
+    if a.steps_per_round < 1:
+        p.error("--steps-per-round must be >= 1")
     for r in range(a.rounds):  # interleaved: every model once per round
         for name in models:
-            times[name].append(steps[name]())
+            if a.steps_per_round == 1:
+                times[name].append(steps[name]())
+                continue
+            steps[name]()  # after another model's step: not timed
+            times[name].extend(steps[name]() for _ in range(a.steps_per_round - 1))
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{n} {1e3 * t[-1]:.0f} ms" for n, t in times.items()),
               flush=True)
     B = a.batch_size
     print(f"\nTrain steps on one unaligned MOSI-shaped batch (text {LENS['text']}, audio {LENS['audio']}, vision "
-          f"{LENS['vision']} steps), batch {B}, {a.threads} threads, median of {a.rounds} interleaved rounds")
+          f"{LENS['vision']} steps), batch {B}, {a.threads} threads, median over {a.rounds} interleaved rounds of "
+          f"{max(1, a.steps_per_round - 1)} timed step(s) each")
     print(f"{'model':<24} {'samples/s':>10} {'step ms':>9} {'GFLOP/sample':>13} {'GFLOP/s':>8}")
     rate = {}
     for name in models:
