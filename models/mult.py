@@ -238,7 +238,12 @@ class MultiheadAttention(nn.Module):
             if forced:
                 raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
             return None
-        qvalid = None if query_mask is None else _valid_keys(query_mask, q.shape[0], q.shape[2])
+        if query_mask is None:
+            qvalid = None
+        elif query_mask is mask:  # self-attention: the query rows are the keys, already converted
+            qvalid = valid
+        else:
+            qvalid = _valid_keys(query_mask, q.shape[0], q.shape[2])
         return kernels.fused_attention(q, k, v, valid, p, training=p > 0, query_valid=qvalid)
 
     def extra_repr(self) -> str:

@@ -406,10 +406,12 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
     }
   }
   __m512 m[R], l[R], o[R][DH];
+  float mrow[R];
   uint32_t key[R];
   #pragma GCC unroll 64
   for (int r = 0; r < R; ++r) {
-    m[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mv[r]));
+    mrow[r] = _mm512_reduce_max_ps(mv[r]);
+    m[r] = _mm512_set1_ps(mrow[r]);
     l[r] = _mm512_setzero_ps();
     #pragma GCC unroll 64
     for (int d = 0; d < DH; ++d) o[r][d] = _mm512_setzero_ps();
@@ -433,7 +435,7 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
     const float norm = pr.drop_scale / lsum;
     #pragma GCC unroll 64
     for (int d = 0; d < DH; ++d) *out.at(b, h, rows[r], d) = _mm512_reduce_add_ps(o[r][d]) * norm;
-    lse[(b * pr.H + h) * pr.Lq + rows[r]] = _mm512_reduce_max_ps(m[r]) + logf(lsum);
+    lse[(b * pr.H + h) * pr.Lq + rows[r]] = mrow[r] + logf(lsum);
   }
 }
 
