@@ -21,11 +21,17 @@ Works on unaligned sequences: attention masks exclude every padded key, and the 
 last valid step. Two documented deviations from the reference code, both to make padding exactly inert: the
 convolutions use "same" zero padding on zeroed padded steps (the reference uses ``padding=0``, which shortens the
 sequences by ``kernel_size - 1``), and no causal attention mask is used.
+
+Cost: every row-wise part (projections, LayerNorm, feed-forward, residuals) runs on the valid steps only
+(:class:`~models.msa_utils.RowPacking`), attention skips padded queries and keys, and the last layer of each
+memory transformer computes only the step that is read; the outputs at the valid steps are those of the padded
+computation, which spends a third or more of its work on MMSA's unaligned padding.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -34,7 +40,7 @@ from torch import Tensor, nn
 
 from common.choices import check_choices
 from models import kernels
-from models.msa_utils import MODALITIES, check_feature_dims, last_valid, zero_padding
+from models.msa_utils import MODALITIES, RowPacking, check_feature_dims, zero_padding
 
 __all__ = ["MulT", "MultiheadAttention", "dropout_keep_mask", "fused_dropout_supported", "key_mask"]
 
@@ -189,62 +195,93 @@ class MultiheadAttention(nn.Module):
     def forward(self, query: Tensor, mask: Tensor, source: Tensor | None = None,
                 query_mask: Tensor | None = None) -> Tensor:
         B, Lq, d = query.shape
-        h, dh = self.num_heads, d // self.num_heads
-        if source is None:
-            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias).view(B, Lq, 3, h, dh)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, L, dh], views
-        else:
-            w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
-            b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
-            q = F.linear(query, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)
-            kv = F.linear(source, w_kv, b_kv).view(B, source.shape[1], 2, h, dh)
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        p = self.dropout if self.training else 0.0
-        out = self._fused_cpu(q, k, v, mask, p, query_mask)
-        if out is not None:
-            return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
-        if p > 0 and not fused_dropout_supported(q.device):
-            out = _attention_with_dropout(q, k, v, mask, p)
-        else:  # PyTorch's fused kernels (CPU flash without dropout; CUDA flash / memory-efficient with dropout)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, h, Lq, dh]
+        q, k, v = self._project(query, source)
+        valid = qvalid = None
+        if self._fused_wanted(q, k, v):
+            valid = _valid_keys(mask, B, k.shape[2])
+            if valid is None and self.attention == "fused_cpu":
+                raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
+            if valid is not None and query_mask is not None:
+                # self-attention: the query rows are the keys, already converted
+                qvalid = valid if query_mask is mask else _valid_keys(query_mask, B, Lq)
+        out = self._attend(q, k, v, valid, qvalid, lambda: mask)
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
-    def _fused_cpu(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float,
-                   query_mask: Tensor | None = None) -> Tensor | None:
-        """The project's fused CPU kernel where ``attention`` and the inputs allow it, else ``None``; it skips the
-        query rows that ``query_mask`` marks as padding (zero output there).
+    def packed(self, query: Tensor, query_rows: RowPacking, source: Tensor | None = None,
+               source_rows: RowPacking | None = None) -> Tensor:
+        """Attention on packed rows (:class:`~models.msa_utils.RowPacking`): the projections run on the valid rows
+        only and are unpacked for the kernels (zeros at the padding); padded query rows are skipped by the fused
+        CPU kernel and dropped from the output.
 
         Shapes:
-            q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, mask: ``[B, 1, 1, Lk]``, query_mask:
-            ``[B, 1, 1, Lq]`` (additive, like ``mask``) -> ``[B, h, Lq, dh]``.
+            query: ``[Nq, dim]`` (the rows of ``query_rows``), source: ``[Nk, dim]`` (of ``source_rows``;
+            ``None``: self-attention) -> ``[Nq, dim]``.
         """
+        key_rows = query_rows if source is None else source_rows
+        if key_rows is None:
+            raise ValueError("MultiheadAttention.packed: a source needs its source_rows")
+        B, Lq, d = query_rows.batch, query_rows.length, self.dim
+        q, k, v = self._project(query, source, query_rows, key_rows)
+        qvalid = None if query_rows.all_valid else query_rows.valid
+        out = self._attend(q, k, v, key_rows.valid, qvalid, lambda: key_mask(~key_rows.valid, q.dtype))
+        return self.out_proj(query_rows.pack(out.transpose(1, 2).reshape(B, Lq, d)))
+
+    def _project(self, query: Tensor, source: Tensor | None, query_rows: RowPacking | None = None,
+                 key_rows: RowPacking | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[B, h, L, dh]`` (views of one or two projections) from padded inputs, or from
+        packed rows unpacked after the projection."""
+        h, d = self.num_heads, self.dim
+        dh = d // h
+
+        def unpacked(x: Tensor, rows: RowPacking | None) -> Tensor:
+            return x if rows is None else rows.unpack(x)
+
+        if source is None:
+            qkv = unpacked(F.linear(query, self.in_proj_weight, self.in_proj_bias), query_rows)
+            q, k, v = qkv.view(*qkv.shape[:2], 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
+            return q, k, v
+        w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+        q = unpacked(F.linear(query, w_q, b_q), query_rows)
+        kv = unpacked(F.linear(source, w_kv, b_kv), key_rows)
+        k, v = kv.view(*kv.shape[:2], 2, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
+        return q.view(*q.shape[:2], h, dh).transpose(1, 2), k, v
+
+    def _fused_wanted(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
+        """Whether the project's fused CPU kernel runs on these inputs (``"fused_cpu"``: or raise why not)."""
         if self.attention == "torch":
-            return None
-        forced = self.attention == "fused_cpu"
+            return False
+        p = self.dropout if self.training else 0.0
         if not kernels.supports(q, k, v) or not 0.0 <= p < 1.0:
-            if forced:
+            if self.attention == "fused_cpu":
                 raise ValueError(
                     f"MultiheadAttention: attention='fused_cpu' needs CPU float32 inputs, head width <= "
                     f"{kernels.MAX_HEAD_DIM} and dropout < 1, got {q.dtype} on {q.device}, head width "
                     f"{q.shape[-1]}, dropout {p}"
                 )
-            return None
-        if forced:
+            return False
+        if self.attention == "fused_cpu":
             kernels.load_extension()  # raises with the build error
-        elif not kernels.available():  # warns once with the reason
-            return None
-        valid = _valid_keys(mask, q.shape[0], k.shape[2])
-        if valid is None:
-            if forced:
-                raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
-            return None
-        if query_mask is None:
-            qvalid = None
-        elif query_mask is mask:  # self-attention: the query rows are the keys, already converted
-            qvalid = valid
-        else:
-            qvalid = _valid_keys(query_mask, q.shape[0], q.shape[2])
-        return kernels.fused_attention(q, k, v, valid, p, training=p > 0, query_valid=qvalid)
+            return True
+        return kernels.available()  # warns once with the reason
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, qvalid: Tensor | None,
+                additive: Callable[[], Tensor]) -> Tensor:
+        """The fused CPU kernel over the ``valid`` keys (skipping the query rows ``qvalid`` marks as padding) where
+        it runs, else the torch path with the additive mask ``additive()``.
+
+        Shapes:
+            q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, valid: ``[B, Lk]`` bool, qvalid: ``[B, Lq]`` bool
+            -> ``[B, h, Lq, dh]``.
+        """
+        p = self.dropout if self.training else 0.0
+        if valid is not None and self._fused_wanted(q, k, v):
+            return kernels.fused_attention(q, k, v, valid, p, training=p > 0, query_valid=qvalid)
+        mask = additive()
+        if p > 0 and not fused_dropout_supported(q.device):
+            return _attention_with_dropout(q, k, v, mask, p)
+        # PyTorch's fused kernels (CPU flash without dropout; CUDA flash / memory-efficient with dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}, attention={self.attention!r}"
@@ -261,9 +298,14 @@ class CrossmodalLayer(nn.Module):
         res_dropout: dropout on both residual branches.
         attention: attention kernels (:class:`MultiheadAttention`).
 
+    Works on packed rows (:class:`~models.msa_utils.RowPacking`): every row-wise part runs on the valid steps only.
+    ``last_only`` computes the self-attention block at each sample's last valid step only (queries from those
+    rows, keys and values from all): exactly those rows of the full block, for a last layer whose other rows
+    nothing reads.
+
     Shapes:
-        target: ``[B, Lq, dim]``, source: ``[B, Lk, dim]``, source_mask: ``[B, 1, 1, Lk]`` additive key mask
-        (:func:`key_mask`) -> ``[B, Lq, dim]``.
+        x: ``[Nq, dim]`` (rows of ``rows``), source: ``[Nk, dim]`` (rows of ``source_rows``) -> ``[Nq, dim]``
+        (``last_only``: ``[B, dim]``).
     """
 
     def __init__(
@@ -284,11 +326,20 @@ class CrossmodalLayer(nn.Module):
         )
         self.res_drop = nn.Dropout(res_dropout)
 
-    def forward(self, target: Tensor, source_mask: Tensor, source: Tensor | None = None,
-                target_mask: Tensor | None = None) -> Tensor:
-        q = self.norm_attn(target)
-        attended = self.attn(q, source_mask, None if source is None else self.norm_attn(source), target_mask)
-        x = target + self.res_drop(attended)
+    def forward(self, x: Tensor, rows: RowPacking, source: Tensor | None = None,
+                source_rows: RowPacking | None = None, last_only: bool = False) -> Tensor:
+        nx = self.norm_attn(x)
+        if last_only:  # self-attention whose output is read at each sample's last valid step only
+            if source is not None:
+                raise ValueError("CrossmodalLayer: last_only is for self-attention (no source)")
+            x = x.index_select(0, rows.last)
+            attended = self.attn.packed(nx.index_select(0, rows.last), RowPacking(torch.ones_like(rows.valid[:, :1])),
+                                        nx, rows)
+        elif source is None:
+            attended = self.attn.packed(nx, rows)
+        else:
+            attended = self.attn.packed(nx, rows, self.norm_attn(source), source_rows)
+        x = x + self.res_drop(attended)
         return x + self.res_drop(self.ff(self.norm_ff(x)))
 
 
@@ -298,9 +349,12 @@ class CrossmodalTransformer(nn.Module):
     The source sequence (when given) is embedded the same way once, and every layer attends to it (the paper's
     :math:`Z^{[0]}_\\alpha`).
 
+    On packed rows (:class:`~models.msa_utils.RowPacking`); ``last_only`` (self-attention) returns each sample's
+    last valid step only, and its last layer computes nothing else.
+
     Shapes:
-        target: ``[B, Lq, dim]``, target_mask: ``[B, 1, 1, Lq]``; source: ``[B, Lk, dim]``, source_mask:
-        ``[B, 1, 1, Lk]`` (additive key masks, :func:`key_mask`) -> ``[B, Lq, dim]``.
+        target: ``[Nq, dim]`` (rows of ``target_rows``), source: ``[Nk, dim]`` (rows of ``source_rows``) ->
+        ``[Nq, dim]`` (``last_only``: ``[B, dim]``).
     """
 
     def __init__(
@@ -323,25 +377,24 @@ class CrossmodalTransformer(nn.Module):
         self.embed_drop = nn.Dropout(embed_dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def _embed(self, x: Tensor) -> Tensor:
-        pos = sinusoidal_positions(x.shape[1], self.dim, x.device, x.dtype)
+    def _embed(self, x: Tensor, rows: RowPacking) -> Tensor:
+        pos = sinusoidal_positions(rows.length, self.dim, x.device, x.dtype).index_select(0, rows.positions)
         return self.embed_drop(math.sqrt(self.dim) * x + pos)
 
     def forward(
         self,
         target: Tensor,
-        target_mask: Tensor,
+        target_rows: RowPacking,
         source: Tensor | None = None,
-        source_mask: Tensor | None = None,
+        source_rows: RowPacking | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        x = self._embed(target)
-        if source is None:
-            for layer in self.layers:
-                x = layer(x, target_mask, None, target_mask)
-        else:
-            src = self._embed(source)
-            for layer in self.layers:
-                x = layer(x, source_mask, src, target_mask)
+        x = self._embed(target, target_rows)
+        src = None if source is None else self._embed(source, source_rows)
+        if last_only and src is not None:
+            raise ValueError("CrossmodalTransformer: last_only is for self-attention (no source)")
+        for i, layer in enumerate(self.layers):
+            x = layer(x, target_rows, src, source_rows, last_only=last_only and i == len(self.layers) - 1)
         return self.norm(x)
 
 
@@ -453,18 +506,17 @@ class MulT(nn.Module):
         masks = {m: batch[f"{m}_mask"].clone() for m in MODALITIES}
         for m in MODALITIES:  # an empty sequence keeps its first (zeroed) step, so attention is defined
             masks[m][:, 0] |= ~masks[m].any(1)
-        keys = {m: key_mask(~masks[m], x[m].dtype) for m in MODALITIES}  # built once, used by every layer
+        rows = {m: RowPacking(masks[m]) for m in MODALITIES}  # row-wise work on the valid steps only
         x["text"] = self.text_drop(x["text"])
-        z = {m: self.proj[m](x[m].transpose(1, 2)).transpose(1, 2) for m in MODALITIES}  # [B, L_m, d]
+        z = {m: rows[m].pack(self.proj[m](x[m].transpose(1, 2)).transpose(1, 2)) for m in MODALITIES}  # [N_m, d]
 
         last = []
         for t in MODALITIES:
             sources = [s for s in MODALITIES if s != t]
             h = torch.cat(
-                [self.crossmodal[f"{s}_to_{t}"](z[t], keys[t], z[s], keys[s]) for s in sources], dim=-1
+                [self.crossmodal[f"{s}_to_{t}"](z[t], rows[t], z[s], rows[s]) for s in sources], dim=-1
             )
-            h = self.memory[t](h, keys[t])
-            last.append(last_valid(h, masks[t]))
+            last.append(self.memory[t](h, rows[t], last_only=True))  # [B, 2d]
         last_hs = torch.cat(last, dim=-1)
         proj = self.out_proj2(self.out_drop(F.relu(self.out_proj1(last_hs))))
         return {"pred": self.head(proj + last_hs).squeeze(-1)}
