@@ -12,16 +12,17 @@
 // range then holds all samples, whose key counts differ (padding), so the threads get similar work.
 // Inside a task the valid keys are compacted into per-thread buffers laid out [dh][n] (transposed), so the loops
 // over keys are unit-stride. Padded keys cost nothing and get zero gradients.
-// Two implementations of the same math: with AVX-512 (the head widths MulT uses: 4, 5, 8, 10, 16, 32, 64) the
-// explicit 16-lane path below (several query rows per pass, fused passes, one-pass backward with
-// D_i = dO_i . out_i, own exp); otherwise portable loops that the compiler vectorises (expf through glibc's libmvec
-// under -ffast-math). Both draw the same keep decisions.
+// Implementations of the same math: for the head widths MulT uses (4, 5, 8, 10, 16, 32, 64), an explicit SIMD path
+// (several query rows per pass, fused passes, one-pass backward with D_i = dO_i . out_i, own exp) on 16 lanes with
+// AVX-512 or 8 lanes with AVX2 + FMA (the row functions per instruction set, the task functions shared); otherwise
+// portable loops that the compiler vectorises (expf through glibc's libmvec under -ffast-math). All draw the same
+// keep decisions.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -325,6 +326,8 @@ void backward_task(const Problem& pr, const View4& q, const View4& k, const View
 // registers except for one store of P (and g in backward). Keys are compacted into [dh][np] buffers, np = n rounded
 // up to 16 and zero padded; the lanes past n are masked out of the max, the sums and the gradients.
 
+#define AFFECT_SIMD_PATH 1
+
 constexpr int kLanes = 16;
 
 // exp(x) for x <= 0 (Cephes expf: range reduction by n ln 2 in two parts, degree-5 polynomial, scale by 2^n).
@@ -362,17 +365,9 @@ inline __mmask16 lane_mask(int64_t t, int64_t n) {
   return rem >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1u);
 }
 
-// The query rows of sample b to compute, into buf.rows; returns their count.
-inline int64_t query_rows(const Problem& pr, int64_t b, Buffers& buf) {
-  int64_t nr = 0;
-  for (int64_t i = 0; i < pr.Lq; ++i)
-    if (pr.row_on(b, i)) buf.rows[nr++] = static_cast<int32_t>(i);
-  return nr;
-}
-
 // Query rows rows[0 .. R - 1] of task (b, h).
 template <int DH, int R>
-inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, float* lse, int64_t b, int64_t h,
+inline void forward_rows_simd(const Problem& pr, const View4& q, const View4& out, float* lse, int64_t b, int64_t h,
                            const int32_t* rows, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
   const float* __restrict kt = buf.kt.data();
   const float* __restrict vt = buf.vt.data();
@@ -444,37 +439,10 @@ inline void forward_rows16(const Problem& pr, const View4& q, const View4& out, 
 constexpr int fwd_rows_per_pass(int dh) { return dh <= 5 ? 4 : (dh <= 10 ? 2 : 1); }
 constexpr int bwd_rows_per_pass(int dh) { return dh <= 5 ? 2 : 1; }
 
-template <int DH>
-void forward_task16(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
-                    int64_t b, int64_t h, Buffers& buf) {
-  int64_t np = 0, ld = 0;
-  const int64_t n = gather_keys(pr, k, v, b, h, buf, kLanes, &np, &ld);
-  if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
-    for (int64_t i = 0; i < pr.Lq; ++i) {
-      #pragma GCC unroll 64
-      for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
-      lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
-    }
-    return;
-  }
-  const int64_t nr = query_rows(pr, b, buf);
-  for (int64_t i = 0; i < pr.Lq; ++i) {  // rows not asked for: zero output
-    if (pr.row_on(b, i)) continue;
-#pragma GCC unroll 64
-    for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
-    lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
-  }
-  constexpr int R = fwd_rows_per_pass(DH);
-  const int32_t* rows = buf.rows.data();
-  int64_t g = 0;
-  for (; g + R <= nr; g += R) forward_rows16<DH, R>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
-  for (; g < nr; ++g) forward_rows16<DH, 1>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
-}
-
 // One pass over the keys per R rows: D_i = sum_j P_j g_j equals dO_i . out_i (out_i = sum_j P_j z_j v_j), so it is
 // known before the pass (as in FlashAttention-2) and ds, dq, dk and dv come out of the same loop.
 template <int DH, int R>
-inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout, const View4& out, const float* lse,
+inline void backward_rows_simd(const Problem& pr, const View4& q, const View4& dout, const View4& out, const float* lse,
                             const View4& dq, int64_t b, int64_t h, const int32_t* rows, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
   const float* __restrict kt = buf.kt.data();
   const float* __restrict vt = buf.vt.data();
@@ -536,8 +504,247 @@ inline void backward_rows16(const Problem& pr, const View4& q, const View4& dout
     for (int d = 0; d < DH; ++d) *dq.at(b, h, rows[r], d) = _mm512_reduce_add_ps(dqa[r][d]);  // kt has 1/sqrt(dh)
 }
 
+#elif defined(__AVX2__) && defined(__FMA__)
+// ---------------------------------------------------------------------------------------------------------------
+// AVX2 path (x86 without AVX-512, e.g. AMD Zen 2 and 3): the AVX-512 path's algorithm on 8 keys per vector. With
+// 16 vector registers, fewer query rows per pass; masks are all-ones / all-zeros lanes instead of mask registers.
+#define AFFECT_SIMD_PATH 1
+
+constexpr int kLanes = 8;
+
+// exp(x) for x <= 0, the same Cephes expf as exp512 (2^n built in the exponent bits: AVX2 has no scalef).
+inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 e = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(e, _mm256_castsi256_ps(pow2));
+}
+
+// keep_factor for 8 keys at once (their Weyl steps jw): all-ones lanes where the key is kept.
+inline __m256 keep8(uint32_t key, __m256i jw, int32_t threshold) {
+  __m256i x = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(key)), jw);
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int32_t>(0x85EBCA6Bu)));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int32_t>(0xC2B2AE35u)));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(threshold), _mm256_srli_epi32(x, 8)));
+}
+
+// All-ones lanes for the keys t .. t + 7 that exist (t < n).
+inline __m256 lane_mask8(int64_t t, int64_t n) {
+  const int64_t rem = n - t;
+  if (rem >= kLanes) return _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  return _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float hmax8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+template <int DH, int R>
+inline void forward_rows_simd(const Problem& pr, const View4& q, const View4& out, float* lse, int64_t b, int64_t h,
+                              const int32_t* rows, int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  const int32_t* __restrict jw = buf.jw.data();
+  float* __restrict s = buf.s.data();  // [R][ld]
+  float qi[R][DH];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) qi[r][d] = *q.at(b, h, rows[r], d);
+  const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
+  __m256 mv[R];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) mv[r] = neg_inf;
+  for (int64_t t = 0; t < np; t += kLanes) {
+    __m256 acc[R];
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      const __m256 kv = _mm256_loadu_ps(kt + d * ld + t);
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(qi[r][d]), kv, acc[r]);
+    }
+    const __m256 lm = lane_mask8(t, n);
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm256_blendv_ps(neg_inf, acc[r], lm);
+      _mm256_storeu_ps(s + r * ld + t, acc[r]);
+      mv[r] = _mm256_max_ps(mv[r], acc[r]);
+    }
+  }
+  __m256 m[R], l[R], o[R][DH];
+  float mrow[R];
+  uint32_t key[R];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    mrow[r] = hmax8(mv[r]);
+    m[r] = _mm256_set1_ps(mrow[r]);
+    l[r] = _mm256_setzero_ps();
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) o[r][d] = _mm256_setzero_ps();
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, rows[r]) : 0u;
+  }
+  for (int64_t t = 0; t < np; t += kLanes) {
+    const __m256 lm = lane_mask8(t, n);
+    const __m256i jv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(jw + t));
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      __m256 e = _mm256_and_ps(lm, exp256(_mm256_sub_ps(_mm256_loadu_ps(s + r * ld + t), m[r])));
+      l[r] = _mm256_add_ps(l[r], e);
+      if (pr.dropping) e = _mm256_and_ps(keep8(key[r], jv, pr.threshold), e);
+#pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) o[r][d] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + d * ld + t), o[r][d]);
+    }
+  }
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    const float lsum = hsum8(l[r]);
+    const float norm = pr.drop_scale / lsum;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *out.at(b, h, rows[r], d) = hsum8(o[r][d]) * norm;
+    lse[(b * pr.H + h) * pr.Lq + rows[r]] = mrow[r] + logf(lsum);
+  }
+}
+
+// Query rows per pass with 16 registers: R * DH accumulators <= 10 (forward: outputs; backward: dq).
+constexpr int fwd_rows_per_pass(int dh) { return dh <= 5 ? 2 : 1; }
+constexpr int bwd_rows_per_pass(int dh) { return dh <= 5 ? 2 : 1; }
+
+// The AVX-512 path's one-pass backward (D_i = dO_i . out_i) on 8 keys per vector.
+template <int DH, int R>
+inline void backward_rows_simd(const Problem& pr, const View4& q, const View4& dout, const View4& out,
+                               const float* lse, const View4& dq, int64_t b, int64_t h, const int32_t* rows,
+                               int64_t n, int64_t np, int64_t ld, Buffers& buf) {
+  const float* __restrict kt = buf.kt.data();
+  const float* __restrict vt = buf.vt.data();
+  const int32_t* __restrict jw = buf.jw.data();
+  float* __restrict dkt = buf.dkt.data();
+  float* __restrict dvt = buf.dvt.data();
+  float qi[R][DH], doi[R][DH], lsef[R], Df[R];
+  __m256 dqa[R][DH];
+  uint32_t key[R];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    float dsum = 0.0f;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      qi[r][d] = *q.at(b, h, rows[r], d);
+      doi[r][d] = *dout.at(b, h, rows[r], d);
+      dsum += doi[r][d] * *out.at(b, h, rows[r], d);
+      dqa[r][d] = _mm256_setzero_ps();
+    }
+    lsef[r] = lse[(b * pr.H + h) * pr.Lq + rows[r]];
+    Df[r] = dsum;
+    key[r] = pr.dropping ? row_key(pr.seed, b, h, rows[r]) : 0u;
+  }
+  const __m256 zs = _mm256_set1_ps(pr.drop_scale);
+  for (int64_t t = 0; t < np; t += kLanes) {
+    const __m256 lm = lane_mask8(t, n);
+    const __m256i jv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(jw + t));
+    __m256 sc[R], gd[R];
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) sc[r] = gd[r] = _mm256_setzero_ps();
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      const __m256 kv = _mm256_loadu_ps(kt + d * ld + t);
+      const __m256 vv = _mm256_loadu_ps(vt + d * ld + t);
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) {
+        sc[r] = _mm256_fmadd_ps(_mm256_set1_ps(qi[r][d]), kv, sc[r]);
+        gd[r] = _mm256_fmadd_ps(_mm256_set1_ps(doi[r][d]), vv, gd[r]);
+      }
+    }
+    __m256 ds[R], pz[R];
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      const __m256 p = _mm256_and_ps(lm, exp256(_mm256_sub_ps(sc[r], _mm256_set1_ps(lsef[r]))));
+      pz[r] = _mm256_mul_ps(p, zs);
+      if (pr.dropping) pz[r] = _mm256_and_ps(keep8(key[r], jv, pr.threshold), pz[r]);
+      ds[r] = _mm256_fmsub_ps(pz[r], gd[r], _mm256_mul_ps(p, _mm256_set1_ps(Df[r])));  // P (z dO.v - D)
+    }
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) {
+      const __m256 kv = _mm256_loadu_ps(kt + d * ld + t);
+      __m256 dk = _mm256_loadu_ps(dkt + d * ld + t);
+      __m256 dv = _mm256_loadu_ps(dvt + d * ld + t);
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) {
+        dqa[r][d] = _mm256_fmadd_ps(ds[r], kv, dqa[r][d]);
+        dk = _mm256_fmadd_ps(ds[r], _mm256_set1_ps(qi[r][d]), dk);
+        dv = _mm256_fmadd_ps(pz[r], _mm256_set1_ps(doi[r][d]), dv);
+      }
+      _mm256_storeu_ps(dkt + d * ld + t, dk);
+      _mm256_storeu_ps(dvt + d * ld + t, dv);
+    }
+  }
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *dq.at(b, h, rows[r], d) = hsum8(dqa[r][d]);  // kt has 1/sqrt(dh)
+}
+#endif  // __AVX512F__ / __AVX2__
+
+#if defined(AFFECT_SIMD_PATH)
+// The query rows of sample b to compute, into buf.rows; returns their count.
+inline int64_t query_rows(const Problem& pr, int64_t b, Buffers& buf) {
+  int64_t nr = 0;
+  for (int64_t i = 0; i < pr.Lq; ++i)
+    if (pr.row_on(b, i)) buf.rows[nr++] = static_cast<int32_t>(i);
+  return nr;
+}
+
 template <int DH>
-void backward_task16(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& dout,
+void forward_task_simd(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& out, float* lse,
+                    int64_t b, int64_t h, Buffers& buf) {
+  int64_t np = 0, ld = 0;
+  const int64_t n = gather_keys(pr, k, v, b, h, buf, kLanes, &np, &ld);
+  if (n == 0) {  // no valid key: zero output (callers guarantee at least one)
+    for (int64_t i = 0; i < pr.Lq; ++i) {
+      #pragma GCC unroll 64
+      for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
+      lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
+    }
+    return;
+  }
+  const int64_t nr = query_rows(pr, b, buf);
+  for (int64_t i = 0; i < pr.Lq; ++i) {  // rows not asked for: zero output
+    if (pr.row_on(b, i)) continue;
+#pragma GCC unroll 64
+    for (int d = 0; d < DH; ++d) *out.at(b, h, i, d) = 0.0f;
+    lse[(b * pr.H + h) * pr.Lq + i] = 0.0f;
+  }
+  constexpr int R = fwd_rows_per_pass(DH);
+  const int32_t* rows = buf.rows.data();
+  int64_t g = 0;
+  for (; g + R <= nr; g += R) forward_rows_simd<DH, R>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
+  for (; g < nr; ++g) forward_rows_simd<DH, 1>(pr, q, out, lse, b, h, rows + g, n, np, ld, buf);
+}
+
+template <int DH>
+void backward_task_simd(const Problem& pr, const View4& q, const View4& k, const View4& v, const View4& dout,
                      const View4& out, const float* lse, const View4& dq, const View4& dk, const View4& dv, int64_t b, int64_t h,
                      Buffers& buf) {
   int64_t np = 0, ld = 0;
@@ -559,8 +766,8 @@ void backward_task16(const Problem& pr, const View4& q, const View4& k, const Vi
   constexpr int R = bwd_rows_per_pass(DH);
   const int32_t* rows = buf.rows.data();
   int64_t g = 0;
-  for (; g + R <= nr; g += R) backward_rows16<DH, R>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
-  for (; g < nr; ++g) backward_rows16<DH, 1>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
+  for (; g + R <= nr; g += R) backward_rows_simd<DH, R>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
+  for (; g < nr; ++g) backward_rows_simd<DH, 1>(pr, q, dout, out, lse, dq, b, h, rows + g, n, np, ld, buf);
   const float* dkt = buf.dkt.data();
   const float* dvt = buf.dvt.data();
   for (int64_t t = 0; t < n; ++t) {
@@ -572,7 +779,7 @@ void backward_task16(const Problem& pr, const View4& q, const View4& k, const Vi
     }
   }
 }
-#endif  // __AVX512F__
+#endif  // AFFECT_SIMD_PATH
 
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid) {
@@ -655,9 +862,9 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
       Buffers buf(pr, false);
       for (int64_t task = begin; task < end; ++task) {
         constexpr int dh = decltype(DH)::value;
-#if defined(__AVX512F__)
+#if defined(AFFECT_SIMD_PATH)
         if constexpr (dh > 0) {
-          forward_task16<dh>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
+          forward_task_simd<dh>(pr, vq, vk, vv, vo, lse_ptr, task % pr.B, task / pr.B, buf);
           continue;
         }
 #endif
@@ -688,9 +895,9 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
       Buffers buf(pr, true);
       for (int64_t task = begin; task < end; ++task) {
         constexpr int dh = decltype(DH)::value;
-#if defined(__AVX512F__)
+#if defined(AFFECT_SIMD_PATH)
         if constexpr (dh > 0) {
-          backward_task16<dh>(pr, vq, vk, vv, vdo, vout, lse_ptr, vdq, vdk, vdv, task % pr.B, task / pr.B, buf);
+          backward_task_simd<dh>(pr, vq, vk, vv, vdo, vout, lse_ptr, vdq, vdk, vdv, task % pr.B, task / pr.B, buf);
           continue;
         }
 #endif

@@ -278,16 +278,18 @@ def test_query_mask_of_the_wrong_shape_is_refused(ext) -> None:
 
 
 @pytest.mark.slow
-def test_portable_path_without_avx512_equals_reference(ext, monkeypatch) -> None:
-    """The portable loops (CPUs without AVX-512, e.g. many AMD and older Intel machines), built here with
-    ``-mno-avx512f`` under another name: the same reference checks, dropout and skipped query rows included."""
+@pytest.mark.parametrize(("path", "flags"), [("avx2", ["-mno-avx512f"]), ("portable", ["-mno-avx512f", "-mno-avx2"])])
+def test_paths_without_avx512_equal_reference(ext, monkeypatch, path: str, flags: list[str]) -> None:
+    """The other code paths, built here under other names: ``-mno-avx512f`` gives the AVX2 path on a CPU with AVX2
+    (many AMD and older Intel machines; the portable loops without AVX2), ``-mno-avx2`` too the portable loops. The
+    same reference checks, dropout and skipped query rows included."""
     from torch.utils.cpp_extension import load
 
     try:
-        portable = load(name=f"affect_attention_portable_{kernels._cpu_tag()}", sources=[str(kernels._SOURCE)],
-                        extra_cflags=[*kernels._FLAGS, "-mno-avx512f"], extra_ldflags=["-fopenmp"], verbose=False)
+        portable = load(name=f"affect_attention_{path}_{kernels._cpu_tag()}", sources=[str(kernels._SOURCE)],
+                        extra_cflags=[*kernels._FLAGS, *flags], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # noqa: BLE001 - a compiler refusing the flag (non-x86): nothing to check
-        pytest.skip(f"the portable build is not possible here: {err}")
+        pytest.skip(f"the {path} build is not possible here: {err}")
     monkeypatch.setattr(kernels, "load_extension", lambda: portable)
     for shape in SHAPES:
         for p in (0.0, 0.3):
