@@ -195,7 +195,7 @@ class MultiheadAttention(nn.Module):
     def forward(self, query: Tensor, mask: Tensor, source: Tensor | None = None,
                 query_mask: Tensor | None = None) -> Tensor:
         B, Lq, d = query.shape
-        q, k, v = self._project(query, source)
+        q, k, v, parts = self._project(query, source)
         valid = qvalid = None
         if self._fused_wanted(q, k, v):
             valid = _valid_keys(mask, B, k.shape[2])
@@ -204,7 +204,7 @@ class MultiheadAttention(nn.Module):
             if valid is not None and query_mask is not None:
                 # self-attention: the query rows are the keys, already converted
                 qvalid = valid if query_mask is mask else _valid_keys(query_mask, B, Lq)
-        out = self._attend(q, k, v, valid, qvalid, lambda: mask)
+        out = self._attend(q, k, v, valid, qvalid, lambda: mask, parts)
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
     def packed(self, query: Tensor, query_rows: RowPacking, source: Tensor | None = None,
@@ -221,15 +221,16 @@ class MultiheadAttention(nn.Module):
         if key_rows is None:
             raise ValueError("MultiheadAttention.packed: a source needs its source_rows")
         B, Lq, d = query_rows.batch, query_rows.length, self.dim
-        q, k, v = self._project(query, source, query_rows, key_rows)
+        q, k, v, parts = self._project(query, source, query_rows, key_rows)
         qvalid = None if query_rows.all_valid else query_rows.valid
-        out = self._attend(q, k, v, key_rows.valid, qvalid, lambda: key_mask(~key_rows.valid, q.dtype))
+        out = self._attend(q, k, v, key_rows.valid, qvalid, lambda: key_mask(~key_rows.valid, q.dtype), parts)
         return self.out_proj(query_rows.pack(out.transpose(1, 2).reshape(B, Lq, d)))
 
     def _project(self, query: Tensor, source: Tensor | None, query_rows: RowPacking | None = None,
-                 key_rows: RowPacking | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                 key_rows: RowPacking | None = None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor | None]]:
         """Queries, keys and values ``[B, h, L, dh]`` (views of one or two projections) from padded inputs, or from
-        packed rows unpacked after the projection."""
+        packed rows unpacked after the projection, and the projections themselves (``qkv`` ``[B, L, 3, h, dh]``
+        and None, or ``q`` ``[B, Lq, h, dh]`` and ``kv`` ``[B, Lk, 2, h, dh]``: what the fused kernel takes)."""
         h, d = self.num_heads, self.dim
         dh = d // h
 
@@ -238,14 +239,17 @@ class MultiheadAttention(nn.Module):
 
         if source is None:
             qkv = unpacked(F.linear(query, self.in_proj_weight, self.in_proj_bias), query_rows)
-            q, k, v = qkv.view(*qkv.shape[:2], 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
-            return q, k, v
+            qkv = qkv.view(*qkv.shape[:2], 3, h, dh)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            return q, k, v, (qkv, None)
         w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
         b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
         q = unpacked(F.linear(query, w_q, b_q), query_rows)
+        q = q.view(*q.shape[:2], h, dh)
         kv = unpacked(F.linear(source, w_kv, b_kv), key_rows)
-        k, v = kv.view(*kv.shape[:2], 2, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
-        return q.view(*q.shape[:2], h, dh).transpose(1, 2), k, v
+        kv = kv.view(*kv.shape[:2], 2, h, dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q.transpose(1, 2), k, v, (q, kv)
 
     def _fused_wanted(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
         """Whether the project's fused CPU kernel runs on these inputs (``"fused_cpu"``: or raise why not)."""
@@ -266,9 +270,10 @@ class MultiheadAttention(nn.Module):
         return kernels.available()  # warns once with the reason
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, qvalid: Tensor | None,
-                additive: Callable[[], Tensor]) -> Tensor:
+                additive: Callable[[], Tensor], parts: tuple[Tensor, Tensor | None]) -> Tensor:
         """The fused CPU kernel over the ``valid`` keys (skipping the query rows ``qvalid`` marks as padding) where
-        it runs, else the torch path with the additive mask ``additive()``.
+        it runs, on the projections ``parts`` that ``q``, ``k``, ``v`` view (their gradient comes back in that
+        layout), else the torch path with the additive mask ``additive()``.
 
         Shapes:
             q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, valid: ``[B, Lk]`` bool, qvalid: ``[B, Lq]`` bool
@@ -276,7 +281,7 @@ class MultiheadAttention(nn.Module):
         """
         p = self.dropout if self.training else 0.0
         if valid is not None and self._fused_wanted(q, k, v):
-            return kernels.fused_attention(q, k, v, valid, p, training=p > 0, query_valid=qvalid)
+            return kernels.fused_attention_packed(*parts, valid, p, training=p > 0, query_valid=qvalid)
         mask = additive()
         if p > 0 and not fused_dropout_supported(q.device):
             return _attention_with_dropout(q, k, v, mask, p)

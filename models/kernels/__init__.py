@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "dropout_keep_mask", "fused_attention", "load_extension", "supports"]
+__all__ = ["available", "dropout_keep_mask", "fused_attention", "fused_attention_packed", "load_extension", "supports"]
 
 _SOURCE = Path(__file__).with_name("attention_cpu.cpp")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -155,8 +155,65 @@ class _FusedAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+class _FusedAttentionPacked(torch.autograd.Function):
+    """The kernel on views of the projections (:func:`fused_attention_packed`), gradients in the same layouts."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor | None, valid: Tensor, qvalid: Tensor | None, p: float,
+                seed: int) -> Tensor:
+        q, k, v = _split_packed(a, b)
+        out, lse = load_extension().forward(q, k, v, valid, qvalid, p, seed)
+        ctx.qvalid, ctx.p, ctx.seed = qvalid, p, seed
+        ctx.save_for_backward(a, b, valid, out, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        a, b, valid, out, lse = ctx.saved_tensors
+        q, k, v = _split_packed(a, b)
+        # dk and dv start at zero (padded keys get none); every dq row is written
+        ga, gb = (torch.zeros_like(a), None) if b is None else (torch.empty_like(a), torch.zeros_like(b))
+        dq, dk, dv = _split_packed(ga, gb)
+        load_extension().backward(grad_out, q, k, v, valid, ctx.qvalid, out, lse, ctx.p, ctx.seed, dq, dk, dv)
+        return ga, gb, None, None, None, None
+
+
+def _split_packed(a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``q, k, v`` ``[B, h, L, dh]`` as views of ``qkv`` ``[B, L, 3, h, dh]`` (``b`` None) or of ``q``
+    ``[B, Lq, h, dh]`` and ``kv`` ``[B, Lk, 2, h, dh]``."""
+    if b is None:
+        q, k, v = a.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+    k, v = b.permute(2, 0, 3, 1, 4).unbind(0)
+    return a.transpose(1, 2), k, v
+
+
 def _draw_seed() -> int:
     return int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64).item())
+
+
+def _checked(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, p: float, training: bool, seed: int | None,
+             query_valid: Tensor | None, caller: str) -> tuple[Tensor, Tensor | None, float, int]:
+    """The arguments of both entry points, checked: ``(key_valid, query_valid, p, seed)`` as the kernel takes them."""
+    if not supports(q, k, v):
+        raise ValueError(
+            f"{caller}: CPU float32 [B, h, L, dh] inputs with dh <= {MAX_HEAD_DIM} only, got "
+            f"{q.dtype} on {q.device}, shape {tuple(q.shape)}"
+        )
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{caller}: dropout p must be in [0, 1), got {p}")
+    p = float(p) if training else 0.0
+    if p == 0:
+        seed = 0
+    elif seed is None:
+        seed = _draw_seed()
+    if query_valid is not None:
+        if tuple(query_valid.shape) != (q.shape[0], q.shape[2]):
+            raise ValueError(f"{caller}: query_valid must be [B, Lq] = {(q.shape[0], q.shape[2])}, got "
+                             f"{tuple(query_valid.shape)}")
+        query_valid = query_valid.to(torch.bool).contiguous()
+    return key_valid.to(torch.bool).contiguous(), query_valid, p, seed
 
 
 def fused_attention(
@@ -192,24 +249,33 @@ def fused_attention(
         ``[B, h, Lq, dh]`` (stored as ``[B, Lq, h, dh]``, so ``out.transpose(1, 2).reshape(B, Lq, h * dh)`` is a
         view).
     """
-    if not supports(q, k, v):
-        raise ValueError(
-            f"fused_attention: CPU float32 [B, h, L, dh] inputs with dh <= {MAX_HEAD_DIM} only, got "
-            f"{q.dtype} on {q.device}, shape {tuple(q.shape)}"
-        )
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"fused_attention: dropout p must be in [0, 1), got {p}")
-    p = float(p) if training else 0.0
-    if p == 0:
-        seed = 0
-    elif seed is None:
-        seed = _draw_seed()
-    if query_valid is not None:
-        if tuple(query_valid.shape) != (q.shape[0], q.shape[2]):
-            raise ValueError(f"fused_attention: query_valid must be [B, Lq] = {(q.shape[0], q.shape[2])}, got "
-                             f"{tuple(query_valid.shape)}")
-        query_valid = query_valid.to(torch.bool).contiguous()
-    return _FusedAttention.apply(q, k, v, key_valid.to(torch.bool).contiguous(), query_valid, p, seed)
+    valid, qvalid, p, seed = _checked(q, k, v, key_valid, p, training, seed, query_valid, "fused_attention")
+    return _FusedAttention.apply(q, k, v, valid, qvalid, p, seed)
+
+
+def fused_attention_packed(
+    qkv: Tensor,
+    kv: Tensor | None,
+    key_valid: Tensor,
+    p: float,
+    training: bool,
+    seed: int | None = None,
+    query_valid: Tensor | None = None,
+) -> Tensor:
+    """:func:`fused_attention` on the projections' own layouts: self-attention takes ``qkv`` (``kv`` None),
+    crossmodal attention ``q`` (as ``qkv``) and ``kv``. The same outputs and gradients; the gradient comes back in
+    those layouts, so autograd does not stack and permute three gradients into one.
+
+    Shapes:
+        qkv: ``[B, L, 3, h, dh]`` (``kv`` None) or ``q``: ``[B, Lq, h, dh]`` with kv: ``[B, Lk, 2, h, dh]``;
+        key_valid: ``[B, Lk]``, query_valid: ``[B, Lq]`` -> ``[B, h, Lq, dh]`` (as :func:`fused_attention`).
+    """
+    if (kv is None and qkv.dim() != 5) or (kv is not None and (qkv.dim() != 4 or kv.dim() != 5)):
+        raise ValueError(f"fused_attention_packed: qkv [B, L, 3, h, dh], or q [B, Lq, h, dh] with kv "
+                         f"[B, Lk, 2, h, dh], got {tuple(qkv.shape)} and {None if kv is None else tuple(kv.shape)}")
+    q, k, v = _split_packed(qkv, kv)
+    valid, qvalid, p, seed = _checked(q, k, v, key_valid, p, training, seed, query_valid, "fused_attention_packed")
+    return _FusedAttentionPacked.apply(qkv, kv, valid, qvalid, p, seed)
 
 
 def dropout_keep_mask(seed: int, shape: tuple[int, int, int, int], p: float) -> Tensor:

@@ -878,16 +878,31 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
 std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                            const at::Tensor& v, const at::Tensor& valid,
                                            const std::optional<at::Tensor>& qvalid, const at::Tensor& out,
-                                           const at::Tensor& lse, double p, int64_t seed) {
+                                           const at::Tensor& lse, double p, int64_t seed,
+                                           const std::optional<at::Tensor>& dq_into,
+                                           const std::optional<at::Tensor>& dk_into,
+                                           const std::optional<at::Tensor>& dv_into) {
   check_inputs(q, k, v, valid);
   check_query_mask(q, qvalid);
   TORCH_CHECK(dout.sizes() == q.sizes() && dout.scalar_type() == at::kFloat, "fused attention: bad grad_out");
   TORCH_CHECK(out.sizes() == q.sizes() && out.scalar_type() == at::kFloat, "fused attention: bad out");
   TORCH_CHECK(lse.is_contiguous() && lse.numel() == q.size(0) * q.size(1) * q.size(2), "fused attention: bad lse");
   const Problem pr = make_problem(q, k, valid, qvalid, p, seed);
-  at::Tensor dq = empty_bhld(q, pr.Lq, false);
-  at::Tensor dk = empty_bhld(k, pr.Lk, true);  // padded keys keep zero gradients
-  at::Tensor dv = empty_bhld(v, pr.Lk, true);
+  // The gradients go into the caller's tensors when given (any strides: views of one packed gradient, so autograd
+  // does not stack and permute them; dk and dv zero-filled by the caller, padded keys keep zero), else new ones.
+  const bool into = dq_into.has_value() || dk_into.has_value() || dv_into.has_value();
+  TORCH_CHECK(!into || (dq_into.has_value() && dk_into.has_value() && dv_into.has_value()),
+              "fused attention: give all of dq, dk and dv or none");
+  if (into) {
+    TORCH_CHECK(dq_into->sizes() == q.sizes() && dk_into->sizes() == k.sizes() && dv_into->sizes() == v.sizes() &&
+                    dq_into->scalar_type() == at::kFloat && dk_into->scalar_type() == at::kFloat &&
+                    dv_into->scalar_type() == at::kFloat && dq_into->device().is_cpu() &&
+                    dk_into->device().is_cpu() && dv_into->device().is_cpu(),
+                "fused attention: dq, dk, dv must be CPU float32 tensors shaped like q, k, v");
+  }
+  at::Tensor dq = into ? *dq_into : empty_bhld(q, pr.Lq, false);
+  at::Tensor dk = into ? *dk_into : empty_bhld(k, pr.Lk, true);  // padded keys keep zero gradients
+  at::Tensor dv = into ? *dv_into : empty_bhld(v, pr.Lk, true);
   const View4 vq(q), vk(k), vv(v), vdo(dout), vout(out), vdq(dq), vdk(dk), vdv(dv);
   const float* lse_ptr = lse.data_ptr<float>();
   dispatch_dh(pr.dh, [&](auto DH) {
@@ -929,6 +944,9 @@ at::Tensor dropout_keep_mask(int64_t seed, int64_t B, int64_t H, int64_t Lq, int
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &attention_forward, "fused attention forward: (out [B,h,Lq,dh], lse [B,h,Lq])");
-  m.def("backward", &attention_backward, "fused attention backward: (dq, dk, dv)");
+  m.def("backward", &attention_backward, "fused attention backward: (dq, dk, dv), into given tensors if any",
+        py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("valid"), py::arg("qvalid"),
+        py::arg("out"), py::arg("lse"), py::arg("p"), py::arg("seed"), py::arg("dq") = py::none(),
+        py::arg("dk") = py::none(), py::arg("dv") = py::none());
   m.def("dropout_keep_mask", &dropout_keep_mask, "the kernel's keep mask, bool [B,h,Lq,Lk]");
 }

@@ -180,12 +180,12 @@ def test_mult_auto_equals_torch_path_in_eval(ext) -> None:
     plain.load_state_dict(fused.state_dict())
     batch = labelled_batch()
     calls = []
-    real = kernels.fused_attention
+    real = kernels.fused_attention_packed
     try:
-        kernels.fused_attention = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+        kernels.fused_attention_packed = lambda *a, **kw: calls.append(1) or real(*a, **kw)
         out = fused(batch)["pred"]
     finally:
-        kernels.fused_attention = real
+        kernels.fused_attention_packed = real
     assert len(calls) == 6 * 2 + 3 * 3  # every attention of the model ran the kernel
     out_ref = plain(batch)["pred"]
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
@@ -299,3 +299,38 @@ def test_paths_without_avx512_equal_reference(ext, monkeypatch, path: str, flags
             check_against_reference(out, q, k, v, valid, keep, p)
     for shape in [(3, 2, 7, 11, 5), (2, 3, 13, 40, 10), (2, 2, 6, 9, 3)]:
         test_skipped_query_rows_are_zero_and_the_others_unchanged(portable, shape, 0.3)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_packed_layouts_give_the_same_outputs_and_gradients(ext, cross: bool) -> None:
+    """``fused_attention_packed`` (MulT's path: the gradient comes back in the projections' layout) against
+    ``fused_attention`` on views of the same tensors, dropout and skipped query rows included."""
+    g = torch.Generator().manual_seed(5)
+    B, h, Lq, dh = 3, 2, 9, 5
+    Lk = 13 if cross else Lq
+    a = torch.randn(B, Lq, h, dh, generator=g) if cross else torch.randn(B, Lq, 3, h, dh, generator=g)
+    b = torch.randn(B, Lk, 2, h, dh, generator=g) if cross else None
+    valid = torch.arange(Lk)[None] < torch.tensor([[Lk], [4], [1]])
+    qvalid = torch.arange(Lq)[None] < torch.tensor([[Lq], [6], [2]])
+    grad = torch.randn(B, h, Lq, dh, generator=g)
+
+    def run(packed: bool):
+        a2 = a.clone().requires_grad_()
+        b2 = None if b is None else b.clone().requires_grad_()
+        if packed:
+            out = kernels.fused_attention_packed(a2, b2, valid, 0.3, training=True, seed=9, query_valid=qvalid)
+        else:
+            q, k, v = kernels._split_packed(a2, b2)
+            out = kernels.fused_attention(q, k, v, valid, 0.3, training=True, seed=9, query_valid=qvalid)
+        out.backward(grad)
+        return out, a2.grad, None if b2 is None else b2.grad
+
+    got, want = run(True), run(False)
+    for x, y in zip(got, want, strict=True):
+        if y is None:
+            assert x is None
+            continue
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    assert got[1].abs().sum() > 0
+    with pytest.raises(ValueError, match="fused_attention_packed: qkv"):
+        kernels.fused_attention_packed(torch.zeros(B, Lq, h, dh), None, valid, 0.0, training=False)
