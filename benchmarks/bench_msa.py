@@ -13,7 +13,9 @@ drifts hit both; in a round each model runs ``--steps-per-round`` consecutive st
 follows another model's step, with cold caches and an allocator shaped by that model, which a training run that
 repeats one model's step does not see); the median timed step of each gives samples/s and the ratio. FLOPs per sample (forward + backward) come
 from ``torch.utils.flop_counter.FlopCounterMode`` and, with our median step time, give our FLOP rate against the fp32
-matmul peak (``--peak-gflops``, 185 measured on the project's 2-core machine). HGCL (default hyper-parameters),
+matmul peak (``--peak-gflops``, 185 measured on the project's 2-core Sapphire Rapids machine; about 130 on the
+AMD Zen 2 hosts it also runs on). Our MulT counts fewer FLOPs than MMSA's for the same outputs: it skips the padded
+steps (``models.msa_utils.RowPacking``) and the unread rows of the memory transformers' last layers. HGCL (default hyper-parameters),
 TFN and LMF (MMSA-sized defaults) are timed the same way on the same batch.
 
 ``--attention`` picks our MulT's attention kernels (``MulT(attention=...)``): ``auto`` (default) runs the fused CPU

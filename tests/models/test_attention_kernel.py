@@ -205,7 +205,7 @@ def test_mult_trains_with_the_kernel_dropout(ext) -> None:
     batch = labelled_batch(B=8, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(12):
+    for _ in range(20):  # 12 were enough before packed rows; the dropout draws differ since (0.344 vs 0.338 needed)
         loss = F.l1_loss(model(batch)["pred"], batch["label"])
         opt.zero_grad()
         loss.backward()
