@@ -197,14 +197,15 @@ class MultiheadAttention(nn.Module):
         B, Lq, d = query.shape
         q, k, v, parts = self._project(query, source)
         valid = qvalid = None
-        if self._fused_wanted(q, k, v):
+        fused = self._fused_wanted(q, k, v)
+        if fused:
             valid = _valid_keys(mask, B, k.shape[2])
             if valid is None and self.attention == "fused_cpu":
                 raise ValueError("MultiheadAttention: attention='fused_cpu' needs a 0 / -inf key mask (key_mask)")
             if valid is not None and query_mask is not None:
                 # self-attention: the query rows are the keys, already converted
                 qvalid = valid if query_mask is mask else _valid_keys(query_mask, B, Lq)
-        out = self._attend(q, k, v, valid, qvalid, lambda: mask, parts)
+        out = self._attend(q, k, v, fused and valid is not None, valid, qvalid, lambda: mask, parts)
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))
 
     def packed(self, query: Tensor, query_rows: RowPacking, source: Tensor | None = None,
@@ -223,7 +224,8 @@ class MultiheadAttention(nn.Module):
         B, Lq, d = query_rows.batch, query_rows.length, self.dim
         q, k, v, parts = self._project(query, source, query_rows, key_rows)
         qvalid = None if query_rows.all_valid else query_rows.valid
-        out = self._attend(q, k, v, key_rows.valid, qvalid, lambda: key_mask(~key_rows.valid, q.dtype), parts)
+        out = self._attend(q, k, v, self._fused_wanted(q, k, v), key_rows.valid, qvalid,
+                           lambda: key_mask(~key_rows.valid, q.dtype), parts)
         return self.out_proj(query_rows.pack(out.transpose(1, 2).reshape(B, Lq, d)))
 
     def _project(self, query: Tensor, source: Tensor | None, query_rows: RowPacking | None = None,
@@ -269,18 +271,19 @@ class MultiheadAttention(nn.Module):
             return True
         return kernels.available()  # warns once with the reason
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, qvalid: Tensor | None,
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, fused: bool, valid: Tensor | None, qvalid: Tensor | None,
                 additive: Callable[[], Tensor], parts: tuple[Tensor, Tensor | None]) -> Tensor:
-        """The fused CPU kernel over the ``valid`` keys (skipping the query rows ``qvalid`` marks as padding) where
-        it runs, on the projections ``parts`` that ``q``, ``k``, ``v`` view (their gradient comes back in that
-        layout), else the torch path with the additive mask ``additive()``.
+        """With ``fused`` (:meth:`_fused_wanted`, decided once by the caller) the fused CPU kernel over the
+        ``valid`` keys, skipping the query rows ``qvalid`` marks as padding, on the projections ``parts`` that ``q``,
+        ``k``, ``v`` view (their gradient comes back in that layout); else the torch path with the additive mask
+        ``additive()``.
 
         Shapes:
             q: ``[B, h, Lq, dh]``, k / v: ``[B, h, Lk, dh]``, valid: ``[B, Lk]`` bool, qvalid: ``[B, Lq]`` bool
             -> ``[B, h, Lq, dh]``.
         """
         p = self.dropout if self.training else 0.0
-        if valid is not None and self._fused_wanted(q, k, v):
+        if fused:
             return kernels.fused_attention_packed(*parts, valid, p, training=p > 0, query_valid=qvalid)
         mask = additive()
         if p > 0 and not fused_dropout_supported(q.device):
