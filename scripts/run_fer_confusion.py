@@ -9,6 +9,13 @@ Writes ``<out>/confusion.png``, ``<out>/confusion.md`` (per-class recall of both
 ``<out>/confusion_runs.md``.
 
     python scripts/run_fer_confusion.py --out runs/fer_confusion --models swin2b vgg16 --epochs 15 --seeds 42 1 2
+
+``--from-runs DIR`` trains nothing: it draws the figure from the test confusion matrices that finished runs of
+``run_fer_experiment.py --out DIR`` saved (``DIR/runs/<dataset>/<model>/seed<seed>/test_confusion.json``), e.g. from
+Table 1's runs::
+
+    python scripts/run_fer_confusion.py --out runs/fer_confusion --from-runs runs/fer_table1 --models swin2b vgg16 \
+        --seeds 42 1 2
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_fer_experiment as exp  # the shared single-run driver
 
+from common.io import atomic_write
+
 log = logging.getLogger("run_fer_confusion")
 
 
@@ -27,6 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = exp.build_parser(__doc__.splitlines()[0], default_out="runs/fer_confusion")
     parser.add_argument("--models", nargs=2, default=["swin2b", "vgg16"], choices=sorted(exp.MODELS),
                         metavar=("PAPER_MODEL", "BASELINE"))
+    parser.add_argument("--from-runs", default=None, metavar="DIR",
+                        help="draw from the saved test confusion matrices of run_fer_experiment.py --out DIR "
+                             "instead of training (the budget options are then ignored)")
     args = parser.parse_args(argv)
     out = exp.prepare_run(args)
     ds = args.datasets[0]
@@ -38,13 +50,25 @@ def main(argv: list[str] | None = None) -> dict:
     matrices: dict[str, torch.Tensor] = {}
     class_names: list[str] = []
     rows = []
+    n_faces: int | None = None
     for seed in args.seeds:
         for model in args.models:
-            row = exp.run_one(model, ds, seed, args, out)
-            rows.append(row)
-            cm, class_names = row["confusion"], row["class_names"]
+            if args.from_runs:
+                path = Path(args.from_runs) / "runs" / ds / model / f"seed{seed}" / exp.CONFUSION_FILE
+                cm, names = exp.read_confusion(path)
+                if class_names and names != class_names:
+                    raise ValueError(f"{path}: classes {names} differ from the other runs' {class_names}")
+                class_names = names
+            else:
+                row = exp.run_one(model, ds, seed, args, out)
+                rows.append(row)
+                cm, class_names = row["confusion"], row["class_names"]
+                exp.write_tables(rows, out, exp.budget_note(args), stem="confusion_runs", title="Fig. 10 runs")
+            n_faces = n_faces if n_faces is not None else int(cm.sum())
+            if int(cm.sum()) != n_faces:
+                raise ValueError(f"run_fer_confusion: {model} seed {seed} tested {int(cm.sum())} faces, the other "
+                                 f"runs {n_faces}: matrices of different test splits cannot be compared or summed")
             matrices[model] = matrices[model] + cm if model in matrices else cm
-            exp.write_tables(rows, out, exp.budget_note(args), stem="confusion_runs", title="Fig. 10 runs")
     fig = Figure(figsize=(2 * max(4.0, 0.6 * len(class_names) + 2.0), max(4.0, 0.6 * len(class_names) + 2.0)))
     for i, model in enumerate(args.models):
         acc = float(matrices[model].diag().sum() / matrices[model].sum().clamp_min(1))
@@ -57,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     for k, name in enumerate(class_names):
         cells = [f"{float(matrices[m][k, k] / matrices[m][k].sum().clamp_min(1)):.3f}" for m in args.models]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (out / "confusion.md").write_text("\n".join(lines) + "\n")
+    with atomic_write(out / "confusion.md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return matrices
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import os
 import statistics
@@ -133,6 +134,36 @@ def model_configs(model: str, dataset: str) -> list[Path]:
     return paths
 
 
+CONFUSION_FILE = "test_confusion.json"
+
+
+def write_confusion(path: Path, counts, class_names: list[str]) -> None:
+    """A run's test confusion counts (rows: true class, columns: prediction) and class names, as JSON (atomic)."""
+    with atomic_write(path, "w") as fh:
+        json.dump({"class_names": list(class_names), "counts": [[int(c) for c in row] for row in counts.tolist()]},
+                  fh)
+
+
+def read_confusion(path: Path):
+    """``(counts [K, K] int64 tensor, class names)`` from :func:`write_confusion`'s file; ``ValueError`` naming the
+    file when it is not such a file."""
+    import torch
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no saved test confusion matrix (was the run made by this script?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON confusion file ({err})") from None
+    names, counts = (data.get("class_names"), data.get("counts")) if isinstance(data, dict) else (None, None)
+    k = len(names) if isinstance(names, list) else -1
+    if (k < 1 or not all(isinstance(n, str) for n in names) or not isinstance(counts, list) or len(counts) != k
+            or not all(isinstance(r, list) and len(r) == k and all(isinstance(c, int) and c >= 0 for c in r)
+                       for r in counts)):
+        raise ValueError(f"{path}: expected {{'class_names': [K names], 'counts': K x K non-negative integers}}")
+    return torch.tensor(counts, dtype=torch.long), names
+
+
 def _uses_epoch_schedule(configs: list[Path]) -> bool:
     """Whether the resolved scheduler is WarmupCosineLR (its max_epochs must follow --epochs)."""
     import yaml
@@ -212,6 +243,8 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
 
         best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
     n_test = int(lit.confusion_matrices["test"].sum()) if "test" in lit.confusion_matrices else 0
+    if "test" in lit.confusion_matrices:  # kept so figures (Fig. 10) can be drawn from finished runs
+        write_confusion(run_dir / CONFUSION_FILE, lit.confusion_matrices["test"], list(lit.class_names))
     return {
         "model": model,
         "dataset": dataset,
