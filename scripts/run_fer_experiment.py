@@ -242,9 +242,10 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         import torch
 
         best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
-    n_test = int(lit.confusion_matrices["test"].sum()) if "test" in lit.confusion_matrices else 0
-    if "test" in lit.confusion_matrices:  # kept so figures (Fig. 10) can be drawn from finished runs
-        write_confusion(run_dir / CONFUSION_FILE, lit.confusion_matrices["test"], list(lit.class_names))
+    confusion = lit.confusion_matrices.get("test")
+    n_test = int(confusion.sum()) if confusion is not None else 0
+    if confusion is not None:  # kept so figures (Fig. 10) can be drawn from finished runs
+        write_confusion(run_dir / CONFUSION_FILE, confusion, list(lit.class_names))
     return {
         "model": model,
         "dataset": dataset,
@@ -258,7 +259,7 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         "params_m": sum(p.numel() for p in lit.net.parameters()) / 1e6,
         "n_test": n_test,
         # not table columns: the test confusion matrix and class names (Fig. 10), the per-epoch curve
-        "confusion": lit.confusion_matrices.get("test"),
+        "confusion": confusion,
         "class_names": list(lit.class_names),
     }
 

@@ -64,7 +64,8 @@ def test_confusion_and_learning_curve_commands(tmp_path: Path, tiny_args: list[s
     assert (tmp_path / "lc" / "learning_curves.png").stat().st_size > 0
 
 
-def test_confusion_figure_from_saved_runs(tmp_path: Path, tiny_args: list[str]) -> None:
+def test_confusion_figure_from_saved_runs(tmp_path: Path, tiny_args: list[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import run_fer_confusion
     import run_fer_experiment as exp
     import torch
@@ -76,25 +77,23 @@ def test_confusion_figure_from_saved_runs(tmp_path: Path, tiny_args: list[str]) 
     for (model, seed), counts in saved.items():
         exp.write_confusion(runs / "runs" / "ckplus48" / model / f"seed{seed}" / exp.CONFUSION_FILE,
                             torch.tensor(counts), names)
-    exp.MODELS.setdefault("m1", "unused"), exp.MODELS.setdefault("m2", "unused")
-    try:
-        args = tiny_args + ["--out", str(tmp_path / "fig"), "--from-runs", str(runs), "--models", "m1", "m2",
-                            "--seeds", "42", "1"]
-        mats = run_fer_confusion.main(args)
-        assert mats["m1"].tolist() == [[7, 1, 0], [1, 5, 2], [1, 0, 3]]  # summed over the two seeds
-        assert mats["m2"][:, 2].sum() == 0
-        assert "| a | 0.875 | 0.250 |" in (tmp_path / "fig" / "confusion.md").read_text()
-        assert (tmp_path / "fig" / "confusion.png").stat().st_size > 0
-        # a run that tested other faces cannot be summed; a broken file is named
-        exp.write_confusion(runs / "runs" / "ckplus48" / "m2" / "seed1" / exp.CONFUSION_FILE,
-                            torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), names)
-        with pytest.raises(ValueError, match="tested 3 faces, the other runs 10"):
-            run_fer_confusion.main(args)
-        bad = runs / "runs" / "ckplus48" / "m2" / "seed1" / exp.CONFUSION_FILE
-        bad.write_text('{"class_names": ["a", "b", "c"], "counts": [[1, 2], [3, 4]]}')
-        with pytest.raises(ValueError, match="seed1/test_confusion.json: expected"):
-            run_fer_confusion.main(args)
-        with pytest.raises(FileNotFoundError, match="seed7/test_confusion.json: no saved test confusion"):
-            run_fer_confusion.main(args[:-3] + ["--seeds", "7"])
-    finally:
-        exp.MODELS.pop("m1"), exp.MODELS.pop("m2")
+    monkeypatch.setitem(exp.MODELS, "m1", "unused")
+    monkeypatch.setitem(exp.MODELS, "m2", "unused")
+    args = tiny_args + ["--out", str(tmp_path / "fig"), "--from-runs", str(runs), "--models", "m1", "m2",
+                        "--seeds", "42", "1"]
+    mats = run_fer_confusion.main(args)
+    assert mats["m1"].tolist() == [[7, 1, 0], [1, 5, 2], [1, 0, 3]]  # summed over the two seeds
+    assert mats["m2"][:, 2].sum() == 0
+    assert "| a | 0.875 | 0.250 |" in (tmp_path / "fig" / "confusion.md").read_text()
+    assert (tmp_path / "fig" / "confusion.png").stat().st_size > 0
+    # a run that tested other faces cannot be summed; a broken file is named
+    exp.write_confusion(runs / "runs" / "ckplus48" / "m2" / "seed1" / exp.CONFUSION_FILE,
+                        torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), names)
+    with pytest.raises(ValueError, match="tested 3 faces, the other runs 10"):
+        run_fer_confusion.main(args)
+    bad = runs / "runs" / "ckplus48" / "m2" / "seed1" / exp.CONFUSION_FILE
+    bad.write_text('{"class_names": ["a", "b", "c"], "counts": [[1, 2], [3, 4]]}')
+    with pytest.raises(ValueError, match="seed1/test_confusion.json: expected"):
+        run_fer_confusion.main(args)
+    with pytest.raises(FileNotFoundError, match="seed7/test_confusion.json: no saved test confusion"):
+        run_fer_confusion.main(args[:-3] + ["--seeds", "7"])
