@@ -99,13 +99,16 @@ def scan_class_folders(
 
     Returns:
         Records sorted by relative path. Symbolic links (files or folders) that resolve outside ``root`` are not
-        followed: each is logged (under its own path in the dataset) and counted.
+        followed: each is logged (under its own path in the dataset) and counted. Each real directory is walked
+        once: a link to a directory already walked, to the root or into a class folder (a loop such as
+        ``anger/loop -> ..``, or ``happy/sub/again -> ../../happy``) is skipped, logged and counted the same way.
 
     Raises:
         FileNotFoundError: ``root`` does not exist, or (``require_all_classes``) a class has no folder.
         ValueError: unknown folder (with ``unknown_folders="error"``), an empty class folder (always an error:
             an empty folder is almost always a failed copy, and silently training without a class is worse),
-            loose files directly in ``root``, or an alias to a class that is not in ``class_names``.
+            loose files directly in ``root``, an alias to a class that is not in ``class_names``, or a class
+            folder that is a symbolic link into another class's folder.
     """
     check_choices(scan_class_folders, locals())
     root = Path(root)
@@ -122,6 +125,8 @@ def scan_class_folders(
     seen_classes: set[str] = set()
     real_root = root.resolve()
     outside: list[Path] = []  # symbolic links leading outside the root: not followed, reported
+    repeated: list[Path] = []  # links to a directory walked elsewhere (loops, ancestors, class folders): skipped
+    class_dirs: list[tuple[Path, str]] = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or entry.name in SIDECAR_NAMES:
             continue
@@ -143,7 +148,25 @@ def scan_class_folders(
         if not _inside(entry, real_root):
             outside.append(entry)
             continue
-        files = [p for p in _walk_files(entry, real_root, outside) if p.name not in SIDECAR_NAMES]
+        class_dirs.append((entry, class_name))
+    # every class folder is walked as itself: a link from elsewhere into one (or into the root) is never followed,
+    # so no image is listed twice or under a second class
+    claimed: dict[Path, Path] = {}
+    for entry, class_name in class_dirs:
+        real = entry.resolve()
+        other = claimed.get(real) or next((c for r, c in claimed.items() if r in real.parents or real in r.parents),
+                                          None)
+        if other is not None:
+            link, target = (entry, other) if entry.is_symlink() or not other.is_symlink() else (other, entry)
+            raise ValueError(
+                f"Class folder {str(link)!r} is a symbolic link into {str(target)!r}, the folder of another class "
+                f"(both lead to {str(real)!r}): the same images would carry two labels"
+            )
+        claimed[real] = entry
+    visited: set[Path] = set()
+    for entry, class_name in class_dirs:
+        walked = _walk_files(entry, real_root, outside, set(claimed), visited, repeated)
+        files = [p for p in walked if p.name not in SIDECAR_NAMES]
         if not files:
             raise ValueError(
                 f"Empty class folder {str(entry)!r} (class {class_name!r}): it holds no files"
@@ -164,6 +187,12 @@ def scan_class_folders(
         log.warning("Not following %s: a symbolic link to %s, outside the image root %s", link, link.resolve(), root)
     if outside:
         log.warning("Image root %s: %d symbolic link(s) leading outside it skipped", root, len(outside))
+    for link in repeated:
+        log.warning("Not following %s: a symbolic link to %s, a directory walked already (a loop, an ancestor or a "
+                    "class folder)", link, link.resolve())
+    if repeated:
+        log.warning("Image root %s: %d symbolic link(s) to a directory already walked skipped (each real directory "
+                    "is read once)", root, len(repeated))
     if require_all_classes:
         missing = [c for c in class_names if c not in seen_classes]
         if missing:
@@ -178,9 +207,18 @@ def _inside(path: Path, real_root: Path) -> bool:
     return target == real_root or real_root in target.parents
 
 
-def _walk_files(folder: Path, real_root: Path, outside: list[Path]) -> list[Path]:
-    """Non-hidden regular files under ``folder``, sorted; links leading outside ``real_root`` go to ``outside``."""
+def _walk_files(
+    folder: Path, real_root: Path, outside: list[Path], claimed: set[Path], visited: set[Path], repeated: list[Path]
+) -> list[Path]:
+    """Non-hidden regular files under ``folder``, sorted; every real directory is walked once.
+
+    Links leading outside ``real_root`` go to ``outside``. A symbolic link to a directory that was walked already
+    (``visited``), to the root, or into a class folder (``claimed``: real paths of all class folders, this one
+    included, which are walked as themselves) goes to ``repeated``: it would loop (``anger/loop -> ..``), list a
+    folder twice (``happy/sub/again -> ../../happy``) or give another class's images this folder's label.
+    """
     files: list[Path] = []
+    visited.add(folder.resolve())
     todo = [folder]
     while todo:
         d = todo.pop()
@@ -190,6 +228,12 @@ def _walk_files(folder: Path, real_root: Path, outside: list[Path]) -> list[Path
             if p.is_symlink() and not _inside(p, real_root):
                 outside.append(p)
             elif p.is_dir():
+                real = p.resolve()
+                if real in visited or (p.is_symlink() and (
+                        real == real_root or any(c == real or c in real.parents for c in claimed))):
+                    repeated.append(p)
+                    continue
+                visited.add(real)
                 todo.append(p)
             elif p.is_file():
                 files.append(p)
