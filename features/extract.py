@@ -43,13 +43,15 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import sys
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,9 @@ import numpy as np
 from common.io import atomic_write
 from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names, extract_audio
 from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES
-from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript
+from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript, read_utf8
 from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
-from features.vision import VisionExtractor, VisionSettings
+from features.vision import FaceExpressionModel, VisionExtractor, VisionSettings
 
 __all__ = [
     "BadClip",
@@ -80,10 +82,13 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 #: Bad-clip reasons; the ones in KEPT_REASONS stay in the file (flagged), the others are left out.
-BAD_REASONS = ("missing_file", "unlabelled_file", "corrupt", "no_audio", "no_video", "empty_transcript",
-               "no_transcript", "duplicate_row", "no_face")
+BAD_REASONS = ("missing_file", "unlabelled_file", "outside_root", "corrupt", "no_audio", "no_video",
+               "empty_transcript", "empty_transcript_segment", "no_transcript", "duplicate_row", "no_face")
 KEPT_REASONS = ("no_face",)
 LABEL_CSV_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+#: Arrays of every cache entry, and those an entry with status "ok" holds besides.
+ENTRY_KEYS = ("status", "detail")
+OK_ENTRY_KEYS = ("audio", "prosody", "vision", "vision_face_mask", "text", "text_bert", "start_s", "end_s")
 
 
 # ------------------------------------------------------------------------------------------------------ records
@@ -178,6 +183,17 @@ def _package_versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ discovery
+def _inside(path: Path, real_root: Path) -> bool:
+    """Whether ``path`` (after following symbolic links and ``..``) lies inside the resolved ``real_root``."""
+    target = path.resolve()
+    return target == real_root or real_root in target.parents
+
+
+def _outside(clip_id: str, path: Path, real_root: Path, what: str) -> BadClip:
+    return BadClip(clip_id, str(path), "outside_root", f"{what} resolves to {path.resolve()}, outside {real_root}: "
+                                                       "not read (move the file into the folder)")
+
+
 def _find_media(folder: Path, stem: str) -> Path | None:
     for ext in VIDEO_EXTENSIONS:
         p = folder / f"{stem}{ext}"
@@ -214,47 +230,57 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
     label_csv = src / "label.csv"
     if src.is_dir() and label_csv.is_file():
         raw = src / "Raw"
+        real_raw = raw.resolve()
         seen: set[str] = set()
         used: set[Path] = set()
-        with label_csv.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in LABEL_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{label_csv}: missing column(s) {missing}; MMSA's label.csv has "
-                                 f"{list(LABEL_CSV_COLUMNS)} (+ annotation)")
-            for line, row in enumerate(reader, start=2):
-                vid, cid = row["video_id"].strip(), row["clip_id"].strip()
-                clip_id = f"{vid}$_${cid}"
-                mode = row["mode"].strip()
-                if mode not in FILE_SPLITS:
-                    raise ValueError(f"{label_csv}:{line}: mode {mode!r} is not one of {FILE_SPLITS}")
-                try:
-                    label = float(row["label"])
-                except ValueError as err:
-                    raise ValueError(f"{label_csv}:{line}: label {row['label']!r} is not a number") from err
-                if not -3.0 <= label <= 3.0:
-                    raise ValueError(f"{label_csv}:{line}: label {label} outside [-3, 3]")
-                path = _find_media(raw / vid, cid)
-                if clip_id in seen:
-                    bad.append(BadClip(clip_id, str(path or raw / vid / cid), "duplicate_row", f"line {line}"))
-                    continue
-                seen.add(clip_id)
-                if path is None:
-                    bad.append(BadClip(clip_id, str(raw / vid / f"{cid}.mp4"), "missing_file",
-                                       f"label.csv line {line} names no file in {raw / vid}"))
-                    continue
-                used.add(path.resolve())
-                text = " ".join((row["text"] or "").split())
-                if not text:
-                    bad.append(BadClip(clip_id, str(path), "empty_transcript", f"label.csv line {line}"))
-                    continue
-                clips.append(Clip(clip_id, str(path), mode, text, label))
+        reader = csv.DictReader(io.StringIO(read_utf8(label_csv), newline=""))
+        missing = [c for c in LABEL_CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{label_csv}: missing column(s) {missing}; MMSA's label.csv has "
+                             f"{list(LABEL_CSV_COLUMNS)} (+ annotation)")
+        for line, row in enumerate(reader, start=2):
+            vid, cid = row["video_id"].strip(), row["clip_id"].strip()
+            clip_id = f"{vid}$_${cid}"
+            mode = row["mode"].strip()
+            if mode not in FILE_SPLITS:
+                raise ValueError(f"{label_csv}:{line}: mode {mode!r} is not one of {FILE_SPLITS}")
+            try:
+                label = float(row["label"])
+            except ValueError as err:
+                raise ValueError(f"{label_csv}:{line}: label {row['label']!r} is not a number") from err
+            if not -3.0 <= label <= 3.0:
+                raise ValueError(f"{label_csv}:{line}: label {label} outside [-3, 3]")
+            if clip_id in seen:
+                bad.append(BadClip(clip_id, str(raw / vid / cid), "duplicate_row", f"line {line}"))
+                continue
+            seen.add(clip_id)
+            if not _inside(raw / vid / cid, real_raw):  # ids such as ../../x or /x name files elsewhere
+                bad.append(_outside(clip_id, raw / vid / cid, real_raw, f"label.csv line {line}"))
+                continue
+            path = _find_media(raw / vid, cid)
+            if path is None:
+                bad.append(BadClip(clip_id, str(raw / vid / f"{cid}.mp4"), "missing_file",
+                                   f"label.csv line {line} names no file in {raw / vid}"))
+                continue
+            if not _inside(path, real_raw):  # a symbolic link out of Raw/
+                bad.append(_outside(clip_id, path, real_raw, f"label.csv line {line}: the file"))
+                continue
+            used.add(path.resolve())
+            text = " ".join((row["text"] or "").split())
+            if not text:
+                bad.append(BadClip(clip_id, str(path), "empty_transcript", f"label.csv line {line}"))
+                continue
+            clips.append(Clip(clip_id, str(path), mode, text, label))
         if raw.is_dir():
             for p in sorted(raw.rglob("*")):
                 if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and p.resolve() not in used:
                     rel = p.relative_to(raw)
                     cid = f"{rel.parent.as_posix()}$_${p.stem}" if rel.parent != Path(".") else p.stem
-                    if cid not in seen:
+                    if cid in seen:
+                        continue
+                    if not _inside(p, real_raw):
+                        bad.append(_outside(cid, p, real_raw, "a file without a label.csv row"))
+                    else:
                         bad.append(BadClip(cid, str(p), "unlabelled_file", "no row in label.csv"))
         return clips, bad, "mmsa"
     if src.is_file():
@@ -266,7 +292,11 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
     if not videos:
         raise FileNotFoundError(f"{src}: neither a label.csv (MMSA raw layout) nor video files "
                                 f"({', '.join(VIDEO_EXTENSIONS)}) found")
+    real_src = src.resolve()
     for video in videos:
+        if src.is_dir() and not _inside(video, real_src):  # a symbolic link out of the folder
+            bad.append(_outside(video.stem, video, real_src, "the video"))
+            continue
         if transcript is not None and src.is_file():
             transcript_path: Path | None = Path(transcript)
         else:
@@ -276,6 +306,9 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
             bad.append(BadClip(video.stem, str(video), "no_transcript",
                                f"expected {video.stem}.srt, .vtt or .csv beside it"))
             continue
+        if src.is_dir() and not _inside(transcript_path, real_src):
+            bad.append(_outside(video.stem, transcript_path, real_src, "the transcript"))
+            continue
         try:
             segments = read_transcript(transcript_path)
         except TranscriptError as err:
@@ -284,7 +317,8 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
         for k, seg in enumerate(segments, start=1):
             cid = f"{video.stem}$_${k}"
             if not seg.text:
-                bad.append(BadClip(cid, str(transcript_path), "empty_transcript", f"segment {k} has no text"))
+                bad.append(BadClip(cid, str(transcript_path), "empty_transcript_segment",
+                                   f"segment {k} ({seg.start:.3f}-{seg.end:.3f} s) has no text"))
                 continue
             clips.append(Clip(cid, str(video), split, seg.text, seg.label, seg.start, seg.end))
     return clips, bad, "folder"
@@ -302,20 +336,39 @@ def _settings_hash(settings: ExtractorSettings) -> str:
     return hashlib.sha1(json.dumps(settings.clip_key_settings(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@contextmanager
+def _writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` of a write (a full disk: ``ENOSPC``, a quota, permissions) naming ``path``; the
+    errno is kept. Errors that already name the path pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if str(path) in str(err):
+            raise
+        msg = f"cannot write {what} {path}: {err.strerror or err}"
+        raise (OSError(err.errno, msg) if err.errno is not None else OSError(msg)) from err
+
+
 def _cache_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_write(path, "wb") as f:
+    """Write one cache entry atomically (:func:`common.io.atomic_write`: a killed run or a full disk leaves the old
+    entry or none, never a torn one)."""
+    with _writing(path, "the cache entry"), atomic_write(path, "wb") as f:
         np.savez(f, allow_pickle=False, **arrays)
 
 
-def _cache_read(paths: Sequence[Path]) -> dict[str, np.ndarray] | None:
-    for p in paths:
-        if p.is_file():
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):  # torn by a killed run
-                log.warning("%s: unreadable cache entry, extracting again", p)
-    return None
+def _cache_load(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """``(arrays, "")`` of a sound cache entry, or ``(None, why)`` for a torn one (truncated, corrupt, arrays
+    missing). Every array is read, so the zip CRCs are checked."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        return None, f"{type(err).__name__}: {err}"
+    need = ENTRY_KEYS + (OK_ENTRY_KEYS if "status" in arrays and str(arrays["status"]) == "ok" else ())
+    lacking = [k for k in need if k not in arrays]
+    if lacking:
+        return None, f"arrays {lacking} missing"
+    return arrays, ""
 
 
 # ------------------------------------------------------------------------------------------------------ workers
@@ -391,8 +444,15 @@ def _group_by_source(clips: Sequence[Clip]) -> list[tuple[str, list[Clip]]]:
 
 
 def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir: str | os.PathLike,
-                   workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True) -> int:
+                   workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True,
+                   torn: list[str] | None = None) -> int:
     """Extract the clips of shard ``K/N`` (source files ``i`` with ``i % N == K``) that are not cached yet.
+
+    A torn cache entry (truncated or corrupt, e.g. copied from another machine or left by a file system that lost
+    a write) is logged as a warning naming it and extracted again, with the other clips of its source file.
+
+    Args:
+        torn: when given, the paths of the torn entries found are appended to it (for the report).
 
     Returns:
         The number of clips extracted now (cached clips are skipped: a killed run resumes).
@@ -406,8 +466,18 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
         if i % n != k:
             continue
         keys = [_clip_key(c, shash) for c in group]
-        if all((cache_dir / f"{key}.npz").is_file() for key in keys):
-            continue
+        entries = [cache_dir / f"{key}.npz" for key in keys]
+        if all(e.is_file() for e in entries):  # else the whole source file is extracted anyway
+            sound = True
+            for c, e in zip(group, entries):
+                why = _cache_load(e)[1]
+                if why:
+                    sound = False
+                    log.warning("%s: torn cache entry of clip %s (%s): extracting %s again", e, c.id, why, path)
+                    if torn is not None:
+                        torn.append(str(e))
+            if sound:
+                continue
         tasks.append((path, group, keys))
     total = sum(len(t[1]) for t in tasks)
     if not tasks:
@@ -492,15 +562,21 @@ def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any
 
 def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorSettings,
              cache_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, kind: str,
-             dataset_name: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+             dataset_name: str | None = None, overwrite: bool = False,
+             cache_reextracted: Sequence[str] = ()) -> dict[str, Any]:
     """Write the feature file and its report from the cached clips (the one code path of runs and merges).
+
+    Args:
+        cache_reextracted: torn cache entries this run extracted again (listed in the report).
 
     Returns:
         The report (also written as ``<out stem>.report.json``).
 
     Raises:
-        FileNotFoundError: clips missing from every cache (their ids are listed).
+        FileNotFoundError: clips missing from every cache, or whose only entries are torn (the clip ids, source
+            files and torn entries are named: re-run their extraction).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+        OSError: writing the file or the report failed (e.g. a full disk), naming the path.
     """
     from features.synthetic_mmsa import write_feature_file
 
@@ -511,12 +587,24 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
     dirs = [Path(d) for d in cache_dirs]
     bad = list(bad)
     kept: list[tuple[Clip, dict[str, np.ndarray]]] = []
-    missing = []
+    missing: list[Clip] = []
+    torn: list[tuple[Clip, list[str]]] = []
     for c in clips:
         key = _clip_key(c, shash)
-        entry = _cache_read([d / f"{key}.npz" for d in dirs])
+        entry: dict[str, np.ndarray] | None = None
+        problems = []
+        for d in dirs:
+            p = d / f"{key}.npz"
+            if p.is_file():
+                entry, why = _cache_load(p)
+                if entry is not None:
+                    break
+                problems.append(f"{p} ({why})")
         if entry is None:
-            missing.append(c.id)
+            if problems:
+                torn.append((c, problems))
+            else:
+                missing.append(c)
             continue
         status = str(entry["status"])
         if status != "ok":
@@ -528,9 +616,18 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
             m = entry["vision_face_mask"]
             entry["vision"], entry["vision_face_mask"] = entry["vision"][m], m[m]
         kept.append((c, entry))
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} clip(s) are in no cache {[str(d) for d in dirs]} (first: "
-                                f"{missing[:5]}); run the missing shards first")
+    if missing or torn:
+        parts = []
+        if torn:
+            parts.append(f"{len(torn)} clip(s) have only torn (truncated or corrupt) cache entries: "
+                         + "; ".join(f"{c.id}: {', '.join(p)}" for c, p in torn[:5]))
+        if missing:
+            parts.append(f"{len(missing)} clip(s) are in no cache {[str(d) for d in dirs]} (first: "
+                         f"{[c.id for c in missing[:5]]})")
+        sources = sorted({c.path for c in missing} | {c.path for c, _ in torn})
+        raise FileNotFoundError("; ".join(parts) + f". Extract them again: run the shard(s) holding the source "
+                                f"file(s) {sources[:10]}{' ...' if len(sources) > 10 else ''} (or a run without "
+                                "--merge), which re-extracts missing and torn entries")
     if not kept:
         raise ValueError(f"no usable clip: {len(bad)} bad ({Counter(b.reason for b in bad)})")
     labelled = [c.label is not None for c, _ in kept]
@@ -579,12 +676,14 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
         "bad": [asdict(b) for b in sorted(bad, key=lambda b: (b.reason, b.id))],
         "truncated": {"audio": int(sum(len(e["audio"]) > la for _, e in kept)),
                       "vision": int(sum(len(e["vision"]) > lv for _, e in kept))},
+        "cache_reextracted": sorted(cache_reextracted),
     }
     if dataset_name is not None:
         report["split_check"] = check_split_sizes(sizes, dataset_name)
-    write_feature_file(data, out, overwrite=overwrite)
+    with _writing(out, "the feature file"):
+        write_feature_file(data, out, overwrite=overwrite)
     report_path = out.with_name(out.stem + ".report.json")
-    with atomic_write(report_path, "w") as f:
+    with _writing(report_path, "the report"), atomic_write(report_path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
     return report
 
@@ -607,17 +706,22 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
         raise ValueError(f"extract: --out must end in .npz (pickle-free) or .pkl, got {out}")
     if out.exists() and not overwrite and shard is None:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    if settings.vision.face_model:
+        FaceExpressionModel(settings.vision.face_model)  # a bad checkpoint is refused before any work
     cache_dirs = list(cache_dirs or [out.with_name(out.name + ".cache")])
     clips, bad, kind = discover(source, split, transcript)
-    log.info("%s (%s): %d clips, %d bad inputs found while listing", source, kind, len(clips), len(bad))
+    log.info("%s (%s): %d clips, %d bad inputs found while listing%s", source, kind, len(clips), len(bad),
+             f" ({dict(sorted(Counter(b.reason for b in bad).items()))})" if bad else "")
+    torn: list[str] = []
     if not merge:
         n = run_extraction(clips, settings, cache_dirs[0], workers=workers, shard=shard or (0, 1),
-                           progress=progress)
-        log.info("extracted %d clips (the rest were cached)", n)
+                           progress=progress, torn=torn)
+        log.info("extracted %d clips (the rest were cached%s)", n,
+                 f"; {len(torn)} torn cache entries extracted again" if torn else "")
     if shard is not None:
         return None
     report = assemble(clips, bad, settings, cache_dirs, out, kind=kind, dataset_name=dataset_name,
-                      overwrite=overwrite)
+                      overwrite=overwrite, cache_reextracted=torn)
     log.info("wrote %s: split sizes %s; bad clips %s (report %s)", out, report["split_sizes"],
              report["bad_counts"] or 0, out.with_name(out.stem + ".report.json"))
     return report

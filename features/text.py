@@ -12,21 +12,29 @@ The tokenizer and encoder come from a local directory; by default the ``gt-all-m
 all-MiniLM-L6-v2 (6-layer, 384-wide uncased BERT, the same 30,522-token vocabulary as ``bert-base-uncased``).
 Nothing is downloaded (``local_files_only=True``).
 
-Transcripts (:func:`read_transcript`): ``.srt`` and ``.vtt`` through ``webvtt-py``; ``.csv`` with a header holding
-``start``, ``end`` (seconds, or ``HH:MM:SS.mmm``) and ``text`` (an optional ``label`` column in [-3, 3] makes the
-utterances labelled). One utterance per transcript segment.
+Transcripts (:func:`read_transcript`): ``.srt`` (parsed here: ``webvtt-py`` drops blank SRT cues, which would hide
+them and shift the segment numbers), ``.vtt`` through ``webvtt-py``, and ``.csv`` with a header holding ``start``,
+``end`` (seconds, or ``HH:MM:SS.mmm``) and ``text`` (an optional ``label`` column in [-3, 3] makes the utterances
+labelled). One utterance per transcript segment, blank ones included (with ``text == ""``: the caller reports them).
+
+Text encoding (:func:`read_utf8`, used for transcripts and the extractor's ``label.csv``): UTF-8, with or without a
+byte-order mark. Any other encoding is refused with an error naming the file, the line and byte of the first
+undecodable byte, and the fix (save the file as UTF-8). Guessing latin-1 instead would decode any bytes at all, so a
+cp1252 or Shift-JIS file would turn into wrong text in the features without a word.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Segment", "TextEncoder", "TranscriptError", "default_text_model", "read_transcript"]
+__all__ = ["Segment", "TextEncoder", "TranscriptError", "default_text_model", "read_transcript", "read_utf8"]
 
 TRANSCRIPT_EXTENSIONS = (".srt", ".vtt", ".csv")
 
@@ -47,6 +55,57 @@ class Segment:
     end: float
     text: str
     label: float | None = None
+
+
+def read_utf8(path: str | os.PathLike, data: bytes | None = None) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped).
+
+    Args:
+        path: the file (named in the error).
+        data: its bytes when already read (``None``: read ``path``).
+
+    Raises:
+        ValueError: the file is not UTF-8; the message names the file, the line and byte offset of the first bad
+            byte, and how to fix it.
+    """
+    raw = Path(path).read_bytes() if data is None else data
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}: not UTF-8 text: byte {err.start} (line {line}, column {column}) is "
+                         f"{raw[err.start:err.end]!r} ({err.reason}); save the file as UTF-8 (e.g. `iconv -f latin1 "
+                         f"-t utf-8`, or 'CSV UTF-8' in a spreadsheet's Save As)") from err
+
+
+_SRT_TIME = r"\d+(?::\d{1,2}){1,2}(?:[,.]\d+)?"
+_SRT_TIMING = re.compile(rf"^\s*({_SRT_TIME})\s*-->\s*({_SRT_TIME})(?:\s.*)?$")
+
+
+def _parse_srt(text: str, path: Path) -> list[Segment]:
+    """Every cue of an SRT text in file order, blank cues included (``text == ""``).
+
+    A cue is a timing line (``HH:MM:SS,mmm --> HH:MM:SS,mmm``) and the lines up to the next cue; a line of digits
+    right before a timing line (after a blank line or directly after the previous timing) is that cue's index.
+    """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _SRT_TIMING.match(line)]
+    if not starts:
+        raise TranscriptError(path, "corrupt", "no SRT cue timing line (HH:MM:SS,mmm --> HH:MM:SS,mmm)")
+    head = [line.strip() for line in lines[:starts[0]] if line.strip()]
+    if len(head) > 1 or (head and not head[0].isdigit()):
+        raise TranscriptError(path, "corrupt", f"text before the first SRT cue: {head[0][:40]!r}")
+    segments = []
+    for j, i in enumerate(starts):
+        end = starts[j + 1] if j + 1 < len(starts) else len(lines)
+        body = lines[i + 1:end]
+        if j + 1 < len(starts) and body and body[-1].strip().isdigit() and (len(body) == 1 or not body[-2].strip()):
+            body = body[:-1]  # the next cue's index
+        m = _SRT_TIMING.match(lines[i])
+        where = f"{path}:{i + 1}"
+        segments.append(Segment(_seconds(m.group(1), where), _seconds(m.group(2), where), " ".join(" ".join(body).split())))
+    return segments
 
 
 def default_text_model() -> str:
@@ -73,8 +132,12 @@ def _seconds(value: str, where: str) -> float:
 def read_transcript(path: str | os.PathLike) -> list[Segment]:
     """Segments of an ``.srt`` / ``.vtt`` / ``.csv`` transcript, in file order (see the module docstring).
 
+    Segments without text are returned too (``text == ""``), so that the caller can count and report them and the
+    segment numbers follow the file.
+
     Raises:
-        TranscriptError: unreadable file (``corrupt``) or no segment with text (``empty_transcript``).
+        TranscriptError: unreadable file or not UTF-8 (``corrupt``, the detail naming the line and byte), or no
+            segment with text (``empty_transcript``).
     """
     import webvtt
 
@@ -84,40 +147,45 @@ def read_transcript(path: str | os.PathLike) -> list[Segment]:
     ext = path.suffix.lower()
     segments: list[Segment] = []
     try:
-        if not path.read_bytes().strip():
-            raise TranscriptError(path, "empty_transcript", "the file is empty")
+        raw = path.read_bytes()
     except OSError as err:
         raise TranscriptError(path, "corrupt", str(err)) from err
+    if not raw.strip():
+        raise TranscriptError(path, "empty_transcript", "the file is empty")
     try:
-        if ext in (".srt", ".vtt"):
-            captions = webvtt.from_srt(str(path)) if ext == ".srt" else webvtt.read(str(path))
-            for c in captions:
+        text = read_utf8(path, raw)
+    except ValueError as err:
+        raise TranscriptError(path, "corrupt", str(err).removeprefix(f"{path}: ")) from err
+    try:
+        if ext == ".srt":
+            segments = _parse_srt(text, path)
+        elif ext == ".vtt":
+            for c in webvtt.from_string(text):
                 segments.append(Segment(_seconds(c.start, str(path)), _seconds(c.end, str(path)),
                                         " ".join(c.text.split())))
         elif ext == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-                missing = [c for c in ("start", "end", "text") if c not in cols]
-                if missing:
-                    raise TranscriptError(path, "corrupt", f"CSV transcript needs columns start, end, text; "
-                                                           f"missing {missing} (header {reader.fieldnames})")
-                for i, row in enumerate(reader, start=2):
-                    label = None
-                    if "label" in cols and (row.get(cols["label"]) or "").strip():
-                        try:
-                            label = float(row[cols["label"]])
-                        except ValueError as err:
-                            raise TranscriptError(path, "corrupt", f"line {i}: label {row[cols['label']]!r} is "
-                                                                   "not a number") from err
-                    segments.append(Segment(_seconds(row[cols["start"]] or "", f"{path}:{i}"),
-                                            _seconds(row[cols["end"]] or "", f"{path}:{i}"),
-                                            " ".join((row[cols["text"]] or "").split()), label))
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+            missing = [c for c in ("start", "end", "text") if c not in cols]
+            if missing:
+                raise TranscriptError(path, "corrupt", f"CSV transcript needs columns start, end, text; "
+                                                       f"missing {missing} (header {reader.fieldnames})")
+            for i, row in enumerate(reader, start=2):
+                label = None
+                if "label" in cols and (row.get(cols["label"]) or "").strip():
+                    try:
+                        label = float(row[cols["label"]])
+                    except ValueError as err:
+                        raise TranscriptError(path, "corrupt", f"line {i}: label {row[cols['label']]!r} is "
+                                                               "not a number") from err
+                segments.append(Segment(_seconds(row[cols["start"]] or "", f"{path}:{i}"),
+                                        _seconds(row[cols["end"]] or "", f"{path}:{i}"),
+                                        " ".join((row[cols["text"]] or "").split()), label))
         else:
             raise TranscriptError(path, "corrupt", f"unknown transcript type {ext!r} (use {TRANSCRIPT_EXTENSIONS})")
     except TranscriptError:
         raise
-    except Exception as err:  # webvtt.MalformedFileError, UnicodeDecodeError, csv.Error
+    except Exception as err:  # webvtt.MalformedFileError, csv.Error
         raise TranscriptError(path, "corrupt", f"{type(err).__name__}: {err}") from err
     for s in segments:
         if not s.end > s.start:
