@@ -1,4 +1,5 @@
-"""LightningDataModule for CMU-MOSI / CMU-MOSEI processed features (MMSA or MulT files, or their ``.npz`` form).
+"""LightningDataModule for CMU-MOSI / CMU-MOSEI processed features (MMSA or MulT files, their ``.npz`` form, or the
+memory-mapped feature store ``<name>.mmsa/`` made by ``python -m features.convert_mmsa SRC DST.mmsa``).
 
 The batch layout and the ``feature_dims`` / ``seq_lens`` properties follow ``docs/architecture.md``
 ("Multimodal sentiment"). Loading, validation and cleaning live in :mod:`features.mmsa_format`.
@@ -7,14 +8,13 @@ The batch layout and the ``feature_dims`` / ``seq_lens`` properties follow ``doc
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from datamodules.distributed import eval_sampler
-from features.mmsa_format import MMSAData, MMSADataError, load_mmsa, missing_file_message
+from features.mmsa_format import MMSAData, check_feature_path, load_mmsa
 
 __all__ = ["MMSADataModule", "MOSEIDataModule"]
 
@@ -23,17 +23,20 @@ log = logging.getLogger(__name__)
 
 class MMSADataModule(pl.LightningDataModule):
     """CMU-MOSI / CMU-MOSEI (named for the MMSA file format it reads, not for one dataset) sentiment data from an MMSA (``aligned_50.pkl`` / ``unaligned_50.pkl``) or MulT
-    (``mosi_data.pkl`` / ``mosei_senti_data.pkl``) feature file, or the pickle-free ``.npz`` made by
-    ``python -m features.convert_mmsa``.
+    (``mosi_data.pkl`` / ``mosei_senti_data.pkl``) feature file, the pickle-free ``.npz`` or the feature store
+    (a ``.mmsa`` directory) made by ``python -m features.convert_mmsa``.
 
     Pickles are read with a restricted unpickler (numpy arrays and plain containers only). NaN/inf features are set
-    to 0 (counts logged per split and modality), masks come from ``text_bert`` / ``*_lengths``, and every split is
-    converted once to float32 tensors and cached, so ``fit`` then ``test`` do not reload. Only the train loader
-    shuffles; ``predict`` uses the test split.
+    to 0 (counts logged per split and modality), masks come from ``text_bert`` / ``*_lengths``. A ``.pkl`` / ``.npz``
+    is converted once to float32 tensors held by the process; a store is opened in place (its features stay
+    memory-mapped, so the DDP ranks of a node share one copy in the page cache, and a sample is read when a batch
+    asks for it: the first batch comes without reading the file first). Either way the result is cached, so ``fit``
+    then ``test`` do not reload. Only the train loader shuffles; ``predict`` uses the test split.
 
     Args:
-        path: feature file (``.pkl`` or ``.npz``), e.g. ``data/mosi/aligned_50.pkl`` relative to the working
-            directory. Never downloaded: :meth:`prepare_data` only checks that it exists.
+        path: feature file (``.pkl`` or ``.npz``) or store (``.mmsa`` directory), e.g. ``data/mosi/aligned_50.pkl``
+            relative to the working directory. Never downloaded: :meth:`prepare_data` only checks that it exists.
+            Use a store for MOSEI and for DDP (the in-memory forms cost each process about twice the file).
         dataset_name: ``"mosi"`` or ``"mosei"`` to check split sizes against the standard ones (a mismatch is a
             logged warning), or ``None``.
         batch_size: train batch size.
@@ -68,12 +71,11 @@ class MMSADataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------ hooks
     def prepare_data(self) -> None:
-        """Check that the feature file exists (it is never downloaded)."""
-        if not Path(self.hparams.path).is_file():
-            raise MMSADataError(missing_file_message(self.hparams.path))
+        """Check that the feature file or store exists (it is never downloaded)."""
+        check_feature_path(self.hparams.path)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, validate and clean the file once; later calls reuse the cached tensors."""
+        """Load (a store: open), validate and clean the file once; later calls reuse the result."""
         if self._data is None:
             self._data = load_mmsa(self.hparams.path, dataset_name=self.hparams.dataset_name)
             self._datasets = {name: MMSADataset(split) for name, split in self._data.splits.items()}

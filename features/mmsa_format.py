@@ -17,6 +17,32 @@ globals needed to rebuild arrays, scalars and dtypes, plus plain builtin contain
 :func:`save_npz` / :func:`load_npz` give a pickle-free ``.npz`` form (``allow_pickle=False``) that round-trips a
 file exactly; ``features/convert_mmsa.py`` is the one-command converter.
 
+The feature store (``<name>.mmsa/``, :func:`save_store` / :func:`npz_to_store` / :func:`load_store`) is the form
+made for training at cluster scale (MMSA's ``mosei/unaligned_50.pkl`` is 13.7 GB): a directory with one ``.npy``
+file per array (``train/audio``, ``valid/id``, ...) and a JSON header (``header.json``: format, version, schema,
+source, the key tree, per-array file / shape / dtype / sha256, the non-finite counts per split and modality, the
+extractor header when there is one, ``"complete": true``). Why ``.npy`` opened with ``np.load(mmap_mode="r")``
+rather than HDF5 or litdata chunks:
+
+* every DDP rank (and DataLoader worker) of a node maps the same files read-only, so the kernel keeps **one**
+  copy in its page cache, counted once (PSS), and a rank's private memory holds only the batch being gathered;
+  h5py reads through its own chunk cache into private buffers (one copy per process) and its file handles do not
+  survive ``fork`` safely; litdata's chunks are made for streaming from object stores and would re-encode every
+  sample (the converter could no longer prove the output byte-equal to the input);
+* ``.npy`` is numpy's own format (no new dependency, readable without this project: ``np.load(f, mmap_mode="r")``),
+  one array per file, so an array is written and verified by streaming its bytes, chunk by chunk;
+* opening is instant: the header is read, big arrays are mapped, and only the small ones (labels, lengths, token
+  ids, ids; arrays under ``MMAP_MIN_BYTES``) are read into memory; a sample is sliced when the loader asks for it.
+
+Writing is streaming (:class:`StoreWriter`: one array at a time, :data:`CHUNK_BYTES` per write) into a hidden
+temporary directory next to the target; every array's bytes are hashed while written and re-read from disk and
+compared before the header is written, **last**, with ``"complete": true``, and the directory renamed onto the
+target. A killed writer leaves only the hidden ``.<name>.<random>.tmp`` directory, which never opens as a store.
+The NaN/inf counts the in-memory loader computes are computed while writing (chunk by chunk, on the float32 values
+the loader would clean) and kept in the header; :func:`load_mmsa` logs them like the in-memory path, and
+:class:`datamodules.datasets.mmsa_dataset.MMSADataset` cleans NaN/inf to 0 in each gathered batch of a split and
+modality whose count is not 0, so the batches equal the in-memory path's.
+
 :func:`load_mmsa` validates a file (splits, keys, shapes, dims, lengths, labels), cleans NaN/inf to 0 with
 logged counts, builds masks and converts everything once to float32/int64/bool tensors.
 :class:`datamodules.datasets.mmsa_dataset.MMSADataset` serves them as batches (``docs/architecture.md``,
@@ -25,17 +51,23 @@ logged counts, builds masks and converts everything once to float32/int64/bool t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
+import re
+import shutil
+import tempfile
 import warnings
+import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -53,23 +85,35 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
 
 __all__ = [
+    "CHUNK_BYTES",
     "FILE_SPLITS",
     "LABEL_RANGE",
     "MODALITIES",
     "STANDARD_SPLIT_SIZES",
+    "STORE_SUFFIX",
     "MMSAData",
     "MMSADataError",
     "MMSASplit",
     "RestrictedUnpickler",
     "SplitContentWarning",
     "SplitSizeWarning",
+    "StoreWriter",
+    "check_feature_path",
+    "count_nonfinite",
     "detect_schema",
+    "is_store_path",
     "load_feature_file",
     "load_mmsa",
     "load_npz",
+    "load_store",
     "missing_file_message",
+    "npz_to_store",
+    "open_store",
     "restricted_pickle_load",
     "save_npz",
+    "save_store",
+    "validate_mmsa",
+    "verify_store",
     "warn_split_content",
 ]
 
@@ -89,6 +133,15 @@ STANDARD_SPLIT_SIZES: dict[str, dict[str, tuple[int, int, int]]] = {
 NPZ_HEADER_KEY = "__mmsa_header__"
 NPZ_FORMAT = "affect-mmsa-npz"
 NPZ_VERSION = 1
+
+STORE_SUFFIX = ".mmsa"
+STORE_FORMAT = "affect-mmsa-store"
+STORE_VERSION = 1
+STORE_HEADER = "header.json"
+#: bytes per read / write / hash / count step of the streaming code (the converter's working memory is a few chunks).
+CHUNK_BYTES = 32 * 2**20
+#: arrays of a store smaller than this are read into memory when it is opened; larger ones are memory-mapped.
+MMAP_MIN_BYTES = 2**20
 
 _LABEL_KEYS = {"mmsa": "regression_labels", "mult": "labels"}
 
@@ -110,10 +163,43 @@ def missing_file_message(path: str | os.PathLike) -> str:
         "data/mosei/aligned_50.pkl or data/mosei/unaligned_50.pkl relative to the project root. The MMSA "
         "project (github.com/thuiar/MMSA, 'Datasets' section of its README) publishes these processed feature "
         "files; the older MulT pickles (mosi_data.pkl, mosei_senti_data.pkl) are read as well. A pickle-free "
-        "copy can be made with `python -m features.convert_mmsa SRC.pkl DST.npz`; to try the pipeline without "
-        "the real files, generate a synthetic one with `python -m features.synthetic_mmsa --out "
+        "copy can be made with `python -m features.convert_mmsa SRC.pkl DST.npz`, and the memory-mapped store "
+        "for large files (MOSEI, DDP) with `python -m features.convert_mmsa SRC.pkl DST.mmsa`; to try the pipeline "
+        "without the real files, generate a synthetic one with `python -m features.synthetic_mmsa --out "
         "data/generated/mosi_aligned.pkl`."
     )
+
+
+def is_store_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a feature store (its name ends in :data:`STORE_SUFFIX`, ``.mmsa``)."""
+    return Path(path).suffix == STORE_SUFFIX
+
+
+def check_feature_path(path: str | os.PathLike) -> Path:
+    """Check that ``path`` is a feature file (``.pkl`` / ``.npz``) or a complete feature store, without reading it.
+
+    Raises:
+        MMSADataError: missing path (with where to get the files), a directory that is not a store, a store that is
+            a plain file or has no header (an interrupted or running conversion).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MMSADataError(missing_file_message(p))
+    if is_store_path(p):
+        if not p.is_dir():
+            raise MMSADataError(f"{p}: a feature store ('{STORE_SUFFIX}') is a directory, but this is a file; "
+                                "rename it if it is a .pkl / .npz feature file.")
+        if not (p / STORE_HEADER).is_file():
+            raise MMSADataError(f"{p}: incomplete feature store: it has no {STORE_HEADER} (written last; was its "
+                                "conversion interrupted?). Convert the source again with --overwrite.")
+        return p
+    if p.is_dir():
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".pkl", ".npz", STORE_SUFFIX)
+                       and not q.name.startswith("."))
+        hint = f" It holds {found[:6]}." if found else ""
+        raise MMSADataError(f"{p}: is a directory, not a feature file: give the .pkl / .npz feature file inside it, "
+                            f"or a feature store, a directory whose name ends in '{STORE_SUFFIX}'.{hint}")
+    return p
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -177,9 +263,7 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
     Raises:
         MMSADataError: missing file, forbidden global, or not a (complete) pickle.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MMSADataError(missing_file_message(path))
+    path = check_feature_path(path)
     try:
         with path.open("rb") as f:
             return RestrictedUnpickler(f, source=path).load()
@@ -323,9 +407,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
 
     A plain ``.npz`` without header is accepted when its keys look like ``"split/key"``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MMSADataError(missing_file_message(path))
+    path = check_feature_path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -353,13 +435,14 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_feature_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a feature file as a nested dict: restricted pickle, or the pickle-free ``.npz`` form.
+    """Load a feature file as a nested dict: restricted pickle, the pickle-free ``.npz`` form, or a feature store.
 
-    The format is recognised from the content (a zip archive is ``.npz``), not only the suffix.
+    The file format is recognised from the content (a zip archive is ``.npz``), not only the suffix; a store (a
+    ``.mmsa`` directory) gives memory-mapped arrays for its big entries (:func:`load_store`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MMSADataError(missing_file_message(path))
+    path = check_feature_path(path)
+    if is_store_path(path):
+        return load_store(path)
     with path.open("rb") as f:
         magic = f.read(4)
     data = load_npz(path) if magic.startswith(b"PK") else restricted_pickle_load(path)
@@ -367,6 +450,494 @@ def load_feature_file(path: str | os.PathLike) -> dict[str, Any]:
         raise MMSADataError(f"{path}: top level is a {type(data).__name__}, expected a dict with splits "
                             f"{list(FILE_SPLITS)}.")
     return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Memory-mapped feature store (<name>.mmsa/: one .npy per array + header.json)
+# --------------------------------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_exact(f: io.BufferedIOBase, n: int) -> bytes:
+    """Read exactly ``n`` bytes (fewer only at the end of the stream)."""
+    parts, left = [], n
+    while left:
+        b = f.read(left)
+        if not b:
+            break
+        parts.append(b)
+        left -= len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _nonfinite_in(values: np.ndarray) -> int:
+    """NaN/inf count of ``values`` as the float32 the loader makes of them (float64 beyond float32 range is inf)."""
+    if values.dtype.kind != "f":
+        return 0
+    v = values if values.dtype == np.float32 else values.astype(np.float32)
+    return int(v.size - np.count_nonzero(np.isfinite(v)))
+
+
+def _array_chunks(arr: np.ndarray) -> tuple[bool, Iterator[np.ndarray]]:
+    """``(fortran_order, chunks)``: the bytes of ``arr`` in ``.npy`` order as contiguous pieces of about
+    :data:`CHUNK_BYTES` (whole elements; no copy of a contiguous array)."""
+    fortran = bool(arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous)
+    flat = arr.T if fortran else arr
+
+    def chunks() -> Iterator[np.ndarray]:
+        if flat.ndim == 0 or flat.shape[0] == 0:
+            yield np.ascontiguousarray(flat).reshape(-1)
+            return
+        row_bytes = max(1, flat[0].nbytes)
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        for i in range(0, flat.shape[0], rows):
+            yield np.ascontiguousarray(flat[i:i + rows]).reshape(-1)
+
+    return fortran, chunks()
+
+
+def _is_feature_entry(name: str) -> tuple[str, str] | None:
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] in FILE_SPLITS and parts[1] in MODALITIES:
+        return parts[0], parts[1]
+    return None
+
+
+def _tree_arrays(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Names of the arrays a header tree refers to, in order."""
+    kind = node["kind"]
+    if kind == "dict":
+        return [n for key, child in node["items"].items()
+                for n in _tree_arrays(child, f"{prefix}/{key}" if prefix else key)]
+    if kind in ("list_items", "tuple_items"):
+        return [n for i, child in enumerate(node["items"]) for n in _tree_arrays(child, f"{prefix}/{i}")]
+    if kind == "none":
+        return []
+    return [prefix]
+
+
+class StoreWriter:
+    """Write a feature store array by array, streaming, into a hidden temporary directory; :meth:`commit` verifies
+    it, writes ``header.json`` last (``"complete": true``) and renames the directory onto the target.
+
+    Use as a context manager: leaving it without :meth:`commit` (an error, ``KeyboardInterrupt``) removes the
+    temporary directory; a killed process leaves it behind as ``.<name>.<random>.tmp``, which never opens as a store.
+
+    Args:
+        path: the store, a directory whose name ends in ``.mmsa``.
+        overwrite: replace an existing store (only a store: anything else at ``path`` is never replaced).
+
+    Raises:
+        ValueError: ``path`` does not end in ``.mmsa``.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or it exists and is not a store.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if not is_store_path(self.path):
+            raise ValueError(f"StoreWriter: a feature store's name must end in '{STORE_SUFFIX}', got {self.path}")
+        if self.path.exists() or self.path.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{self.path}: already exists; pass --overwrite (overwrite=True) to replace it")
+            if not (self.path.is_dir() and (self.path / STORE_HEADER).is_file()):
+                raise FileExistsError(f"{self.path}: exists and is not a feature store (no {STORE_HEADER}); "
+                                      "refusing to replace it: move it away first")
+        self.tmp: Path | None = None
+        self.arrays: dict[str, dict[str, Any]] = {}
+        self.nonfinite: dict[str, dict[str, int]] = {}
+
+    def __enter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def add(self, name: str, shape: Iterable[int], dtype: np.dtype | str, chunks: Iterable[Any], *,
+            fortran_order: bool = False, source: str = "") -> dict[str, Any]:
+        """Write one array from its ``.npy``-order bytes, given in chunks of whole elements.
+
+        The bytes are hashed (sha256) and, for the ``text`` / ``audio`` / ``vision`` arrays of a split, their
+        NaN/inf values counted while written; the count of bytes must match ``shape`` and ``dtype``.
+
+        Args:
+            name: ``"split/key"`` (the tree's array name).
+            shape: array shape.
+            dtype: array dtype (no object dtype).
+            chunks: buffers (contiguous arrays or bytes) in order.
+            fortran_order: the bytes are in Fortran order.
+            source: named in errors.
+
+        Returns:
+            The header entry of the array.
+        """
+        if self.tmp is None:
+            raise RuntimeError("StoreWriter.add: use the writer as a context manager")
+        dtype, shape = np.dtype(dtype), tuple(int(d) for d in shape)
+        where = f"{source or self.path}: '{name}'"
+        if dtype.hasobject:
+            raise MMSADataError(f"{where} has object dtype; a feature store holds plain arrays only.")
+        if name in self.arrays:
+            raise MMSADataError(f"{where} is written twice.")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("/", "."))
+        file = f"{len(self.arrays):04d}_{safe}.npy"
+        expected = math.prod(shape) * dtype.itemsize
+        feature = _is_feature_entry(name)
+        digest, written, bad = hashlib.sha256(), 0, 0
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": shape}
+        with open(self.tmp / file, "wb") as f:
+            try:
+                np.lib.format.write_array_header_1_0(f, header)
+            except ValueError:  # header longer than 64 KiB
+                np.lib.format.write_array_header_2_0(f, header)
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                if written + len(view) > expected:
+                    raise MMSADataError(f"{where}: more data than its shape {list(shape)} and dtype {dtype} hold.")
+                f.write(view)
+                digest.update(view)
+                if feature is not None:
+                    bad += _nonfinite_in(np.frombuffer(view, dtype=dtype))
+                written += len(view)
+            if written != expected:
+                raise MMSADataError(f"{where}: {written} bytes of data, expected {expected} for shape {list(shape)} "
+                                    f"and dtype {dtype} (truncated source?).")
+            f.flush()
+            os.fsync(f.fileno())
+        entry = {"file": file, "shape": list(shape), "dtype": np.lib.format.dtype_to_descr(dtype),
+                 "fortran_order": fortran_order, "nbytes": expected, "sha256": digest.hexdigest()}
+        self.arrays[name] = entry
+        if feature is not None:
+            self.nonfinite.setdefault(feature[0], {})[feature[1]] = bad
+        return entry
+
+    def add_array(self, name: str, arr: np.ndarray, *, source: str = "") -> dict[str, Any]:
+        """Write an in-memory array (streamed from its buffer in chunks; no copy when it is contiguous)."""
+        fortran, chunks = _array_chunks(arr)
+        return self.add(name, arr.shape, arr.dtype, chunks, fortran_order=fortran, source=source)
+
+    def commit(self, meta: Mapping[str, Any], *,
+               check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> Path:
+        """Verify the written arrays, run ``check``, write the header last and move the store into place.
+
+        Args:
+            meta: header fields (``schema``, ``source``, ``tree``, optional ``extractor``).
+            check: called with ``(tree, header)`` of the store as it will open (arrays memory-mapped from the
+                temporary directory) before anything is moved; it raises to abort.
+
+        Returns:
+            The store's path.
+        """
+        if self.tmp is None:
+            raise RuntimeError("StoreWriter.commit: use the writer as a context manager")
+        header = {"format": STORE_FORMAT, "version": STORE_VERSION, **meta, "arrays": self.arrays,
+                  "nonfinite": self.nonfinite}
+        missing = sorted(set(_tree_arrays(header["tree"])) - set(self.arrays))
+        if missing:
+            raise MMSADataError(f"{self.path}: the key tree names arrays that were not written: {missing[:5]}")
+        verify_store(self.tmp, header, where=str(self.path))
+        if check is not None:
+            check(_unflatten(header["tree"], "", _StoreArrays(self.tmp, header)), header)
+        header["complete"] = True
+        with atomic_write(self.tmp / STORE_HEADER, "w") as f:
+            json.dump(header, f, indent=1)
+        _fsync_dir(self.tmp)
+        old = None
+        if self.path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old", dir=self.path.parent))
+            os.replace(self.path, old / self.path.name)
+        os.rename(self.tmp, self.path)
+        self.tmp = None
+        _fsync_dir(self.path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.path
+
+
+def verify_store(path: str | os.PathLike, header: Mapping[str, Any] | None = None, *, where: str = "") -> None:
+    """Re-read every array of a store from disk (plain reads, chunk by chunk) and check its ``.npy`` header and
+    sha256 against the store's header.
+
+    Raises:
+        MMSADataError: an array differs from what was written (naming the store and the array).
+    """
+    path = Path(path)
+    if header is None:
+        header = _read_store_header(path)
+    where = where or str(path)
+    for name, entry in header["arrays"].items():
+        file = path / entry["file"]
+        digest = hashlib.sha256()
+        try:
+            with open(file, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f".npy version {version} is not written by this project")
+                shape, fortran, dtype = read_header(f)
+                if (list(shape), bool(fortran), np.lib.format.dtype_to_descr(dtype)) != (
+                        list(entry["shape"]), bool(entry["fortran_order"]), _descr(entry["dtype"])):
+                    raise ValueError(f"its .npy header says {dtype}{list(shape)}, the store's header "
+                                     f"{entry['dtype']}{entry['shape']}")
+                size = 0
+                while chunk := f.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except (OSError, ValueError) as err:
+            raise MMSADataError(f"{where}: array '{name}' ({entry['file']}) cannot be verified: {err}") from err
+        if size != entry["nbytes"] or digest.hexdigest() != entry["sha256"]:
+            raise MMSADataError(f"{where}: array '{name}' ({entry['file']}) differs from what was written "
+                                f"({size} of {entry['nbytes']} bytes, sha256 mismatch); nothing was kept.")
+
+
+def _descr(descr: Any) -> Any:
+    """The header's JSON dtype description back in ``dtype_to_descr`` form (JSON turns tuples into lists)."""
+    if isinstance(descr, list):
+        return [tuple(_descr(x) for x in field) for field in descr]
+    return descr
+
+
+class _StoreArrays(Mapping):
+    """The arrays of a store by name, opened on access: memory-mapped read-only from :data:`MMAP_MIN_BYTES` on."""
+
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
+        self.path, self.entries = path, header["arrays"]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise MMSADataError(f"{self.path}: the header names no array '{name}'.")
+        file = self.path / entry["file"]
+        mmap = "r" if entry["nbytes"] >= MMAP_MIN_BYTES else None
+        try:
+            arr = np.load(file, mmap_mode=mmap, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise MMSADataError(f"{self.path}: array '{name}' ({entry['file']}) cannot be read: {err}") from err
+        if list(arr.shape) != list(entry["shape"]) or np.lib.format.dtype_to_descr(arr.dtype) != _descr(entry["dtype"]):
+            raise MMSADataError(f"{self.path}: array '{name}' ({entry['file']}) is {arr.dtype}{list(arr.shape)}, "
+                                f"the header says {entry['dtype']}{entry['shape']} (file replaced?).")
+        return arr
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _read_store_header(path: Path) -> dict[str, Any]:
+    path = check_feature_path(path) if is_store_path(path) else path
+    try:
+        header = json.loads((path / STORE_HEADER).read_text())
+        if header.get("format") != STORE_FORMAT:
+            raise ValueError(f"format is {header.get('format')!r}, expected {STORE_FORMAT!r}")
+        if header.get("version") != STORE_VERSION:
+            raise ValueError(f"version {header.get('version')!r}; this code reads version {STORE_VERSION}")
+        for key in ("tree", "arrays", "nonfinite"):
+            if key not in header:
+                raise ValueError(f"no '{key}' entry")
+    except (OSError, ValueError) as err:
+        raise MMSADataError(f"{path}: invalid feature store header {STORE_HEADER}: {type(err).__name__}: {err}"
+                            ) from err
+    if header.get("complete") is not True and is_store_path(path):
+        raise MMSADataError(f"{path}: incomplete feature store (its header is not marked complete); convert the "
+                            "source again with --overwrite.")
+    return header
+
+
+def open_store(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Open a feature store: ``(tree, header)``, the tree as :func:`load_npz` gives it with the big arrays
+    memory-mapped read-only (``np.memmap``; pages shared by every process that maps them) and the small ones read.
+
+    Raises:
+        MMSADataError: not a complete store, or an array that does not match the header.
+    """
+    path = Path(path)
+    header = _read_store_header(path)
+    try:
+        tree = _unflatten(header["tree"], "", _StoreArrays(path, header))
+    except MMSADataError:
+        raise
+    except Exception as err:
+        raise MMSADataError(f"{path}: invalid key tree in {STORE_HEADER}: {type(err).__name__}: {err}") from err
+    if not isinstance(tree, dict):
+        raise MMSADataError(f"{path}: top level is a {type(tree).__name__}, expected a dict with splits "
+                            f"{list(FILE_SPLITS)}.")
+    return tree, header
+
+
+def load_store(path: str | os.PathLike) -> dict[str, Any]:
+    """The nested dict of a feature store (:func:`open_store` without the header)."""
+    return open_store(path)[0]
+
+
+def _store_meta(data: Mapping[str, Any], tree: dict[str, Any], source: str, schema: str | None) -> dict[str, Any]:
+    if schema is None:
+        try:
+            schema = detect_schema(data, source)
+        except MMSADataError:
+            schema = "unknown"
+    meta: dict[str, Any] = {"schema": schema, "source": Path(source).name, "tree": tree}
+    extractor = _extractor_header(data.get("extractor"))
+    if extractor is not None:
+        meta["extractor"] = extractor
+    return meta
+
+
+def _extractor_header(value: Any) -> dict[str, Any] | None:
+    """The ``extractor`` entry of a file written by ``features.extract`` (a JSON string), parsed; else ``None``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if not isinstance(value, (str, np.str_)):
+        return None
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def save_store(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | None = None,
+               schema: str | None = None, overwrite: bool = False,
+               check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> Path:
+    """Write ``data`` (a nested dict as loaded from a feature file) as a feature store, array by array.
+
+    The same tree as :func:`save_npz` (strings as fixed-width unicode / bytes arrays, lists and scalars restored
+    exactly by :func:`load_store`). Each array is streamed from its own buffer (no copy of a contiguous array),
+    verified and the store moved into place only when complete (see :class:`StoreWriter`).
+
+    Args:
+        data: nested mapping of numpy arrays, strings, lists and scalars.
+        path: destination, a directory name ending in ``.mmsa``.
+        source: original file name, recorded in the header.
+        schema: ``"mmsa"`` or ``"mult"``, recorded in the header (detected when ``None``).
+        overwrite: replace an existing store.
+        check: extra verification before the store is moved into place (see :meth:`StoreWriter.commit`).
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    src = source or str(path)
+    arrays: dict[str, np.ndarray] = {}
+    tree = _flatten(data, "", arrays, src)
+    meta = _store_meta(data, tree, src, schema)
+    with StoreWriter(path, overwrite=overwrite) as writer:
+        for name, arr in arrays.items():
+            writer.add_array(name, arr, source=src)
+        return writer.commit(meta, check=check)
+
+
+def _npz_member_stream(zf: zipfile.ZipFile, name: str, source: str
+                       ) -> tuple[tuple[int, ...], np.dtype, bool, Callable[[], Iterator[bytes]]]:
+    """Shape, dtype, order and a chunk generator of the ``.npy`` member ``name`` of an open ``.npz``."""
+    member = f"{name}.npy"
+    try:
+        f = zf.open(member)
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy version {version} is not supported")
+        shape, fortran, dtype = read_header(f)
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise MMSADataError(f"{source}: member '{member}' cannot be read: {type(err).__name__}: {err}") from err
+    if dtype.hasobject:
+        f.close()
+        raise MMSADataError(f"{source}: member '{member}' holds Python objects (pickled); not a pickle-free .npz.")
+    total = math.prod(shape) * dtype.itemsize
+    step = max(dtype.itemsize, CHUNK_BYTES // dtype.itemsize * dtype.itemsize)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            with f:
+                left = total
+                while left:
+                    b = _read_exact(f, min(step, left))
+                    if not b:
+                        raise MMSADataError(f"{source}: member '{member}' is truncated ({total - left} of {total} "
+                                            "data bytes).")
+                    left -= len(b)
+                    yield b
+                if f.read(1):  # also makes zipfile check the member's CRC-32
+                    raise MMSADataError(f"{source}: member '{member}' has data beyond its shape {list(shape)}.")
+        except (OSError, zipfile.BadZipFile) as err:
+            raise MMSADataError(f"{source}: member '{member}' is corrupt: {type(err).__name__}: {err}") from err
+
+    return tuple(shape), dtype, bool(fortran), chunks
+
+
+def npz_to_store(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False,
+                 check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> Path:
+    """Copy a pickle-free ``.npz`` (:func:`save_npz`'s form, or plain ``"split/key"`` members) into a feature store,
+    streaming: each member is read from the zip archive chunk by chunk (its CRC-32 checked by ``zipfile``), hashed
+    and written, so the working memory is a few :data:`CHUNK_BYTES`, whatever the file size.
+
+    Args:
+        src: the ``.npz``.
+        dst: the store (``.mmsa``).
+        overwrite: replace an existing store.
+        check: extra verification before the store is moved into place (see :meth:`StoreWriter.commit`).
+
+    Returns:
+        The written path.
+
+    Raises:
+        MMSADataError: unreadable, corrupt or pickled members, or a header that does not match the members.
+    """
+    src, dst = check_feature_path(src), Path(dst)
+    try:
+        zf = zipfile.ZipFile(src)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise MMSADataError(f"{src}: not a readable pickle-free .npz feature file: {type(err).__name__}: {err}"
+                            ) from err
+    with zf:
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        if NPZ_HEADER_KEY in names:
+            with zf.open(f"{NPZ_HEADER_KEY}.npy") as f:
+                try:
+                    npz_header = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)[()]))
+                except ValueError as err:
+                    raise MMSADataError(f"{src}: invalid .npz header: {err}") from err
+            if npz_header.get("format") != NPZ_FORMAT:
+                raise MMSADataError(f"{src}: .npz header format is {npz_header.get('format')!r}, expected "
+                                    f"{NPZ_FORMAT!r}")
+            tree, schema = npz_header["tree"], npz_header.get("schema")
+            source = npz_header.get("source") or src.name
+        else:
+            items: dict[str, Any] = {}
+            for key in names:
+                parts = key.split("/")
+                if len(parts) != 2:
+                    raise MMSADataError(f"{src}: .npz without '{NPZ_HEADER_KEY}' must use 'split/key' names, "
+                                        f"found '{key}'.")
+                items.setdefault(parts[0], {"kind": "dict", "ordered": False, "items": {}})["items"][parts[1]] = {
+                    "kind": "ndarray"}
+            tree, schema, source = {"kind": "dict", "ordered": False, "items": items}, None, src.name
+        wanted = _tree_arrays(tree)
+        with StoreWriter(dst, overwrite=overwrite) as writer:
+            for name in wanted:
+                shape, dtype, fortran, chunks = _npz_member_stream(zf, name, str(src))
+                writer.add(name, shape, dtype, chunks(), fortran_order=fortran, source=str(src))
+            if schema is None:
+                labels = {k for k in tree["items"].get("train", {}).get("items", {})}
+                schema = "mmsa" if "regression_labels" in labels else "mult" if "labels" in labels else "unknown"
+            meta: dict[str, Any] = {"schema": schema, "source": source, "tree": tree}
+            if tree["items"].get("extractor", {}).get("kind") == "scalar":
+                with zf.open("extractor.npy") as f:
+                    extractor = _extractor_header(np.lib.format.read_array(f, allow_pickle=False)[()])
+                if extractor is not None:
+                    meta["extractor"] = extractor
+            return writer.commit(meta, check=check)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -389,15 +960,20 @@ def detect_schema(data: Mapping[str, Any], source: str | os.PathLike = "<data>")
 class MMSASplit:
     """One split, validated and cleaned, as tensors.
 
+    ``text`` / ``audio`` / ``vision`` are float32 tensors, cleaned, when the split was read into memory (``.pkl`` /
+    ``.npz``), or the store's read-only memory-mapped arrays as stored (any float dtype, NaN/inf not cleaned):
+    :class:`datamodules.datasets.mmsa_dataset.MMSADataset` slices, converts and cleans those per batch.
+    ``nonfinite`` holds the NaN/inf count per modality (cleaned, or to be cleaned on read).
+
     Shapes:
         text: ``[N, Lt, Dt]`` float32; text_bert: ``[N, 3, Lt]`` int64 or ``None``;
         audio: ``[N, La, Da]`` float32; vision: ``[N, Lv, Dv]`` float32;
         text_mask / audio_mask / vision_mask: ``[N, L*]`` bool (True = valid step); label: ``[N]`` float32.
     """
 
-    text: Tensor
-    audio: Tensor
-    vision: Tensor
+    text: Tensor | np.ndarray
+    audio: Tensor | np.ndarray
+    vision: Tensor | np.ndarray
     text_mask: Tensor
     audio_mask: Tensor
     vision_mask: Tensor
@@ -405,6 +981,7 @@ class MMSASplit:
     id: np.ndarray
     text_bert: Tensor | None = None
     raw_text: list[str] | None = None
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -465,16 +1042,36 @@ def _feature(value: Any, where: str, n: int | None) -> np.ndarray:
     return arr
 
 
+def _row_chunks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """Row slices of ``arr`` of about :data:`CHUNK_BYTES` each."""
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        yield arr
+        return
+    rows = max(1, CHUNK_BYTES // max(1, arr[0].nbytes))
+    for i in range(0, arr.shape[0], rows):
+        yield arr[i:i + rows]
+
+
+def count_nonfinite(arr: np.ndarray) -> int:
+    """NaN/inf count of ``arr`` as float32, chunk by chunk (a memory-mapped array is read, never held whole)."""
+    return sum(_nonfinite_in(np.asarray(chunk)) for chunk in _row_chunks(arr))
+
+
 def _to_float_tensor(arr: np.ndarray) -> tuple[Tensor, int]:
-    """float32 tensor (no copy when already contiguous float32) with NaN/inf set to 0, and the count."""
+    """float32 tensor (no copy when already contiguous float32) with NaN/inf set to 0, and the count.
+
+    Counted and cleaned chunk by chunk, so the check costs a chunk of working memory, not a mask of the array."""
     arr32 = np.ascontiguousarray(arr, dtype=np.float32)
     if not arr32.flags.writeable:
         arr32 = arr32.copy()
-    t = torch.from_numpy(arr32)
-    bad = int((~torch.isfinite(t)).sum())
-    if bad:
-        torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
-    return t, bad
+    bad = 0
+    for chunk in _row_chunks(arr32):
+        finite = np.isfinite(chunk)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad:
+            chunk[~finite] = 0.0
+            bad += n_bad
+    return torch.from_numpy(arr32), bad
 
 
 def _lengths_mask(value: Any, n: int, seq_len: int, where: str) -> Tensor:
@@ -503,7 +1100,10 @@ def _lengths_mask(value: Any, n: int, seq_len: int, where: str) -> Tensor:
     return torch.arange(seq_len)[None, :] < torch.from_numpy(lengths)[:, None]
 
 
-def _build_split(split_dict: Any, split: str, schema: str, source: str) -> tuple[MMSASplit, dict[str, int], bool]:
+def _build_split(split_dict: Any, split: str, schema: str, source: str, known_counts: Mapping[str, int] | None = None
+                 ) -> tuple[MMSASplit, dict[str, int], bool]:
+    """Validate one split; memory-mapped features (a store) stay mapped, with their NaN/inf counts from
+    ``known_counts`` (the store's header) or counted here in chunks."""
     where = f"{source}: split '{split}'"
     if not isinstance(split_dict, Mapping):
         raise MMSADataError(f"{where} is a {type(split_dict).__name__}, expected a dict of arrays.")
@@ -515,7 +1115,11 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str) -> tuple
 
     # labels
     labels = _as_array(split_dict[label_key], f"{where}/{label_key}")
-    if labels.dtype.kind not in "fiub":
+    if labels.dtype.kind == "b":
+        raise MMSADataError(f"{where}/{label_key}: boolean labels; expected sentiment intensities in "
+                            f"[{LABEL_RANGE[0]:g}, {LABEL_RANGE[1]:g}] (a classification file? convert its labels "
+                            "to the regression scores first).")
+    if labels.dtype.kind not in "fiu":
         raise MMSADataError(f"{where}/{label_key}: expected numeric labels, got dtype {labels.dtype}.")
     n = labels.shape[0] if labels.ndim else 0
     if labels.ndim == 0 or labels.size != n:
@@ -540,9 +1144,17 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str) -> tuple
         raw_text = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in raw_arr.tolist()]
 
     feats = {m: _feature(split_dict[m], f"{where}/{m}", n) for m in MODALITIES}
-    tensors: dict[str, Tensor] = {}
+    tensors: dict[str, Tensor | np.ndarray] = {}
     counts: dict[str, int] = {}
     for m, arr in feats.items():
+        if isinstance(split_dict[m], np.memmap):  # a store: stays mapped, sliced and cleaned per batch
+            tensors[m] = split_dict[m]
+            known = (known_counts or {}).get(m)
+            counts[m] = int(known) if known is not None else count_nonfinite(arr)
+            if counts[m]:
+                log.info("%s/%s: %d non-finite values (NaN/inf), cleaned to 0 as batches are read", where, m,
+                         counts[m])
+            continue
         tensors[m], counts[m] = _to_float_tensor(arr)
         if counts[m]:
             log.info("%s/%s: cleaned %d non-finite values (NaN/inf) to 0", where, m, counts[m])
@@ -562,6 +1174,14 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str) -> tuple
         if not bool(((text_bert[:, 1] == 0) | (text_bert[:, 1] == 1)).all()):
             raise MMSADataError(f"{where}/text_bert: attention mask (row 1) must hold only 0 and 1.")
         text_mask = text_bert[:, 1].bool()
+        empty = ~text_mask.any(1)
+        if bool(empty.any()):
+            first = [str(i) for i in ids[empty.numpy()][:5]]
+            raise MMSADataError(
+                f"{where}/text_bert: {int(empty.sum())} sample(s) have an all-zero attention mask (row 1): no valid "
+                f"text step, so nothing to read or average (first: {first}); a tokenised text has at least [CLS] "
+                "and [SEP]. Fix or remove these samples."
+            )
     else:
         text_mask = torch.ones(n, lt, dtype=torch.bool)
 
@@ -581,15 +1201,20 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str) -> tuple
         text=tensors["text"], audio=tensors["audio"], vision=tensors["vision"],
         text_mask=text_mask, audio_mask=audio_mask, vision_mask=vision_mask,
         label=torch.from_numpy(labels.astype(np.float32)), id=ids, text_bert=text_bert, raw_text=raw_text,
+        nonfinite=dict(counts),
     )
     return split_obj, counts, aligned
 
 
 def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAData:
-    """Load, validate and clean an MMSA / MulT feature file (``.pkl`` or the ``.npz`` form).
+    """Load, validate and clean an MMSA / MulT feature file (``.pkl``, the ``.npz`` form, or a ``.mmsa`` store).
+
+    A store is opened in place: its features stay memory-mapped (shared by every process of the machine) and are
+    cleaned per batch; the checks are the same, with the NaN/inf counts taken from the store's header (counted
+    when it was written).
 
     Args:
-        path: feature file.
+        path: feature file or store.
         dataset_name: ``"mosi"`` / ``"mosei"`` to check split sizes against the standard ones (a mismatch is a
             logged warning and a :class:`SplitSizeWarning`), or ``None`` to skip the check.
 
@@ -603,7 +1228,26 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     path = Path(path)
     if dataset_name is not None and dataset_name.lower() not in ("mosi", "mosei"):
         raise ValueError(f"load_mmsa: dataset_name must be 'mosi', 'mosei' or None, got {dataset_name!r}")
-    raw = load_feature_file(path)
+    known: Mapping[str, Mapping[str, int]] = {}
+    if is_store_path(path):
+        raw, header = open_store(check_feature_path(path))
+        known = header.get("nonfinite", {})
+    else:
+        raw = load_feature_file(path)
+    return validate_mmsa(raw, path, dataset_name=dataset_name, known_counts=known)
+
+
+def validate_mmsa(raw: Mapping[str, Any], path: str | os.PathLike, *, dataset_name: str | None = None,
+                  known_counts: Mapping[str, Mapping[str, int]] | None = None) -> MMSAData:
+    """Validate and clean a loaded feature tree (see :func:`load_mmsa`); ``path`` is named in messages.
+
+    Args:
+        raw: the nested dict of a feature file.
+        path: its name, for messages.
+        dataset_name: as in :func:`load_mmsa`.
+        known_counts: ``{split: {modality: NaN/inf count}}`` of memory-mapped features (a store's header).
+    """
+    path = Path(path)
     missing = [s for s in FILE_SPLITS if s not in raw]
     if missing:
         raise MMSADataError(f"{path}: missing split(s) {missing} (top-level keys: {sorted(map(str, raw))}).")
@@ -613,8 +1257,8 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     counts: dict[str, dict[str, int]] = {}
     alignment: dict[str, bool] = {}
     for split in FILE_SPLITS:
-        splits[split], counts[split], alignment[split] = _build_split(raw[split], split, schema, str(path))
-    del raw
+        splits[split], counts[split], alignment[split] = _build_split(raw[split], split, schema, str(path),
+                                                                      (known_counts or {}).get(split))
 
     if len(set(alignment.values())) > 1:
         raise MMSADataError(f"{path}: splits disagree on alignment (audio_lengths/vision_lengths present in "

@@ -3,6 +3,11 @@
 Reading, validation and cleaning of the files are in :mod:`features.mmsa_format` (:func:`~features.mmsa_format.load_mmsa`
 gives the :class:`~features.mmsa_format.MMSASplit` these classes serve). The batch layout is fixed in
 ``docs/architecture.md`` ("Multimodal sentiment").
+
+A split read from a feature store (``.mmsa``) keeps its ``text`` / ``audio`` / ``vision`` memory-mapped: a batch
+gathers its rows from the mapping (the page cache, shared by every DDP rank and worker of the machine), converts them
+to float32 and cleans NaN/inf to 0 when the split's count for that modality is not 0, so the batch equals the one the
+in-memory path gives. Pickling the dataset (spawned DataLoader workers) sends the file names, not the data.
 """
 
 from __future__ import annotations
@@ -20,11 +25,23 @@ from features.mmsa_format import MMSASplit
 __all__ = ["MMSADataset", "mmsa_collate"]
 
 
+def _rows(arr: np.ndarray, index: np.ndarray | int, clean: bool) -> Tensor:
+    """The float32 rows ``index`` of a (memory-mapped) array as a new tensor, NaN/inf set to 0 when ``clean``."""
+    rows = np.asarray(arr)[index]  # a copy of the rows only (advanced indexing / one row read through the map)
+    rows = np.array(rows, dtype=np.float32, copy=not isinstance(index, np.ndarray) or rows.dtype != np.float32)
+    t = torch.from_numpy(rows)
+    if clean:
+        torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
+    return t
+
+
 class MMSADataset(Dataset):
-    """Pre-stacked tensors of one split; batches are fetched with one tensor index (``__getitems__``).
+    """One split; batches are fetched with one index per tensor (``__getitems__``).
 
     ``DataLoader`` calls ``__getitems__(indices)`` when it exists, so a batch costs one gather per tensor
     instead of a Python loop over samples; :func:`mmsa_collate` then passes the ready batch dict through.
+    Features held as tensors (``.pkl`` / ``.npz``, already cleaned) are gathered with ``index_select``; memory-mapped
+    ones (a store) are sliced from the mapping, converted to float32 and cleaned per batch.
 
     Args:
         split: a validated :class:`MMSASplit`.
@@ -38,14 +55,23 @@ class MMSADataset(Dataset):
 
     def __init__(self, split: MMSASplit) -> None:
         self.tensors: dict[str, Tensor] = {
-            "text": split.text, "audio": split.audio, "vision": split.vision,
             "text_mask": split.text_mask, "audio_mask": split.audio_mask, "vision_mask": split.vision_mask,
             "label": split.label,
         }
+        #: memory-mapped features by key, with whether their rows need NaN/inf cleaning
+        self.mapped: dict[str, tuple[np.ndarray, bool]] = {}
+        for key in ("text", "audio", "vision"):
+            value = getattr(split, key)
+            if isinstance(value, Tensor):
+                self.tensors[key] = value
+            else:
+                self.mapped[key] = (value, split.nonfinite.get(key) != 0)
         if split.text_bert is not None:
             self.tensors["text_bert"] = split.text_bert
         n = len(split)
-        bad = {k: int(t.shape[0]) for k, t in self.tensors.items() if t.shape[0] != n}
+        sizes = {k: int(t.shape[0]) for k, t in self.tensors.items()} | {k: int(a.shape[0])
+                                                                          for k, (a, _) in self.mapped.items()}
+        bad = {k: v for k, v in sizes.items() if v != n}
         if bad or len(split.id) != n:
             raise ValueError(f"MMSADataset: tensors disagree on the number of samples ({n}): {bad}, "
                              f"ids {len(split.id)}")
@@ -56,14 +82,38 @@ class MMSADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {k: t[index] for k, t in self.tensors.items()}
+        for key, (arr, clean) in self.mapped.items():
+            item[key] = _rows(arr, int(index), clean)
         item["id"] = str(self.ids[index])
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         batch: dict[str, Any] = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
-        batch["id"] = self.ids[idx.numpy()].tolist()
+        idx_np = idx.numpy()
+        for key, (arr, clean) in self.mapped.items():
+            batch[key] = _rows(arr, idx_np, clean)
+        batch["id"] = self.ids[idx_np].tolist()
         return batch
+
+    # memory-mapped arrays travel to spawned workers as (file, dtype, shape, offset, order), never as their data
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["mapped"] = {
+            key: ((arr.filename, arr.dtype.str, arr.shape, arr.offset, "F" if np.isfortran(arr) else "C"), clean)
+            if isinstance(arr, np.memmap) and arr.filename else (arr, clean)
+            for key, (arr, clean) in self.mapped.items()
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        mapped = {}
+        for key, (spec, clean) in state["mapped"].items():
+            if isinstance(spec, tuple):
+                file, dtype, shape, offset, order = spec
+                spec = np.memmap(file, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order)
+            mapped[key] = (spec, clean)
+        self.__dict__.update(state, mapped=mapped)
 
 
 def mmsa_collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
