@@ -3,7 +3,8 @@
 Implements the data side of Ji et al., *Multimodal and multiscale facial expression recognition analysis for
 learning emotions* (J. Zhengzhou Univ. Eng. Sci. 2026, 47(3)): faces cropped and resampled (§2.1.1, 256x256 in
 the paper), a local descriptor map per face for the local branch (§2.2.2, SUN saliency by default), a 70/15/15
-stratified split (§3.1.1) or a subject-disjoint split, and diffusion-generated images (§2.1.2) joining the
+stratified split (§3.1.1), a subject-disjoint split, or the split folders a dataset is shared with
+(``split="folders"``: FER2013, RAF-DB, AffectNet exports), and diffusion-generated images (§2.1.2) joining the
 training split only through ``extra_roots``.
 
 Batch (``docs/architecture.md``, "Face images"): ``image`` ``[B, 3, H, W]`` float32 (normalised),
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
 from common.choices import check_choices
 from common.io import atomic_write
-from common.splits import warn_split_content
+from common.splits import check_split_duplicates, warn_split_content
 from datamodules.datasets.images import (
     SPLITS,
     FaceBatchTransform,
@@ -77,6 +78,7 @@ from features.images import (
     ImageRecord,
     load_image_rgb,
     scan_class_folders,
+    scan_split_folders,
 )
 from features.tracking import IoUTracker
 from features.video import VIDEO_EXTENSIONS, is_live_source, open_source
@@ -126,10 +128,30 @@ class FERDataModule(LightningDataModule):
         sun_channels: ``"intensity"`` or ``"opponent"`` (adds red-green / blue-yellow channels).
         sun_params_file: where the SUN statistics live (default: inside the cache); needed for prediction
             without the training root.
-        split: ``"stratified"`` (paper §3.1.1) or ``"group"`` (subject-disjoint, by ``subject_pattern``).
-        split_ratios: (train, val, test) fractions.
+        split: ``"stratified"`` (paper §3.1.1), ``"group"`` (subject-disjoint, by ``subject_pattern``) or
+            ``"folders"``: the root holds per-split class folders, ``<root>/train/<class>/``, ``<root>/val/<class>/``
+            and/or ``<root>/test/<class>/``, as FER2013, RAF-DB and AffectNet exports are shared. It is an explicit
+            value rather than detected from the folder names, so that a root is never read in a way the config does
+            not say (a class-folder root with the split values above and ``train/`` + ``val/`` folders is an error
+            that points here). Every class must have a folder in every split folder; ``train/`` plus ``val/``
+            and/or ``test/`` are needed. Which folder feeds which stage is ``val_from``'s choice.
+        split_ratios: (train, val, test) fractions (not used by ``split="folders"``).
         subject_pattern: regex whose first group is the subject id (CK+ ``^(S\\d+)_``, JAFFE
-            ``^([A-Z]{2})\\.``); required for ``split="group"``.
+            ``^([A-Z]{2})\\.``); required for ``split="group"``; with ``split="folders"`` and
+            ``val_from="train"`` it makes the validation carve subject-disjoint.
+        val_from: ``split="folders"`` only: where the validation split comes from.
+            ``"train"``: a seeded, stratified ``val_fraction`` of ``train/`` (subject-disjoint with
+            ``subject_pattern``); the test split is ``test/``, or ``val/`` when there is no ``test/``. This is the
+            honest reading of FER2013 as distributed here (``val/`` IS the PublicTest split that papers report, and
+            PrivateTest is withheld): checkpoint selection, early stopping and learning-rate plateaus then never see
+            the reported images. ``"folder"``: validation = ``val/``, test = ``test/`` (empty without one: selecting
+            on the reported set is then the user's explicit choice). ``"auto"`` (default): ``"folder"`` when both
+            ``val/`` and ``test/`` exist, otherwise ``"train"``. ``"train"`` with both ``val/`` and ``test/`` is an
+            error (``val/`` would go unused).
+        val_fraction: fraction of ``train/`` carved out for validation with ``val_from="train"``.
+        on_split_duplicate: files with identical content (SHA-1) in two splits (a test image also trained on):
+            ``"warn"`` (default; counted and listed; FER2013's Training and PublicTest share 239 such images, and
+            a benchmark split is not ours to change) or ``"error"``.
         split_file: JSON split file (split -> relative paths); default inside the cache. Reused when it
             exists; files on disk that disagree with it raise an error.
         resplit: ``"never"`` (reuse an existing split file) or ``"always"`` (recompute and overwrite).
@@ -206,9 +228,12 @@ class FERDataModule(LightningDataModule):
         sun_ratio: float = 1.6,
         sun_channels: str = "intensity",
         sun_params_file: str | None = None,
-        split: Literal["stratified", "group"] = "stratified",
+        split: Literal["stratified", "group", "folders"] = "stratified",
         split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
         subject_pattern: str | None = None,
+        val_from: Literal["auto", "train", "folder"] = "auto",
+        val_fraction: float = 0.1,
+        on_split_duplicate: Literal["warn", "error"] = "warn",
         split_file: str | None = None,
         resplit: Literal["never", "always"] = "never",
         cache_dir: str | None = None,
@@ -266,6 +291,8 @@ class FERDataModule(LightningDataModule):
             raise ValueError(f"{name}: max_pixels and min_image_side must be >= 1, got {max_pixels}, {min_image_side}")
         if batch_size < 1 or num_workers < 0 or predict_every_n_frames < 1:
             raise ValueError(f"{name}: batch_size and predict_every_n_frames must be >= 1, num_workers >= 0")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"{name}: val_fraction must be in (0, 1), got {val_fraction}")
         if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
             raise ValueError(
                 f"{name}: split_ratios must be (train > 0, val >= 0, test >= 0), got {split_ratios}"
@@ -349,6 +376,8 @@ class FERDataModule(LightningDataModule):
         if self.hparams.cache_dir:
             return Path(self.hparams.cache_dir)
         key = {"root": str(Path(self.hparams.root).resolve()), "crop": self._crop_settings.as_dict()}
+        if self.hparams.split == "folders":  # another reading of the root: its own manifest and maps
+            key["layout"] = "split_folders"
         return Path("cache") / "fer" / settings_hash(key)
 
     @property
@@ -365,6 +394,8 @@ class FERDataModule(LightningDataModule):
             "classes": list(hp.class_names),
             "aliases": hp.class_aliases,
         }
+        if hp.split == "folders":
+            key.update(folders=self._folder_roles(), val_fraction=hp.val_fraction)
         return self.cache_root / "splits" / f"{hp.split}-{settings_hash(key)}.json"
 
     @property
@@ -379,11 +410,38 @@ class FERDataModule(LightningDataModule):
         )
 
     # ------------------------------------------------------------------ scanning / splitting helpers
+    def _folder_roles(self) -> dict[str, str | None]:
+        """``split="folders"``: the split folder each stage reads, ``{"train": "train", "val": "train" | "val",
+        "test": "test" | "val" | None}`` (``val`` = ``"train"``: carved from ``train/``; see ``val_from``)."""
+        hp = self.hparams
+        root = Path(hp.root)
+        has_val, has_test = (root / "val").is_dir(), (root / "test").is_dir()
+        mode = hp.val_from if hp.val_from != "auto" else ("folder" if has_val and has_test else "train")
+        if mode == "train":
+            if has_val and has_test:
+                raise ValueError(f"{type(self).__name__}: val_from='train' with both {str(root / 'val')!r} and "
+                                 f"{str(root / 'test')!r}: the val/ folder would go unused (use val_from='folder')")
+            return {"train": "train", "val": "train", "test": "test" if has_test else "val"}
+        if not has_val:
+            raise FileNotFoundError(f"{type(self).__name__}: val_from='folder' needs the folder {str(root / 'val')!r}")
+        return {"train": "train", "val": "val", "test": "test" if has_test else None}
+
     def _scan(self) -> tuple[list[ImageRecord], list[ImageRecord]]:
         hp = self.hparams
-        real = scan_class_folders(
-            hp.root, hp.class_names, hp.class_aliases, hp.unknown_folders, REAL_ORIGIN, True
-        )
+        root = Path(hp.root)
+        if hp.split == "folders":
+            self._folder_roles()  # option errors before the (slower) scan
+            parts = scan_split_folders(root, hp.class_names, hp.class_aliases, hp.unknown_folders, REAL_ORIGIN)
+            real = [r for recs in parts.values() for r in recs]
+        else:
+            names = set(hp.class_names) | set(hp.class_aliases or {})
+            if (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()) \
+                    and "train" not in names:
+                raise ValueError(f"{type(self).__name__}: image root {str(root)!r} holds per-split folders (train/, "
+                                 f"val/ or test/), not class folders: use split='folders' (split={hp.split!r})")
+            real = scan_class_folders(
+                hp.root, hp.class_names, hp.class_aliases, hp.unknown_folders, REAL_ORIGIN, True
+            )
         extra: list[ImageRecord] = []
         for r in self._extra_roots:
             extra += scan_class_folders(
@@ -407,8 +465,9 @@ class FERDataModule(LightningDataModule):
                     f"{dict(reasons)}); see the warnings above for each file"
                 )
             by_folder: dict[str, list[ImageRecord]] = {}
+            depth = 2 if origin == REAL_ORIGIN and self.hparams.split == "folders" else 1  # <split>/<class>
             for r in recs:
-                by_folder.setdefault(r.rel.split("/", 1)[0], []).append(r)
+                by_folder.setdefault("/".join(r.rel.split("/")[:depth]), []).append(r)
             for folder, frecs in sorted(by_folder.items()):
                 bad = Counter(entries[r.path]["reason"] for r in frecs if entries[r.path]["status"] != "ok")
                 if sum(bad.values()) == len(frecs):
@@ -438,6 +497,8 @@ class FERDataModule(LightningDataModule):
 
     def _compute_split(self, usable: list[ImageRecord]) -> dict[str, list[str]]:
         hp = self.hparams
+        if hp.split == "folders":
+            return self._compute_folder_split(usable)
         labels = [r.label for r in usable]
         if hp.split == "group":
             groups = [subject_from_name(r.path, hp.subject_pattern) for r in usable]
@@ -447,6 +508,33 @@ class FERDataModule(LightningDataModule):
         out: dict[str, list[str]] = {s: [] for s in SPLITS}
         for r, s in zip(usable, assign):
             out[s].append(r.rel)
+        return out
+
+    def _compute_folder_split(self, usable: list[ImageRecord]) -> dict[str, list[str]]:
+        """``split="folders"``: each stage from its folder; validation carved from ``train/`` for
+        ``val_from="train"`` (seeded; stratified, or subject-disjoint with ``subject_pattern``)."""
+        hp = self.hparams
+        roles = self._folder_roles()
+        by_folder: dict[str, list[ImageRecord]] = {}
+        for r in usable:
+            by_folder.setdefault(r.rel.split("/", 1)[0], []).append(r)
+        out: dict[str, list[str]] = {s: [] for s in SPLITS}
+        train = by_folder.get("train", [])
+        if roles["val"] == "train":
+            ratios = (1.0 - hp.val_fraction, hp.val_fraction, 0.0)
+            labels = [r.label for r in train]
+            if hp.subject_pattern:
+                groups = [subject_from_name(r.path, hp.subject_pattern) for r in train]
+                assign = group_split(labels, groups, ratios, hp.seed)
+            else:
+                assign = stratified_split(labels, ratios, hp.seed)
+            for r, s in zip(train, assign):
+                out[s].append(r.rel)
+        else:
+            out["train"] = [r.rel for r in train]
+            out["val"] = [r.rel for r in by_folder.get("val", [])]
+        if roles["test"] is not None:
+            out["test"] = [r.rel for r in by_folder.get(roles["test"], [])]
         return out
 
     def _check_split(self, split: dict[str, list[str]], usable: list[ImageRecord], path: Path) -> None:
@@ -460,6 +548,16 @@ class FERDataModule(LightningDataModule):
             raise ValueError(
                 f"Split file {str(path)!r} lists {len(dup)} file(s) in several splits, e.g. {dup[:3]}"
             )
+        if self.hparams.split == "folders":
+            roles = self._folder_roles()
+            allowed = {s: {roles[s]} - {None} for s in SPLITS}
+            wrong = [f"{p} in {s}" for s in SPLITS for p in split[s] if p.split("/", 1)[0] not in allowed[s]]
+            if wrong:
+                raise ValueError(
+                    f"Split file {str(path)!r} puts {len(wrong)} file(s) in a split their folder does not feed "
+                    f"(split='folders', stages from folders {roles}), e.g. {wrong[:3]}. Pass resplit='always' to "
+                    "recompute it, or another split_file."
+                )
         on_disk = {r.rel for r in usable}
         missing, new = sorted(set(listed) - on_disk), sorted(on_disk - set(listed))
         if missing or new:
@@ -581,6 +679,9 @@ class FERDataModule(LightningDataModule):
         )
         self._check_usable(real, extra, entries)
         split = self._load_or_make_split(real, entries, write=True)
+        by_rel = {r.rel: r.path for r in real}
+        check_split_duplicates(str(hp.root), {s: {by_rel[rel]: entries[by_rel[rel]].get("sha1") for rel in split[s]}
+                                              for s in SPLITS}, hp.on_split_duplicate)
         if hp.descriptor == "none":
             self._write_streams(real, extra, entries, split, None)
             return

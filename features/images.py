@@ -13,7 +13,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -199,6 +199,64 @@ def scan_class_folders(
             raise FileNotFoundError(f"Image root {str(root)!r} has no folder for classes {missing}")
     records.sort(key=lambda r: r.rel)
     return records
+
+
+#: Split folders of a per-split class-folder root (FER2013, RAF-DB, AffectNet exports): ``<root>/<split>/<class>/``.
+SPLIT_FOLDERS: tuple[str, str, str] = ("train", "val", "test")
+
+
+def scan_split_folders(
+    root: str | Path,
+    class_names: Sequence[str],
+    class_aliases: dict[str, str] | None = None,
+    unknown_folders: Literal["error", "ignore"] = "error",
+    origin: str = REAL_ORIGIN,
+) -> dict[str, list[ImageRecord]]:
+    """List the files of a per-split class-folder dataset: ``<root>/{train,val,test}/<class>/<image>``.
+
+    Each split folder is scanned with :func:`scan_class_folders` (every class must have a folder in every split
+    folder present); the records' ``rel`` keeps the split folder (``"train/angry/Training_1.png"``).
+
+    Args:
+        root: dataset root holding ``train/`` and at least one of ``val/`` and ``test/``.
+        class_names: the class list; the label is the index into it.
+        class_aliases: optional folder name -> class name map.
+        unknown_folders: what to do with a class folder that maps to no class (see :func:`scan_class_folders`).
+        origin: origin tag stored in every record.
+
+    Returns:
+        ``{split folder: records}`` for the split folders present (``"train"`` always).
+
+    Raises:
+        FileNotFoundError: ``root``, ``root/train`` or both ``root/val`` and ``root/test`` are missing, or a split
+            folder lacks a class folder (the message names the split folder).
+        ValueError: a folder in ``root`` other than the split folders, an empty split folder (naming it), or any
+            error of :func:`scan_class_folders` inside a split folder.
+    """
+    check_choices(scan_split_folders, locals())
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image root {str(root)!r} does not exist or is not a directory")
+    others = sorted(p.name for p in root.iterdir()
+                    if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_FOLDERS)
+    if others:
+        raise ValueError(f"Image root {str(root)!r} holds folders {others} besides the split folders "
+                         f"{list(SPLIT_FOLDERS)} (per-split layout: <root>/<split>/<class>/<image>)")
+    if not (root / "train").is_dir():
+        raise FileNotFoundError(f"Image root {str(root)!r} has no train/ folder (per-split layout: "
+                                "<root>/train/<class>/<image>, with val/ and/or test/ beside it)")
+    present = [s for s in SPLIT_FOLDERS if (root / s).is_dir()]
+    if present == ["train"]:
+        raise FileNotFoundError(f"Image root {str(root)!r} has train/ but neither val/ nor test/")
+    out: dict[str, list[ImageRecord]] = {}
+    for split in present:
+        folder = root / split
+        if not any(not p.name.startswith(".") for p in folder.iterdir()):
+            raise ValueError(f"Split folder {str(folder)!r} is empty (expected one folder per class: "
+                             f"{list(class_names)})")
+        recs = scan_class_folders(folder, class_names, class_aliases, unknown_folders, origin, True)
+        out[split] = [replace(r, rel=f"{split}/{r.rel}") for r in recs]
+    return out
 
 
 def _inside(path: Path, real_root: Path) -> bool:

@@ -354,7 +354,7 @@ def test_predict_on_a_video_all_faces(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ configs
-@pytest.mark.parametrize("name,n_classes", [("learning_emotions", 6), ("ckplus48", 7), ("jaffe", 7)])
+@pytest.mark.parametrize("name,n_classes", [("learning_emotions", 6), ("ckplus48", 7), ("jaffe", 7), ("fer2013", 7)])
 def test_data_configs_instantiate(name: str, n_classes: int) -> None:
     cfg = yaml.safe_load((REPO / "configs" / "data" / f"{name}.yaml").read_text())
     assert cfg["data"]["class_path"] == "datamodules.fer.FERDataModule"
@@ -366,6 +366,8 @@ def test_data_configs_instantiate(name: str, n_classes: int) -> None:
         assert dm.class_names == ["joy", "focus", "thinking", "boredom", "confusion", "drowsiness"]
     if name == "jaffe":
         assert args["face_detection"] == "haar" and args["split"] == "group"
+    if name == "fer2013":  # validation carved from train/, val/ (PublicTest) reported as the test split
+        assert args["split"] == "folders" and args["val_from"] == "train" and args["image_size"] == 48
 
 
 # ------------------------------------------------------------------ real data (slow)
@@ -419,7 +421,7 @@ def test_jaffe_full_with_haar(tmp_path: Path) -> None:
     assert sum(len(d) for d in dm.datasets.values()) == 213
 
 
-@pytest.mark.parametrize("name", ["learning_emotions", "ckplus48", "jaffe"])
+@pytest.mark.parametrize("name", ["learning_emotions", "ckplus48", "jaffe", "fer2013"])
 def test_data_configs_parse_with_lightning_cli(tmp_path: Path, name: str, monkeypatch) -> None:
     from lightning.pytorch.cli import LightningCLI
 

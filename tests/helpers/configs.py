@@ -185,6 +185,13 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
                      "batch_size": 4, "split_file": str(tmp / "split.json"), "progress": "none"}
         if dargs.get("split") == "group":
             data_args["subject_pattern"] = r"^(S\d+)_"
+        if dargs.get("split") == "folders":  # per-split class folders (FER2013): other faces in val/
+            from tests.fakes_images import make_class_folders
+
+            (tmp / "split_faces").mkdir()
+            shutil.move(data_args["root"], tmp / "split_faces" / "train")
+            make_class_folders(tmp / "split_faces" / "val", names, subjects=4, frames=1, size=32, seed=1)
+            data_args["root"] = str(tmp / "split_faces")
         if fam == "ldm":
             margs = cfg["model"]["init_args"]
             model_args["vae_path"] = str(write_vae_dir(tmp / "vae", CONFIGS / "ldm" / "vae_ckplus48.yaml",
