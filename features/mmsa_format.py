@@ -903,11 +903,11 @@ def npz_to_store(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: b
     with zf:
         names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         if NPZ_HEADER_KEY in names:
-            with zf.open(f"{NPZ_HEADER_KEY}.npy") as f:
-                try:
+            try:
+                with zf.open(f"{NPZ_HEADER_KEY}.npy") as f:
                     npz_header = json.loads(str(np.lib.format.read_array(f, allow_pickle=False)[()]))
-                except ValueError as err:
-                    raise MMSADataError(f"{src}: invalid .npz header: {err}") from err
+            except (OSError, ValueError, zipfile.BadZipFile) as err:
+                raise MMSADataError(f"{src}: invalid .npz header: {type(err).__name__}: {err}") from err
             if npz_header.get("format") != NPZ_FORMAT:
                 raise MMSADataError(f"{src}: .npz header format is {npz_header.get('format')!r}, expected "
                                     f"{NPZ_FORMAT!r}")
@@ -933,8 +933,8 @@ def npz_to_store(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: b
                 schema = "mmsa" if "regression_labels" in labels else "mult" if "labels" in labels else "unknown"
             meta: dict[str, Any] = {"schema": schema, "source": source, "tree": tree}
             if tree["items"].get("extractor", {}).get("kind") == "scalar":
-                with zf.open("extractor.npy") as f:
-                    extractor = _extractor_header(np.lib.format.read_array(f, allow_pickle=False)[()])
+                written = np.load(writer.tmp / writer.arrays["extractor"]["file"], allow_pickle=False)
+                extractor = _extractor_header(written)
                 if extractor is not None:
                     meta["extractor"] = extractor
             return writer.commit(meta, check=check)

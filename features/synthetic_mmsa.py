@@ -43,6 +43,7 @@ Usage::
 
     python -m features.synthetic_mmsa --out data/generated/mosi_aligned.pkl
     python -m features.synthetic_mmsa --out data/generated/mosi_unaligned.pkl --unaligned
+    python -m features.synthetic_mmsa --out data/generated/mosei_unaligned.mmsa --unaligned --preset mosei
     python -m features.synthetic_mmsa --out data/generated/mosi_labels.pkl --labels-from ../shared/data/mosi_labels \\
         --dims 64 5 20 --max-per-split 200
 """
@@ -64,7 +65,7 @@ import numpy as np
 from common.choices import check_choices
 from common.io import atomic_write
 from common.tensors import masked_mean
-from features.mmsa_format import FILE_SPLITS, save_npz
+from features.mmsa_format import FILE_SPLITS, is_store_path, save_npz, save_store
 
 __all__ = [
     "NEGATIVE_WORDS",
@@ -369,7 +370,8 @@ def generate_mmsa(
 
 
 def write_feature_file(data: dict[str, Any], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``data`` atomically (temporary file + rename) as a pickle, or as ``.npz`` when ``out`` ends so.
+    """Write ``data`` atomically (temporary file + rename) as a pickle, as ``.npz`` when ``out`` ends so, or as a
+    memory-mapped feature store (:func:`features.mmsa_format.save_store`) when ``out`` ends in ``.mmsa``.
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
@@ -377,6 +379,8 @@ def write_feature_file(data: dict[str, Any], out: str | os.PathLike, *, overwrit
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
+    if is_store_path(out):
+        return save_store(data, out, source=out.name, overwrite=overwrite)
     if out.suffix == ".npz":
         return save_npz(data, out, source=out.name)
     with atomic_write(out) as f:
@@ -392,25 +396,42 @@ def _summary(data: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _count(minimum: int) -> Any:
+    """argparse ``type`` for an integer of at least ``minimum`` (argparse names the flag in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m features.synthetic_mmsa", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output file (.pkl, or .npz for the pickle-free form)")
+    parser.add_argument("--out", required=True, help="output file (.pkl, .npz for the pickle-free form, or a .mmsa "
+                                                      "directory for the memory-mapped feature store)")
     parser.add_argument("--format", dest="fmt", choices=["mmsa", "mult"], default="mmsa")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--aligned", dest="alignment", action="store_const", const="aligned")
     group.add_argument("--unaligned", dest="alignment", action="store_const", const="unaligned")
     parser.set_defaults(alignment="aligned")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mosi")
-    parser.add_argument("--n-train", type=int, default=96)
-    parser.add_argument("--n-valid", type=int, default=24)
-    parser.add_argument("--n-test", type=int, default=40)
-    parser.add_argument("--dims", type=int, nargs=3, metavar=("TEXT", "AUDIO", "VISION"), default=None)
-    parser.add_argument("--seq-lens", type=int, nargs=3, metavar=("TEXT", "AUDIO", "VISION"), default=None)
+    parser.add_argument("--n-train", type=_count(0), default=96)
+    parser.add_argument("--n-valid", type=_count(0), default=24)
+    parser.add_argument("--n-test", type=_count(0), default=40)
+    parser.add_argument("--dims", type=_count(1), nargs=3, metavar=("TEXT", "AUDIO", "VISION"), default=None)
+    parser.add_argument("--seq-lens", type=_count(1), nargs=3, metavar=("TEXT", "AUDIO", "VISION"), default=None)
     parser.add_argument("--text-bert", choices=["include", "omit"], default="include")
     parser.add_argument("--labels-from", default=None,
                         help="directory with the real label files (ids, labels and splits are taken from them)")
-    parser.add_argument("--max-per-split", type=int, default=None)
+    parser.add_argument("--max-per-split", type=_count(0), default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--if-exists", choices=["error", "keep"], default="error",
@@ -430,8 +451,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         labels_from=args.labels_from, max_per_split=args.max_per_split, seed=args.seed,
     )
     path = write_feature_file(data, out, overwrite=args.overwrite)
-    log.info("wrote GENERATED %s %s data to %s (%.1f MB): %s", args.fmt, args.alignment, path,
-             path.stat().st_size / 2**20, _summary(data))
+    size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+    log.info("wrote GENERATED %s %s data to %s (%.1f MB): %s", args.fmt, args.alignment, path, size / 2**20,
+             _summary(data))
     return path
 
 
