@@ -48,7 +48,10 @@ from lightning_modules.checkpoint_io import (
     CheckpointError,
     check_hparams_class_paths,
     checkpoint_classes,
+    drop_weight_files,
+    is_local_checkpoint,
     load_checkpoint,
+    with_safe_checkpoint_io,
 )
 
 __all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "compose_configs", "config_chain",
@@ -208,16 +211,20 @@ class AffectCLI(LightningCLI):
             return
         if not ckpt.dirpath:
             raise ValueError("--ckpt_path best needs checkpoint.dirpath in the config (where fit wrote last.ckpt)")
-        last = Path(ckpt.dirpath) / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"--ckpt_path best: {last} does not exist; run fit first or give a checkpoint file")
-        state = load_checkpoint(last).get("callbacks", {}).get(ckpt.state_key, {})
+        dirpath = str(ckpt.dirpath)
+        last = str(Path(dirpath) / "last.ckpt") if is_local_checkpoint(dirpath) else f"{dirpath.rstrip('/')}/last.ckpt"
+        try:
+            state = load_checkpoint(last).get("callbacks", {}).get(ckpt.state_key, {})
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"--ckpt_path best: {last} does not exist; run fit first or give a checkpoint file") from None
         best = state.get("best_model_path", "")
-        if not best or not Path(best).is_file():
-            raise FileNotFoundError(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})")
-        best_ckpt = load_checkpoint(best)
-        check_hparams_class_paths(best_ckpt.get("hyper_parameters") or {}, best)
-        self._check_checkpoint_model(best_ckpt, best, self.config[self.subcommand]["model"])
+        if not best:
+            raise FileNotFoundError(f"--ckpt_path best: {last} names no best checkpoint")
+        try:
+            self._read_checked_checkpoint(best, self.config[self.subcommand]["model"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--ckpt_path best: {last} names no existing best checkpoint ({best!r})") from None
         rank_zero_info(f"--ckpt_path best resolved to {best}")
         cfg["ckpt_path"] = best
 
@@ -285,6 +292,25 @@ class AffectCLI(LightningCLI):
                             f"{unknown} are not arguments of {cls.__name__}"
                         )
 
+    def _read_checked_checkpoint(self, path: str, model_cfg: Any) -> dict[str, Any]:
+        """The checkpoint at ``path`` (local or any fsspec URL) read once, weights-only, after the checks: class
+        paths on the allow-list, the config's system and net. A remote one is handed to the trainer's
+        :class:`~lightning_modules.checkpoint_io.SafeCheckpointIO`, so it is not downloaded twice."""
+        ckpt = load_checkpoint(path)
+        check_hparams_class_paths(ckpt.get("hyper_parameters") or {}, path)
+        self._check_checkpoint_model(ckpt, path, model_cfg)
+        if not is_local_checkpoint(path):
+            self._pending_preload = (path, ckpt)
+            self._hand_over_preload()
+        return ckpt
+
+    def _hand_over_preload(self) -> None:
+        """Give a remote checkpoint already read to the trainer's SafeCheckpointIO (once it exists)."""
+        pending, safe_io = getattr(self, "_pending_preload", None), getattr(self, "_safe_io", None)
+        if pending is not None and safe_io is not None:
+            safe_io.preload(*pending)
+            self._pending_preload = None
+
     def _parse_ckpt_path(self) -> None:
         """Replaces ``LightningCLI._parse_ckpt_path`` (which merges the checkpoint's hyper-parameters into the
         model config unchecked): the file must be readable (error naming it), name only allowed class paths
@@ -297,18 +323,20 @@ class AffectCLI(LightningCLI):
         if not sub:
             return
         ckpt_path = self.config[sub].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return  # "best"/"last"/... are resolved later (before_<stage>, Lightning); a missing file fails there
-        ckpt = load_checkpoint(ckpt_path)
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        check_hparams_class_paths(hparams, ckpt_path)
+        if not ckpt_path or ckpt_path in ("best", "last", "hpc"):
+            return  # resolved later (before_<stage>, Lightning), then loaded by SafeCheckpointIO
         model_cfg = self.config[sub]["model"]
-        self._check_checkpoint_model(ckpt, ckpt_path, model_cfg)
+        ckpt = self._read_checked_checkpoint(str(ckpt_path), model_cfg)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         cls = self._resolve_class(model_cfg["class_path"]) if model_cfg.get("class_path") else None
         explicit = self._explicit_model_args(sub)
+        hparams, dropped = drop_weight_files(hparams, explicit)
+        if dropped:
+            rank_zero_info(f"Checkpoint {ckpt_path}: not opening the weight files it names ({', '.join(dropped)}); "
+                           "the weights come from its state_dict")
         kept = [k for k in getattr(cls, "inference_settings", ()) if k in explicit and k in hparams]
         for k in kept:
             hparams.pop(k)
@@ -373,7 +401,7 @@ class AffectCLI(LightningCLI):
         and alignment, descriptor settings, fitted SUN statistics) replaces the datamodule's, so predicting needs no
         training cache; a checkpoint of another model kind is refused naming the file. ``--overwrite true`` lets
         the prediction writers replace earlier outputs."""
-        from lightning_modules.fer import LitFER, read_fer_preprocessing
+        from lightning_modules.fer import PREPROCESSING_CKPT_KEY, LitFER, read_fer_preprocessing
 
         cfg = self.config_init[self.subcommand]
         if cfg.get("overwrite"):
@@ -383,7 +411,10 @@ class AffectCLI(LightningCLI):
         ckpt_path = cfg.get("ckpt_path")
         if not isinstance(self.model, LitFER) or not ckpt_path or ckpt_path in ("best", "last"):
             return
-        state = read_fer_preprocessing(ckpt_path)
+        if is_local_checkpoint(ckpt_path) or self._safe_io is None:
+            state = read_fer_preprocessing(ckpt_path)
+        else:  # read (and checked) once, by _parse_ckpt_path
+            state = self._safe_io.preloaded(ckpt_path, load_checkpoint).get(PREPROCESSING_CKPT_KEY)
         if state is None:
             rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
         elif hasattr(self.datamodule, "apply_preprocessing_state"):
@@ -425,6 +456,11 @@ class AffectCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in user_callbacks
         ):
             callbacks.append(RichProgressBar())
+        # every checkpoint the trainer reads or writes goes through the project's reader / atomic writer
+        config = {**config}
+        config["plugins"], self._safe_io = with_safe_checkpoint_io(config.get("plugins"), config.get("strategy"))
+        self._hand_over_preload()
+        self._pending_preload = None
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -21,10 +21,14 @@ in the hyper-parameters that name an importable module (jsonargparse turns such 
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
 import inspect
+import io
+import logging
+import os
 import pickle
 import pkgutil
 import re
@@ -34,24 +38,42 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import fsspec.core
+import fsspec.utils
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch import LightningModule
+from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from torch import nn
+
+from common.io import atomic_path
 
 __all__ = [
     "PROJECT_PACKAGES",
+    "WEIGHT_FILE_ARGS",
     "CheckpointError",
+    "SafeCheckpointIO",
     "allowed_class_paths",
     "check_class_path",
     "check_hparams_class_paths",
     "checkpoint_classes",
+    "drop_weight_files",
+    "is_local_checkpoint",
     "load_checkpoint",
     "load_system",
     "require_system",
+    "with_safe_checkpoint_io",
 ]
 
 #: Packages whose classes a checkpoint may name (the project's systems and nets).
 PROJECT_PACKAGES: tuple[str, ...] = ("lightning_modules", "models")
+
+#: ``torch.load``'s ``map_location``.
+MapLocation = str | torch.device | dict | typing.Callable | None
+
+log = logging.getLogger(__name__)
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
@@ -60,31 +82,226 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (unreadable, the wrong model, or naming code that is not allowed)."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with errors that name the file.
+def _local_path(path: str | os.PathLike) -> Path | None:
+    """The file on this machine that ``path`` names (a plain path or a ``file://`` URL), ``None`` for a remote URL."""
+    src = os.fspath(path)
+    if fsspec.utils.get_protocol(src) not in ("file", "local"):
+        return None
+    if "://" in src or src.startswith("local::"):
+        return Path(LocalFileSystem._strip_protocol(src))
+    return Path(src)
+
+
+def is_local_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a file on this machine (a plain path or a ``file://`` URL) rather than a remote URL."""
+    return _local_path(path) is not None
+
+
+def _read_remote(src: str) -> bytes:
+    """The bytes of the remote checkpoint ``src`` (any fsspec URL: ``http(s)://``, ``s3://``, ``gs://`` ...)."""
+    try:
+        fs, fs_path = fsspec.core.url_to_fs(src)
+    except (ImportError, ValueError) as e:  # unknown protocol, or its fsspec package (s3fs, gcsfs) missing
+        raise CheckpointError(f"Checkpoint {src!r} cannot be opened: {e}") from e
+    try:
+        info = fs.info(fs_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Checkpoint {src!r} does not exist") from None
+    except Exception as e:  # network/auth errors of any fsspec backend: name the URL
+        raise CheckpointError(f"Checkpoint {src!r} cannot be reached: {type(e).__name__}: {e}") from e
+    if info.get("type") == "directory":
+        raise CheckpointError(f"Checkpoint {src!r} is a directory, not a checkpoint file")
+    try:
+        with fs.open(fs_path, "rb") as f:
+            return f.read()
+    except Exception as e:  # as above
+        raise CheckpointError(f"Checkpoint {src!r} could not be read: {type(e).__name__}: {e}") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: MapLocation = "cpu") -> dict[str, Any]:
+    """``torch.load(..., weights_only=True)`` of a local file or any fsspec URL, with errors that name it.
+
+    A remote checkpoint (``http(s)://``, ``s3://``, ``gs://`` ... through ``fsspec``) is read into memory and
+    loaded from there with the same ``weights_only=True``: whatever the scheme, a checkpoint never unpickles code.
+
+    Args:
+        path: a local path, a ``file://`` URL or any other fsspec URL.
+        map_location: ``torch.load``'s ``map_location``.
+
+    Returns:
+        The checkpoint dict.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: truncated / corrupted / not a checkpoint, or it holds objects that need code to load.
+        CheckpointError: a directory; unreachable; truncated / corrupted / not a checkpoint; or it holds objects
+            that need code to load.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist")
+    src = os.fspath(path)
+    local = _local_path(src)
+    if local is not None:
+        if local.is_dir():
+            raise CheckpointError(f"Checkpoint {src!r} is a directory, not a checkpoint file")
+        if not local.is_file():
+            raise FileNotFoundError(f"Checkpoint {src!r} does not exist")
+        source: str | io.BytesIO = str(local)
+        size = local.stat().st_size
+    else:
+        data = _read_remote(src)
+        source, size = io.BytesIO(data), len(data)
     try:
-        ckpt = torch.load(str(p), map_location=map_location, weights_only=True)
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"Checkpoint {str(p)!r} was refused: it holds objects that would run code when loaded "
+            f"Checkpoint {src!r} was refused: it holds objects that would run code when loaded "
             f"(weights_only=True): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(
-            f"Checkpoint {str(p)!r} is truncated or corrupted and cannot be read ({p.stat().st_size} bytes): "
+            f"Checkpoint {src!r} is truncated or corrupted and cannot be read ({size} bytes): "
             f"{type(e).__name__}: {e}"
         ) from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"Checkpoint {str(p)!r} is not a Lightning checkpoint (a {type(ckpt).__name__})")
+        raise CheckpointError(f"Checkpoint {src!r} is not a Lightning checkpoint (a {type(ckpt).__name__})")
     return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lightning's checkpoint plugin
+# ----------------------------------------------------------------------------------------------------------
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with the project's reader and an atomic writer.
+
+    - ``load_checkpoint`` goes through :func:`load_checkpoint` (``weights_only=True`` whatever the scheme:
+      Lightning's own loader unpickles ``http(s)://`` checkpoints with ``weights_only=False``), so
+      ``trainer.fit/validate/test/predict(ckpt_path=...)`` never runs code from a checkpoint;
+    - ``save_checkpoint`` writes a local checkpoint to a temporary name in its folder and renames it
+      (:func:`common.io.atomic_path`), so a full disk or a crash never leaves a truncated file under a checkpoint's
+      name; the error names the file. Remote paths keep Lightning's fsspec transaction.
+
+    ``cli.py`` installs it in every trainer it builds (:func:`with_safe_checkpoint_io`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: dict[str, dict[str, Any]] = {}
+
+    def preload(self, path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+        """Hand over a checkpoint already read from ``path`` (with :func:`load_checkpoint`): the trainer's load of
+        that path takes it instead of reading (downloading) the file again. Used once, then dropped."""
+        self._preloaded[os.fspath(path)] = checkpoint
+
+    def preloaded(self, path: str | os.PathLike, read: typing.Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint handed over for ``path`` (kept for the trainer), else ``read(path)``."""
+        ckpt = self._preloaded.get(os.fspath(path))
+        return ckpt if ckpt is not None else read(os.fspath(path))
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: MapLocation = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """The checkpoint at ``path`` (a local path or any fsspec URL), always ``weights_only=True``."""
+        if weights_only is False:
+            log.warning("Checkpoint %s: weights_only=False is ignored; checkpoints are loaded weights-only", path)
+        ckpt = self._preloaded.pop(os.fspath(path), None)
+        if ckpt is not None:
+            return ckpt
+        return load_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (local) or through fsspec (remote).
+
+        Raises:
+            TypeError: ``storage_options`` given (not supported, as in ``TorchCheckpointIO``).
+            OSError: the write failed (e.g. no space left on device), naming the file; nothing is left under
+                ``path`` (a previous checkpoint there is kept).
+        """
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        local = _local_path(path)
+        try:
+            if local is None:
+                super().save_checkpoint(checkpoint, path)
+                return
+            with atomic_path(local, suffix=".tmp") as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"Writing checkpoint {os.fspath(path)!r} failed ({e.strerror or e}); no partial "
+                "checkpoint was left under that name"
+            ) from e
+
+
+def with_safe_checkpoint_io(plugins: Any, strategy: Any = None) -> tuple[list[Any], SafeCheckpointIO | None]:
+    """``Trainer(plugins=...)`` with a :class:`SafeCheckpointIO`, and that plugin (``None`` when the user's own
+    checkpoint plugin stays in charge).
+
+    The user's plugins are kept: an ``AsyncCheckpointIO`` (or other wrapper) without a base plugin gets the safe one
+    as its base; a checkpoint plugin of the user's own (in ``plugins`` or set on a ``Strategy`` instance) is left in
+    place with a warning, since it loads checkpoints without the project's checks.
+
+    Args:
+        plugins: the trainer's ``plugins`` argument (``None``, one plugin, or a list).
+        strategy: the trainer's ``strategy`` argument (a name or a ``Strategy`` instance).
+    """
+    out = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    own = [p for p in out if isinstance(p, CheckpointIO)]
+    if own == [] and getattr(strategy, "_checkpoint_io", None) is not None:
+        own = [strategy._checkpoint_io]
+    if not own:
+        safe = SafeCheckpointIO()
+        return [*out, safe], safe
+    io_plugin = own[0]
+    if isinstance(io_plugin, _WrappingCheckpointIO):
+        if io_plugin.checkpoint_io is None:
+            io_plugin.checkpoint_io = SafeCheckpointIO()
+        io_plugin = io_plugin.checkpoint_io
+    if isinstance(io_plugin, SafeCheckpointIO):
+        return out, io_plugin
+    log.warning("Checkpoint plugin %s (given by the config) loads and saves checkpoints without the project's "
+                "checks (weights_only, atomic writes); use lightning_modules.checkpoint_io.SafeCheckpointIO as its "
+                "base to keep them", type(io_plugin).__name__)
+    return out, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths stored in a checkpoint
+# ----------------------------------------------------------------------------------------------------------
+#: Init arguments naming a file whose weights only INITIALISE a net (``models.swin_two_branch.TwoBranchSwin``,
+#: ``models.timm_classifier``): the checkpoint's ``state_dict`` replaces them, so a value stored in a checkpoint is
+#: dropped rather than opened. Not listed, on purpose: ``FrozenImageEncoder.checkpoint_path`` (its weights are not
+#: saved in the system's checkpoint), ``LitVAE.pretrained_dir`` (it also fixes the architecture) and
+#: ``LitLDM.vae_path`` (handled by ``LitLDM.inference_settings``).
+WEIGHT_FILE_ARGS: tuple[str, ...] = ("pretrained_file",)
+
+
+def drop_weight_files(hparams: dict[str, Any], explicit: dict[str, Any] | None = None,
+                      where: str = "") -> tuple[dict[str, Any], list[str]]:
+    """A copy of a checkpoint's hyper-parameters with every :data:`WEIGHT_FILE_ARGS` value (at any depth, e.g.
+    ``net.init_args.pretrained_file``) set to ``None``, or to the value the user gave explicitly at the same place
+    in ``explicit`` (the config's ``model.init_args``); and the dotted names that were dropped.
+
+    A path read from a checkpoint is data: opening it would read whatever file the checkpoint's author chose.
+    """
+    out = copy.deepcopy(hparams)
+    dropped: list[str] = []
+
+    def walk(node: Any, given: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                sub = given.get(k) if isinstance(given, dict) else None
+                name = f"{prefix}{k}"
+                if k in WEIGHT_FILE_ARGS and v is not None:
+                    user = given.get(k) if isinstance(given, dict) and k in given else None
+                    if v != user:
+                        node[k] = user
+                        dropped.append(name)
+                else:
+                    walk(v, sub, name + ".")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, None, f"{prefix[:-1]}[{i}].")
+
+    walk(out, explicit or {}, where)
+    return out, dropped
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -275,3 +275,131 @@ def test_generation_without_a_trained_checkpoint_is_refused(ldm_run) -> None:
         cli_main(["predict", "--config", str(cfg)])
     out = ldm_run["tmp"] / "aug_untrained"
     assert not list(out.rglob("*.png"))
+
+
+# ------------------------------------------------------------------------------------------------ issue 20: remote
+@pytest.fixture()
+def http_dir(tmp_path, monkeypatch):
+    """(folder, base URL) of a local ``http.server`` on 127.0.0.1 serving ``folder``."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # Lightning's http loader caches there
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _pickled_code(ckpt_path: Path, dst: Path, marker: Path) -> Path:
+    c = torch.load(ckpt_path, weights_only=True)
+    c["hyper_parameters"]["loss"] = _WriteMarker(marker, "system")
+    torch.save(c, dst)
+    return dst
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+@pytest.mark.parametrize("subcommand", ["test", "fit"])
+def test_remote_checkpoint_with_pickled_code_is_refused(tfn_run, http_dir, tmp_path, scheme, subcommand) -> None:
+    """Lightning loads ``http…`` checkpoints with ``weights_only=False``; the CLI must not (issue 20 §1)."""
+    cfg, ckpt = tfn_run
+    root, base = http_dir
+    marker = tmp_path / "pwned"
+    _pickled_code(ckpt, root / "evil.ckpt", marker)
+    url = f"{base}/evil.ckpt" if scheme == "http" else (root / "evil.ckpt").as_uri()
+    with pytest.raises(CheckpointError, match="refused") as e:
+        cli_main([subcommand, "--config", str(cfg), "--ckpt_path", url, "--trainer.logger", "false",
+                  "--test_after_fit", "false", "--trainer.max_epochs", "2"])
+    assert url in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_remote_checkpoint_naming_a_forbidden_class_is_refused(tfn_run, http_dir, scheme) -> None:
+    cfg, ckpt = tfn_run
+    root, base = http_dir
+    _crafted(ckpt, root / "crafted.ckpt", lambda c: PAYLOADS["net_class_path"](c["hyper_parameters"], "true"))
+    url = f"{base}/crafted.ckpt" if scheme == "http" else (root / "crafted.ckpt").as_uri()
+    with pytest.raises(CheckpointError, match=r"os\.system") as e:
+        cli_main(["test", "--config", str(cfg), "--ckpt_path", url, "--trainer.logger", "false"])
+    assert url in str(e.value)
+
+
+def test_good_checkpoint_over_http_is_read_once_and_tests(tfn_run, http_dir, monkeypatch) -> None:
+    import lightning_modules.checkpoint_io as cio
+
+    cfg, ckpt = tfn_run
+    root, base = http_dir
+    (root / "good.ckpt").write_bytes(ckpt.read_bytes())
+    reads = []
+    real = cio._read_remote
+    monkeypatch.setattr(cio, "_read_remote", lambda src: reads.append(src) or real(src))
+    cli = cli_main(["test", "--config", str(cfg), "--ckpt_path", f"{base}/good.ckpt", "--trainer.logger", "false"])
+    assert cli.trainer.callback_metrics["test/mae"] >= 0
+    assert reads == [f"{base}/good.ckpt"]  # checked by the CLI, then handed to the trainer: one download
+    assert isinstance(cli.trainer.strategy.checkpoint_io, cio.SafeCheckpointIO)
+
+
+def test_missing_remote_checkpoint_and_a_directory_are_named(tfn_run, http_dir, tmp_path) -> None:
+    cfg, _ = tfn_run
+    _, base = http_dir
+    with pytest.raises(FileNotFoundError, match=f"{base}/nothing.ckpt.*does not exist"):
+        cli_main(["test", "--config", str(cfg), "--ckpt_path", f"{base}/nothing.ckpt", "--trainer.logger", "false"])
+    folder = tmp_path / "a_folder.ckpt"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match=r"a_folder\.ckpt' is a directory, not a checkpoint file"):
+        cli_main(["test", "--config", str(cfg), "--ckpt_path", str(folder), "--trainer.logger", "false"])
+
+
+def test_stored_pretrained_file_is_not_opened(tfn_run, tmp_path, monkeypatch, caplog) -> None:
+    """A path in a checkpoint's hyper-parameters is data (issue 20 §4): it is dropped, not followed."""
+    from lightning_modules.checkpoint_io import drop_weight_files
+
+    hp = {"net": {"class_path": "models.swin_two_branch.TwoBranchSwin",
+                  "init_args": {"pretrained_file": "/nonexistent/x.pth", "depths": [1]}}, "lr": 1.0}
+    out, dropped = drop_weight_files(hp, {})
+    assert out["net"]["init_args"]["pretrained_file"] is None and dropped == ["net.init_args.pretrained_file"]
+    assert hp["net"]["init_args"]["pretrained_file"] == "/nonexistent/x.pth"  # the checkpoint's dict is untouched
+    mine = {"net": {"init_args": {"pretrained_file": "mine.pth"}}}
+    assert drop_weight_files(hp, mine)[0]["net"]["init_args"]["pretrained_file"] == "mine.pth"
+
+
+
+@pytest.fixture(scope="module")
+def swin_args(tmp_path_factory) -> list[str]:
+    """CLI arguments of the two-branch Swin face config on tiny fake faces (one process, CPU)."""
+    from tests.helpers.configs import tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("swin")
+    config = next(c for c in training_configs() if c.id == "fer/swin2b_ckplus48.yaml")
+    override = tiny_overrides(config, tmp, devices=1)
+    return [a for f in [*config.files, override] for a in ("--config", str(f))] + ["--trainer.logger", "false"]
+
+
+def test_stored_pretrained_file_is_not_opened_by_the_cli(swin_args, tmp_path, caplog) -> None:
+    """A TwoBranchSwin checkpoint whose net names ``pretrained_file``: the run builds the net without opening it
+    (was: the file named by the checkpoint was loaded, here a missing one failed the run)."""
+    cli = cli_main(swin_args, run=False)
+    hp = json.loads(json.dumps(dict(cli.model.hparams), default=list))
+    assert hp["net"]["class_path"] == "models.swin_two_branch.TwoBranchSwin"
+    hp["net"]["init_args"]["pretrained_file"] = "/nonexistent/x.pth"
+    hp["_class_path"] = "lightning_modules.fer.LitFER"
+    ckpt = tmp_path / "swin.ckpt"
+    import lightning
+
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": hp,
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    with caplog.at_level(logging.INFO):
+        cli = cli_main(["test", *swin_args, "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1"])
+    assert cli.model.hparams["net"]["init_args"]["pretrained_file"] is None
+    assert any("not opening the weight files" in r.getMessage() and "net.init_args.pretrained_file" in
+               r.getMessage() for r in caplog.records)
