@@ -29,7 +29,9 @@ Landmark columns are 0 when the detector gives no landmarks. Eye and mouth *open
 Appearance (on the face crop of :func:`features.detection.face_crop`: eye-aligned when landmarks exist):
 
 * with a face-expression checkpoint (a LitFER checkpoint written by ``cli.py fit``): ``prob_<class>`` (softmax
-  class probabilities) and ``emb_<i>`` (the pooled embedding: the input of the classifier's last linear layer);
+  class probabilities) and ``emb_<i>`` (the pooled embedding: the input of the classifier's last linear layer); the
+  crop, normalisation and descriptor maps (SUN with its fitted statistics included) follow the preprocessing stored in
+  the checkpoint;
 * without one, the documented fallback: ``hog_<i>`` (``skimage.feature.hog`` of the grey ``crop_size`` crop,
   9 orientations, 16-pixel cells, 2x2-cell blocks, L2-Hys) and ``lbp_<cell>_<code>`` (uniform LBP, P=8, R=1,
   histograms of the 2x2 quadrants, each summing to 1).
@@ -50,6 +52,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from common import FER_PREPROCESSING_KEY
 from features.detection import Detection, FaceDetector, build_detector, face_crop
 from features.tracking import IoUTracker
 
@@ -237,14 +240,21 @@ def descriptor_features(crop: np.ndarray, settings: VisionSettings) -> np.ndarra
 class FaceExpressionModel:
     """The project's face-expression net, rebuilt from a LitFER checkpoint without Lightning.
 
-    The checkpoint is read with ``torch.load(weights_only=True)``; the net's ``class_path`` (as saved by
-    ``cli.py fit``) must be one of :data:`ALLOWED_FACE_NETS`; crop size, margin and normalisation come from the
-    checkpoint's datamodule hyper-parameters. Nets that also take a descriptor map are supported for the
-    descriptors computable per crop (``lbp``, ``energy``, ``spectral_residual``; ``sun`` needs the training
-    statistics and is refused).
+    The checkpoint is read with ``torch.load(weights_only=True)`` (a file holding pickled code or objects is refused,
+    naming it; nothing in it runs); the net's ``class_path`` (as saved by ``cli.py fit``) must be one of
+    :data:`ALLOWED_FACE_NETS`. Class names, crop size, margin, normalisation and descriptor settings come from the
+    preprocessing state LitFER stores (``checkpoint["fer_preprocessing"]``, see
+    ``FERDataModule.preprocessing_state``), else from the datamodule's hyper-parameters. Nets that also take a
+    descriptor map get it computed per crop as in training (quantised to 8 bits, then normalised), ``sun`` with the
+    fitted SUN statistics stored in the checkpoint.
 
     Args:
         path: the ``.ckpt`` file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a safely readable checkpoint, not a face-expression checkpoint, a net not allowed, or a
+            descriptor the checkpoint lacks what to compute it with (all naming the file).
     """
 
     def __init__(self, path: str) -> None:
@@ -252,12 +262,25 @@ class FaceExpressionModel:
 
         import torch
 
+        from features.descriptors import DescriptorSettings, SUNParams
+
         path_p = Path(path)
         if not path_p.is_file():
             raise FileNotFoundError(f"FaceExpressionModel: face-model checkpoint {path} not found")
-        ckpt = torch.load(path_p, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path_p, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle.UnpicklingError (pickled code / objects), zip, EOF, key errors of non-files
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                          lines[-1] if lines else "")
+            raise ValueError(f"FaceExpressionModel: {path} is refused: it cannot be read safely as a PyTorch "
+                             f"checkpoint (torch.load weights_only=True, nothing in it was run; "
+                             f"{type(err).__name__}: {detail[:300]})") from err
+        is_lightning = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
+        if not is_lightning:
+            raise ValueError(f"FaceExpressionModel: {path} is not a LitFER checkpoint (no state_dict)")
         hp = ckpt.get("hyper_parameters") or {}
-        net_cfg = hp.get("net")
+        net_cfg = hp.get("net") if isinstance(hp, dict) else None
         if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
             raise ValueError(f"FaceExpressionModel: {path} has no `net` class_path in its hyper-parameters (train "
                              "the face model with `cli.py fit` so the config is stored with the checkpoint)")
@@ -274,19 +297,49 @@ class FaceExpressionModel:
         state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
         self.net = net.eval()
+        pre = ckpt.get(FER_PREPROCESSING_KEY)
+        pre = pre if isinstance(pre, dict) else {}
+        stored = pre.get("settings") if isinstance(pre.get("settings"), dict) else {}
         dm = ckpt.get("datamodule_hyper_parameters") or {}
-        self.image_size = int(dm.get("image_size", 112))
-        self.margin = float(dm.get("face_margin", 0.2))
-        self.mean = np.asarray(dm.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
-        self.std = np.asarray(dm.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
-        self.descriptor = dm.get("descriptor", "none") if "descriptor" in net.inputs else "none"
+        cfg = {**(dm if isinstance(dm, dict) else {}), **stored}  # the preprocessing state wins
+        self.image_size = int(cfg.get("image_size", 112))
+        self.margin = float(cfg.get("face_margin", 0.2))
+        self.mean = np.asarray(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
+        self.std = np.asarray(cfg.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
+        inputs = tuple(getattr(net, "inputs", ("image",)))
+        self.descriptor = str(cfg.get("descriptor", "none")) if "descriptor" in inputs else "none"
+        if "descriptor" in inputs and self.descriptor == "none":
+            raise ValueError(f"FaceExpressionModel: {path}: net {class_path} takes a descriptor map but the checkpoint "
+                             "names no descriptor")
+        self.descriptor_settings: DescriptorSettings | None = None
+        self.sun_params: SUNParams | None = None
+        if self.descriptor != "none":
+            try:
+                self.descriptor_settings = DescriptorSettings(
+                    descriptor=self.descriptor, lbp_points=int(cfg.get("lbp_points", 8)),
+                    lbp_radius=float(cfg.get("lbp_radius", 1.0)), energy_sigma=float(cfg.get("energy_sigma", 2.0)),
+                    sun_sigmas=tuple(float(v) for v in cfg.get("sun_sigmas", (1.0, 2.0, 4.0, 8.0))),
+                    sun_ratio=float(cfg.get("sun_ratio", 1.6)), sun_channels=cfg.get("sun_channels", "intensity"))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"FaceExpressionModel: {path}: bad descriptor settings ({err})") from err
         if self.descriptor == "sun":
-            raise ValueError(f"FaceExpressionModel: {path} uses SUN descriptor maps, whose training statistics are "
-                             "not in the checkpoint; use a global-only or LBP/energy face model")
-        self.d_mean = float(dm.get("descriptor_mean", 0.5))
-        self.d_std = float(dm.get("descriptor_std", 0.5))
-        names = hp.get("class_names") or [str(i) for i in range(int(num_classes))]
+            sun = pre.get("sun_params")
+            if not isinstance(sun, dict) or not sun:
+                raise ValueError(f"FaceExpressionModel: {path} uses SUN descriptor maps but holds no fitted SUN "
+                                 f"statistics (checkpoint[{FER_PREPROCESSING_KEY!r}]['sun_params'] is empty: the "
+                                 "model was saved before FERDataModule.prepare_data fitted them); retrain it, or use "
+                                 "a global-only or LBP/energy face model")
+            try:
+                self.sun_params = SUNParams(**sun)
+            except TypeError as err:
+                raise ValueError(f"FaceExpressionModel: {path}: unreadable SUN statistics ({err})") from err
+        self.d_mean = float(cfg.get("descriptor_mean", 0.5))
+        self.d_std = float(cfg.get("descriptor_std", 0.5))
+        names = cfg.get("class_names") or hp.get("class_names") or [str(i) for i in range(int(num_classes))]
         self.class_names = [str(n) for n in names]
+        if len(self.class_names) != int(num_classes):
+            raise ValueError(f"FaceExpressionModel: {path} names {len(self.class_names)} classes for a net of "
+                             f"{num_classes} outputs")
         linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == int(num_classes)]
         if not linears:
             raise ValueError(f"FaceExpressionModel: {class_path} has no final linear layer with {num_classes} outputs")
@@ -300,7 +353,7 @@ class FaceExpressionModel:
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, K + E]`` float32 (probabilities, pooled embedding) of ``N`` RGB crops of ``image_size``."""
-        from features.descriptors import DescriptorSettings, compute_descriptor
+        from features.descriptors import compute_descriptor, to_uint8_map
 
         torch = self._torch
         if not len(crops):
@@ -308,9 +361,9 @@ class FaceExpressionModel:
         x = np.stack(crops).astype(np.float32) / 255.0
         x = (x - self.mean) / self.std
         tensors = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))]
-        if self.descriptor != "none":
-            ds = DescriptorSettings(descriptor=self.descriptor)
-            maps = np.stack([compute_descriptor(c, ds, None) for c in crops]).astype(np.float32)
+        if self.descriptor_settings is not None:  # as in training: the [0, 1] map stored as uint8, then normalised
+            maps = np.stack([to_uint8_map(compute_descriptor(c, self.descriptor_settings, self.sun_params))
+                             for c in crops]).astype(np.float32) / 255.0
             tensors.append(torch.from_numpy((maps[:, None] - self.d_mean) / self.d_std))
         self._pooled.clear()
         with torch.inference_mode():

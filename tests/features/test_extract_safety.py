@@ -129,10 +129,10 @@ def test_video_folder_links_leading_outside_are_refused(tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------------------ blank segments
 @pytest.mark.parametrize(("name", "content"), [
-    ("talk.srt", "1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\n\n"
-                 "3\n00:00:02,000 --> 00:00:03,000\nthird\n"),
-    ("talk.vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello\n\n00:00:01.000 --> 00:00:02.000\n\n"
-                 "00:00:02.000 --> 00:00:03.000\nthird\n"),
+    ("talk.srt", ("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\n\n"
+                  "3\n00:00:02,000 --> 00:00:03,000\nthird\n")),
+    ("talk.vtt", ("WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello\n\n00:00:01.000 --> 00:00:02.000\n\n"
+                  "00:00:02.000 --> 00:00:03.000\nthird\n")),
     ("talk.csv", "start,end,text\n0,1,hello\n1,2,  \n2,3,third\n"),
 ])
 def test_blank_transcript_segments_are_counted_and_reported(tmp_path, fake_models, name, content) -> None:

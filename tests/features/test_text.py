@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.text import Segment, TextEncoder, TranscriptError, read_transcript
+from features.text import Segment, TextEncoder, TranscriptError, read_transcript, read_utf8
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,8 @@ def test_transcripts(tmp_path) -> None:
     ("time.csv", "start,end,text\nzero,1,hi\n", "corrupt"),
     ("order.csv", "start,end,text\n2,1,hi\n", "corrupt"),
     ("junk.vtt", "this is not webvtt", "corrupt"),
+    ("junk.srt", "this is not\na subtitle file", "corrupt"),
+    ("blank.srt", "1\n00:00:00,000 --> 00:00:01,000\n\n2\n00:00:01,000 --> 00:00:02,000\n  \n", "empty_transcript"),
 ])
 def test_bad_transcripts_name_the_file_and_reason(tmp_path, name, content, reason) -> None:
     p = tmp_path / name
@@ -63,3 +65,47 @@ def test_bad_transcripts_name_the_file_and_reason(tmp_path, name, content, reaso
     with pytest.raises(TranscriptError, match=name) as err:
         read_transcript(p)
     assert err.value.reason == reason
+
+
+def test_blank_srt_cues_are_kept_in_place(tmp_path) -> None:
+    """webvtt-py drops blank SRT cues (and so renumbers the rest); the reader keeps them for the caller to report."""
+    srt = tmp_path / "a.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\n\n"
+                   "3\n00:00:02,000 --> 00:00:03,000\n2019\n\n4\n00:00:03,000 --> 00:00:04,000\n   \n"
+                   "5\n00:00:04,000 --> 00:00:05,500\nlast\nline\n")
+    assert read_transcript(srt) == [Segment(0.0, 1.0, "hello"), Segment(1.0, 2.0, ""), Segment(2.0, 3.0, "2019"),
+                                    Segment(3.0, 4.0, ""), Segment(4.0, 5.5, "last line")]
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("bom.srt", "1\r\n00:00:00,000 --> 00:00:01,000\r\ncafé crème\r\n"),
+    ("bom.vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\ncafé crème\n"),
+    ("bom.csv", "start,end,text\n0,1,café crème\n"),
+])
+def test_transcripts_with_a_byte_order_mark(tmp_path, name, content) -> None:
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8-sig", newline="")
+    assert read_transcript(p) == [Segment(0.0, 1.0, "café crème")]
+
+
+@pytest.mark.parametrize("name", ["latin.srt", "latin.vtt", "latin.csv"])
+def test_transcripts_not_in_utf8_name_file_line_and_fix(tmp_path, name) -> None:
+    content = {"latin.srt": "1\n00:00:00,000 --> 00:00:01,000\ncafé\n",
+               "latin.vtt": "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\ncafé\n",
+               "latin.csv": "start,end,text\n0,1,café\n"}[name]
+    p = tmp_path / name
+    p.write_bytes(content.encode("latin-1"))
+    line = content.split("\n").index(next(x for x in content.split("\n") if "café" in x)) + 1
+    with pytest.raises(TranscriptError, match=rf"{name}.*not UTF-8.*\(line {line}, column \d+\).*save the file as "
+                                              "UTF-8") as err:
+        read_transcript(p)
+    assert err.value.reason == "corrupt"
+
+
+def test_read_utf8_position(tmp_path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_bytes(b"a,b\nok,\xe9t\xe9\n")
+    with pytest.raises(ValueError, match=r"x\.csv: not UTF-8 text: byte 7 \(line 2, column 4\) is b'\\xe9'"):
+        read_utf8(p)
+    p.write_bytes("\ufeffa,b\n".encode())
+    assert read_utf8(p) == "a,b\n"

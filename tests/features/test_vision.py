@@ -133,3 +133,133 @@ def test_face_model_from_a_litfer_style_checkpoint(tmp_path) -> None:
     with torch.inference_mode():
         ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).softmax(1).numpy()
     np.testing.assert_allclose(out[:, :3], ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ unsafe checkpoints
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_or_foreign_face_model_is_refused_naming_the_file(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"payload": _RunsCode(str(marker))}}, evil)
+    with pytest.raises(ValueError, match=r"evil\.ckpt is refused.*weights_only.*system"):
+        FaceExpressionModel(str(evil))
+    assert not marker.exists()  # nothing in the file ran
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"notes\.ckpt is refused"):
+        FaceExpressionModel(str(text))
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(ValueError, match=r"plain\.ckpt is not a LitFER checkpoint"):
+        FaceExpressionModel(str(plain))
+
+
+def test_extract_refuses_a_crafted_face_model_before_any_work(tmp_path) -> None:
+    from features.extract import ExtractorSettings, extract
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _RunsCode(str(tmp_path / "ran"))}, evil)
+    settings = ExtractorSettings(vision=VisionSettings(face_model=str(evil)))
+    with pytest.raises(ValueError, match=r"evil\.ckpt is refused"):
+        extract(tmp_path / "no_videos_needed", tmp_path / "out.npz", settings, progress=False)
+    assert not (tmp_path / "ran").exists()
+
+
+# ------------------------------------------------------------------------------------------------ SUN face models
+TINY_SWIN = {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4,
+             "fusion_init": "default"}
+
+
+def _faces32(n: int = 4) -> list[np.ndarray]:
+    from tests.fakes_images import synthetic_face
+
+    return [np.repeat(synthetic_face(32, i, i)[:, :, None], 3, axis=2) for i in range(n)]
+
+
+def _sun_checkpoint(path, with_statistics: bool = True):
+    """A LitFER checkpoint layout (net hyper-parameters, state_dict, ``fer_preprocessing``) of a tiny two-branch Swin
+    trained with SUN maps; returns the net."""
+    from features.descriptors import fit_sun_params
+    from models.swin_two_branch import TwoBranchSwin
+
+    torch.manual_seed(0)
+    net = TwoBranchSwin(3, **TINY_SWIN).eval()
+    settings = {"class_names": ["joy", "focus", "boredom"], "image_size": 32, "face_detection": "none",
+                "face_margin": 0.3, "background": "black", "descriptor": "sun", "lbp_points": 8, "lbp_radius": 1.0,
+                "energy_sigma": 2.0, "sun_sigmas": [1.0, 2.0], "sun_ratio": 1.6, "sun_channels": "intensity",
+                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "descriptor_mean": 0.4, "descriptor_std": 0.2,
+                "predict_alignment": "eyes"}
+    sun = dict(fit_sun_params(_faces32(), sigmas=(1.0, 2.0)).__dict__) if with_statistics else None
+    torch.save({"hyper_parameters": {"_class_path": "lightning_modules.fer.LitFER",
+                                     "net": {"class_path": "models.swin_two_branch.TwoBranchSwin",
+                                             "init_args": TINY_SWIN},
+                                     "num_classes": 3, "class_names": settings["class_names"]},
+                "datamodule_hyper_parameters": {"image_size": 112, "descriptor": "sun"},  # stale: the state wins
+                "fer_preprocessing": {"version": 1, "settings": settings, "sun_params": sun},
+                "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
+    return net
+
+
+def _training_batch(crops, state: dict):
+    """The batch the face datamodule builds for these crops (uint8 SUN maps, FaceBatchTransform normalisation)."""
+    from datamodules.datasets.images import FaceBatchTransform
+    from features.descriptors import DescriptorSettings, SUNParams, compute_descriptor, to_uint8_map
+
+    s = state["settings"]
+    ds = DescriptorSettings(descriptor="sun", sun_sigmas=tuple(s["sun_sigmas"]), sun_ratio=s["sun_ratio"])
+    sun = SUNParams(**state["sun_params"])
+    samples = [{"image": torch.from_numpy(c.transpose(2, 0, 1).copy()),
+                "descriptor": torch.from_numpy(to_uint8_map(compute_descriptor(c, ds, sun))[None])} for c in crops]
+    return FaceBatchTransform(s["mean"], s["std"], s["descriptor_mean"], s["descriptor_std"], augment="none")(samples)
+
+
+def test_sun_face_model_uses_the_statistics_stored_in_the_checkpoint(tmp_path) -> None:
+    path = tmp_path / "sun.ckpt"
+    net = _sun_checkpoint(path)
+    fm = FaceExpressionModel(str(path))
+    assert fm.descriptor == "sun" and fm.sun_params is not None and fm.image_size == 32 and fm.margin == 0.3
+    assert fm.feature_names()[:3] == ["prob_joy", "prob_focus", "prob_boredom"]
+    crops = _faces32(3)
+    out = fm(crops)
+    state = torch.load(path, weights_only=True)["fer_preprocessing"]
+    batch = _training_batch(crops, state)
+    with torch.inference_mode():
+        ref = net(batch["image"], batch["descriptor"]).softmax(1).numpy()
+        blind = net(batch["image"], torch.zeros_like(batch["descriptor"])).softmax(1).numpy()
+    assert not np.allclose(ref, blind, atol=1e-4)  # the maps matter, so the match below checks them
+    np.testing.assert_allclose(out[:, :3], ref, atol=1e-5)
+
+
+def test_sun_face_model_without_statistics_is_refused_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "nostats.ckpt"
+    _sun_checkpoint(path, with_statistics=False)
+    with pytest.raises(ValueError, match=r"nostats\.ckpt uses SUN descriptor maps but holds no fitted SUN statistics"):
+        FaceExpressionModel(str(path))
+
+
+@pytest.mark.slow
+def test_a_trained_litfer_sun_checkpoint_is_accepted(tmp_path) -> None:
+    """``cli.py fit`` of the tiny two-branch Swin with SUN maps: its checkpoint works as ``--face-model`` and gives
+    the probabilities LitFER gives on the datamodule's batch of the same crops."""
+    from lightning_modules.fer import LitFER
+    from tests.fakes_classroom import train_tiny_checkpoint
+
+    path = train_tiny_checkpoint(tmp_path)
+    fm = FaceExpressionModel(str(path))
+    assert fm.descriptor == "sun" and fm.sun_params is not None
+    state = torch.load(path, weights_only=True)["fer_preprocessing"]
+    crops = _faces32(2)
+    batch = _training_batch(crops, state)
+    lit = LitFER.load_from_checkpoint(path, weights_only=False).eval()
+    with torch.inference_mode():
+        ref = lit(batch).softmax(1).numpy()
+    np.testing.assert_allclose(fm(crops)[:, :len(fm.class_names)], ref, atol=1e-5)
