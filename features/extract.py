@@ -15,6 +15,13 @@ Inputs (:func:`discover`):
   with optional ``label``); one utterance per transcript segment, id ``<stem>$_$<k>`` (k from 1). Without labels
   the file is for prediction only (no ``regression_labels``); all utterances go to the ``--split`` split.
 
+Input safety: a video (or transcript) is only read when its resolved path stays inside the input root (``Raw/`` of
+the MMSA layout, which may itself be a link to a larger disk; the folder of videos): a symbolic link leading out of
+it, or a ``label.csv`` id such as ``../../x`` or ``/x``, is refused and reported (``outside_root``). ``label.csv``
+and transcripts are read as UTF-8 (a byte-order mark is accepted, as Excel's "CSV UTF-8" writes it); a file in another
+encoding is refused with an error naming the file, the line and byte, and the fix (save it as UTF-8); it is never
+guessed as latin-1, which would turn a cp1252 or Shift-JIS file into wrong text without a word.
+
 Per utterance (modules :mod:`features.video`, :mod:`features.audio`, :mod:`features.vision`,
 :mod:`features.text`): frames at ``--fps`` and the audio track are decoded with PyAV, audio descriptors + prosody
 come from librosa, the speaker's face is detected, tracked and described per frame, and the transcript gives
@@ -32,10 +39,17 @@ Engineering: a process pool over source files (``--workers``; one torch/OpenCV/B
 numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
 from; a progress bar with clips/s and ETA; ``--shard K/N`` extracts every N-th source file into the cache only,
 and ``--merge`` writes the single file from one or more caches, byte-identical to a one-machine run (the same
-assembly code writes both). Bad clips (missing file, file without a label row, corrupt media, no audio stream,
-empty transcript, no face in any frame) are counted and listed in ``<out stem>.report.json`` next to the output;
-clips without any face are kept with their vision masked, all others are left out of the file. With
-``--dataset mosi|mosei`` the split sizes are checked against the standard ones.
+assembly code writes both). Cache entries are written atomically; a torn one all the same (truncated or corrupt,
+e.g. copied between machines) is found on the next run (every entry of a source file is read back before it is
+skipped), logged by name, listed in the report (``cache_reextracted``) and extracted again; ``--merge``, which does
+not extract, names the torn entries and the source files to re-run. A failed write (a full disk: ``ENOSPC``) of a
+cache entry, the output or the report raises an ``OSError`` naming that path.
+
+Bad clips (missing file, file without a label row, a path outside the input root, corrupt media, no audio stream,
+empty transcript, a blank transcript segment (``empty_transcript_segment``), no face in any frame) are counted in
+the log and listed in ``<out stem>.report.json`` next to the output; clips without any face are kept with their
+vision masked, all others are left out of the file. With ``--dataset mosi|mosei`` the split sizes are checked
+against the standard ones.
 """
 
 from __future__ import annotations
