@@ -8,8 +8,9 @@ Run::
 The page (Gradio) takes a video (upload, or a path / webcam index / stream URL typed in) and a checkpoint, runs
 :func:`apps.classroom_api.analyze_video` (the same pipeline as ``cli.py predict``), and shows the annotated video,
 the per-student timelines, the summary (plot and table) and a download of the per-face CSV. Bad input (no face, a
-corrupt video, a foreign checkpoint, ...) is shown as a message on the page. Every analysis writes to its own new
-folder under ``--output-root``. The server listens on 127.0.0.1 only, with Gradio's analytics off.
+corrupt video, a source that is no video, a foreign checkpoint, an output root that is a file, ...) is shown as a
+message on the page, never as a traceback. Every analysis writes to its own new folder under ``--output-root``. The
+server listens on 127.0.0.1 only, with Gradio's analytics off.
 """
 
 from __future__ import annotations
@@ -51,13 +52,21 @@ def analyze_for_page(
         return ("**Choose a video** (upload one, or type a path, webcam index or stream URL).", *empty)
     if not ckpt or not str(ckpt).strip():
         return ("**Choose a checkpoint** (.ckpt of a model trained with a configs/fer/ config).", *empty)
+    root = Path(output_root)
+    if root.exists() and not root.is_dir():
+        msg = (f"**Cannot write the results:** the output folder `{root}` is a file, not a folder "
+               "(start the page with another `--output-root`).")
+        return (msg, *empty)
     stem = Path(str(source)).stem or "source"
-    out = Path(output_root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    out = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
         df = analyze_video(source, str(ckpt).strip(), out, config=config, every_n_frames=int(every_n_frames),
                            min_face_size=int(min_face_size), max_frames=300)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # bad input: a message naming the file
+    except (OSError, ValueError) as err:  # bad input or an unwritable folder: a message naming the file
         return (f"**Could not analyse:** {err}", *empty)
+    except Exception as err:  # the page shows a message, never a traceback; the log keeps it
+        log.exception("Classroom page: the analysis of %s failed", source)
+        return (f"**The analysis failed:** {type(err).__name__}: {err} (the details are in the server log)", *empty)
     files = {Path(f).name: f for f in df.attrs["files"]}
     summary = df.attrs["summary"]
     timeline = next((f for n, f in files.items() if n.startswith("timeline_")), None)
@@ -109,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if Path(args.output_root).exists() and not Path(args.output_root).is_dir():
+        ap.error(f"--output-root {args.output_root!r} is a file, not a folder")
     Path(args.output_root).mkdir(parents=True, exist_ok=True)
     demo = build_app(args.ckpt, args.config, args.output_root)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.output_root).resolve())])

@@ -70,17 +70,25 @@ def analyze_video(
         ``files`` (list of paths), ``output_dir``.
 
     Raises:
-        FileNotFoundError / ValueError: missing or foreign checkpoint, bad video, existing output folder
-            (``FileExistsError``), each naming the file.
+        FileNotFoundError / ValueError: missing or foreign checkpoint, a missing source, a bad video or a source
+            that is no video (``features.video.VideoSourceError``: a text file, a device such as ``/dev/zero``, a
+            folder without frame images), each naming the file.
+        FileExistsError: the output folder exists and is not empty (or is a file).
+        NotADirectoryError: the output folder cannot be made because a file stands in its path.
     """
+    from callbacks.emotion_timeline import check_output_parent
     from cli import cli_main
+    from features.video import check_file_source, is_live_source
     from lightning_modules.fer import read_fer_preprocessing
 
     ckpt = Path(ckpt)
     read_fer_preprocessing(ckpt)  # fail fast, naming the file, on a missing or foreign checkpoint
+    if not is_live_source(source):
+        check_file_source(str(source))  # fail fast: not a video, image or folder of frames (the datamodule checks too)
     if output_dir is None:
         stem = Path(str(source)).stem if not str(source).isdigit() else f"webcam{source}"
         output_dir = Path("runs") / "classroom" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_parent(output_dir, "analyze_video")  # the writer checks the folder itself before predicting
     cfg = yaml.safe_load(Path(config).read_text())
     data = cfg["data"]["init_args"]
     data.update(

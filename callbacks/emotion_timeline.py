@@ -40,10 +40,21 @@ from features.classroom_report import (
     write_csv_atomic,
 )
 
-__all__ = ["EmotionTimelineWriter", "plot_summary", "plot_timelines"]
+__all__ = ["EmotionTimelineWriter", "check_output_parent", "plot_summary", "plot_timelines"]
 
 log = logging.getLogger(__name__)
 
+
+def check_output_parent(output_dir: str | Path, owner: str = "EmotionTimelineWriter") -> None:
+    """``NotADirectoryError`` naming ``output_dir`` and the file in its way when the nearest existing parent of
+    ``output_dir`` is not a folder (the folder could never be made)."""
+    path = Path(output_dir)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{owner}: output folder {str(path)!r} cannot be made: {str(parent)!r} is "
+                                         "a file, not a folder")
+            return
 
 
 def _safe_stem(source: str) -> str:
@@ -134,12 +145,20 @@ class EmotionTimelineWriter(BasePredictionWriter):
         return name
 
     def check_output_dir(self) -> None:
-        """Refuse an existing non-empty output folder unless ``overwrite="replace"``."""
-        if self.overwrite == "replace" or not self.output_dir.exists():
+        """Refuse an output folder that cannot be made (a file in its place or in its path) and an existing
+        non-empty one unless ``overwrite="replace"``.
+
+        Raises:
+            NotADirectoryError: a parent of ``output_dir`` is a file (naming both).
+            FileExistsError: ``output_dir`` is a file, or a non-empty folder (without ``overwrite="replace"``).
+        """
+        check_output_parent(self.output_dir, type(self).__name__)
+        if not self.output_dir.exists():
             return
         if not self.output_dir.is_dir():
-            raise FileExistsError(f"{type(self).__name__}: output_dir {str(self.output_dir)!r} is a file")
-        if any(self.output_dir.iterdir()):
+            raise FileExistsError(f"{type(self).__name__}: output_dir {str(self.output_dir)!r} is a file, not a "
+                                  "folder")
+        if self.overwrite != "replace" and any(self.output_dir.iterdir()):
             raise FileExistsError(
                 f"{type(self).__name__}: output folder {str(self.output_dir)!r} already exists and is not empty; "
                 "choose another output_dir, or allow replacing its outputs (cli.py predict --overwrite true, "

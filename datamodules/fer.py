@@ -1022,11 +1022,9 @@ class FacePredictDataset(IterableDataset):
         if self.live:
             self._reader = open_source(self.source, max_fps=max_fps, max_frames=max_frames)
         else:
-            p = Path(self.source)
-            if not p.exists():
-                raise FileNotFoundError(f"predict_source {self.source!r} does not exist")
-            if self._is_video():
-                self._reader = open_source(self.source, stride=every_n_frames)
+            # a video file gets a reader; an image or a folder of frame images gives None (read by _frames); a
+            # missing path, a device, a non-video file or a folder without images is an error naming the source
+            self._reader = open_source(self.source, stride=every_n_frames)
         self.crop = crop
         self.stream = stream
         self.descriptor = descriptor

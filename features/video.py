@@ -62,6 +62,7 @@ __all__ = [
     "VideoReader",
     "VideoSourceError",
     "VideoWriter",
+    "check_file_source",
     "decode_media",
     "is_live_source",
     "media_duration",
@@ -73,6 +74,9 @@ __all__ = [
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 SourceKind = Literal["file", "webcam", "stream"]
+#: FFmpeg "video" codecs that draw text files (ANSI art: a ``.txt`` opens as a tty "video"): never a video to analyse.
+TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
+_TEXT_DETAIL = "a text file, not a video"
 
 
 class MediaError(ValueError):
@@ -91,7 +95,8 @@ class MediaError(ValueError):
 class VideoSourceError(MediaError):
     """A video source of the classroom pipeline that cannot be used (file, webcam or stream).
 
-    ``reason`` is also ``"no_webcam"``, ``"no_stream"`` or ``"bad_source"``; the message names the source.
+    ``reason`` is also ``"no_webcam"``, ``"no_stream"``, ``"bad_source"``, ``"not_a_file"``, ``"not_a_video"``,
+    ``"bad_image"`` or ``"no_frames"`` (:func:`check_file_source`); the message names the source.
     """
 
     def _message(self) -> str:
@@ -152,8 +157,8 @@ def _open_media(path: str | os.PathLike, error: type[MediaError], need_video: bo
     import av
 
     p = Path(path)
-    if not p.is_file():
-        raise error(path, "missing_file", "no such file")
+    if not p.is_file():  # (a folder or a device is no media file either: same reason, said in the detail)
+        raise error(path, "missing_file", f"{_file_type(p)}, not a regular file" if p.exists() else "no such file")
     if p.stat().st_size == 0:
         raise error(path, "corrupt", "the file is empty (0 bytes)")
     try:
@@ -163,6 +168,9 @@ def _open_media(path: str | os.PathLike, error: type[MediaError], need_video: bo
     with container:
         if need_video and not container.streams.video:
             raise error(path, "no_video", "the file has no video stream")
+        if need_video and container.streams.video[0].codec_context.name in TEXT_CODECS:
+            raise error(path, "no_video", f"{_TEXT_DETAIL} (FFmpeg's {container.format.name} demuxer would render it "
+                                          f"as {container.streams.video[0].codec_context.name} art)")
         yield container
 
 
@@ -475,18 +483,96 @@ class LiveReader:
                  " (stopped by Ctrl-C)" if self.stopped_by_user else "")
 
 
+def _file_type(p: Path) -> str:
+    """What a path that is not a regular file is (for messages)."""
+    import stat
+
+    mode = p.stat().st_mode
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _image_problem(path: Path, decode: bool = False) -> Exception | None:
+    """None when PIL reads the header (``decode``: the whole image) of an image within the size limits, else the
+    ``BadImageError``."""
+    from features.images import BadImageError, check_image_header, load_image_rgb
+
+    try:
+        load_image_rgb(path) if decode else check_image_header(path)
+    except BadImageError as err:
+        return err
+    return None
+
+
+def check_file_source(source: str | os.PathLike) -> Literal["video", "image", "folder"]:
+    """What a file-system classroom source is, refusing what cannot give a single frame, BEFORE anything is read.
+
+    - a regular file with a video extension (:data:`VIDEO_EXTENSIONS`): ``"video"`` (:class:`VideoReader` checks
+      the rest: empty, corrupt, no video stream, no decodable frame);
+    - another regular file: ``"image"`` when PIL decodes it, else ``"video"`` when FFmpeg opens it with a video
+      stream (a video under another extension), else an error;
+    - a folder: ``"folder"`` when at least one of its files (recursive, hidden ones skipped) is an image; a folder
+      is read as a sequence of frame images, so one without an image is an error (naming the videos in it, if any).
+
+    Little is read: image headers (a folder stops at its first image; a single image is decoded), FFmpeg's bounded
+    probe of a regular file; a device, pipe or socket (e.g. ``/dev/zero``, which never ends) is refused from its
+    type without reading it.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        VideoSourceError: naming the source, with ``reason`` ``"not_a_file"`` (a device, pipe or socket),
+            ``"not_a_video"`` (a file that is neither an image nor a video FFmpeg can open), ``"bad_image"`` (an
+            image PIL cannot use: corrupt, too large, too small), ``"no_video"`` (a media file without a video
+            stream, e.g. audio only) or ``"no_frames"`` (a folder without an image file).
+    """
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"predict_source {str(source)!r} does not exist")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if any(_image_problem(f) is None for f in files):
+            return "folder"
+        videos = [f.name for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
+        detail = (f"a folder is read as frame images and it has none ({len(files)} file(s), none an image)"
+                  + (f"; it holds the video file(s) {videos[:5]}: give one of them as the source" if videos else ""))
+        raise VideoSourceError(source, "no_frames", detail)
+    if not p.is_file():
+        raise VideoSourceError(source, "not_a_file", f"{_file_type(p)}, not a video file, image or folder")
+    if p.suffix.lower() in VIDEO_EXTENSIONS:
+        return "video"
+    problem = _image_problem(p, decode=True)  # one image: decoded once here, so a broken one is refused
+    if problem is None:
+        return "image"
+    if problem.reason not in ("not_an_image", "empty_file"):  # PIL knows the format, but cannot use the image
+        raise VideoSourceError(source, "bad_image", str(problem))
+    try:
+        with _open_media(p, VideoSourceError, need_video=True):
+            return "video"
+    except VideoSourceError as err:
+        if err.reason == "corrupt" or err.detail.startswith(_TEXT_DETAIL):
+            raise VideoSourceError(source, "not_a_video", f"neither an image nor a video ({err.detail})") from None
+        raise
+
+
 def open_source(
     source: str | int,
     stride: int = 1,
     max_fps: float | None = None,
     max_frames: int | None = None,
     record_to: str | Path | None = None,
-) -> VideoReader | LiveReader:
-    """A :class:`VideoReader` for a file, a :class:`LiveReader` for a webcam or stream."""
+) -> VideoReader | LiveReader | None:
+    """A :class:`LiveReader` for a webcam or stream, a :class:`VideoReader` for a video file, ``None`` for an image
+    file or a folder of frame images (the caller reads those); anything else is refused by
+    :func:`check_file_source` (errors naming the source)."""
     kind, target = parse_source(source)
-    if kind == "file":
+    if kind != "file":
+        return LiveReader(source, max_fps, max_frames, record_to)
+    if check_file_source(target) == "video":
         return VideoReader(target, stride)
-    return LiveReader(source, max_fps, max_frames, record_to)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -188,3 +188,67 @@ def test_cli_predict_command_with_only_the_checkpoint(tiny, tmp_path) -> None:
     forced = subprocess.run([*cmd, "--overwrite", "true"], cwd=repo, capture_output=True, text=True, timeout=600,
                             env=env, check=False)
     assert forced.returncode == 0, forced.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ issue 20: sources that are no video, output root
+def _not_a_video(tmp_path: Path, kind: str) -> str:
+    if kind == "text":
+        (tmp_path / "lesson.txt").write_text("this is not a video\n" * 50)
+        return str(tmp_path / "lesson.txt")
+    if kind == "junk_folder":
+        folder = tmp_path / "junk"
+        folder.mkdir()
+        (folder / "notes.txt").write_text("hello")
+        (folder / "data.bin").write_bytes(bytes(range(256)) * 8)
+        return str(folder)
+    path = {"etc_passwd": "/etc/passwd", "dev_zero": "/dev/zero"}[kind]
+    if not Path(path).exists():
+        pytest.skip(f"{path} does not exist here")
+    return path
+
+
+@pytest.mark.parametrize("kind,reason", [("text", "not_a_video"), ("etc_passwd", "not_a_video"),
+                                         ("dev_zero", "not_a_file"), ("junk_folder", "no_frames")])
+def test_a_source_that_is_no_video_is_an_error_naming_it(tiny, tmp_path, kind: str, reason: str) -> None:
+    """These ended with "no face was found (0 frames analysed)"; /dev/zero is endless and must not be read."""
+    ckpt, cfg = tiny
+    source = _not_a_video(tmp_path, kind)
+    with pytest.raises(VideoSourceError, match=reason) as err:
+        analyze_video(source, ckpt, tmp_path / "out", config=cfg)
+    assert source in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "junk_folder"])
+def test_cli_predict_on_a_source_that_is_no_video_fails_naming_it(tiny, tmp_path, kind: str) -> None:
+    """The ``cli.py predict --data.init_args.predict_source ...`` path (the datamodule's own check)."""
+    import yaml
+
+    from cli import cli_main
+
+    ckpt, cfg = tiny
+    source = _not_a_video(tmp_path, kind)
+    conf = yaml.safe_load(Path(cfg).read_text())
+    conf["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / "out")
+    conf["checkpoint"] = {"dirpath": str(tmp_path / "out" / "checkpoints")}
+    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(VideoSourceError, match=source):
+        cli_main(["predict", "--config", str(tmp_path / "predict.yaml"), "--ckpt_path", str(ckpt),
+                  "--data.init_args.predict_source", source])
+    assert not list((tmp_path / "out").glob("*.csv"))
+
+
+def test_an_output_folder_under_a_file_is_a_clear_error_and_a_page_message(tiny, tmp_path) -> None:
+    from apps.classroom import analyze_for_page
+
+    ckpt, cfg = tiny
+    video = classroom_video(tmp_path / "lesson.mp4", n_frames=2, faces=False)
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=f"{a_file}.*is a file"):
+        analyze_video(video, ckpt, a_file / "run1", config=cfg)
+    assert a_file.read_text() == "not a folder"
+    for root in (a_file, a_file / "sub"):  # the root itself, or a folder under it
+        status, *rest = analyze_for_page(None, str(video), str(ckpt), 5, 20, config=cfg, output_root=root)
+        assert str(a_file) in status and "is a file" in status, status
+        assert rest[0] is None

@@ -265,3 +265,71 @@ def test_video_writer_streams_come_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no audio track"):
         VideoWriter(tmp_path / "b.mp4", fps=10).write_audio(np.zeros(10, np.float32))
     assert not (tmp_path / "b.mp4").exists()
+
+
+# ------------------------------------------------------------------ classroom sources that are not videos (issue 20)
+def _source_cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """{name: (source, expected reason)} of file-system sources that cannot give a single frame."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n" * 20)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.txt").write_text("hello")
+    (junk / "b.bin").write_bytes(bytes(range(256)) * 4)
+    videos_only = tmp_path / "videos_only"
+    videos_only.mkdir()
+    write_video(videos_only / "lesson.mp4", _grey_frames(3), fps=5)
+    audio = write_video(tmp_path / "voice.m4a", None, audio=np.zeros(SR // 4, np.float32))
+    empty = tmp_path / "nothing"
+    empty.write_bytes(b"")
+    cases = {"text file": (str(text), "not_a_video"), "junk folder": (str(junk), "no_frames"),
+             "folder of videos": (str(videos_only), "no_frames"), "audio only": (str(audio), "no_video"),
+             "empty file": (str(empty), "not_a_video")}
+    for path, name in (("/etc/passwd", "not_a_video"), ("/dev/zero", "not_a_file")):
+        if Path(path).exists():
+            cases[path] = (path, name)
+    return cases
+
+
+def test_sources_that_are_not_videos_are_refused_naming_them_and_the_reason(tmp_path: Path) -> None:
+    """A .txt, /etc/passwd, /dev/zero (endless: refused from its type, never read), an audio file, a folder of
+    junk or of videos used to end as "0 frames analysed"; each is now an error naming the source and why."""
+    for name, (source, reason) in _source_cases(tmp_path).items():
+        with pytest.raises(VideoSourceError) as err:
+            open_source(source)
+        assert err.value.reason == reason, (name, str(err.value))
+        assert source in str(err.value), name
+    with pytest.raises(VideoSourceError, match=r"lesson\.mp4.*give one of them as the source"):
+        video.check_file_source(tmp_path / "videos_only")
+    with pytest.raises(FileNotFoundError, match="absent.mp4"):
+        open_source(str(tmp_path / "absent.mp4"))
+
+
+def test_sources_that_give_frames_are_accepted(tmp_path: Path) -> None:
+    from PIL import Image
+
+    clip = write_video(tmp_path / "clip.mp4", _grey_frames(4), fps=5)
+    assert isinstance(open_source(str(clip)), VideoReader)
+    odd = tmp_path / "clip.video"  # a video under an unknown extension is probed by FFmpeg
+    odd.write_bytes(clip.read_bytes())
+    assert isinstance(open_source(str(odd)), VideoReader)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "readme.txt").write_text("frames of a lesson")
+    Image.fromarray(_grey_frames(1)[0]).save(frames / "f0.png")
+    assert open_source(str(frames)) is None and video.check_file_source(frames) == "folder"
+    assert open_source(str(frames / "f0.png")) is None and video.check_file_source(frames / "f0.png") == "image"
+    bad_png = tmp_path / "bad.png"  # a PNG cut after its header: an image PIL knows, but that cannot be decoded
+    bad_png.write_bytes((frames / "f0.png").read_bytes()[:60])
+    with pytest.raises(VideoSourceError, match=r"bad\.png.*bad_image"):
+        open_source(str(bad_png))
+
+
+def test_a_text_file_is_not_a_video_even_when_ffmpeg_draws_it(tmp_path: Path) -> None:
+    """FFmpeg's tty demuxer opens a .txt as ANSI-art "video" frames: the reader refuses it."""
+    text = tmp_path / "lesson.txt"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoSourceError, match=r"lesson\.txt.*no_video.*a text file"):
+        VideoReader(text)
+    with pytest.raises(VideoSourceError, match=r"lesson\.txt.*not_a_video"):
+        open_source(str(text))
