@@ -87,12 +87,12 @@ from __future__ import annotations
 import logging
 from typing import Literal, get_args
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.choices import check_choices
+from models.pretrained import PretrainedSource, create_timm_model, load_net_checkpoint, resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class TwoBranchSwin(nn.Module):
         num_classes: Number of emotion classes.
         model_name: timm Swin entry point; it picks the architecture (``swin_base_patch4_window7_224`` builds a
             Swin-B: its ``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``patch_size``, ``img_size``), and
-            a ``pretrained_file`` must match it. The six arguments below override its defaults when not ``None``.
+            ``pretrained`` weights must match it. The six arguments below override its defaults when not ``None``.
         img_size: Side of the square RGB input (``None``: the entry point's).
         local_img_size: Side of the square descriptor input; ``None`` means ``img_size``.
         patch_size: Patch-embedding stride (``None``: the entry point's).
@@ -283,13 +283,19 @@ class TwoBranchSwin(nn.Module):
         refine: Refinement after eq. 5: ``"residual"``, ``"replace"`` (literal) or ``"none"``.
         fusion_init: ``"zero"`` (fusion starts as the identity on the global stream, see :class:`StageFusion`) or
             ``"default"``.
-        pretrained_file: Local weight file of ``model_name`` (timm/original Swin state dict) loaded into both
-            branches (timm sums the RGB patch-embedding filters for the 1-channel local branch); ``None`` means
-            random initialisation. Nothing is ever downloaded.
+        pretrained_file: Older name of ``pretrained`` for a local weight file (kept for existing configs and
+            checkpoints; give one of the two).
         drop_rate: Dropout before the classifier.
         drop_path_rate: Stochastic-depth rate of both Swins.
         gate: Local gate of eq. 4: ``"sigmoid"`` (default) or ``"lavt"`` (LAVT's ``tanh(W_2 ReLU(W_1 F))``,
             with ``refine="none"`` and ``fusion_init="gate_closed"``); see the module docstring.
+        pretrained: Initial weights (:mod:`models.pretrained`): ``None`` (random), ``"hub"`` (timm's weights of
+            ``model_name``, into both branches; offline and not cached it fails at once), a Swin weight file in
+            timm's/the original layout (``.safetensors``/``.pth``/``.bin``, read weights-only) loaded into both
+            branches (timm sums the RGB patch-embedding filters for the 1-channel local branch and resizes the
+            position tables), or a ``.ckpt`` of this project: a LitFER checkpoint of a TwoBranchSwin of the same
+            architecture (the classifier is re-initialised when the class count differs). The fusion layers start
+            from their own initialisation unless they come from a checkpoint.
 
     Shapes:
         image: ``[B, 3, img_size, img_size]``
@@ -318,11 +324,16 @@ class TwoBranchSwin(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         gate: Gate = "sigmoid",
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         check_choices(TwoBranchSwin, locals())
         if num_classes < 1:
             raise ValueError(f"TwoBranchSwin: num_classes must be >= 1, got {num_classes}")
+        if pretrained is not None and pretrained_file is not None:
+            raise ValueError(f"TwoBranchSwin: give pretrained ({pretrained!r}) or its older name pretrained_file "
+                             f"({pretrained_file!r}), not both")
+        source = resolve_pretrained(pretrained if pretrained is not None else pretrained_file, "TwoBranchSwin")
         depths = None if depths is None else tuple(depths)
         if num_heads is None and embed_dim is not None:
             num_heads = tuple(max(1, embed_dim * 2**i // 32) for i in range(len(depths or (0,) * 4)))
@@ -351,7 +362,7 @@ class TwoBranchSwin(nn.Module):
         late = branches == "two" and fusion == "late"
         # the global Swin owns the final norm + head (norm, pool, linear), except for late fusion
         self.global_branch = _create_swin(
-            model_name, pretrained_file, num_classes=0 if late else num_classes, in_chans=3, drop_rate=drop_rate,
+            model_name, source, num_classes=0 if late else num_classes, in_chans=3, drop_rate=drop_rate,
             **sizes, **common,
         )
         self.local_branch: nn.Module | None = None
@@ -360,7 +371,7 @@ class TwoBranchSwin(nn.Module):
         dims = [int(f["num_chs"]) for f in self.global_branch.feature_info]
         if branches == "two":
             self.local_branch = _create_swin(
-                model_name, pretrained_file, num_classes=0, in_chans=descriptor_chans, **local_sizes, **common,
+                model_name, source, num_classes=0, in_chans=descriptor_chans, **local_sizes, **common,
             )
             if late:
                 self.late_head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(2 * dims[-1], num_classes))
@@ -371,6 +382,8 @@ class TwoBranchSwin(nn.Module):
                     for d in dims
                 )
         self.reset_parameters()
+        if source is not None and source.kind == "checkpoint":
+            load_net_checkpoint(self, source.path, ["global_branch.head", "late_head"], "TwoBranchSwin")
 
     def reset_parameters(self) -> None:
         """Re-initialise the fusion and late-head layers (the Swins keep timm's init or loaded weights)."""
@@ -417,11 +430,6 @@ def _pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
-def _create_swin(model_name: str, pretrained_file: str | None, **kwargs) -> nn.Module:
-    """Build a timm Swin, from a local weight file when one is given (never from the network)."""
-    if pretrained_file is None:
-        return timm.create_model(model_name, pretrained=False, **kwargs)
-    log.info("Loading %s weights from %s", model_name, pretrained_file)
-    return timm.create_model(
-        model_name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs
-    )
+def _create_swin(model_name: str, source: PretrainedSource | None, **kwargs) -> nn.Module:
+    """Build a timm Swin with timm's hub weights or a weight file's (``source``), or randomly initialised."""
+    return create_timm_model(model_name, source, "TwoBranchSwin", **kwargs)

@@ -3,7 +3,8 @@
 The baselines of Table 1 of JI L X, REN H L, WANG W, et al., *Multimodal and multiscale facial expression recognition
 analysis for learning emotions*, J. Zhengzhou Univ. (Eng. Sci.) 2026, 47(3): 126-133 (ResNet-50, VGG16,
 EfficientNet, ViT, ConvNeXt, MaxViT) are all timm entry points; this wrapper builds one by name, with random
-initialisation or weights from a LOCAL file (never downloaded).
+initialisation, timm's hub weights, a local weight file or a checkpoint of this project (``pretrained``,
+:mod:`models.pretrained`).
 
 Shapes:
     image: ``[B, in_chans, H, W]``
@@ -18,6 +19,8 @@ from typing import Any
 import timm
 from torch import Tensor, nn
 
+from models.pretrained import create_timm_model, load_net_checkpoint, resolve_pretrained
+
 log = logging.getLogger(__name__)
 
 
@@ -28,9 +31,12 @@ class TimmClassifier(nn.Module):
         num_classes: Number of classes of the new head.
         model_name: timm entry point, e.g. ``"resnet50"``, ``"vgg16"``, ``"efficientnet_b0"``,
             ``"vit_small_patch16_224"``, ``"convnext_tiny"``, ``"maxvit_tiny_tf_224"``.
-        pretrained_file: Local weight file for ``model_name`` (loaded through
-            ``pretrained_cfg_overlay={"file": ...}``; the classifier is re-initialised when ``num_classes`` differs);
-            ``None`` means random initialisation.
+        pretrained: Initial weights (:mod:`models.pretrained`): ``None`` (random), ``"hub"`` (timm's weights for
+            ``model_name``; offline and not cached it fails at once), a weight file in timm's layout
+            (``.safetensors``/``.pth``/``.bin``, read weights-only), or a ``.ckpt`` of this project (a LitFER
+            checkpoint of this net). The classifier is re-initialised when ``num_classes`` differs.
+        pretrained_file: Older name of ``pretrained`` for a local weight file (kept for existing configs; give one
+            of the two).
         in_chans: Input channels (timm adapts the first convolution of a 3-channel checkpoint).
         img_size: Input side (the CLI links it from ``data.image_size``); passed to timm only for architectures built
             for one input side (timm's ``fixed_input_size``: ViT, Swin, MaxViT); convolutional nets (ResNet, VGG,
@@ -50,6 +56,7 @@ class TimmClassifier(nn.Module):
         num_classes: int,
         model_name: str = "resnet50",
         pretrained_file: str | None = None,
+        pretrained: str | None = None,
         in_chans: int = 3,
         img_size: int | None = None,
         drop_rate: float = 0.0,
@@ -61,6 +68,10 @@ class TimmClassifier(nn.Module):
             raise ValueError(f"TimmClassifier: num_classes must be >= 1, got {num_classes}")
         if model_name not in timm.list_models():
             raise ValueError(f"TimmClassifier: unknown timm model {model_name!r}")
+        if pretrained is not None and pretrained_file is not None:
+            raise ValueError(f"TimmClassifier: give pretrained ({pretrained!r}) or its older name pretrained_file "
+                             f"({pretrained_file!r}), not both")
+        source = resolve_pretrained(pretrained if pretrained is not None else pretrained_file, "TimmClassifier")
         self.num_classes = num_classes
         self.model_name = model_name
         self.in_chans = in_chans
@@ -73,14 +84,11 @@ class TimmClassifier(nn.Module):
         if drop_path_rate is not None:
             kwargs["drop_path_rate"] = drop_path_rate
         kwargs.update(model_kwargs or {})
-        if pretrained_file is None:
-            self.model = timm.create_model(model_name, pretrained=False, **kwargs)
-        else:
-            log.info("Loading %s weights from %s", model_name, pretrained_file)
-            self.model = timm.create_model(
-                model_name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)}, **kwargs
-            )
+        self.model = create_timm_model(model_name, source, "TimmClassifier", **kwargs)
         self.head_name: str = self.model.default_cfg.get("classifier", "head")
+        if source is not None and source.kind == "checkpoint":
+            heads = self.head_name if isinstance(self.head_name, list | tuple) else [self.head_name]
+            load_net_checkpoint(self, source.path, [f"model.{h}" for h in heads], "TimmClassifier")
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
