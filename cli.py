@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -520,31 +521,93 @@ def _in_project(filename: str) -> bool:
     return PROJECT_ROOT in path.parents and not any(p in path.parts for p in (".venv", "site-packages"))
 
 
-def innermost_project_error(err: BaseException) -> BaseException:
-    """The deepest exception of ``err``'s chain (``__cause__``/``__context__``) raised in the project's own code,
-    e.g. the ``ValueError`` of a constructor that jsonargparse wrapped into "Does not validate against any of the
-    Union subtypes"; ``err`` itself when there is none."""
+def _project_errors(err: BaseException) -> list[BaseException]:
+    """The exceptions of ``err``'s chain (``__cause__``/``__context__``, outermost first) raised in project code."""
     chain: list[BaseException] = []
     e: BaseException | None = err
     while e is not None and all(e is not c for c in chain):
         chain.append(e)
         e = e.__cause__ or e.__context__
-    for e in reversed(chain):
-        frames = traceback.extract_tb(e.__traceback__)
-        if frames and _in_project(frames[-1].filename):
-            return e
-    return err
+    return [e for e in chain if (frames := traceback.extract_tb(e.__traceback__)) and _in_project(frames[-1].filename)]
+
+
+def innermost_project_error(err: BaseException) -> BaseException:
+    """The deepest exception of ``err``'s chain (``__cause__``/``__context__``) raised in the project's own code,
+    e.g. the ``ValueError`` of a constructor that jsonargparse wrapped into "Does not validate against any of the
+    Union subtypes"; ``err`` itself when there is none."""
+    ours = _project_errors(err)
+    return ours[-1] if ours else err
+
+
+#: A file or URL in an error message: ``scheme://...``, a path with a separator, or a name with a file extension.
+_NAMES_A_FILE = re.compile(r"\w+://\S+|[\w.~-]*/[\w.-]|\b[\w-]+\.(ckpt|pt|pth|bin|safetensors|ya?ml|jsonl?|pkl|npz|npy|csv)\b")
+
+
+def reported_error(err: BaseException) -> BaseException:
+    """The exception whose message ends a failed command: the OUTERMOST project error that names a file (e.g.
+    ``CheckpointError: Checkpoint 'runs/x/best.ckpt' is truncated ...`` rather than the bare ``EOFError`` or
+    ``KeyError`` inside it), else :func:`innermost_project_error`."""
+    ours = _project_errors(err)
+    named = [e for e in ours if getattr(e, "filename", None) or _NAMES_A_FILE.search(str(e))]
+    return named[0] if named else ours[-1] if ours else err
+
+
+def parser_error_summary(message: str) -> str | None:
+    """One line naming the bad setting and what was expected, from a jsonargparse error ``message`` that nests
+    ``Parser key "..."`` sections (a class path that does not import or is of the wrong kind, an option the class
+    does not take, a value outside a ``Literal``); ``None`` for other messages (already one line)."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    if not keys:
+        return None
+    where = ".init_args.".join(keys)
+    given = re.findall(r"(?:Expected a path but (\S+) either|Given value: (\S+)$)", message, re.MULTILINE)
+    value = next((a or b for a, b in given), None)
+    base = re.search(r"Subtypes: \[<class '[\w.]*?(\w+)'>", message)
+    expected = f" (expected a subclass of {base.group(1)})" if base else ""
+    if m := re.search(r"Problem with given class_path '([^']+)':\n\s*(?!\s|Parser key)(.+)", message):
+        cp, reason = m.groups()
+        if re.search(r"has no attribute|No module named", reason):
+            return f"{keys[0]}.class_path {cp!r} does not import: {reason}{expected}"
+        return f"{keys[0]}.class_path {cp!r}: {reason}"
+    if m := re.search(r"Import path does not correspond to a subclass of (\w+)", message):
+        return f"{where}.class_path {value!r} is not a subclass of {m.group(1)}"
+    if m := re.search(r"expects a function or a callable class: (.+?)\. Got value: ", message):
+        reason = m.group(1)
+        if re.search(r"has no attribute|No module named", reason):
+            return f"{where} {value!r} does not import: {reason}"
+        return f"{where}: {reason}"
+    if m := re.search(r"Expected a typing\.Literal\[(.+?)\]\. Got value: (.+)", message):
+        return f"{where}: got {m.group(2)!r}, expected one of {m.group(1)}"
+    lines = [ln.strip(" -") for ln in message.splitlines()]
+    skip = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+    reasons = [ln for ln in lines if ln and not ln.startswith(skip)]
+    return f"{where}: {reasons[-1]}" if reasons else None
+
+
+class _ArgumentParser(LightningArgumentParser):
+    """``LightningArgumentParser`` whose usage errors end with :func:`parser_error_summary` (jsonargparse's full
+    message stays above it)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        try:
+            super().error(message, ex)
+        except SystemExit:
+            if summary := parser_error_summary(message):
+                sys.stderr.write(f"error: {summary}\n")
+            raise
 
 
 def main(args: ArgsType = None) -> None:
-    """The command line: :func:`cli_main` with the project's INFO lines shown, and an error raised inside a
-    constructor printed as the last line (after the full traceback, which stays for debugging)."""
+    """The command line: :func:`cli_main` with the project's INFO lines shown, and the project error that explains a
+    failure (:func:`reported_error`: one naming the file, or the one raised inside a constructor) printed as the
+    last line, after the full traceback (kept for debugging). A usage error ends with
+    :func:`parser_error_summary`'s line (exit status 2)."""
     show_project_logs()
     try:
         cli_main(args)
     except Exception as err:
-        root = innermost_project_error(err)
-        if root is err:
+        root = reported_error(err)
+        if root is err and not _project_errors(err):
             raise
         traceback.print_exception(err)
         print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
@@ -562,6 +625,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_callback=RunDirSaveConfig,
+        parser_class=_ArgumentParser,
         seed_everything_default=42,
         args=args,
         run=run,

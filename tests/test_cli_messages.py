@@ -113,3 +113,91 @@ def test_constructor_error_is_the_last_line(tmp_path: Path, capsys, monkeypatch)
     assert exit_info.value.code == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ValueError: MMSADataModule: batch sizes must be >= 1"), lines[-3:]
+
+
+# ------------------------------------------------------------------------------------------------ issue 20 §2, §6
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _last_line(capsys) -> str:
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()][-1]
+
+
+@pytest.mark.parametrize("override,last", [
+    (["--model", "lightning_modules.msa.LitMSAX"],
+     ("error: model.class_path 'lightning_modules.msa.LitMSAX' does not import: module 'lightning_modules.msa' has no "
+     "attribute 'LitMSAX' (expected a subclass of LightningModule)")),
+    (["--data", "datamodules.fer.FERDataModuleX"],
+     ("error: data.class_path 'datamodules.fer.FERDataModuleX' does not import: module 'datamodules.fer' has no "
+     "attribute 'FERDataModuleX' (expected a subclass of LightningDataModule)")),
+    (["--data", "datamodules.fer.FERDataModule"],  # the face datamodule for an MSA config
+     ("error: data.class_path 'datamodules.fer.FERDataModule': the following arguments are required: root, "
+     "class_names")),
+    (["--data", "models.tfn.TFN"], "error: data.class_path 'models.tfn.TFN' is not a subclass of LightningDataModule"),
+    (["--model.init_args.net", "models.tfn.TFNX"],
+     "error: model.init_args.net 'models.tfn.TFNX' does not import: module 'models.tfn' has no attribute 'TFNX'"),
+    (["--model.init_args.loss", "l3"],
+     "error: model.init_args.loss: got 'l3', expected one of 'l1', 'mse', 'smooth_l1'"),
+])
+def test_bad_class_path_is_named_on_the_last_line(override, last, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fit", "--config", str(REPO / "configs" / "tfn_demo.yaml"), *override])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == last, lines[-12:]
+    assert any(ln.startswith('error: Parser key "') for ln in lines)  # jsonargparse's full message stays above
+
+
+def _raise_chain(path: str) -> None:
+    def inner() -> None:
+        raise KeyError(("posix", "system"))  # a bare error raised in project code (this file)
+
+    try:
+        inner()
+    except KeyError as e:
+        raise cli.CheckpointError(f"Checkpoint {path!r} was refused: it names posix.system") from e
+
+
+def test_reported_error_is_the_outer_one_naming_the_file() -> None:
+    with pytest.raises(cli.CheckpointError) as info:
+        _raise_chain("runs/x/best.ckpt")
+    assert isinstance(cli.innermost_project_error(info.value), KeyError)  # what the last line used to show
+    assert cli.reported_error(info.value) is info.value
+    try:
+        try:
+            _raise_chain("runs/x/best.ckpt")
+        except cli.CheckpointError as e:
+            raise RuntimeError("wrapped by a library") from e
+    except RuntimeError as outer:
+        assert cli.reported_error(outer) is outer.__cause__
+
+
+def test_full_disk_while_saving_ends_with_the_checkpoint_path(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Disk full while a checkpoint is written: the last line names the file (was ``OSError: [Errno 28] No space
+    left on device``), and no ``*.ckpt`` is left."""
+    import errno
+
+    import torch
+
+    from tests.fakes import write_mmsa_pickle
+    from tests.test_cli import _tiny_tfn_config
+
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    cfg = _tiny_tfn_config(tmp_path, write_mmsa_pickle(tmp_path / "aligned_50.pkl", n_train=8, n_valid=4, n_test=4),
+                           max_epochs=1)
+
+    def full(obj, f, *args, **kwargs) -> None:
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fit", "--config", str(cfg), "--trainer.logger", "false"])
+    assert info.value.code == 1
+    last = _last_line(capsys)
+    assert last.startswith("error: OSError: [Errno 28] Writing checkpoint '"), last
+    assert str(tmp_path / "run" / "checkpoints") in last and "No space left on device" in last
+    assert not list((tmp_path / "run").rglob("*.ckpt*"))
