@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Top to bottom (docs/architecture.md, "Layout"): a module may import its own package and the ones BELOW it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cli", "apps", "scripts", "benchmarks", "tests"),
+    ("cli", "apps", "scripts", "benchmarks", "tests", "docs"),
     ("lightning_modules",),
     ("callbacks",),
     ("datamodules",),
