@@ -4,7 +4,9 @@ Pure PIL / numpy (no ``torch`` datasets, no ``lightning``). Used by :mod:`datamo
 :class:`datamodules.fer.FERDataModule`, and by the face pre-processing of :mod:`features.faces`.
 
 Folder layout: ``<root>/<class folder>/<image file>``; class folders are mapped to ``class_names`` either by
-name or through ``class_aliases`` (folder -> class).
+name or through ``class_aliases`` (folder -> class). Per-split roots (FER2013, RAF-DB, AffectNet exports) hold one
+such layout per split folder: ``<root>/{train,val,test}/<class folder>/<image file>`` (:func:`scan_split_folders`).
+Each real directory is walked once (symbolic-link loops and links into other class folders are skipped and counted).
 """
 
 from __future__ import annotations
