@@ -21,7 +21,10 @@ Defaults added to every run:
 - a W&B logger (:class:`callbacks.loggers.AutoWandbLogger`) that runs offline when there is no API key or network;
   ``trainer.logger: {class_path: lightning.pytorch.loggers.CSVLogger, ...}`` selects CSV instead;
 - the resolved config saved as ``config.yaml`` in the run directory (the parent of the checkpoint directory),
-  overwritten on resume.
+  overwritten on resume;
+- checkpoints read weights-only and written atomically
+  (:class:`lightning_modules.checkpoint_io.SafeCheckpointIO`); ``--ckpt_path`` may be a local file or any fsspec URL
+  (``file://``, ``http(s)://``, ``s3://`` ...), checked against the config's model before anything is built.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ from lightning_modules.checkpoint_io import (
     check_hparams_class_paths,
     checkpoint_classes,
     drop_weight_files,
-    is_local_checkpoint,
     load_checkpoint,
+    local_checkpoint_path,
     with_safe_checkpoint_io,
 )
 
@@ -213,7 +216,8 @@ class AffectCLI(LightningCLI):
         if not ckpt.dirpath:
             raise ValueError("--ckpt_path best needs checkpoint.dirpath in the config (where fit wrote last.ckpt)")
         dirpath = str(ckpt.dirpath)
-        last = str(Path(dirpath) / "last.ckpt") if is_local_checkpoint(dirpath) else f"{dirpath.rstrip('/')}/last.ckpt"
+        local = local_checkpoint_path(dirpath)
+        last = str(local / "last.ckpt") if local is not None else f"{dirpath.rstrip('/')}/last.ckpt"
         try:
             state = load_checkpoint(last).get("callbacks", {}).get(ckpt.state_key, {})
         except FileNotFoundError:
@@ -300,7 +304,7 @@ class AffectCLI(LightningCLI):
         ckpt = load_checkpoint(path)
         check_hparams_class_paths(ckpt.get("hyper_parameters") or {}, path)
         self._check_checkpoint_model(ckpt, path, model_cfg)
-        if not is_local_checkpoint(path):
+        if local_checkpoint_path(path) is None:
             self._pending_preload = (path, ckpt)
             self._hand_over_preload()
         return ckpt
@@ -412,8 +416,9 @@ class AffectCLI(LightningCLI):
         ckpt_path = cfg.get("ckpt_path")
         if not isinstance(self.model, LitFER) or not ckpt_path or ckpt_path in ("best", "last"):
             return
-        if is_local_checkpoint(ckpt_path) or self._safe_io is None:
-            state = read_fer_preprocessing(ckpt_path)
+        local = local_checkpoint_path(ckpt_path)
+        if local is not None or self._safe_io is None:
+            state = read_fer_preprocessing(local or ckpt_path)
         else:  # read (and checked) once, by _parse_ckpt_path
             state = self._safe_io.preloaded(ckpt_path, load_checkpoint).get(PREPROCESSING_CKPT_KEY)
         if state is None:

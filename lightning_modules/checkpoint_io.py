@@ -1,5 +1,10 @@
 """Reading checkpoints that may come from elsewhere: a file never gets to choose the code that runs.
 
+Every checkpoint is read by :func:`load_checkpoint`, whatever its scheme (a local path, ``file://``, ``http(s)://``,
+``s3://``/``gs://`` ... through ``fsspec``): ``torch.load(weights_only=True)`` with errors naming the file. The
+trainers ``cli.py`` builds read and write through :class:`SafeCheckpointIO` (the same reader; atomic writes), and
+a path stored in a checkpoint that would only initialise weights (:data:`WEIGHT_FILE_ARGS`) is dropped, not opened.
+
 ``torch.load(weights_only=True)`` keeps pickled code out of the tensors, but a checkpoint's ``hyper_parameters``
 still hold *names* of classes (``{"class_path": "models.hgcl.HGCL", ...}``, Lightning's ``_class_path`` and
 ``_instantiator``) that LightningCLI / ``load_from_checkpoint`` / :func:`lightning_modules.ldm.load_ldm` import and
@@ -60,9 +65,9 @@ __all__ = [
     "check_hparams_class_paths",
     "checkpoint_classes",
     "drop_weight_files",
-    "is_local_checkpoint",
     "load_checkpoint",
     "load_system",
+    "local_checkpoint_path",
     "require_system",
     "with_safe_checkpoint_io",
 ]
@@ -82,7 +87,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (unreadable, the wrong model, or naming code that is not allowed)."""
 
 
-def _local_path(path: str | os.PathLike) -> Path | None:
+def local_checkpoint_path(path: str | os.PathLike) -> Path | None:
     """The file on this machine that ``path`` names (a plain path or a ``file://`` URL), ``None`` for a remote URL."""
     src = os.fspath(path)
     if fsspec.utils.get_protocol(src) not in ("file", "local"):
@@ -90,11 +95,6 @@ def _local_path(path: str | os.PathLike) -> Path | None:
     if "://" in src or src.startswith("local::"):
         return Path(LocalFileSystem._strip_protocol(src))
     return Path(src)
-
-
-def is_local_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a file on this machine (a plain path or a ``file://`` URL) rather than a remote URL."""
-    return _local_path(path) is not None
 
 
 def _read_remote(src: str) -> bytes:
@@ -137,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: MapLocation = "cpu") 
             that need code to load.
     """
     src = os.fspath(path)
-    local = _local_path(src)
+    local = local_checkpoint_path(src)
     if local is not None:
         if local.is_dir():
             raise CheckpointError(f"Checkpoint {src!r} is a directory, not a checkpoint file")
@@ -216,7 +216,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
-        local = _local_path(path)
+        local = local_checkpoint_path(path)
         try:
             if local is None:
                 super().save_checkpoint(checkpoint, path)
