@@ -550,6 +550,7 @@ class StoreWriter:
         self.tmp: Path | None = None
         self.arrays: dict[str, dict[str, Any]] = {}
         self.nonfinite: dict[str, dict[str, int]] = {}
+        self.nonfinite_rows: dict[str, dict[str, list[int] | None]] = {}
 
     def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -592,6 +593,9 @@ class StoreWriter:
         expected = math.prod(shape) * dtype.itemsize
         feature = _is_feature_entry(name)
         digest, written, bad = hashlib.sha256(), 0, 0
+        # samples holding NaN/inf (known when chunks hold whole C-order samples), so readers clean only those
+        row_elems = math.prod(shape[1:]) if len(shape) > 1 and not fortran_order else 0
+        bad_rows: list[int] | None = [] if row_elems else None
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": shape}
         with open(self.tmp / file, "wb") as f:
             try:
@@ -605,7 +609,17 @@ class StoreWriter:
                 f.write(view)
                 digest.update(view)
                 if feature is not None:
-                    bad += _nonfinite_in(np.frombuffer(view, dtype=dtype))
+                    values = np.frombuffer(view, dtype=dtype)
+                    n_bad = _nonfinite_in(values)
+                    bad += n_bad
+                    first_elem = written // dtype.itemsize
+                    if bad_rows is not None and (values.size % row_elems or first_elem % row_elems):
+                        bad_rows = None  # chunk not made of whole samples: readers clean every batch
+                    elif bad_rows is not None and n_bad:
+                        v = values.reshape(-1, row_elems)
+                        v = v if v.dtype == np.float32 else v.astype(np.float32)
+                        rows = np.flatnonzero(~np.isfinite(v).all(axis=1)) + first_elem // row_elems
+                        bad_rows.extend(rows.tolist())
                 written += len(view)
             if written != expected:
                 raise MMSADataError(f"{where}: {written} bytes of data, expected {expected} for shape {list(shape)} "
@@ -617,6 +631,7 @@ class StoreWriter:
         self.arrays[name] = entry
         if feature is not None:
             self.nonfinite.setdefault(feature[0], {})[feature[1]] = bad
+            self.nonfinite_rows.setdefault(feature[0], {})[feature[1]] = bad_rows
         return entry
 
     def add_array(self, name: str, arr: np.ndarray, *, source: str = "") -> dict[str, Any]:
@@ -639,7 +654,7 @@ class StoreWriter:
         if self.tmp is None:
             raise RuntimeError("StoreWriter.commit: use the writer as a context manager")
         header = {"format": STORE_FORMAT, "version": STORE_VERSION, **meta, "arrays": self.arrays,
-                  "nonfinite": self.nonfinite}
+                  "nonfinite": self.nonfinite, "nonfinite_rows": self.nonfinite_rows}
         missing = sorted(set(_tree_arrays(header["tree"])) - set(self.arrays))
         if missing:
             raise MMSADataError(f"{self.path}: the key tree names arrays that were not written: {missing[:5]}")
@@ -855,7 +870,10 @@ def _npz_member_stream(zf: zipfile.ZipFile, name: str, source: str
         f.close()
         raise MMSADataError(f"{source}: member '{member}' holds Python objects (pickled); not a pickle-free .npz.")
     total = math.prod(shape) * dtype.itemsize
-    step = max(dtype.itemsize, CHUNK_BYTES // dtype.itemsize * dtype.itemsize)
+    unit = dtype.itemsize * (math.prod(shape[1:]) if len(shape) > 1 else 1)  # whole samples per chunk if they fit
+    if not 0 < unit <= CHUNK_BYTES:
+        unit = dtype.itemsize
+    step = max(unit, CHUNK_BYTES // unit * unit)
 
     def chunks() -> Iterator[bytes]:
         try:
@@ -982,6 +1000,8 @@ class MMSASplit:
     text_bert: Tensor | None = None
     raw_text: list[str] | None = None
     nonfinite: dict[str, int] = field(default_factory=dict)
+    #: per memory-mapped modality, the indices of the samples holding NaN/inf (``None``: unknown, clean all)
+    nonfinite_rows: dict[str, np.ndarray | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -1100,8 +1120,8 @@ def _lengths_mask(value: Any, n: int, seq_len: int, where: str) -> Tensor:
     return torch.arange(seq_len)[None, :] < torch.from_numpy(lengths)[:, None]
 
 
-def _build_split(split_dict: Any, split: str, schema: str, source: str, known_counts: Mapping[str, int] | None = None
-                 ) -> tuple[MMSASplit, dict[str, int], bool]:
+def _build_split(split_dict: Any, split: str, schema: str, source: str, known_counts: Mapping[str, int] | None = None,
+                 known_rows: Mapping[str, list[int] | None] | None = None) -> tuple[MMSASplit, dict[str, int], bool]:
     """Validate one split; memory-mapped features (a store) stay mapped, with their NaN/inf counts from
     ``known_counts`` (the store's header) or counted here in chunks."""
     where = f"{source}: split '{split}'"
@@ -1146,11 +1166,14 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str, known_co
     feats = {m: _feature(split_dict[m], f"{where}/{m}", n) for m in MODALITIES}
     tensors: dict[str, Tensor | np.ndarray] = {}
     counts: dict[str, int] = {}
+    bad_rows: dict[str, np.ndarray | None] = {}
     for m, arr in feats.items():
         if isinstance(split_dict[m], np.memmap):  # a store: stays mapped, sliced and cleaned per batch
             tensors[m] = split_dict[m]
             known = (known_counts or {}).get(m)
             counts[m] = int(known) if known is not None else count_nonfinite(arr)
+            rows = (known_rows or {}).get(m) if known is not None else None
+            bad_rows[m] = np.asarray(rows, dtype=np.int64) if rows is not None else None
             if counts[m]:
                 log.info("%s/%s: %d non-finite values (NaN/inf), cleaned to 0 as batches are read", where, m,
                          counts[m])
@@ -1201,7 +1224,7 @@ def _build_split(split_dict: Any, split: str, schema: str, source: str, known_co
         text=tensors["text"], audio=tensors["audio"], vision=tensors["vision"],
         text_mask=text_mask, audio_mask=audio_mask, vision_mask=vision_mask,
         label=torch.from_numpy(labels.astype(np.float32)), id=ids, text_bert=text_bert, raw_text=raw_text,
-        nonfinite=dict(counts),
+        nonfinite=dict(counts), nonfinite_rows=bad_rows,
     )
     return split_obj, counts, aligned
 
@@ -1229,16 +1252,18 @@ def load_mmsa(path: str | os.PathLike, dataset_name: str | None = None) -> MMSAD
     if dataset_name is not None and dataset_name.lower() not in ("mosi", "mosei"):
         raise ValueError(f"load_mmsa: dataset_name must be 'mosi', 'mosei' or None, got {dataset_name!r}")
     known: Mapping[str, Mapping[str, int]] = {}
+    rows: Mapping[str, Mapping[str, list[int] | None]] = {}
     if is_store_path(path):
         raw, header = open_store(check_feature_path(path))
-        known = header.get("nonfinite", {})
+        known, rows = header.get("nonfinite", {}), header.get("nonfinite_rows", {})
     else:
         raw = load_feature_file(path)
-    return validate_mmsa(raw, path, dataset_name=dataset_name, known_counts=known)
+    return validate_mmsa(raw, path, dataset_name=dataset_name, known_counts=known, known_rows=rows)
 
 
 def validate_mmsa(raw: Mapping[str, Any], path: str | os.PathLike, *, dataset_name: str | None = None,
-                  known_counts: Mapping[str, Mapping[str, int]] | None = None) -> MMSAData:
+                  known_counts: Mapping[str, Mapping[str, int]] | None = None,
+                  known_rows: Mapping[str, Mapping[str, list[int] | None]] | None = None) -> MMSAData:
     """Validate and clean a loaded feature tree (see :func:`load_mmsa`); ``path`` is named in messages.
 
     Args:
@@ -1246,6 +1271,7 @@ def validate_mmsa(raw: Mapping[str, Any], path: str | os.PathLike, *, dataset_na
         path: its name, for messages.
         dataset_name: as in :func:`load_mmsa`.
         known_counts: ``{split: {modality: NaN/inf count}}`` of memory-mapped features (a store's header).
+        known_rows: ``{split: {modality: indices of the samples holding them}}`` (a store's header).
     """
     path = Path(path)
     missing = [s for s in FILE_SPLITS if s not in raw]
@@ -1257,8 +1283,8 @@ def validate_mmsa(raw: Mapping[str, Any], path: str | os.PathLike, *, dataset_na
     counts: dict[str, dict[str, int]] = {}
     alignment: dict[str, bool] = {}
     for split in FILE_SPLITS:
-        splits[split], counts[split], alignment[split] = _build_split(raw[split], split, schema, str(path),
-                                                                      (known_counts or {}).get(split))
+        splits[split], counts[split], alignment[split] = _build_split(
+            raw[split], split, schema, str(path), (known_counts or {}).get(split), (known_rows or {}).get(split))
 
     if len(set(alignment.values())) > 1:
         raise MMSADataError(f"{path}: splits disagree on alignment (audio_lengths/vision_lengths present in "

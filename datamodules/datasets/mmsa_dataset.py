@@ -12,6 +12,7 @@ in-memory path gives. Pickling the dataset (spawned DataLoader workers) sends th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,14 +26,24 @@ from features.mmsa_format import MMSASplit
 __all__ = ["MMSADataset", "mmsa_collate"]
 
 
-def _rows(arr: np.ndarray, index: np.ndarray | int, clean: bool) -> Tensor:
-    """The float32 rows ``index`` of a (memory-mapped) array as a new tensor, NaN/inf set to 0 when ``clean``."""
-    rows = np.asarray(arr)[index]  # a copy of the rows only (advanced indexing / one row read through the map)
-    rows = np.array(rows, dtype=np.float32, copy=not isinstance(index, np.ndarray) or rows.dtype != np.float32)
-    t = torch.from_numpy(rows)
-    if clean:
-        torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
-    return t
+def _mapped_view(arr: np.ndarray) -> Tensor:
+    """A tensor over the (read-only) mapping itself: no copy; only ever read (``index_select`` / indexing)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(arr))
+
+
+def _rows(view: Tensor, index: Tensor, clean: bool | Tensor) -> Tensor:
+    """The rows ``index`` of a mapped array's view as a new float32 tensor with NaN/inf set to 0: in every row when
+    ``clean`` is True, in the rows flagged by ``clean[index]`` when it is a per-sample bool tensor."""
+    rows = view.index_select(0, index).float()
+    if isinstance(clean, Tensor):
+        flagged = clean.index_select(0, index)
+        if bool(flagged.any()):
+            rows[flagged] = torch.nan_to_num(rows[flagged], nan=0.0, posinf=0.0, neginf=0.0)
+    elif clean:
+        torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
+    return rows
 
 
 class MMSADataset(Dataset):
@@ -58,14 +69,21 @@ class MMSADataset(Dataset):
             "text_mask": split.text_mask, "audio_mask": split.audio_mask, "vision_mask": split.vision_mask,
             "label": split.label,
         }
-        #: memory-mapped features by key, with whether their rows need NaN/inf cleaning
-        self.mapped: dict[str, tuple[np.ndarray, bool]] = {}
+        #: memory-mapped features by key, with which rows need NaN/inf cleaning (all: True, none: False, or a
+        #: per-sample bool tensor from the store's header)
+        self.mapped: dict[str, tuple[np.ndarray, bool | Tensor]] = {}
         for key in ("text", "audio", "vision"):
             value = getattr(split, key)
             if isinstance(value, Tensor):
                 self.tensors[key] = value
-            else:
-                self.mapped[key] = (value, split.nonfinite.get(key) != 0)
+                continue
+            clean: bool | Tensor = split.nonfinite.get(key) != 0
+            rows = split.nonfinite_rows.get(key)
+            if clean and rows is not None:
+                clean = torch.zeros(len(value), dtype=torch.bool)
+                clean[torch.as_tensor(rows, dtype=torch.long)] = True
+            self.mapped[key] = (value, clean)
+        self._views = {key: _mapped_view(arr) for key, (arr, _) in self.mapped.items()}
         if split.text_bert is not None:
             self.tensors["text_bert"] = split.text_bert
         n = len(split)
@@ -82,23 +100,23 @@ class MMSADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {k: t[index] for k, t in self.tensors.items()}
-        for key, (arr, clean) in self.mapped.items():
-            item[key] = _rows(arr, int(index), clean)
+        for key, (_, clean) in self.mapped.items():
+            item[key] = _rows(self._views[key], torch.tensor([int(index)]), clean)[0]
         item["id"] = str(self.ids[index])
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         batch: dict[str, Any] = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
-        idx_np = idx.numpy()
-        for key, (arr, clean) in self.mapped.items():
-            batch[key] = _rows(arr, idx_np, clean)
-        batch["id"] = self.ids[idx_np].tolist()
+        for key, (_, clean) in self.mapped.items():
+            batch[key] = _rows(self._views[key], idx, clean)
+        batch["id"] = self.ids[idx.numpy()].tolist()
         return batch
 
     # memory-mapped arrays travel to spawned workers as (file, dtype, shape, offset, order), never as their data
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        del state["_views"]
         state["mapped"] = {
             key: ((arr.filename, arr.dtype.str, arr.shape, arr.offset, "F" if np.isfortran(arr) else "C"), clean)
             if isinstance(arr, np.memmap) and arr.filename else (arr, clean)
@@ -114,6 +132,7 @@ class MMSADataset(Dataset):
                 spec = np.memmap(file, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order)
             mapped[key] = (spec, clean)
         self.__dict__.update(state, mapped=mapped)
+        self._views = {key: _mapped_view(arr) for key, (arr, _) in mapped.items()}
 
 
 def mmsa_collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:

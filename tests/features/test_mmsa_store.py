@@ -67,6 +67,7 @@ def test_conversion_is_exact_and_complete(tmp_path, small_mmap, source):
     assert header["complete"] is True and header["schema"] == "mmsa" and header["source"] == src.name
     assert header["nonfinite"]["train"] == {"text": 0, "audio": 2, "vision": 0}
     assert header["nonfinite"]["valid"]["vision"] == 3
+    assert header["nonfinite_rows"]["train"]["audio"] == [0, 1]  # only these samples are cleaned when read
     # plain numpy reads every array without this project, and no pickle is involved
     entry = header["arrays"]["train/audio"]
     assert np.array_equal(np.load(dst / entry["file"], allow_pickle=False), raw["train"]["audio"], equal_nan=True)
