@@ -265,12 +265,13 @@ def with_safe_checkpoint_io(plugins: Any, strategy: Any = None) -> tuple[list[An
 # ----------------------------------------------------------------------------------------------------------
 # Paths stored in a checkpoint
 # ----------------------------------------------------------------------------------------------------------
-#: Init arguments naming a file whose weights only INITIALISE a net (``models.swin_two_branch.TwoBranchSwin``,
-#: ``models.timm_classifier``): the checkpoint's ``state_dict`` replaces them, so a value stored in a checkpoint is
-#: dropped rather than opened. Not listed, on purpose: ``FrozenImageEncoder.checkpoint_path`` (its weights are not
-#: saved in the system's checkpoint), ``LitVAE.pretrained_dir`` (it also fixes the architecture) and
-#: ``LitLDM.vae_path`` (handled by ``LitLDM.inference_settings``).
-WEIGHT_FILE_ARGS: tuple[str, ...] = ("pretrained_file",)
+#: Init arguments naming where a net's INITIAL weights come from (``pretrained``: ``"hub"``, a weight file or a
+#: project checkpoint, and its older name ``pretrained_file``; :mod:`models.pretrained`): the checkpoint's
+#: ``state_dict`` replaces those weights, so a value stored in a checkpoint is dropped rather than opened or
+#: downloaded. Not listed, on purpose: ``FrozenImageEncoder.checkpoint_path`` (its weights are not saved in the
+#: system's checkpoint), ``LitVAE.pretrained_dir`` (it also fixes the architecture) and ``LitLDM.vae_path``
+#: (handled by ``LitLDM.inference_settings``).
+WEIGHT_FILE_ARGS: tuple[str, ...] = ("pretrained", "pretrained_file")
 
 
 def drop_weight_files(hparams: dict[str, Any], explicit: dict[str, Any] | None = None,

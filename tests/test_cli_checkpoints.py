@@ -369,6 +369,8 @@ def test_stored_pretrained_file_is_not_opened(tfn_run, tmp_path, monkeypatch, ca
     out, dropped = drop_weight_files(hp, {})
     assert out["net"]["init_args"]["pretrained_file"] is None and dropped == ["net.init_args.pretrained_file"]
     assert hp["net"]["init_args"]["pretrained_file"] == "/nonexistent/x.pth"  # the checkpoint's dict is untouched
+    hub = drop_weight_files({"net": {"init_args": {"pretrained": "hub"}}}, {})
+    assert hub == ({"net": {"init_args": {"pretrained": None}}}, ["net.init_args.pretrained"])  # no download either
     mine = {"net": {"init_args": {"pretrained_file": "mine.pth"}}}
     assert drop_weight_files(hp, mine)[0]["net"]["init_args"]["pretrained_file"] == "mine.pth"
 
