@@ -32,7 +32,8 @@ Output: the MMSA unaligned schema, one dict per split: ``audio [N, La, Da]``, ``
 (``video$_$clip``), ``regression_labels`` (when labelled), plus ``vision_face_mask [N, Lv]`` (True where the
 speaker's face was found), ``prosody [N, P]``, ``source``, ``start_s``, ``end_s`` (seconds in the source file). The
 top-level ``extractor`` entry (a JSON string) records the settings, package versions, feature names and dims.
-Written with the project's pickle-free ``.npz`` writer (``.pkl`` when ``--out`` ends so);
+Written with the project's pickle-free ``.npz`` writer (``.pkl`` when ``--out`` ends so, the memory-mapped feature
+store of :mod:`features.mmsa_format` when it ends in ``.mmsa``: the form for MOSEI-sized outputs and DDP training);
 ``MMSADataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
 
 Engineering: a process pool over source files (``--workers``; one torch/OpenCV/BLAS thread per worker, so the
@@ -716,8 +717,8 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
         raise ValueError(f"extract: dataset_name must be one of {sorted(STANDARD_SPLIT_SIZES['mmsa'])}, "
                          f"got {dataset_name!r}")
     out = Path(out)
-    if out.suffix not in (".npz", ".pkl"):
-        raise ValueError(f"extract: --out must end in .npz (pickle-free) or .pkl, got {out}")
+    if out.suffix not in (".npz", ".pkl", ".mmsa"):
+        raise ValueError(f"extract: --out must end in .npz (pickle-free), .pkl or .mmsa (feature store), got {out}")
     if out.exists() and not overwrite and shard is None:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
     if settings.vision.face_model:
@@ -755,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     a, v = AudioSettings(), VisionSettings()
     p = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="dataset directory (label.csv + Raw/) or a folder of videos with transcripts")
-    p.add_argument("--out", required=True, help="output feature file (.npz pickle-free, or .pkl)")
+    p.add_argument("--out", required=True, help="output feature file (.npz pickle-free, .pkl, or a .mmsa store)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--shard", type=_shard, default=None, help="K/N: extract only shard K of N into the cache")
     p.add_argument("--merge", action="store_true", help="write the file from the cache(s) without extracting")
