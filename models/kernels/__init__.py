@@ -17,6 +17,15 @@ torch's default CPU generator per call, so ``torch.manual_seed`` makes runs repr
 The extension is built with ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ninja) into torch's
 extensions cache on the first call of :func:`load_extension`; a failed build warns once with the reason and
 :func:`available` returns False, so callers fall back to their torch path.
+
+Two sources of the same kernel (:data:`SOURCES`), picked by the environment variable ``AFFECT_ATTENTION_SOURCE``
+(read at each :func:`load_extension`; default ``legacy``):
+
+- ``legacy``: ``attention_cpu.cpp``, hand-written AVX-512 and AVX2 intrinsics plus portable loops, built with
+  ``-ffast-math`` (the compiler may assume no NaN / inf: a NaN score gives finite garbage instead of NaN).
+- ``vec``: ``attention_cpu_vec.cpp``, one source over ATen's ``at::vec::Vectorized<float>`` (16 lanes with AVX-512,
+  8 with AVX2, a plain array otherwise, as ``-march=native`` finds the CPU), IEEE arithmetic (NaN / inf give what
+  torch's softmax gives), the same keep decisions.
 """
 
 from __future__ import annotations
@@ -33,15 +42,37 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "dropout_keep_mask", "fused_attention", "fused_attention_packed", "load_extension", "supports"]
+from common.choices import check_choices
 
-_SOURCE = Path(__file__).with_name("attention_cpu.cpp")
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "SOURCES",
+    "SOURCE_ENV",
+    "KernelSource",
+    "available",
+    "dropout_keep_mask",
+    "fused_attention",
+    "fused_attention_packed",
+    "load_extension",
+    "selected_source",
+    "source_build",
+    "supports",
+]
+
+KernelSource = Literal["legacy", "vec"]
+SOURCE_ENV = "AFFECT_ATTENTION_SOURCE"
+DEFAULT_SOURCE = "legacy"
+# source name -> (C++ file next to this module, compiler flags)
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "legacy": ("attention_cpu.cpp", ("-O3", "-march=native", "-ffast-math", "-fopenmp")),
+    "vec": ("attention_cpu_vec.cpp", ("-O3", "-march=native", "-fopenmp")),
+}
 MAX_HEAD_DIM = 64
 
 
@@ -79,8 +110,39 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
+def selected_source() -> KernelSource:
+    """The kernel source ``AFFECT_ATTENTION_SOURCE`` names (:data:`SOURCES`), :data:`DEFAULT_SOURCE` when unset.
+
+    Raises:
+        ValueError: the variable names no source.
+    """
+    name = os.environ.get(SOURCE_ENV, "").strip() or DEFAULT_SOURCE
+    if name not in SOURCES:
+        raise ValueError(f"models.kernels: {SOURCE_ENV}={name!r} names no kernel source; choose one of "
+                         f"{sorted(SOURCES)}")
+    return name  # type: ignore[return-value] - checked against SOURCES above
+
+
+def source_build(name: KernelSource, extra_flags: tuple[str, ...] = ()) -> tuple[Path, list[str], str]:
+    """The C++ file, compiler flags and extension name of source ``name`` (:data:`SOURCES`), ``extra_flags`` added
+    (tests build the narrower instruction sets with ``-mno-avx512f`` / ``-mno-avx2``, under their own names).
+
+    Raises:
+        ValueError: ``name`` is no source.
+    """
+    check_choices(source_build, {"name": name})
+    file, flags = SOURCES[name]
+    module = "affect_mult_attention_cpu" + ("" if name == "legacy" else f"_{name}")  # legacy: its old cache name
+    if extra_flags:
+        module += "_" + hashlib.sha1(" ".join(extra_flags).encode()).hexdigest()[:8]
+    return Path(__file__).with_name(file), [*flags, *extra_flags], f"{module}_{_cpu_tag()}"
+
+
 @functools.cache
-def _build() -> tuple[ModuleType | None, str]:
+def _build_source(name: KernelSource, extra_flags: tuple[str, ...] = ()) -> tuple[ModuleType | None, str]:
+    """Source ``name`` built (or loaded from torch's cache) once per process: ``(module, "")`` or
+    ``(None, reason)``."""
+    source, flags, module_name = source_build(name, extra_flags)
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_log.level
     cpp_log.setLevel(logging.ERROR)  # its import logs "No CUDA runtime is found": irrelevant to a CPU extension
@@ -89,9 +151,9 @@ def _build() -> tuple[ModuleType | None, str]:
 
         with _ninja_on_path():
             module = load(
-                name=f"affect_mult_attention_cpu_{_cpu_tag()}",
-                sources=[str(_SOURCE)],
-                extra_cflags=_FLAGS,
+                name=module_name,
+                sources=[str(source)],
+                extra_cflags=flags,
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
@@ -102,10 +164,16 @@ def _build() -> tuple[ModuleType | None, str]:
     return module, ""
 
 
+def _build() -> tuple[ModuleType | None, str]:
+    """The selected source (:func:`selected_source`) built: ``(module, "")`` or ``(None, reason)``."""
+    return _build_source(selected_source())
+
+
 def load_extension() -> ModuleType:
-    """The compiled extension (built on the first call, then cached by torch).
+    """The compiled extension of the selected source (built on the first call, then cached by torch).
 
     Raises:
+        ValueError: ``AFFECT_ATTENTION_SOURCE`` names no source.
         RuntimeError: the extension cannot be built (the message carries the compiler's reason).
     """
     module, reason = _build()
