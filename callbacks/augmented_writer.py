@@ -90,7 +90,9 @@ class AugmentedImageWriter(BasePredictionWriter):
         output_root: folder of the generated set; default (``None``): the datamodule's ``output_root``. When both
             are given they must be the same folder.
         data_root: the real dataset folder (protected); also taken from the datamodule's ``data_root`` when present.
-        class_names: class names by index; default: the model's or the datamodule's ``class_names``.
+        class_names: class names by index; default: the model's or the datamodule's ``class_names``. The
+            writer's, the model's, the datamodule's and the quality filter's orders must agree (checked when
+            prediction starts; ``ValueError`` naming each).
         image_mode: ``"L"`` (grayscale PNG, e.g. CK+) or ``"RGB"``.
         quality: optional :class:`metrics.generation.QualityFilter`; rejected images are not written but
             recorded (with their scores) in the manifest.
@@ -116,7 +118,8 @@ class AugmentedImageWriter(BasePredictionWriter):
         self.output_root = check_output_root(output_root, data_root) if output_root is not None else None
         self.data_root = data_root
         self.max_retries = int(max_retries)
-        self.class_names = class_names
+        self.class_names = class_names  # resolved when prediction starts (_resolve_class_names)
+        self._given_class_names = list(class_names) if class_names is not None else None
         self.image_mode = image_mode
         self.quality = quality
         self.progress_mode = progress
@@ -148,8 +151,6 @@ class AugmentedImageWriter(BasePredictionWriter):
                 "regenerate every job. Set it once, on the datamodule (the writer takes it from there)."
             )
         check_output_root(self.output_root, getattr(dm, "data_root", None))
-        if self.class_names is None:
-            self.class_names = list(getattr(pl_module, "class_names", None) or dm.class_names)
         self._rank = trainer.global_rank
         name = MANIFEST if trainer.world_size == 1 else manifest_shard(trainer.global_rank)
         self._manifest_path = self.output_root / name
@@ -183,7 +184,32 @@ class AugmentedImageWriter(BasePredictionWriter):
                 pass
             raise RuntimeError(f"AugmentedImageWriter: output folder {self.output_root} is not writable: {e}") from e
 
+    def _resolve_class_names(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """One class order for the labels: the writer's, the model's, the datamodule's and the quality filter's
+        (those that have one) must be equal, else ``ValueError`` naming each (a label is an index: another order
+        would file images under the wrong class). Checked when prediction starts, i.e. after the model's weights
+        and class names were restored from the checkpoint."""
+        try:
+            dm_names = getattr(trainer.datamodule, "class_names", None)
+        except AttributeError:
+            dm_names = None
+        orders = {"the writer's class_names": self._given_class_names,
+                  f"the model's class_names ({type(pl_module).__name__})": getattr(pl_module, "class_names", None),
+                  f"the datamodule's class_names ({type(trainer.datamodule).__name__})": dm_names,
+                  "the quality filter's class_names": getattr(self.quality, "class_names", None)}
+        given = {who: list(names) for who, names in orders.items() if names}
+        if len({tuple(names) for names in given.values()}) > 1:
+            listed = "; ".join(f"{who} = {names}" for who, names in given.items())
+            raise ValueError(f"AugmentedImageWriter: the class orders differ ({listed}); a label is an index, so "
+                             "images would be filed under the wrong class. Use one class order everywhere (the "
+                             "checkpoint's).")
+        if not given:
+            raise ValueError("AugmentedImageWriter: no class_names (neither the writer's, the model's nor the "
+                             "datamodule's)")
+        self.class_names = next(iter(given.values()))
+
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._resolve_class_names(trainer, pl_module)
         # the weights' file (known once they are restored): the trainer's ckpt_path, else the file the model was
         # loaded from (load_ldm)
         source = trainer.ckpt_path or getattr(pl_module, "trained_weights", None)

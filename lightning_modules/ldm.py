@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from common.choices import check_choices
@@ -213,10 +214,15 @@ class LitLDM(EpochMeanLogging):
     Args:
         net: the noise predictor.
         vae_path: LOCAL ``save_pretrained`` directory or :class:`LitVAE` checkpoint; required unless ``vae_config``
-            is given.
+            is given. Given with a checkpoint (``--ckpt_path``, :func:`load_ldm`) it WINS over the checkpoint's copy
+            of the VAE weights, except when it is the very path stored in that checkpoint (the path it was trained
+            with): then the checkpoint's copy of those weights is used and the file is not opened, so a path read
+            from a checkpoint is never followed (see "VAE weights" below).
         vae_config: the autoencoder's diffusers config (filled in automatically and saved in the checkpoint, so a
             checkpoint reloads without the original VAE file; the weights come from the state dict).
-        class_names: class names (index order); default ``class_0 ...``.
+        class_names: class names (index order); default ``class_0 ...``. They must be the data's order and, when a
+            checkpoint is loaded, the checkpoint's: a different order (or other names) is an error naming both,
+            never images filed under the wrong class.
         num_train_timesteps: ``T``.
         beta_schedule: diffusers beta schedule (``"linear"``, ``"scaled_linear"``, ``"squaredcos_cap_v2"``).
         p_uncond: label-dropout probability.
@@ -235,6 +241,14 @@ class LitLDM(EpochMeanLogging):
 
     ``predict`` refuses an untrained UNet: the weights must come from a checkpoint (``--ckpt_path``,
     :func:`load_ldm`) or a ``fit`` in the same process.
+
+    VAE weights, in order of precedence: ``vae_path`` alone loads that file now. ``vae_path`` with ``vae_config``
+    (how ``cli.py --ckpt_path`` and :func:`load_ldm` build the system: ``vae_config`` comes from the checkpoint)
+    builds the architecture from ``vae_config`` and opens no file yet; when the checkpoint is loaded
+    (``on_load_checkpoint``) a ``vae_path`` other than the one stored in it is loaded and replaces the checkpoint's
+    VAE weights (logged once), while the stored path itself means the checkpoint's copy. Without any checkpoint the
+    file is loaded when fit/validate/test/predict start or at the first :meth:`generate`. The VAE's
+    ``latent_channels`` must be the net's.
     """
 
     #: Generation-time settings: with ``--ckpt_path`` the values the user gives (config or command line) win over
@@ -280,12 +294,19 @@ class LitLDM(EpochMeanLogging):
             # the encoder reads the data-normalised batch: its training normalisation must be the data's
             classifier_normalisation(consistency_encoder, tuple(image_mean), tuple(image_std), owner="LitLDM")
             consistency_encoder.requires_grad_(False).eval()
+        #: ``vae_path`` whose file was not opened yet (given with ``vae_config``: see "VAE weights")
+        self._pending_vae_path: str | None = None
+        #: the file the VAE weights were loaded from in ``__init__`` (None: built from ``vae_config``)
+        self._vae_file: str | None = None
         if vae_config is not None:
             vae = AutoencoderKL.from_config(vae_config)
+            self._pending_vae_path = str(vae_path) if vae_path is not None else None
         elif vae_path is not None:
-            vae = load_vae(vae_path)
+            vae = _load_vae_checked(vae_path, net)
+            self._vae_file = str(vae_path)
         else:
             raise ValueError("LitLDM: give vae_path (a local VAE directory or LitVAE checkpoint)")
+        _check_latent_channels(vae, net, "vae_config" if vae_config is not None else f"vae_path {vae_path!r}")
         self.hparams["vae_config"] = dict(vae.config)
         self.vae = vae.requires_grad_(False).eval()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
@@ -304,6 +325,44 @@ class LitLDM(EpochMeanLogging):
             raise ValueError(f"LitLDM: num_inference_steps must be in [1, {num_train_timesteps}], got {steps}")
         if not 0.0 <= guidance <= MAX_GUIDANCE:
             raise ValueError(f"LitLDM: guidance_scale must be in [0, {MAX_GUIDANCE}], got {guidance}")
+
+    def _use_vae(self, vae: AutoencoderKL) -> None:
+        """Replace the frozen VAE (same device and dtype as the current one)."""
+        ref = next(self.vae.parameters(), None)
+        if ref is not None:
+            vae = vae.to(device=ref.device, dtype=ref.dtype)
+        self.vae = vae.requires_grad_(False).eval()
+        self.hparams["vae_config"] = dict(vae.config)
+
+    def _load_pending_vae(self) -> None:
+        """Load a ``vae_path`` given with ``vae_config`` when no checkpoint decided about it (class docstring)."""
+        path, self._pending_vae_path = self._pending_vae_path, None
+        if path is not None:
+            self._use_vae(_load_vae_checked(path, self.net))
+            rank_zero_info(f"LitLDM: VAE weights from vae_path {path}")
+
+    def setup(self, stage: str) -> None:
+        """The datamodule's classes (when it has ``class_names``) must be this system's, in the same order; a
+        system built without ``class_names`` takes the datamodule's."""
+        dm = self.trainer.datamodule
+        names = getattr(dm, "class_names", None) if dm is not None else None
+        if names is None:
+            return
+        if self.hparams.class_names is None and len(names) == self.net.num_classes:
+            self.class_names = list(names)
+            self.hparams["class_names"] = list(names)
+            return
+        check_class_order(self.class_names, "LitLDM class_names", list(names),
+                          f"the datamodule's class_names ({type(dm).__name__})")
+
+    def on_fit_start(self) -> None:
+        self._load_pending_vae()
+
+    def on_validation_start(self) -> None:
+        self._load_pending_vae()
+
+    def on_test_start(self) -> None:
+        self._load_pending_vae()
 
     def train(self, mode: bool = True) -> LitLDM:
         super().train(mode)
@@ -393,6 +452,7 @@ class LitLDM(EpochMeanLogging):
         Shapes:
             labels: ``[B]`` int64 -> ``[B, 3, H, W]``.
         """
+        self._load_pending_vae()
         steps = self.hparams.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
         sampler = self.hparams.sampler if sampler is None else sampler
@@ -407,6 +467,7 @@ class LitLDM(EpochMeanLogging):
         self.trained_weights = "fit"
 
     def on_predict_start(self) -> None:
+        self._load_pending_vae()
         if self.trained_weights is None:
             raise RuntimeError(
                 "LitLDM: refusing to generate with an untrained UNet (no checkpoint was loaded): pass --ckpt_path "
@@ -441,12 +502,81 @@ class LitLDM(EpochMeanLogging):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_weights = "checkpoint"
         sd = checkpoint["state_dict"]
+        stored = checkpoint.get("hyper_parameters") or {}
+        if stored.get("class_names") is not None:  # the label order the UNet was trained with
+            if self.hparams.class_names is None:
+                self.class_names = list(stored["class_names"])
+                self.hparams["class_names"] = list(stored["class_names"])
+            check_class_order(list(stored["class_names"]), "the checkpoint's class_names", self.class_names,
+                              "this LitLDM's class_names (linked from the data by cli.py)")
+        self._vae_from_checkpoint(sd, stored)
         if self.consistency_encoder is not None:
             for k, v in self.consistency_encoder.state_dict().items():
                 sd.setdefault(f"consistency_encoder.{k}", v)
         else:
             for k in [k for k in sd if k.startswith("consistency_encoder.")]:
                 del sd[k]
+
+    def _vae_from_checkpoint(self, sd: dict[str, Any], stored: dict[str, Any]) -> None:
+        """Which VAE weights win when a checkpoint is loaded (class docstring, "VAE weights"): a ``vae_path`` other
+        than the checkpoint's own replaces the checkpoint's ``vae.*`` entries of ``sd``."""
+        stored_path = str(stored.get("vae_path"))
+        path, self._pending_vae_path = self._pending_vae_path, None
+        if path is not None and path != stored_path:
+            self._use_vae(_load_vae_checked(path, self.net))
+        elif path is None and self._vae_file is not None and self._vae_file != stored_path:
+            path = self._vae_file  # loaded in __init__ (vae_path without vae_config)
+        else:
+            return  # the checkpoint's copy of the VAE weights (its vae.* entries) is loaded
+        self._check_vae_geometry(path, stored.get("vae_config") or {})
+        for k in [k for k in sd if k.startswith("vae.")]:
+            del sd[k]
+        sd.update({f"vae.{k}": v for k, v in self.vae.state_dict().items()})
+        rank_zero_info(f"LitLDM: VAE weights from vae_path {path} (given explicitly), not the checkpoint's copy"
+                       + (f" (it was trained with {stored_path})" if stored.get("vae_path") else ""))
+
+    def _check_vae_geometry(self, path: str, trained: dict[str, Any]) -> None:
+        """The VAE from ``path`` must make latents of the shape the UNet was trained on (``trained``: the
+        checkpoint's ``vae_config``): same latent channels and down-sampling (number of blocks)."""
+        for key in ("latent_channels", "block_out_channels"):
+            mine, theirs, what = self.vae.config.get(key), trained.get(key), key
+            if key == "block_out_channels" and theirs is not None:
+                mine, theirs, what = len(mine), len(theirs), "number of down-sampling blocks"
+            if theirs is not None and mine != theirs:
+                raise ValueError(f"LitLDM: vae_path {path!r} (given explicitly) has {what} {mine}, the VAE the "
+                                 f"checkpoint was trained with {theirs}: its latents cannot be the UNet's")
+
+
+def check_class_order(a: list[str], a_name: str, b: list[str], b_name: str) -> None:
+    """``ValueError`` naming both orders unless the two class lists are equal (same names, same order): a label is
+    an index, so another order files every image under the wrong class."""
+    if list(a) == list(b):
+        return
+    what = "the same classes in another order" if sorted(a) == sorted(b) else "other classes"
+    raise ValueError(
+        f"LitLDM: class order mismatch ({what}): {a_name} = {list(a)} but {b_name} = {list(b)}; label k means "
+        f"{a_name}[k], so images would be filed under the wrong class. Give the data the checkpoint's class order "
+        "(e.g. the source datamodule's class_names) or use a checkpoint trained with this order."
+    )
+
+
+def _check_latent_channels(vae: AutoencoderKL, net: nn.Module, source: str) -> None:
+    want = getattr(net, "latent_channels", None)
+    got = int(vae.config.latent_channels)
+    if want is not None and int(want) != got:
+        raise ValueError(f"LitLDM: the VAE of {source} has {got} latent channels, the net takes {want}")
+
+
+def _load_vae_checked(path: str | Path, net: nn.Module) -> AutoencoderKL:
+    """:func:`load_vae` with errors naming ``path`` (missing, not a VAE, wrong latent channels)."""
+    try:
+        vae = load_vae(path)
+    except FileNotFoundError:
+        raise
+    except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(f"LitLDM: vae_path {str(path)!r} cannot be loaded as a VAE: {err}") from err
+    _check_latent_channels(vae, net, f"vae_path {str(path)!r}")
+    return vae
 
 
 def _module_spec(module: nn.Module | None) -> dict[str, Any] | None:
@@ -475,10 +605,12 @@ def _build_module(spec: dict[str, Any] | None, source: str | Path) -> nn.Module 
 
 
 def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Module | None = None,
-             consistency_encoder: nn.Module | None = None) -> LitLDM:
+             consistency_encoder: nn.Module | None = None, vae_path: str | Path | None = None) -> LitLDM:
     """Reload a :class:`LitLDM` checkpoint without its config, e.g. for generation: the net is rebuilt from the
     ``init_args`` stored in the checkpoint unless given. Without ``consistency_encoder`` the model comes back with
-    ``consistency="none"`` (the frozen encoder is a training-time loss, its weights are not in the checkpoint)."""
+    ``consistency="none"`` (the frozen encoder is a training-time loss, its weights are not in the checkpoint).
+    The VAE is the checkpoint's copy (the path stored in it is never opened) unless ``vae_path`` names another
+    VAE, which then replaces it (:class:`LitLDM`, "VAE weights")."""
     p = Path(checkpoint_path)
     if not p.is_file():
         raise FileNotFoundError(f"LDM checkpoint not found: {p}")
@@ -489,7 +621,15 @@ def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Mod
     if net is None:
         raise ValueError(f"LDM checkpoint {p} does not describe its net; pass net=")
     extra = {} if consistency_encoder is not None else {"consistency": "none"}
+    if vae_path is not None and not Path(vae_path).exists():
+        raise FileNotFoundError(f"load_ldm: vae_path {str(vae_path)!r} does not exist")
     model = load_system(LitLDM, p, map_location=map_location, net=net, consistency_encoder=consistency_encoder,
                         **extra)
     model.trained_weights = str(p.resolve())
+    if vae_path is not None:  # (passed to load_from_checkpoint it would overwrite the stored path it is told from)
+        path = str(vae_path)
+        model._use_vae(_load_vae_checked(path, model.net))
+        model._check_vae_geometry(path, (ckpt.get("hyper_parameters") or {}).get("vae_config") or {})
+        model.hparams["vae_path"] = path
+        rank_zero_info(f"LitLDM: VAE weights from vae_path {path} (given explicitly), not the checkpoint's copy")
     return model

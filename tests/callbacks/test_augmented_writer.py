@@ -1,6 +1,7 @@
 import errno
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,23 @@ def test_shortfall_is_reported_when_the_retry_limit_is_reached(tmp_path, data_ro
     dm = _dm(out)
     dm.setup("predict")
     assert dm.jobs == []
+
+
+def test_writer_refuses_class_orders_that_differ_naming_each(tmp_path: Path) -> None:
+    """A label is an index: a model, datamodule, writer or quality filter with another class order would file
+    images under the wrong class (issue 20)."""
+    data_root, out = tmp_path / "data", tmp_path / "aug"
+    data_root.mkdir()
+    other = list(reversed(CLASSES))
+    with pytest.raises(ValueError, match=rf"class orders differ.*FakeGenerator\) = {re.escape(str(other))}.*"
+                                         rf"GenerationDataModule\) = {re.escape(str(CLASSES))}"):
+        _predict(FakeGenerator(class_names=other), _dm(out), AugmentedImageWriter(progress="none"))
+    with pytest.raises(ValueError, match=rf"writer's class_names = {re.escape(str(other))}"):
+        _predict(FakeGenerator(), _dm(out), AugmentedImageWriter(class_names=other, progress="none"))
+    quality = MeanQuality()
+    quality.class_names = other
+    with pytest.raises(ValueError, match=rf"quality filter's class_names = {re.escape(str(other))}"):
+        _predict(FakeGenerator(), _dm(out), AugmentedImageWriter(quality=quality, progress="none"))
+    assert not list(out.rglob("*.png"))
+    _predict(FakeGenerator(), _dm(out), AugmentedImageWriter(class_names=list(CLASSES), progress="none"))
+    assert {p.parent.name for p in out.glob("*/*.png")} <= set(CLASSES) and list(out.glob("*/*.png"))

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,104 @@ def test_ldm_refuses_a_consistency_encoder_trained_with_another_normalisation(tm
     model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", consistency_encoder=encoder,
                    image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
     assert model.norm.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+
+
+# ------------------------------------------------------------------ issue 20: class order and an explicit vae_path
+def _other_vae(tmp_path: Path, name: str, seed: int) -> str:
+    """A VAE of the fixture's architecture with other (seeded) weights."""
+    torch.manual_seed(seed)
+    vae = build_autoencoder_kl(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    vae.save_pretrained(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def _built_like_the_cli(ckpt: Path, **given) -> LitLDM:
+    """``cli.py predict --ckpt_path``: the checkpoint's hyper-parameters, then what the user gave explicitly."""
+    hp = {k: v for k, v in torch.load(ckpt, weights_only=True)["hyper_parameters"].items() if not k.startswith("_")}
+    hp.update(consistency="none", num_inference_steps=2, **given)
+    return LitLDM(tiny_net(), **hp)
+
+
+def _generate(tmp_path: Path, model: LitLDM, ckpt: Path | None, name: str,
+              counts: dict[str, int] | None = None) -> dict[str, bytes]:
+    """PNG bytes by file name of a generation run (one image per class by default)."""
+    from callbacks.augmented_writer import AugmentedImageWriter
+    from datamodules.generation import GenerationDataModule
+
+    out = tmp_path / name
+    dm = GenerationDataModule(class_counts=counts or {"a": 1, "b": 1, "c": 1}, output_root=str(out),
+                              total_multiplier=1.0, scarce_classes=[], batch_size=4)
+    writer = AugmentedImageWriter(image_mode="RGB", progress="none", max_retries=0)
+    trainer(tmp_path, callbacks=[writer]).predict(model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None,
+                                                  return_predictions=False)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.png"))}
+
+
+def test_an_explicit_vae_path_wins_over_the_checkpoints_vae(tmp_path, vae_dir):
+    """The PNGs were byte-identical whatever VAE file was given: the checkpoint's VAE weights were loaded over it."""
+    ckpt, _ = _ldm_checkpoint(tmp_path, vae_dir)
+    vae_b, vae_c = _other_vae(tmp_path, "vae_b", 1), _other_vae(tmp_path, "vae_c", 2)
+    with_b = _generate(tmp_path, _built_like_the_cli(ckpt, vae_path=vae_b), ckpt, "out_b")
+    with_c = _generate(tmp_path, _built_like_the_cli(ckpt, vae_path=vae_c), ckpt, "out_c")
+    assert len(with_b) == 3 and with_b.keys() == with_c.keys()
+    assert all(with_b[k] != with_c[k] for k in with_b)
+    # the path stored in the checkpoint is data: never opened (the file is gone), the checkpoint's copy is used,
+    # also when the user names that same path
+    import shutil
+
+    shutil.rmtree(vae_dir)
+    labels, seeds = torch.tensor([0, 1]), [3, 4]
+    own = load_ldm(ckpt).generate(labels, seeds, num_inference_steps=2)
+    model = _built_like_the_cli(ckpt, vae_path=vae_dir)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])  # what the trainer's restore does
+    model.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    torch.testing.assert_close(model.generate(labels, seeds, num_inference_steps=2), own)
+    # load_ldm(vae_path=): the same rule
+    given_b = load_ldm(ckpt, vae_path=vae_b)
+    for k, v in load_vae(vae_b).state_dict().items():
+        torch.testing.assert_close(given_b.vae.state_dict()[k], v)
+    assert not torch.allclose(own, given_b.generate(labels, seeds, num_inference_steps=2))
+
+
+def test_a_bogus_explicit_vae_path_is_an_error_naming_it(tmp_path, vae_dir):
+    ckpt, _ = _ldm_checkpoint(tmp_path, vae_dir)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"vae_path '{junk}' cannot be loaded as a VAE"):
+        _generate(tmp_path, _built_like_the_cli(ckpt, vae_path=str(junk)), ckpt, "out_junk")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        _generate(tmp_path, _built_like_the_cli(ckpt, vae_path=str(tmp_path / "nope")), ckpt, "out_nope")
+    with pytest.raises(FileNotFoundError, match="load_ldm: vae_path .*nope"):
+        load_ldm(ckpt, vae_path=tmp_path / "nope")
+    torch.manual_seed(0)  # another latent width: its latents cannot be the UNet's
+    build_autoencoder_kl(block_out_channels=(8, 16), latent_channels=3, norm_num_groups=4,
+                         sample_size=16).save_pretrained(tmp_path / "vae3")
+    with pytest.raises(ValueError, match="vae3.*3 latent channels, the net takes 4"):
+        load_ldm(ckpt, vae_path=tmp_path / "vae3")
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.parametrize("counts,what", [({"c": 1, "a": 1, "b": 1}, "another order"),
+                                         ({"x": 1, "y": 1, "z": 1}, "other classes")])
+def test_a_checkpoint_with_another_class_order_is_refused_naming_both(tmp_path, vae_dir, counts, what):
+    """The data's class order (linked into the system by cli.py) against the checkpoint's: images used to be filed
+    under the wrong class."""
+    ckpt, _ = _ldm_checkpoint(tmp_path, vae_dir)  # trained as ["a", "b", "c"]
+    model = _built_like_the_cli(ckpt, class_names=list(counts))  # the link data.class_names -> model
+    with pytest.raises(ValueError, match=rf"{what}.*{re.escape(str(['a', 'b', 'c']))}.*{re.escape(str(list(counts)))}"):
+        _generate(tmp_path, model, ckpt, "out", counts)
+    assert not list((tmp_path / "out").rglob("*.png"))
+    # a model in the checkpoint's order (load_ldm) with a datamodule in another: refused, naming both orders
+    with pytest.raises(ValueError, match=r"class order mismatch.*\['a', 'b', 'c'\].*GenerationDataModule"):
+        _generate(tmp_path, load_ldm(ckpt), None, "out2", counts)
+    assert not list((tmp_path / "out2").rglob("*.png"))
+
+
+def test_ldm_fit_refuses_a_datamodule_with_another_class_order(tmp_path, vae_dir):
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", class_names=["b", "a", "c"])
+    with pytest.raises(ValueError, match=r"another order.*\['b', 'a', 'c'\].*\['a', 'b', 'c'\]"):
+        trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=TinyFaceData())
+    unnamed = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none")
+    trainer(tmp_path, fast_dev_run=True).fit(unnamed, datamodule=TinyFaceData())
+    assert unnamed.class_names == ["a", "b", "c"] and unnamed.hparams.class_names == ["a", "b", "c"]
