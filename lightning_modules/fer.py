@@ -125,6 +125,10 @@ class LitFER(EpochMetricsSystem):
         if num_classes is not None:
             self._build(num_classes=num_classes, class_names=class_names, image_size=image_size)
 
+    #: ``cli.py predict --ckpt_path``: the checkpoint's net (class path and settings) is used whatever net the
+    #: config names, so one prediction config (``configs/fer/predict_video.yaml``) serves every face checkpoint.
+    predict_net_from_checkpoint: bool = True
+
     # ------------------------------------------------------------------ construction
     DERIVED = ("num_classes", "class_names", "image_size")
 
@@ -266,7 +270,7 @@ class LitFER(EpochMetricsSystem):
         if self.net is None:
             raise RuntimeError("LitFER: configure_optimizers called before the net was built")
         return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
-                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor)
+                                  self.hparams.lr_multipliers, self.hparams.scheduler_monitor, trainer=self._trainer)
 
 
 def read_fer_preprocessing(path: str | Path) -> dict | None:

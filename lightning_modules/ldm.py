@@ -180,7 +180,8 @@ class LitVAE(EpochMeanLogging):
             self.vae.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
 
     def configure_optimizers(self) -> Any:
-        return build_optimization(self.vae, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
+        return build_optimization(self.vae, self.optimizer_factory, self.scheduler_factory, None, "val/loss",
+                                  trainer=self._trainer)
 
     def export_pretrained(self, local_dir: str | Path) -> Path:
         """Write the autoencoder as a diffusers ``save_pretrained`` directory (loadable by ``LitLDM(vae_path=)``)."""
@@ -487,7 +488,8 @@ class LitLDM(EpochMeanLogging):
         }
 
     def configure_optimizers(self) -> Any:
-        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory, None, "val/loss")
+        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory, None, "val/loss",
+                                  trainer=self._trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # how to rebuild the injected modules, so a checkpoint reloads on its own (see load_ldm)

@@ -153,4 +153,5 @@ class LitMSA(EpochMetricsSystem):
             raise RuntimeError("LitMSA: configure_optimizers called before the net was built")
         return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
                                   self.hparams.lr_multipliers, self.hparams.scheduler_monitor,
-                                  self.hparams.get("weight_decays"))
+                                  self.hparams.get("weight_decays"),
+                                  trainer=self._trainer)

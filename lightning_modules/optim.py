@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NO_DECAY_NAME_PARTS", "build_optimization", "build_param_groups", "no_weight_decay_names"]
 
@@ -98,6 +103,13 @@ def build_param_groups(
     return out
 
 
+def _clips_under_amp(trainer: Trainer | None) -> bool:
+    """True when ``trainer`` clips gradients under Lightning's mixed-precision plugin (fp16 or bf16 autocast)."""
+    if trainer is None:
+        return False
+    return isinstance(trainer.precision_plugin, MixedPrecision) and bool(trainer.gradient_clip_val)
+
+
 def build_optimization(
     net: nn.Module,
     optimizer: OptimizerCallable,
@@ -105,11 +117,22 @@ def build_optimization(
     lr_multipliers: dict[str, float] | None,
     monitor: str,
     weight_decays: dict[str, float] | None = None,
+    trainer: Trainer | None = None,
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimizer over :func:`build_param_groups` (each group's learning
     rate scaled by its multiplier, its weight decay overridden where given) and, when given, the scheduler stepped
-    per epoch and watching ``monitor``."""
-    opt = optimizer(build_param_groups(net, lr_multipliers, weight_decays))
+    per epoch and watching ``monitor``.
+
+    A ``fused`` optimizer (``torch.optim.AdamW(fused=True)``, the face configs' CPU fast path) unscales gradients
+    inside its step, so Lightning's mixed-precision plugin refuses to clip its gradients ("does not allow for gradient
+    clipping"). When ``trainer`` runs mixed precision with gradient clipping, the optimizer is built with
+    ``fused=False`` instead (same update, the multi-tensor path), said once in the log."""
+    groups = build_param_groups(net, lr_multipliers, weight_decays)
+    opt = optimizer(groups)
+    if getattr(opt, "defaults", {}).get("fused") and _clips_under_amp(trainer):
+        log.info("%s(fused=True) cannot clip gradients under %s: built with fused=False (gradient_clip_val=%s)",
+                 type(opt).__name__, trainer.precision, trainer.gradient_clip_val)
+        opt = optimizer(build_param_groups(net, lr_multipliers, weight_decays), fused=False)
     for group in opt.param_groups:
         group["lr"] = group["lr"] * group.get("lr_multiplier", 1.0)
     if scheduler is None:

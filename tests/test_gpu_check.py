@@ -15,10 +15,6 @@ import torch
 from tests.helpers.scripts import load_script
 
 TRAINING_ITEMS = ("hgcl_mosei", "mult_mosei", "swin2b_224")
-#: configs/fer/* pair torch's fused AdamW with gradient_clip_val 1.0; Lightning's MixedPrecision plugin (16-mixed and
-#: bf16-mixed alike) refuses to clip gradients of an optimizer that unscales internally, so these configs cannot run
-#: with configs/trainer/gpu.yaml or gpu_bf16.yaml. The check reproduces it on CPU under bf16-mixed.
-FUSED_CLIP_AMP = "Lightning refuses gradient clipping with a fused optimizer under AMP (configs/fer/*: fused AdamW + clip)"
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +43,6 @@ def test_tiny_run_reports_every_item(tiny_run: tuple[int, dict, Path]) -> None:
                      ("swin2b_224", "bf16-mixed"), ("ldm_sample", "32-true")]
     assert report["preflight"]["mode"] == "tiny" and report["settings"]["steps"] == 2
     for r in report["rows"]:
-        if r["name"] == "swin2b_224":
-            continue  # see test_tiny_swin_paper_recipe_under_amp
         assert r["status"] == "passed", (r["name"], r["note"], r["error"])
         assert r["samples_per_s"] > 0 and r["steps"] >= 1 and r["device"] == "cpu" and r["peak_mem_mb"] is None
         if r["name"] in TRAINING_ITEMS:
@@ -56,7 +50,6 @@ def test_tiny_run_reports_every_item(tiny_run: tuple[int, dict, Path]) -> None:
     assert "scaled_dot_product_attention calls" in _row(report, "mult_mosei")["note"]
 
 
-@pytest.mark.xfail(strict=True, reason=FUSED_CLIP_AMP)
 def test_tiny_swin_paper_recipe_under_amp(tiny_run: tuple[int, dict, Path]) -> None:
     rc, report, _ = tiny_run
     row = _row(report, "swin2b_224")

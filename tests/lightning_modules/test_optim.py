@@ -84,3 +84,35 @@ def test_every_parameter_lands_in_exactly_one_group() -> None:
     groups = build_param_groups(net, {"model.layers.0.": 0.5})
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == sum(1 for _ in net.parameters())
+
+
+def test_fused_optimizer_clips_under_mixed_precision() -> None:
+    """configs/fer/* pair fused AdamW with gradient clipping; Lightning's mixed-precision plugin refuses to clip an
+    optimizer that unscales internally, so under 16-/bf16-mixed the optimizer is built unfused (fp32 keeps fused)."""
+    import lightning as L
+
+    net = nn.Linear(4, 2)
+    factory = functools.partial(torch.optim.AdamW, lr=1e-3, fused=True)
+    amp = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, logger=False)
+    assert build_optimization(net, factory, None, None, "val/loss", trainer=amp).defaults["fused"] is False
+    fp32 = L.Trainer(accelerator="cpu", gradient_clip_val=1.0, logger=False)
+    assert build_optimization(net, factory, None, None, "val/loss", trainer=fp32).defaults["fused"] is True
+    no_clip = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False)
+    assert build_optimization(net, factory, None, None, "val/loss", trainer=no_clip).defaults["fused"] is True
+
+    class System(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch[0]).float().pow(2).mean()
+
+        def configure_optimizers(self):
+            return build_optimization(self.net, factory, None, None, "val/loss", trainer=self._trainer)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, max_steps=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(System(), data)  # raised "does not allow for gradient clipping" with the fused optimizer
+    assert trainer.global_step == 2
