@@ -4,6 +4,7 @@ Usage::
 
     python -m features.extract data/MOSI --out data/mosi/extracted.npz --workers 2 --dataset mosi
     python -m features.extract my_videos/ --out runs/my_videos.npz            # folder of videos + transcripts
+    python -m features.extract my_videos/ --out data/my_videos.npz --split-by-recording 0.7,0.15,0.15   # labelled
     python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --shard 3/64   # one node
     python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --merge        # merge
 
@@ -13,7 +14,24 @@ Inputs (:func:`discover`):
   ``train`` / ``valid`` / ``test``) and ``<dataset>/Raw/<video_id>/<clip_id>.mp4``; one utterance per row.
 * A folder of videos, each with a transcript of the same stem (``.srt``, ``.vtt`` or a CSV ``start,end,text``
   with optional ``label``); one utterance per transcript segment, id ``<stem>$_$<k>`` (k from 1). Without labels
-  the file is for prediction only (no ``regression_labels``); all utterances go to the ``--split`` split.
+  the file is for prediction only (no ``regression_labels``).
+
+Splits of a folder of videos (one source, :func:`discover`; a bad value is an error naming the file and line):
+
+* ``--split train|valid|test``: every utterance in that split (the transcripts' split columns are ignored).
+* a ``split`` (or ``mode``) column in the CSV transcripts: each utterance's own split (every CSV transcript of the
+  folder must have it); values ``train`` / ``valid`` (or ``val``) / ``test``.
+* ``--splits FILE`` (or a ``splits.csv`` in the folder, used without being named): a CSV with a recording column
+  (``video_id`` or ``recording``: the video's file stem) and a split column (``split`` or ``mode``), e.g. MMSA's
+  ``label.csv``; every recording of the folder must be in it.
+* ``--folds mosi|mosei|FILE.json``: the standard folds (CMU-MultimodalSDK JSON, lists of video ids under
+  ``standard_train_fold`` / ``standard_valid_fold`` / ``standard_test_fold``), the recordings named by video id;
+  ``mosi`` / ``mosei`` read ``data/mosi_labels/<name>_folds.json`` (data: not shipped, put it there or give a
+  path).
+* ``--split-by-recording 0.7,0.15,0.15`` (``--seed``, default 0): a seeded split of the recordings, so the
+  utterances of one recording never cross splits.
+
+Without any of these everything goes to ``test`` (a prediction-only folder); a labelled folder then gets a warning.
 
 Input safety: a video (or transcript) is only read when its resolved path stays inside the input root (``Raw/`` of
 the MMSA layout, which may itself be a link to a larger disk; the folder of videos): a symbolic link leading out of
@@ -197,6 +215,154 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------------ splits
+#: Column names that hold a split, in a transcript CSV or a split mapping file (MMSA's label.csv says ``mode``).
+SPLIT_COLUMNS = ("split", "mode")
+#: Column names that name a recording (its file stem) in a split mapping file.
+RECORDING_COLUMNS = ("video_id", "recording")
+#: Split values accepted besides FILE_SPLITS (Lightning's stage name and common spellings).
+SPLIT_ALIASES = {"val": "valid", "validation": "valid", "dev": "valid"}
+#: ``--folds mosi|mosei``: where the standard fold files (CMU-MultimodalSDK, video ids) are looked for, relative to
+#: the working directory (the project's data root, like every data path). They are data, not shipped.
+STANDARD_FOLDS = {"mosi": "data/mosi_labels/mosi_folds.json", "mosei": "data/mosi_labels/mosei_folds.json"}
+#: The name of a split mapping file found in a folder of videos without being named.
+SPLITS_FILE_NAME = "splits.csv"
+
+
+def _split_value(value: str, where: str) -> str:
+    v = (value or "").strip().lower()
+    v = SPLIT_ALIASES.get(v, v)
+    if v not in FILE_SPLITS:
+        raise ValueError(f"{where}: split {value!r} is not one of {FILE_SPLITS} (or 'val')")
+    return v
+
+
+def transcript_splits(path: str | os.PathLike) -> list[str] | None:
+    """The split of each row of a CSV transcript with a ``split`` (or ``mode``) column, in row order (one row per
+    segment, as :func:`features.text.read_transcript` reads it); ``None`` for a transcript without one.
+
+    Raises:
+        ValueError: a value that is not a split, naming the file and line.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        return None
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+    col = next((cols[c] for c in SPLIT_COLUMNS if c in cols), None)
+    if col is None:
+        return None
+    return [_split_value(row[col] or "", f"{path}:{i}") for i, row in enumerate(reader, start=2)]
+
+
+def read_split_file(path: str | os.PathLike) -> dict[str, str]:
+    """``{recording: split}`` from a CSV with a recording column (``video_id`` or ``recording``: the video's file
+    stem) and a split column (``split`` or ``mode``), e.g. ``splits.csv`` or MMSA's ``label.csv`` (one row per
+    utterance there; all rows of a recording must agree).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a missing column, an unknown split value, or a recording given two splits (file and line named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split file not found")
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+    rec_col = next((cols[c] for c in RECORDING_COLUMNS if c in cols), None)
+    split_col = next((cols[c] for c in SPLIT_COLUMNS if c in cols), None)
+    if rec_col is None or split_col is None:
+        raise ValueError(f"{path}: a split file needs a recording column ({' or '.join(RECORDING_COLUMNS)}) and a "
+                         f"split column ({' or '.join(SPLIT_COLUMNS)}); header {reader.fieldnames}")
+    out: dict[str, str] = {}
+    for line, row in enumerate(reader, start=2):
+        rec = (row[rec_col] or "").strip()
+        if not rec:
+            raise ValueError(f"{path}:{line}: empty {rec_col}")
+        split = _split_value(row[split_col] or "", f"{path}:{line}")
+        if out.setdefault(rec, split) != split:
+            raise ValueError(f"{path}:{line}: recording {rec!r} is in split {split!r} here but {out[rec]!r} on an "
+                             "earlier line (the utterances of one recording stay in one split)")
+    return out
+
+
+def read_folds(folds: str | os.PathLike) -> tuple[dict[str, str], Path]:
+    """``({video id: split}, file)`` of a folds JSON in the CMU-MultimodalSDK form (lists of video ids under
+    ``standard_train_fold``, ``standard_valid_fold``, ``standard_test_fold``). ``"mosi"`` / ``"mosei"`` name the
+    standard folds at :data:`STANDARD_FOLDS`.
+
+    Raises:
+        FileNotFoundError: the file is missing (for ``mosi``/``mosei``: where it is looked for).
+        ValueError: not such a JSON, or a video id in two folds (file named).
+    """
+    name = str(folds)
+    path = Path(STANDARD_FOLDS.get(name.lower(), name))
+    if not path.is_file():
+        hint = (f" (--folds {name} reads the standard folds from {STANDARD_FOLDS[name.lower()]} under the working "
+                "directory: put the CMU-MultimodalSDK fold file there, or give its path)"
+                if name.lower() in STANDARD_FOLDS else "")
+        raise FileNotFoundError(f"{path}: folds file not found{hint}")
+    try:
+        data = json.loads(read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON file ({err})") from err
+    keys = [f"standard_{s}_fold" for s in FILE_SPLITS]
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in keys):
+        raise ValueError(f"{path}: a folds file holds lists of video ids under {keys}")
+    out: dict[str, str] = {}
+    for split, key in zip(FILE_SPLITS, keys):
+        for vid in data[key]:
+            if out.setdefault(str(vid), split) != split:
+                raise ValueError(f"{path}: video {vid!r} is in both {out[str(vid)]!r} and {split!r}")
+    return out, path
+
+
+def parse_fractions(value: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> ``(0.7, 0.15, 0.15)``: train/valid/test fractions, each >= 0, summing to 1.
+
+    Raises:
+        ValueError: anything else, naming the value.
+    """
+    try:
+        parts = tuple(float(v) for v in str(value).split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(not np.isfinite(p) or p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three numbers >= 0 summing to 1 (train,valid,test), "
+                         f"e.g. 0.7,0.15,0.15; got {value!r}")
+    return parts  # type: ignore[return-value]
+
+
+def split_recordings(recordings: Sequence[str], fractions: Sequence[float], seed: int = 0) -> dict[str, str]:
+    """A seeded split BY RECORDING: ``{recording: split}`` with about ``fractions`` (train, valid, test) of the
+    recordings in each split (rounded; a split with a fraction > 0 gets at least one recording when there are
+    enough). The same names, fractions and seed always give the same split, whatever the listing order.
+
+    Raises:
+        ValueError: too few recordings to give every split with a fraction > 0 one (the counts named).
+    """
+    names = sorted(set(recordings))
+    n = len(names)
+    want = [f > 0 for f in fractions]
+    if n < sum(want):
+        raise ValueError(f"split by recording {tuple(fractions)}: {n} recording(s) cannot fill {sum(want)} splits")
+    counts = [round(f * n) for f in fractions]
+    for i in (1, 2):  # valid and test get one recording when asked for any
+        counts[i] = max(counts[i], 1) if want[i] else 0
+    counts[0] = n - counts[1] - counts[2]
+    while counts[0] < (1 if want[0] else 0):  # take back from the larger of valid/test
+        j = 1 if counts[1] >= counts[2] else 2
+        counts[j] -= 1
+        counts[0] += 1
+    order = np.random.default_rng(seed).permutation(n)
+    out, k = {}, 0
+    for split, count in zip(FILE_SPLITS, counts):
+        for idx in order[k:k + count]:
+            out[names[idx]] = split
+        k += count
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ discovery
 def _inside(path: Path, real_root: Path) -> bool:
     """Whether ``path`` (after following symbolic links and ``..``) lies inside the resolved ``real_root``."""
@@ -217,33 +383,56 @@ def _find_media(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def discover(source: str | os.PathLike, split: str = "test", transcript: str | os.PathLike | None = None
+def discover(source: str | os.PathLike, split: str | None = None, transcript: str | os.PathLike | None = None,
+             *, splits: str | os.PathLike | None = None, folds: str | os.PathLike | None = None,
+             split_by_recording: Sequence[float] | None = None, seed: int = 0
              ) -> tuple[list[Clip], list[BadClip], str]:
     """List the clips of a dataset directory (MMSA raw layout) or of a folder of videos with transcripts.
+
+    The split of a folder's utterances comes from ONE of (see the module docstring): ``split`` (all of them),
+    ``splits`` (a recording -> split CSV), ``folds`` (video ids per fold), ``split_by_recording`` (seeded
+    fractions); without any, a ``split``/``mode`` column of the CSV transcripts, else a ``splits.csv`` in the
+    folder, else everything goes to ``test`` (a warning when the utterances are labelled).
 
     Args:
         source: dataset directory (with ``label.csv`` and ``Raw/``), a folder of videos, or one video file (each
             video with a transcript of the same stem beside it).
-        split: split of every utterance of a video folder (``train`` / ``valid`` / ``test``).
+        split: split of every utterance of a video folder (``train`` / ``valid`` / ``test``); transcript split
+            columns are then ignored.
         transcript: the transcript of a single video ``source`` (default: the file of the same stem beside it).
+        splits: CSV mapping each recording (video file stem) to a split (:func:`read_split_file`).
+        folds: ``"mosi"``, ``"mosei"`` or a folds JSON path (:func:`read_folds`); recordings are named by video id.
+        split_by_recording: ``(train, valid, test)`` fractions of the recordings (:func:`split_recordings`).
+        seed: seed of ``split_by_recording``.
 
     Returns:
         ``(clips, bad, kind)``: clips in output order, the bad inputs found while listing, and ``"mmsa"`` or
         ``"folder"``.
 
     Raises:
-        FileNotFoundError: ``source`` does not exist.
-        ValueError: a ``label.csv`` without the required columns or with an unknown mode / a bad label.
+        FileNotFoundError: ``source`` (or a split file) does not exist.
+        ValueError: a ``label.csv`` without the required columns or with an unknown mode / a bad label; more than
+            one split source; a split file, folds file or transcript split column with a bad value or without a
+            recording of the folder (the file named).
     """
     src = Path(source)
     if not src.exists():
         raise FileNotFoundError(f"{src}: does not exist (give a dataset directory, a folder of videos or a video)")
-    if split not in FILE_SPLITS:
+    if split is not None and split not in FILE_SPLITS:
         raise ValueError(f"discover: split must be one of {FILE_SPLITS}, got {split!r}")
+    given = [name for name, v in (("--split", split), ("--splits", splits), ("--folds", folds),
+                                  ("--split-by-recording", split_by_recording)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one source of splits, not {' and '.join(given)}")
+    if split_by_recording is not None:
+        split_by_recording = parse_fractions(",".join(str(f) for f in split_by_recording))
     clips: list[Clip] = []
     bad: list[BadClip] = []
     label_csv = src / "label.csv"
     if src.is_dir() and label_csv.is_file():
+        if given and given != ["--split"]:
+            raise ValueError(f"{label_csv}: its `mode` column gives the splits of the MMSA raw layout; "
+                             f"{given[0]} is for a folder of videos with transcripts")
         raw = src / "Raw"
         real_raw = raw.resolve()
         seen: set[str] = set()
@@ -308,6 +497,8 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
         raise FileNotFoundError(f"{src}: neither a label.csv (MMSA raw layout) nor video files "
                                 f"({', '.join(VIDEO_EXTENSIONS)}) found")
     real_src = src.resolve()
+    rec_split, split_origin = _recording_splits(src, videos, split, splits, folds, split_by_recording, seed)
+    columns: dict[str, list[str] | None] = {}  # transcript -> its split column (auto mode only)
     for video in videos:
         if src.is_dir() and not _inside(video, real_src):  # a symbolic link out of the folder
             bad.append(_outside(video.stem, video, real_src, "the video"))
@@ -329,14 +520,66 @@ def discover(source: str | os.PathLike, split: str = "test", transcript: str | o
         except TranscriptError as err:
             bad.append(BadClip(video.stem, str(transcript_path), err.reason, err.detail))
             continue
+        column = transcript_splits(transcript_path) if split is None else None
+        if column is not None and rec_split is not None:
+            raise ValueError(f"{transcript_path}: has a split column, but the splits come from {split_origin}; "
+                             "drop one of the two")
+        columns[str(transcript_path)] = column
         for k, seg in enumerate(segments, start=1):
             cid = f"{video.stem}$_${k}"
             if not seg.text:
                 bad.append(BadClip(cid, str(transcript_path), "empty_transcript_segment",
                                    f"segment {k} ({seg.start:.3f}-{seg.end:.3f} s) has no text"))
                 continue
-            clips.append(Clip(cid, str(video), split, seg.text, seg.label, seg.start, seg.end))
+            seg_split = (rec_split[video.stem] if rec_split is not None else column[k - 1] if column is not None
+                         else split or "test")
+            clips.append(Clip(cid, str(video), seg_split, seg.text, seg.label, seg.start, seg.end))
+    with_col = [t for t, c in columns.items() if c is not None]
+    if with_col and len(with_col) < len(columns):
+        without = [t for t, c in columns.items() if c is None]
+        raise ValueError(f"{with_col[0]} has a split column but {len(without)} transcript(s) have none "
+                         f"({', '.join(without[:5])}): give every CSV transcript the column, or use --splits / "
+                         "--folds / --split-by-recording")
+    origin = "transcript split columns" if with_col else split_origin
+    if origin == "default" and clips and all(c.label is not None for c in clips):
+        log.warning("%s: all %d labelled utterances go to the 'test' split (no split given): to train on them, "
+                    "add a `split` column to the CSV transcripts, a %s, or pass --folds / --split-by-recording",
+                    src, len(clips), SPLITS_FILE_NAME)
+    else:
+        log.info("%s: splits from %s", src, origin)
     return clips, bad, "folder"
+
+
+def _recording_splits(src: Path, videos: Sequence[Path], split: str | None, splits: str | os.PathLike | None,
+                      folds: str | os.PathLike | None, fractions: Sequence[float] | None, seed: int
+                      ) -> tuple[dict[str, str] | None, str]:
+    """``({video stem: split} or None, where the splits come from)``: ``None`` when each utterance's split comes
+    from ``split`` or the transcripts. Every video of the folder must be given a split (error naming the file)."""
+    if split is not None:
+        return None, f"--split {split}"
+    if src.is_dir() and splits is None and folds is None and fractions is None and (src / SPLITS_FILE_NAME).is_file():
+        splits = src / SPLITS_FILE_NAME
+    stems = [v.stem for v in videos]
+    if splits is not None:
+        mapping, origin = read_split_file(splits), str(splits)
+    elif folds is not None:
+        mapping, path = read_folds(folds)
+        origin = str(path)
+    elif fractions is not None:
+        spec = ",".join(map(str, fractions))
+        return split_recordings(stems, fractions, seed), f"--split-by-recording {spec} (seed {seed})"
+    else:
+        return None, "default"
+    missing = [s for s in stems if s not in mapping]
+    if missing:
+        raise ValueError(f"{origin}: names no split for {len(missing)} of the {len(stems)} recording(s) of {src} "
+                         f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); every recording (video "
+                         "file stem) needs one")
+    unused = sorted(set(mapping) - set(stems))
+    if unused and folds is None:
+        log.warning("%s: %d recording(s) named there are not in %s (%s)", origin, len(unused), src,
+                    ", ".join(unused[:5]))
+    return {s: mapping[s] for s in stems}, origin
 
 
 # ------------------------------------------------------------------------------------------------------ cache
@@ -705,10 +948,12 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
 
 def extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractorSettings = ExtractorSettings(),
             *, workers: int = 1, cache_dirs: Sequence[str | os.PathLike] | None = None, shard: tuple[int, int] | None
-            = None, merge: bool = False, split: str = "test", dataset_name: str | None = None,
-            overwrite: bool = False, progress: bool = True, transcript: str | os.PathLike | None = None
-            ) -> dict[str, Any] | None:
-    """Discover, extract (resuming from the cache) and assemble; see the module docstring.
+            = None, merge: bool = False, split: str | None = None, dataset_name: str | None = None,
+            overwrite: bool = False, progress: bool = True, transcript: str | os.PathLike | None = None,
+            splits: str | os.PathLike | None = None, folds: str | os.PathLike | None = None,
+            split_by_recording: Sequence[float] | None = None, seed: int = 0) -> dict[str, Any] | None:
+    """Discover, extract (resuming from the cache) and assemble; see the module docstring (the split arguments are
+    those of :func:`discover`).
 
     Returns:
         The report, or ``None`` for a ``shard`` run (which only fills the cache).
@@ -724,7 +969,8 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
     if settings.vision.face_model:
         FaceExpressionModel(settings.vision.face_model)  # a bad checkpoint is refused before any work
     cache_dirs = list(cache_dirs or [out.with_name(out.name + ".cache")])
-    clips, bad, kind = discover(source, split, transcript)
+    clips, bad, kind = discover(source, split, transcript, splits=splits, folds=folds,
+                                split_by_recording=split_by_recording, seed=seed)
     log.info("%s (%s): %d clips, %d bad inputs found while listing%s", source, kind, len(clips), len(bad),
              f" ({dict(sorted(Counter(b.reason for b in bad).items()))})" if bad else "")
     torn: list[str] = []
@@ -752,6 +998,13 @@ def _shard(value: str) -> tuple[int, int]:
     return k, n
 
 
+def _fractions(value: str) -> tuple[float, float, float]:
+    try:
+        return parse_fractions(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     a, v = AudioSettings(), VisionSettings()
     p = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0])
@@ -763,7 +1016,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", nargs="+", default=None, help="cache director(y/ies) (default <out>.cache)")
     p.add_argument("--dataset", choices=sorted(STANDARD_SPLIT_SIZES["mmsa"]), default=None,
                    help="check the split sizes against this dataset's standard ones")
-    p.add_argument("--split", choices=FILE_SPLITS, default="test", help="split of a video folder's utterances")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--split", choices=FILE_SPLITS, default=None,
+                   help="put every utterance of a video folder in this split (default: a `split` column of the CSV "
+                        f"transcripts, else a {SPLITS_FILE_NAME} in the folder, else test)")
+    g.add_argument("--splits", default=None, metavar="CSV",
+                   help="CSV mapping each recording (video_id or recording = file stem) to a split (split or mode)")
+    g.add_argument("--folds", default=None, metavar="mosi|mosei|JSON",
+                   help="standard folds (video ids): mosi / mosei read data/mosi_labels/<name>_folds.json, or a "
+                        "folds JSON path")
+    g.add_argument("--split-by-recording", type=_fractions, default=None, metavar="TRAIN,VALID,TEST",
+                   help="seeded split of the recordings, e.g. 0.7,0.15,0.15 (a recording's utterances stay together)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --split-by-recording (default 0)")
     p.add_argument("--fps", type=float, default=v.fps, help=f"video frames sampled per second ({v.fps:g})")
     p.add_argument("--detector", choices=("mtcnn", "haar"), default=v.detector)
     p.add_argument("--face-model", default=None, help="LitFER checkpoint of the face-expression model")
@@ -801,14 +1065,29 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any] | None:
         egemaps(np.zeros(16000, np.float32), 16000)  # fail before any work when opensmile is missing
     report = extract(args.source, args.out, settings, workers=args.workers, cache_dirs=args.cache, shard=args.shard,
                      merge=args.merge, split=args.split, dataset_name=args.dataset, overwrite=args.overwrite,
-                     progress=not args.no_progress)
-    if report is not None:
-        print(json.dumps({k: report[k] for k in ("split_sizes", "bad_counts", "left_out")}, sort_keys=True))
-        if report["bad"]:
-            print(f"{len(report['bad'])} bad clip(s) listed in {Path(args.out).with_name(Path(args.out).stem)}"
-                  ".report.json", file=sys.stderr)
+                     progress=not args.no_progress, splits=args.splits, folds=args.folds,
+                     split_by_recording=args.split_by_recording, seed=args.seed)
+    out = Path(args.out)
+    cache = ", ".join(args.cache) if args.cache else str(out.with_name(out.name + ".cache"))
+    if report is None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} extracted into the cache {cache}; write the file with --merge")
+        return None
+    print(json.dumps({k: report[k] for k in ("split_sizes", "bad_counts", "left_out")}, sort_keys=True))
+    if report["bad"]:
+        print(f"{len(report['bad'])} bad clip(s) listed in {out.with_name(out.stem)}.report.json", file=sys.stderr)
+    print(f"wrote {out} (report {out.with_name(out.stem + '.report.json')}, cache {cache})")
     return report
 
 
+def _command_line() -> None:
+    """``python -m features.extract``: a user error (a bad input, a missing or existing file) ends with one line
+    naming it, not a traceback."""
+    try:
+        main()
+    except (ValueError, OSError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    _command_line()
