@@ -11,6 +11,7 @@ is >= 0 (the "has-0" convention of ``acc2_has0``) else ``negative``; 7-class ``r
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from common.io import atomic_write
 
 __all__ = ["CLASS7_NAMES", "SentimentTimelineWriter", "sentiment_classes"]
+
+log = logging.getLogger(__name__)
 
 CLASS7_NAMES = ("strongly negative", "negative", "weakly negative", "neutral", "weakly positive", "positive",
                 "strongly positive")
@@ -43,7 +46,10 @@ class SentimentTimelineWriter(BasePredictionWriter):
         output_dir: folder for the outputs (created).
         csv_name: CSV file name.
         plot: ``"timeline"`` or ``"none"``.
-        overwrite: ``"never"`` (refuse, before predicting, to replace an existing CSV) or ``"replace"``.
+        overwrite: ``"never"`` (refuse, before predicting, to replace an existing CSV) or ``"replace"``
+            (``cli.py predict --overwrite true`` sets it).
+
+    The run ends with one log line naming the CSV and the plot(s) written.
     """
 
     def __init__(
@@ -71,8 +77,9 @@ class SentimentTimelineWriter(BasePredictionWriter):
         self._rows, self.written = [], []
         path = self.output_dir / self.csv_name
         if self.overwrite == "never" and path.exists():
-            raise FileExistsError(f"SentimentTimelineWriter: {path} already exists; choose another output_dir or "
-                                  "set overwrite='replace'")
+            raise FileExistsError(f"SentimentTimelineWriter: {path} already exists (an earlier prediction); add "
+                                  "--overwrite true to replace it, or write elsewhere with "
+                                  "--trainer.callbacks.init_args.output_dir DIR (Python: overwrite='replace')")
 
     def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int) -> None:
@@ -101,6 +108,9 @@ class SentimentTimelineWriter(BasePredictionWriter):
         if self.plot == "timeline" and rows:
             for source in sorted({r["source"] for r in rows}):
                 self.written.append(self._plot(source, [r for r in rows if r["source"] == source]))
+        plots = [str(p) for p in self.written[1:]]
+        log.info("Sentiment of %d utterance(s) written to %s%s", len(rows), path,
+                 f" (plot: {', '.join(plots)})" if plots else "")
 
     def _plot(self, source: str, rows: list[dict[str, Any]]) -> Path:
         import matplotlib

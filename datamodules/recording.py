@@ -8,6 +8,16 @@ prediction-only feature file under ``output_dir``. :meth:`~RecordingDataModule.s
 names and dims against the reference file and the checkpoint (a mismatch is a ``ValueError`` naming both sides),
 pads the sequences to the checkpoint's ``seq_lens`` and serves the same batches as
 :class:`datamodules.mosei.MMSADataModule`.
+
+User errors are :class:`RecordingInputError` and are raised before any extraction (:meth:`~RecordingDataModule.check`,
+called by ``cli.py predict`` as soon as it knows the checkpoint, and by ``prepare_data``):
+
+* no transcript: the files looked for beside the video are named, with the flag that gives one
+  (``--data.init_args.transcript``); the project has no offline speech-to-text, so a transcript is needed;
+* a checkpoint trained on a feature file without an ``extractor`` header (e.g. the generated demo file of
+  ``configs/hgcl_demo.yaml``, :mod:`features.synthetic_mmsa`): its features are not the extractor's, so it cannot
+  score a recording; the message names the file and the documented chain (``features.extract`` -> ``fit`` ->
+  ``predict``, ``docs/workflows/recordings.md``).
 """
 
 from __future__ import annotations
@@ -25,16 +35,34 @@ from torch.utils.data import DataLoader
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from features.extract import ExtractorSettings, extract
 from features.mmsa_format import MMSASplit, load_feature_file
+from features.text import TRANSCRIPT_EXTENSIONS
 
-__all__ = ["RecordingDataModule"]
+__all__ = ["RecordingDataModule", "RecordingInputError"]
 
 log = logging.getLogger(__name__)
 
+#: What to do when a model cannot score recordings: train one on extracted features.
+TRAIN_ON_EXTRACTED = ("train on features extracted from recordings: `python -m features.extract <videos> --out "
+                      "data/<name>.npz --split-by-recording 0.7,0.15,0.15`, then `cli.py fit --config "
+                      "configs/hgcl_demo.yaml --data.init_args.path data/<name>.npz --checkpoint.dirpath "
+                      "runs/<name>/checkpoints`, then predict with --ckpt_path runs/<name>/checkpoints/last.ckpt "
+                      "(docs/workflows/recordings.md)")
 
-def _header(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+
+class RecordingInputError(ValueError):
+    """A recording or checkpoint that cannot be used as given (a user error: the message says what to do)."""
+
+    #: Marks an error whose message is the whole story: a command line may print it without a traceback.
+    user_error = True
+
+
+def _header(data: dict[str, Any], path: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
     if "extractor" not in data:
-        raise ValueError(f"{path}: no `extractor` header: the file was not written by `python -m features.extract`, "
-                         "so the extractor settings of the model are unknown")
+        who = f"the checkpoint {checkpoint} was trained on {path}, which" if checkpoint else f"{path}"
+        raise RecordingInputError(
+            f"{who} has no `extractor` header: it was not written by `python -m features.extract` (e.g. the "
+            "generated demo file of configs/hgcl_demo.yaml), so the model's features are not the extractor's and it "
+            f"cannot score a recording. To predict on recordings, {TRAIN_ON_EXTRACTED}")
     return json.loads(str(data["extractor"]))
 
 
@@ -76,11 +104,43 @@ class RecordingDataModule(pl.LightningDataModule):
         self._dims: dict[str, int] | None = None
         self._lens: dict[str, int] | None = None
         self.utterances: dict[str, dict[str, Any]] = {}
+        self._ref_cache: tuple[str, dict[str, Any]] | None = None
 
     def set_checkpoint(self, path: str) -> None:
         """Use ``path`` (``cli.py predict --ckpt_path``) when no ``checkpoint`` was given."""
         if not self.hparams.checkpoint:
             self._ckpt_from_cli = str(path)
+        self.check()
+
+    def check(self) -> None:
+        """The user errors, before any work: the video and its transcript exist, and the model's training file was
+        written by the extractor (see the module docstring).
+
+        Raises:
+            RecordingInputError: no video, no transcript, or a checkpoint that cannot score recordings.
+        """
+        video = Path(self.hparams.video)
+        if not video.is_file():
+            raise RecordingInputError(f"RecordingDataModule: video {video} not found (--data.init_args.video)")
+        self._transcript()
+        self._reference()
+
+    def _transcript(self) -> Path:
+        video = Path(self.hparams.video)
+        if self.hparams.transcript is not None:
+            path = Path(self.hparams.transcript)
+            if not path.is_file():
+                raise RecordingInputError(f"RecordingDataModule: transcript {path} not found "
+                                          "(--data.init_args.transcript)")
+            return path
+        tried = [video.with_suffix(e) for e in TRANSCRIPT_EXTENSIONS]
+        found = next((p for p in tried if p.is_file()), None)
+        if found is None:
+            raise RecordingInputError(
+                f"RecordingDataModule: no transcript for {video}: looked for {', '.join(str(p) for p in tried)}. "
+                "Put one beside the video or pass it with --data.init_args.transcript FILE (.srt, .vtt, or a .csv "
+                "with columns start,end,text); a transcript is needed: the project has no offline speech-to-text")
+        return found
 
     # ------------------------------------------------------------------------------------------ helpers
     def _checkpoint_path(self) -> str | None:
@@ -106,7 +166,10 @@ class RecordingDataModule(pl.LightningDataModule):
         if not Path(ref).is_file():
             raise FileNotFoundError(f"RecordingDataModule: reference feature file {ref} not found (needed for the "
                                     "extractor settings of the model)")
-        return str(ref), _header(load_feature_file(ref), ref)
+        if self._ref_cache is None or self._ref_cache[0] != str(ref):
+            from_ckpt = None if self.hparams.reference is not None else self._checkpoint_path()
+            self._ref_cache = (str(ref), _header(load_feature_file(ref), ref, from_ckpt))
+        return self._ref_cache
 
     def _out_file(self) -> Path:
         return Path(self.hparams.output_dir) / f"{Path(self.hparams.video).stem}.features.npz"
@@ -118,13 +181,13 @@ class RecordingDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------------------------------ hooks
     def prepare_data(self) -> None:
         """Extract the recording's features with the reference settings (reused when already extracted)."""
+        self.check()
         video = Path(self.hparams.video)
-        if not video.is_file():
-            raise FileNotFoundError(f"RecordingDataModule: video {video} not found")
         _, header = self._reference()
         out = self._out_file()
-        report = extract(video, out, self._settings(header), transcript=self.hparams.transcript, overwrite=True,
-                         progress=False)
+        # split="test": the one split served, whatever split column the transcript has
+        report = extract(video, out, self._settings(header), transcript=self._transcript(), overwrite=True,
+                         progress=False, split="test")
         if report and report["bad"]:
             log.warning("%s: %d utterance(s) not usable: %s (see %s)", video, len(report["bad"]),
                         report["bad_counts"], out.with_name(out.stem + ".report.json"))
