@@ -20,8 +20,12 @@ Defaults added to every run:
   ``trainer.enable_progress_bar: false``);
 - a W&B logger (:class:`callbacks.loggers.AutoWandbLogger`) that runs offline when there is no API key or network;
   ``trainer.logger: {class_path: lightning.pytorch.loggers.CSVLogger, ...}`` selects CSV instead;
-- the resolved config saved as ``config.yaml`` in the run directory (the parent of the checkpoint directory),
-  overwritten on resume;
+- the resolved config saved as ``config.yaml`` in the run directory (the parent of the checkpoint directory) by
+  ``fit`` (overwritten on resume), as ``config_<subcommand>.yaml`` by the others (``predict``: in its writer's
+  output folder), so a ``test`` or ``predict`` never replaces the training run's ``config.yaml``; every command ends
+  with one line saying where its outputs are;
+- ``cli.py --help`` alone prints an overview (subcommands, the project's systems, nets and datamodules) without
+  importing Lightning; ``cli.py fit --help`` lists every option;
 - checkpoints read weights-only and written atomically
   (:class:`lightning_modules.checkpoint_io.SafeCheckpointIO`); ``--ckpt_path`` may be a local file or any fsspec URL
   (``file://``, ``http(s)://``, ``s3://`` ...), checked against the config's model before anything is built.
@@ -29,10 +33,18 @@ Defaults added to every run:
 
 from __future__ import annotations
 
+# the --help fast path below runs before Lightning (seconds to import) is imported
+import sys
+
+if __name__ == "__main__" and sys.argv[1:] in (["--help"], ["-h"]):
+    from lightning_modules.cli_support import overview
+
+    sys.stdout.write(overview())
+    raise SystemExit(0)
+
 import logging
 import os
 import re
-import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +69,7 @@ from lightning_modules.checkpoint_io import (
     local_checkpoint_path,
     with_safe_checkpoint_io,
 )
+from lightning_modules.cli_support import outputs_line, prediction_output_dir, saved_config_name
 
 __all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "compose_configs", "config_chain",
            "link_data_derived"]
@@ -145,9 +158,11 @@ def compose_configs(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
 
 
 class RunDirSaveConfig(SaveConfigCallback):
-    """Saves the resolved config as ``config.yaml`` in the run directory: the parent of the checkpoint directory
+    """Saves the resolved config in the run directory: the parent of the checkpoint directory
     (``runs/<experiment>/`` when ``checkpoint.dirpath`` is ``runs/<experiment>/checkpoints``), else the trainer's
-    ``log_dir``. A resumed run overwrites it."""
+    ``log_dir``. ``fit`` writes ``config.yaml`` (a resumed run overwrites it); the other subcommands write
+    ``config_<subcommand>.yaml`` (:func:`~lightning_modules.cli_support.saved_config_name`), ``predict`` into its
+    prediction writer's output folder when it has one, so they never replace the training run's config."""
 
     def __init__(
         self,
@@ -161,6 +176,8 @@ class RunDirSaveConfig(SaveConfigCallback):
             parser, config, config_filename=config_filename, overwrite=overwrite, multifile=multifile,
             save_to_log_dir=False,
         )
+        #: where the config of the last stage was saved (named by the closing outputs line)
+        self.saved_path: Path | None = None
 
     @staticmethod
     def run_dir(trainer: Trainer) -> Path:
@@ -171,10 +188,11 @@ class RunDirSaveConfig(SaveConfigCallback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        run_dir = self.run_dir(trainer)
+        run_dir = (prediction_output_dir(trainer) if stage == "predict" else None) or self.run_dir(trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / self.config_filename
+        path = run_dir / saved_config_name(stage, self.config_filename)
         self.parser.save(self.config, str(path), overwrite=True, multifile=self.multifile)
+        self.saved_path = path
         rank_zero_info(f"Resolved config saved to {path}")
 
 
@@ -265,14 +283,21 @@ class AffectCLI(LightningCLI):
             return None
 
     def _check_checkpoint_model(self, ckpt: dict[str, Any], path: str | Path, model_cfg: Any) -> None:
-        """``CheckpointError`` when the checkpoint's system or net class differs from the config's, naming both."""
+        """``CheckpointError`` when the checkpoint's system or net class differs from the config's, naming both.
+        ``predict`` with a system whose ``predict_net_from_checkpoint`` is true (``LitFER``) takes the checkpoint's
+        net whatever net the config names (logged once)."""
         ckpt_system, ckpt_net = checkpoint_classes(ckpt)
         cfg_system = model_cfg.get("class_path") if hasattr(model_cfg, "get") else None
         init = model_cfg.get("init_args") if hasattr(model_cfg, "get") else None
         net = init.get("net") if hasattr(init, "get") else None
         cfg_net = net.get("class_path") if hasattr(net, "get") else None
+        system_cls = self._resolve_class(ckpt_system) if ckpt_system else None
+        net_from_ckpt = (self.config.get("subcommand") == "predict" and ckpt_net is not None
+                         and getattr(system_cls, "predict_net_from_checkpoint", False))
+        if net_from_ckpt and cfg_net not in (None, ckpt_net):
+            rank_zero_info(f"Checkpoint {path}: predicting with its net {ckpt_net} (the config names {cfg_net})")
         for what, ours, theirs in (("system", cfg_system, ckpt_system), ("net", cfg_net, ckpt_net)):
-            if ours is None or theirs is None or ours == theirs:
+            if ours is None or theirs is None or ours == theirs or (what == "net" and net_from_ckpt):
                 continue
             a, b = self._resolve_class(ours), self._resolve_class(theirs)
             if a is None or a is not b:
@@ -424,11 +449,31 @@ class AffectCLI(LightningCLI):
         if state is None:
             rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
         elif hasattr(self.datamodule, "apply_preprocessing_state"):
-            self.datamodule.apply_preprocessing_state(state, origin=str(ckpt_path))
+            self.datamodule.apply_preprocessing_state(state, origin=str(ckpt_path),
+                                                      inputs=getattr(self.model.net, "inputs", None))
+
+    def _report_outputs(self, stage: str) -> None:
+        """The closing line of every command: where its outputs are (rank 0)."""
+        saver = next((c for c in self.trainer.callbacks if isinstance(c, RunDirSaveConfig)), None)
+        run_dir = RunDirSaveConfig.run_dir(self.trainer)
+        rank_zero_info(outputs_line(stage, self.trainer, run_dir, getattr(saver, "saved_path", None)))
+
+    def after_validate(self) -> None:
+        self._report_outputs("validate")
+
+    def after_test(self) -> None:
+        self._report_outputs("test")
+
+    def after_predict(self) -> None:
+        self._report_outputs("predict")
 
     def after_fit(self) -> None:
         """Validate and test the best checkpoint (``last`` when none is monitored) so that every ``fit`` prints its
-        validation and test metrics; ``--test_after_fit false`` skips it."""
+        validation and test metrics; ``--test_after_fit false`` skips it. Ends with the outputs line."""
+        self._evaluate_after_fit()
+        self._report_outputs("fit")
+
+    def _evaluate_after_fit(self) -> None:
         if not self.config.fit.get("test_after_fit", True) or self.trainer.fast_dev_run:
             return
         if self.trainer.interrupted:

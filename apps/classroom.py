@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.classroom_api import DEFAULT_CONFIG, analyze_video
+from apps.classroom_api import DEFAULT_CONFIG, analyze_video, default_every_n_frames
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def analyze_for_page(
     timeline = next((f for n, f in files.items() if n.startswith("timeline_")), None)
     video = next((f for n, f in files.items() if n.startswith("annotated_")), None)
     notes = df.attrs["notes"]
-    status = (f"**{summary.shape[0]} student(s)**, {len(df)} face observations, written to `{out}`."
+    status = (f"**{summary.shape[0]} student(s)**, {len(df)} face observations in "
+              f"{df.attrs.get('frames_analysed') or 'the frames'}, written to `{out}`."
               + ("".join(f"\n\n- {n}" for n in notes) if notes else ""))
     table = summary.round(3) if len(summary) else summary
     return status, video, timeline, files.get("summary.png"), table, files.get("emotions.csv")
@@ -94,7 +95,8 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
             with gr.Column():
                 typed = gr.Textbox(label="…or a video path, webcam index (0) or stream URL", elem_id="source")
                 ckpt = gr.Textbox(label="Checkpoint (.ckpt)", value=default_ckpt or "", elem_id="ckpt")
-                stride = gr.Slider(1, 30, value=5, step=1, label="Analyse one frame in n", elem_id="stride")
+                stride = gr.Slider(1, 30, value=default_every_n_frames(config), step=1,
+                                   label="Analyse one frame in n", elem_id="stride")
                 min_face = gr.Slider(12, 200, value=20, step=1, label="Smallest face (pixels)", elem_id="min_face")
                 button = gr.Button("Analyze", variant="primary", elem_id="analyze")
         status = gr.Markdown(elem_id="status")

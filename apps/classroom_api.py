@@ -23,10 +23,18 @@ from typing import Literal
 import pandas as pd
 import yaml
 
-__all__ = ["DEFAULT_CONFIG", "analyze_video"]
+__all__ = ["DEFAULT_CONFIG", "analyze_video", "default_every_n_frames"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "fer" / "predict_video.yaml"
+
+
+def default_every_n_frames(config: str | Path = DEFAULT_CONFIG) -> int:
+    """The frame stride of the prediction config (``data.init_args.predict_every_n_frames``; 1 when it sets none):
+    the one default of ``cli.py predict``, :func:`analyze_video` and the page."""
+    cfg = yaml.safe_load(Path(config).read_text()) or {}
+    value = (((cfg.get("data") or {}).get("init_args") or {}).get("predict_every_n_frames"))
+    return int(value) if value is not None else 1
 
 
 def _writer_entry(callbacks: list) -> dict:
@@ -44,7 +52,7 @@ def analyze_video(
     overwrite: bool = False,
     detector: Literal["mtcnn", "haar", "none"] = "mtcnn",
     min_face_size: int = 20,
-    every_n_frames: int = 1,
+    every_n_frames: int | None = None,
     smooth_window: int = 5,
     max_fps: float | None = None,
     max_frames: int | None = None,
@@ -60,14 +68,16 @@ def analyze_video(
             folder is refused unless ``overwrite``.
         config: the prediction config (its model section must be the trained architecture).
         overwrite: replace the outputs of an earlier run in ``output_dir``.
-        detector / min_face_size / every_n_frames / max_fps / max_frames: see ``FERDataModule``'s ``predict_*``.
+        detector / min_face_size / every_n_frames / max_fps / max_frames: see ``FERDataModule``'s ``predict_*``;
+            ``every_n_frames=None`` takes the config's ``predict_every_n_frames`` (:func:`default_every_n_frames`:
+            5 in ``predict_video.yaml``), so the API, the page and ``cli.py predict`` analyse the same frames.
         smooth_window: per-student moving average of the probabilities (observations).
         batch_size: faces per forward pass.
         annotated_video: ``"mp4"`` or ``"none"``.
 
     Returns:
         The per-face table (columns of the CSV); ``attrs``: ``summary`` (DataFrame), ``notes`` (list of str),
-        ``files`` (list of paths), ``output_dir``.
+        ``files`` (list of paths), ``output_dir``, ``frames_analysed`` (``"N of M frames (one in n)"``).
 
     Raises:
         FileNotFoundError / ValueError: missing or foreign checkpoint, a missing source, a bad video or a source
@@ -91,6 +101,8 @@ def analyze_video(
     check_output_parent(output_dir, "analyze_video")  # the writer checks the folder itself before predicting
     cfg = yaml.safe_load(Path(config).read_text())
     data = cfg["data"]["init_args"]
+    if every_n_frames is None:
+        every_n_frames = default_every_n_frames(config)
     data.update(
         predict_source=str(source), predict_detector=detector, predict_min_face_size=int(min_face_size),
         predict_every_n_frames=int(every_n_frames), predict_max_fps=max_fps, predict_max_frames=max_frames,
@@ -108,5 +120,5 @@ def analyze_video(
     cb = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EmotionTimelineWriter")
     table = cb.table if cb.table is not None else pd.DataFrame()
     table.attrs.update(summary=cb.summary, notes=list(cb.notes), files=[str(p) for p in cb.written],
-                       output_dir=str(output_dir))
+                       output_dir=str(output_dir), frames_analysed=(cb.run_info or {}).get("frames_analysed", ""))
     return table

@@ -135,6 +135,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
         self.notes: list[str] = []
         self.table: pd.DataFrame | None = None
         self.summary: pd.DataFrame | None = None
+        #: the content of run_info.json of the last run (``frames_analysed``: "N of M frames (one in n)", counts)
+        self.run_info: dict | None = None
         self._done = False
 
     # ------------------------------------------------------------------ paths
@@ -181,7 +183,7 @@ class EmotionTimelineWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._chunks, self.written, self.notes = [], [], []
-        self.table = self.summary = None
+        self.table = self.summary = self.run_info = None
         self._done = False
 
     @staticmethod
@@ -290,14 +292,15 @@ class EmotionTimelineWriter(BasePredictionWriter):
                 self.written.append(p)
             if self.annotated_video == "mp4":
                 self._annotate(trainer, ds, source, sdf, out / self._rank_name(trainer, f"annotated_{name}.mp4"))
-        info = {"sources": sources, "faces": len(table), "students": len(summary),
+        frames = ds.frames_summary() if hasattr(ds, "frames_summary") else f"{stats.get('frames', 0)} frames"
+        info = {"sources": sources, "frames_analysed": frames, "faces": len(table), "students": len(summary),
                 "stats": {k: int(v) for k, v in stats.items()}, "notes": self.notes,
                 "smooth_window": self.smooth_window, "class_names": names}
         p = out / self._rank_name(trainer, "run_info.json")
         with atomic_write(p, "w") as fh:
             fh.write(json.dumps(info, indent=1))
         self.written.append(p)
-        self.table, self.summary = table, summary
+        self.table, self.summary, self.run_info = table, summary, info
         log.info("EmotionTimelineWriter: %d faces, %d students -> %s", len(table), len(summary), out)
         self._chunks = []
 

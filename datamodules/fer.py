@@ -618,11 +618,20 @@ class FERDataModule(LightningDataModule):
                             type(self).__name__)
         return {"version": PREPROCESSING_VERSION, "settings": settings, "sun_params": sun}
 
-    def apply_preprocessing_state(self, state: dict[str, Any], origin: str = "the checkpoint") -> None:
+    def apply_preprocessing_state(
+        self, state: dict[str, Any], origin: str = "the checkpoint", inputs: tuple[str, ...] | None = None,
+    ) -> None:
         """Use a trained model's preprocessing (see :meth:`preprocessing_state`) for prediction.
 
         The stored settings replace this datamodule's (a model only works with the crops and descriptors it was
         trained on); every value that changes is logged.
+
+        Args:
+            state: the stored preprocessing state.
+            origin: where it comes from (named in messages).
+            inputs: the batch keys the model's net takes (``net.inputs``); a net that takes no ``descriptor``
+                (a timm classifier) gets no descriptor maps (``descriptor: none``: nothing computed, no SUN
+                statistics needed), whatever descriptor its training used.
 
         Raises:
             ValueError: the state is not of a known version or lacks settings (naming ``origin``).
@@ -641,6 +650,11 @@ class FERDataModule(LightningDataModule):
         for k, (old, new) in changed.items():
             log.warning("%s: %s = %r from %s (was %r)", name, k, new, origin, old)
         hp.update({k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in settings.items()})
+        if inputs is not None and "descriptor" not in inputs and hp.descriptor != "none":
+            log.info("%s: descriptor = 'none' (the model of %s takes %s, no descriptor map; trained with %r)",
+                     name, origin, tuple(inputs), hp.descriptor)
+            hp.descriptor = "none"
+            state = {**state, "sun_params": None}
         self._crop_settings = FaceCropSettings(
             image_size=hp.image_size, face_detection=hp.face_detection, margin=hp.face_margin,
             no_face=hp.no_face, background=hp.background,
@@ -904,6 +918,7 @@ class FERDataModule(LightningDataModule):
             hp.predict_every_n_frames,
             hp.predict_max_fps,
             hp.predict_max_frames,
+            progress=hp.progress == "rich",
         )
 
     # ------------------------------------------------------------------ loaders
@@ -989,6 +1004,7 @@ class FacePredictDataset(IterableDataset):
         every_n_frames: frame stride of videos.
         max_fps: frame-rate cap of live sources.
         max_frames: frame limit of live sources.
+        progress: show a progress bar over the frames (with a total and an ETA for a video file or a folder).
 
     Attributes:
         record_to: path where a live source's frames are recorded (set before iterating; the annotated video of a
@@ -1010,6 +1026,7 @@ class FacePredictDataset(IterableDataset):
         every_n_frames: int = 1,
         max_fps: float | None = None,
         max_frames: int | None = None,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if descriptor.descriptor == "sun" and sun_params is None:
@@ -1030,12 +1047,61 @@ class FacePredictDataset(IterableDataset):
         self.descriptor = descriptor
         self.sun_params = sun_params
         self.every_n_frames = int(every_n_frames)
+        self.progress = bool(progress)
         self.record_to: str | Path | None = None
         self.stats: Counter = Counter()
 
     @property
     def fps(self) -> float:
         return float(getattr(self._reader, "fps", 0.0) or 0.0)
+
+    def _image_files(self) -> list[Path]:
+        p = Path(self.source)
+        return [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+
+    @property
+    def source_frames(self) -> int | None:
+        """Frames of the source before the stride: the container's frame count of a video file (``None`` when the
+        container does not say), the number of images of a folder, ``None`` for a live source."""
+        if self.live:
+            return None
+        if self._reader is not None:
+            return int(getattr(self._reader, "n_frames", 0) or 0) or None
+        return len(self._image_files())
+
+    @property
+    def expected_frames(self) -> int | None:
+        """Frames that will be analysed (the progress total): ``ceil(source_frames / every_n_frames)`` for a video
+        file, every image of a folder, ``None`` when unknown (a live source, a container without a frame count)."""
+        total = self.source_frames
+        if total is None:
+            return None
+        return -(-total // self.every_n_frames) if self._reader is not None else total
+
+    def frames_summary(self) -> str:
+        """``"N of M frames (one in n)"`` after iterating: frames analysed of the frames the source had."""
+        n = int(self.stats.get("frames", 0))
+        if self.live:
+            return f"{n} frames taken from the live source"
+        if self._reader is None:
+            return f"{n} of {self.source_frames} images"
+        total = int(self.stats.get("source_frames", 0)) or self.source_frames
+        stride = "every frame" if self.every_n_frames == 1 else f"one in {self.every_n_frames}"
+        return f"{n} of {total if total else '?'} frames ({stride})"
+
+    def _with_progress(self, frames: Iterator) -> Iterator:
+        """``frames`` with a rich progress bar (frames analysed, total and ETA when known) when enabled."""
+        if not self.progress:
+            yield from frames
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=True) as bar:
+            task = bar.add_task(f"Frames of {Path(self.source).name or self.source}", total=self.expected_frames)
+            for item in frames:
+                yield item
+                bar.advance(task)
 
     def _is_video(self) -> bool:
         return Path(self.source).is_file() and Path(self.source).suffix.lower() in VIDEO_EXTENSIONS
@@ -1050,16 +1116,13 @@ class FacePredictDataset(IterableDataset):
             for k, v in self._reader.stats.items():
                 if k in ("unreadable", "dropped_by_fps_cap"):
                     self.stats[k] += v
+            if not self.live:  # frames read from the container (kept or not by the stride), unreadable ones too
+                self.stats["source_frames"] = self._reader.stats.get("decoded", 0) + self._reader.stats.get(
+                    "unreadable", 0)
             if getattr(self._reader, "stopped_by_user", False):
                 self.stats["stopped_by_user"] = 1
             return
-        p = Path(self.source)
-        files = (
-            [p]
-            if p.is_file()
-            else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        )
-        for i, f in enumerate(files):
+        for i, f in enumerate(self._image_files()):
             try:
                 rgb = load_image_rgb(f, self.crop.background)
             except BadImageError as err:
@@ -1073,7 +1136,7 @@ class FacePredictDataset(IterableDataset):
         self.stream.reset()
         no_landmarks = torch.full((5, 2), float("nan"))
         tracks: set[int] = set()
-        for frame, t, rgb, src in self._frames():
+        for frame, t, rgb, src in self._with_progress(self._frames()):
             self.stats["frames"] += 1
             faces = self.stream.process(frame, t, rgb)
             if not faces:
@@ -1100,10 +1163,10 @@ class FacePredictDataset(IterableDataset):
                 yield item
         self.stats["tracks"] = len(tracks)
         log.info(
-            "Prediction on %s: %d frames/images, %d faces in %d tracks, %d frames without a face, %d unreadable "
+            "Prediction on %s: %s analysed, %d faces in %d tracks, %d frames without a face, %d unreadable "
             "frames skipped, skipped images %s",
             self.source,
-            self.stats["frames"],
+            self.frames_summary(),
             self.stats["faces"],
             self.stats["tracks"],
             self.stats["frames_without_face"],

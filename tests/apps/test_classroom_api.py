@@ -47,7 +47,11 @@ def test_analyze_video_end_to_end_with_only_the_checkpoint(tiny, tmp_path) -> No
     assert {"emotions.csv", "summary.csv", "summary.png", "timeline_lesson.png", "annotated_lesson.mp4",
             "run_info.json"} <= names
     assert pd.read_csv(out / "emotions.csv").shape[0] == 16
-    assert (out / "config.yaml").is_file() and not (out / "checkpoints").exists()  # the resolved config is kept
+    # the resolved config is kept, named for the subcommand
+    assert (out / "config_predict.yaml").is_file() and not (out / "checkpoints").exists()
+    assert df.attrs["frames_analysed"] == "8 of 8 frames (every frame)"
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["frames_analysed"] == "8 of 8 frames (every frame)"
     # an existing output folder is refused, unless overwrite
     with pytest.raises(FileExistsError, match=str(out)):
         analyze_video(video, ckpt, out, config=cfg)
@@ -182,7 +186,7 @@ def test_cli_predict_command_with_only_the_checkpoint(tiny, tmp_path) -> None:
     first = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     assert pd.read_csv(out / "emotions.csv")["track_id"].nunique() == 2
-    assert (out / "annotated_lesson.mp4").is_file() and (out / "config.yaml").is_file()
+    assert (out / "annotated_lesson.mp4").is_file() and (out / "config_predict.yaml").is_file()
     again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert again.returncode != 0 and str(out) in again.stderr and "--overwrite true" in again.stderr
     forced = subprocess.run([*cmd, "--overwrite", "true"], cwd=repo, capture_output=True, text=True, timeout=600,
