@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from common import FER_PREPROCESSING_KEY
 from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
+from lightning_modules.schedulers import follow_trainer_epochs
 from metrics.fer import FERMetrics, PredictionCounts
 
 __all__ = ["FERNet", "LitFER", "read_fer_preprocessing"]
@@ -269,7 +270,10 @@ class LitFER(EpochMetricsSystem):
     def configure_optimizers(self) -> Any:
         if self.net is None:
             raise RuntimeError("LitFER: configure_optimizers called before the net was built")
-        return build_optimization(self.net, self.optimizer_factory, self.scheduler_factory,
+        # a WarmupCosineLR without max_epochs follows trainer.max_epochs (so --trainer.max_epochs 3 shrinks it)
+        max_epochs = self._trainer.max_epochs if self._trainer is not None else None
+        scheduler = follow_trainer_epochs(self.scheduler_factory, max_epochs)
+        return build_optimization(self.net, self.optimizer_factory, scheduler,
                                   self.hparams.lr_multipliers, self.hparams.scheduler_monitor, trainer=self._trainer)
 
 

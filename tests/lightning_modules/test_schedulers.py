@@ -30,3 +30,46 @@ def test_no_warmup_and_bad_args() -> None:
     assert _lrs(4, warmup_epochs=0, eta_min=0.0)[0] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="WarmupCosineLR"):
         _lrs(3, warmup_epochs=3)
+
+
+def test_max_epochs_none_needs_a_trainer_and_follow_trainer_epochs_fills_it() -> None:
+    from lightning_modules.schedulers import follow_trainer_epochs
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ValueError, match="max_epochs is None"):
+        WarmupCosineLR(opt)
+    import functools
+
+    left_open = functools.partial(WarmupCosineLR, warmup_epochs=1, max_epochs=None)  # what LightningCLI builds
+    assert follow_trainer_epochs(left_open, 3)(opt).max_epochs == 3
+    explicit = functools.partial(WarmupCosineLR, warmup_epochs=1, max_epochs=7)
+    assert follow_trainer_epochs(explicit, 3)(opt).max_epochs == 7  # an explicit value wins
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min")
+    assert follow_trainer_epochs(plateau, 3) is plateau
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        follow_trainer_epochs(functools.partial(WarmupCosineLR), 3)(opt)  # 5 warm-up epochs of 3: says the flag
+
+
+def test_shrinking_trainer_max_epochs_shrinks_the_shipped_schedule(tmp_path, monkeypatch) -> None:
+    """``--trainer.max_epochs 3`` on configs/fer/swin2b_ckplus48.yaml: the cosine ends at epoch 3 (it kept the
+    config's 40 before), with no scheduler flag."""
+    from pathlib import Path
+
+    from cli import cli_main
+    from tests.fakes_images import CK_CLASSES, make_class_folders
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    root = tmp_path / "ck"
+    make_class_folders(root, classes=CK_CLASSES, subjects=7, frames=1, size=32)
+    cli = cli_main([
+        "--config", str(repo / "configs/fer/swin2b_ckplus48.yaml"),
+        "--data.init_args.root", str(root), "--data.init_args.cache_dir", str(tmp_path / "cache"),
+        "--data.init_args.num_workers", "0", "--data.init_args.progress", "none",
+        "--trainer.max_epochs", "3", "--model.init_args.scheduler.init_args.warmup_epochs", "1",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--checkpoint.dirpath", str(tmp_path / "ckpt"),
+    ], run=False)
+    cli.model.trainer = cli.trainer
+    sched = cli.model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert isinstance(sched, WarmupCosineLR) and sched.max_epochs == 3
