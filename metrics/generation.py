@@ -21,7 +21,18 @@ With ``inception_weights`` (a LOCAL file) the standard ``FID``/``IS`` of torchme
 image is rejected when the classifier's probability of the conditioned class is below ``min_confidence``
 (``"low_confidence"``) or when it is a near-duplicate of a real image (``"memorised"``: cosine similarity of
 classifier features >= ``duplicate_threshold``, or pixel MSE <= ``duplicate_threshold`` for
-``duplicate_metric="mse"``).
+``duplicate_metric="mse"``), or (with ``ood_quantile``) when its classifier features lie outside the real faces'
+(``"out_of_distribution"``).
+
+Why an out-of-distribution check: the softmax confidence alone accepts pure noise whenever the classifier happens to
+be confident on it (a classifier is only calibrated on the inputs it was trained on; noise is far outside them, and
+the issue saw two noise images accepted as "disgust" at ``min_confidence=0.5``). The check is the class-conditional
+Gaussian / Mahalanobis test of Lee et al. 2018 ("A simple unified framework for detecting out-of-distribution
+samples", NeurIPS): on the real reference images' classifier features, class means and a shared within-class
+covariance (Ledoit-Wolf shrinkage, since there are fewer images than feature dimensions) are fitted on one half of
+the references; the threshold is the ``ood_quantile`` quantile of the Mahalanobis distances of the OTHER (held-out)
+half to their own class mean. A generated image farther than that from the mean of the class it was conditioned on
+is rejected: a real face of that class would be at most that far with probability ``ood_quantile``.
 
 All images here are float ``[B, 3, H, W]`` in ``[0, 1]``.
 """
@@ -194,6 +205,9 @@ class QualityFilter:
         mean, std: the classifier's normalisation; ``None``: the classifier's own (from its checkpoint, see
             :func:`models.frozen_classifier.classifier_normalisation`).
         image_size: classifier input side (``None`` = generated size).
+        ood_quantile: reject images whose Mahalanobis feature distance to the conditioned class exceeds this
+            quantile of held-out real images' distances (module docstring); ``None`` disables the check. Needs
+            ``reference_root`` with at least :data:`MIN_OOD_REFERENCES` images.
     """
 
     def __init__(
@@ -207,8 +221,14 @@ class QualityFilter:
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         image_size: int | None = None,
+        ood_quantile: float | None = None,
     ) -> None:
         check_choices(QualityFilter, locals())
+        if ood_quantile is not None and not 0.0 < ood_quantile < 1.0:
+            raise ValueError(f"QualityFilter: ood_quantile must be in (0, 1) or None, got {ood_quantile}")
+        if ood_quantile is not None and reference_root is None:
+            raise ValueError("QualityFilter: ood_quantile needs reference_root (the real training images whose "
+                             "feature statistics define 'in distribution')")
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"QualityFilter: min_confidence must be in [0, 1], got {min_confidence}")
         if duplicate_metric != "none" and reference_root is None:
@@ -222,23 +242,30 @@ class QualityFilter:
         self.duplicate_threshold = duplicate_threshold
         self.reference_root = reference_root
         self.class_names = class_names
+        self.ood_quantile = ood_quantile
         self._ref: Tensor | None = None
         self._ref_size: int | None = None
+        self._ood: FeatureGaussian | None = None
 
     def _reference(self, size: int) -> Tensor:
         if self._ref is None or self._ref_size != size:
-            images, _, _ = load_image_folder(self.reference_root, self.class_names, size)
+            images, labels, _ = load_image_folder(self.reference_root, self.class_names, size)
             self._ref_pixels = images.flatten(1)
-            self._ref = F.normalize(_batched(self.features, images), dim=1)
+            feats = _batched(self.features, images)
+            self._ref = F.normalize(feats, dim=1)
             self._ref_size = size
             log.info("QualityFilter: %d reference images from %s", len(images), self.reference_root)
+            if self.ood_quantile is not None:
+                self._ood = FeatureGaussian.fit(feats, labels, len(self.class_names), self.ood_quantile,
+                                                source=str(self.reference_root))
         return self._ref
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor) -> dict[str, Tensor | list[str]]:
         """Scores and decisions. Returns ``confidence`` ``[B]``, ``similarity`` ``[B]`` (max cosine or min MSE to
         the references; NaN when not checked), ``accept`` ``[B]`` bool and ``reason`` (``"ok"``,
-        ``"low_confidence"``, ``"memorised"``)."""
+        ``"low_confidence"``, ``"memorised"``, ``"out_of_distribution"``) and ``ood_distance`` ``[B]``
+        (Mahalanobis feature distance to the conditioned class; NaN when not checked)."""
         images = images.float()
         probs = self.logits(images).softmax(dim=1)
         conf = probs.gather(1, labels.view(-1, 1).long()).squeeze(1)
@@ -252,6 +279,83 @@ class QualityFilter:
             self._reference(images.shape[-1])
             sim = torch.cdist(images.flatten(1), self._ref_pixels).pow(2).min(dim=1).values / images[0].numel()
             memorised = sim <= self.duplicate_threshold
+        dist = torch.full_like(conf, float("nan"))
+        ood = torch.zeros_like(conf, dtype=torch.bool)
+        if self.ood_quantile is not None:
+            self._reference(images.shape[-1])
+            dist = self._ood.distance(self.features(images), labels)
+            ood = dist > self._ood.threshold
         low = conf < self.min_confidence
-        reason = ["memorised" if m else "low_confidence" if lo else "ok" for m, lo in zip(memorised, low)]
-        return {"confidence": conf, "similarity": sim, "accept": ~(memorised | low), "reason": reason}
+        reason = ["memorised" if m else "out_of_distribution" if o else "low_confidence" if lo else "ok"
+                  for m, o, lo in zip(memorised, ood, low)]
+        return {"confidence": conf, "similarity": sim, "ood_distance": dist, "accept": ~(memorised | ood | low),
+                "reason": reason}
+
+
+#: Fewest reference images the out-of-distribution check accepts (half fit the Gaussian, half set the threshold).
+MIN_OOD_REFERENCES = 8
+
+
+class FeatureGaussian:
+    """Class-conditional Gaussian of classifier features with one shared covariance (Lee et al. 2018) and a
+    distance threshold from held-out real images (:class:`QualityFilter`, module docstring).
+
+    Args:
+        means: ``[K, F]`` class means.
+        precision: ``[F, F]`` inverse of the shared (shrunk) covariance.
+        threshold: distances above it are out of distribution.
+    """
+
+    def __init__(self, means: Tensor, precision: Tensor, threshold: float) -> None:
+        self.means = means
+        self.precision = precision
+        self.threshold = float(threshold)
+
+    @classmethod
+    def fit(cls, features: Tensor, labels: Tensor, num_classes: int, quantile: float, source: str = "",
+            seed: int = 0) -> FeatureGaussian:
+        """Fit on a random half of ``features`` (per class), threshold = ``quantile`` of the other half's distances
+        to their own class mean.
+
+        Shapes:
+            features: ``[N, F]``; labels: ``[N]``.
+
+        Raises:
+            ValueError: fewer than :data:`MIN_OOD_REFERENCES` reference images (naming ``source``).
+        """
+        from sklearn.covariance import ledoit_wolf
+
+        if len(features) < MIN_OOD_REFERENCES:
+            raise ValueError(f"QualityFilter: the out-of-distribution check needs >= {MIN_OOD_REFERENCES} reference "
+                             f"images, {source} has {len(features)}")
+        feats = features.double()
+        g = torch.Generator().manual_seed(seed)
+        fit_mask = torch.zeros(len(feats), dtype=torch.bool)
+        for k in range(num_classes):  # half of every class fits, the other half is held out
+            idx = (labels == k).nonzero().flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            fit_mask[idx[: (len(idx) + 1) // 2]] = True
+        means = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64)
+        overall = feats[fit_mask].mean(dim=0)
+        for k in range(num_classes):
+            sel = fit_mask & (labels == k)
+            means[k] = feats[sel].mean(dim=0) if sel.any() else overall
+        centred = feats[fit_mask] - means[labels[fit_mask]]
+        cov, _ = ledoit_wolf(centred.numpy(), assume_centered=True)
+        precision = torch.linalg.pinv(torch.from_numpy(cov), hermitian=True)
+        model = cls(means, precision, float("inf"))
+        held = ~fit_mask
+        dist = model.distance(features[held], labels[held])
+        model.threshold = float(torch.quantile(dist, quantile))
+        log.info("QualityFilter: out-of-distribution threshold %.3f (Mahalanobis, %.3f quantile of %d held-out "
+                 "reference images; fitted on %d)", model.threshold, quantile, int(held.sum()), int(fit_mask.sum()))
+        return model
+
+    def distance(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Mahalanobis distance of each feature vector to the mean of its class.
+
+        Shapes:
+            features: ``[B, F]``; labels: ``[B]`` -> ``[B]``.
+        """
+        diff = features.double().cpu() - self.means[labels.long().cpu()]
+        return ((diff @ self.precision) * diff).sum(dim=1).clamp_min(0).sqrt().to(features.dtype)

@@ -172,3 +172,69 @@ def test_the_classifier_normalisation_comes_from_its_checkpoint_once(tmp_path):
     untold = FrozenImageEncoder("resnet10t", num_classes=3, checkpoint_path=str(plain))
     assert untold.image_mean is None
     assert ClassifierView(untold, "logits").mean.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+class FaceStatsClassifier(nn.Module):
+    """timm-like classifier that is CONFIDENT ON NOISE (the issue's failure): features = (brightness, contrast,
+    mean absolute horizontal gradient); class 0's logit grows with contrast, so uniform noise is "class 0" with
+    probability ~1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_features, self.num_classes = 3, 2
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[0.0, 40.0, 0.0], [0.0, 0.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([-4.0, 0.0]))
+
+    def forward_features(self, x):
+        g = x.mean(dim=1)
+        grad = (g[:, :, 1:] - g[:, :, :-1]).abs().mean(dim=(1, 2))
+        return torch.stack([g.mean(dim=(1, 2)), g.std(dim=(1, 2)), grad], dim=1)
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self):
+        return self.fc
+
+
+def test_noise_is_rejected_with_the_shipped_generation_settings(tmp_path):
+    """Issue #24: the quality filter accepted pure noise as "disgust". With the settings of
+    configs/ldm/generate_ckplus48.yaml the out-of-distribution check (Mahalanobis distance of the classifier features
+    to the conditioned class, threshold from held-out real images) rejects noise the classifier is confident on,
+    while fresh faces like the references pass; the confidence test alone (ood_quantile off) accepts the noise."""
+    from pathlib import Path
+
+    import numpy as np
+    import yaml
+
+    from tests.fakes_images import make_class_folders, synthetic_face
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/ldm/generate_ckplus48.yaml").read_text())
+    writer = cfg["trainer"]["callbacks"][0]["init_args"]["quality"]["init_args"]
+    shipped = {k: writer[k] for k in ("min_confidence", "duplicate_metric", "duplicate_threshold", "ood_quantile")}
+    assert shipped["ood_quantile"] is not None and shipped["min_confidence"] >= 0.5
+    names = ["a", "b"]
+    make_class_folders(tmp_path / "real", names, subjects=6, frames=3, size=32, seed=0)
+    clf = FaceStatsClassifier()
+    qf = QualityFilter(clf, reference_root=str(tmp_path / "real"), class_names=names, **shipped)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(8, 1, 32, 32, generator=g).expand(8, 3, 32, 32)
+    labels = torch.zeros(8, dtype=torch.long)
+    res = qf(noise, labels)
+    assert (res["confidence"] > shipped["min_confidence"]).all()  # the classifier is confident on the noise ...
+    assert res["reason"] == ["out_of_distribution"] * 8 and not res["accept"].any()  # ... and it is rejected
+    faces = torch.stack([torch.from_numpy(synthetic_face(32, 0, seed=1000 + i)).float().div(255) for i in range(8)])
+    res_faces = qf(faces[:, None].expand(8, 3, 32, 32), labels)
+    assert sum(r != "out_of_distribution" for r in res_faces["reason"]) >= 7
+    assert np.isfinite(res_faces["ood_distance"].numpy()).all()
+    # the bug: confidence alone accepts every noise image
+    no_ood = QualityFilter(clf, reference_root=str(tmp_path / "real"), class_names=names,
+                           **{**shipped, "ood_quantile": None})
+    assert no_ood(noise, labels)["accept"].all()
+    with pytest.raises(ValueError, match="ood_quantile needs reference_root"):
+        QualityFilter(clf, duplicate_metric="none", ood_quantile=0.99)
+    with pytest.raises(ValueError, match="ood_quantile must be in"):
+        QualityFilter(clf, duplicate_metric="none", reference_root=str(tmp_path / "real"), class_names=names,
+                      ood_quantile=1.0)
