@@ -76,11 +76,25 @@ def check_output_root(output_root: str | Path, data_root: str | Path | None) -> 
 
 
 def file_sha256(path: str | Path, n_hex: int = 12) -> str:
+    """The sha256 (first ``n_hex`` hex digits) of a local file or of any fsspec URL's bytes (``file://``,
+    ``http(s)://``, ``s3://`` ..., the URLs ``lightning_modules.checkpoint_io.load_checkpoint`` reads), streamed.
+
+    Raises:
+        FileNotFoundError: the file or URL does not exist (naming it).
+    """
+    import fsspec
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    src = os.fspath(path)
+    with fsspec.open(src, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:n_hex]
+
+
+def is_url(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a URL (``scheme://...``) rather than a plain path."""
+    return "://" in os.fspath(source)
 
 
 class AugmentedImageWriter(BasePredictionWriter):
@@ -213,7 +227,15 @@ class AugmentedImageWriter(BasePredictionWriter):
         # the weights' file (known once they are restored): the trainer's ckpt_path, else the file the model was
         # loaded from (load_ldm)
         source = trainer.ckpt_path or getattr(pl_module, "trained_weights", None)
-        if source and Path(source).is_file():
+        if source and is_url(source):  # a remote checkpoint: the URL, and the hash of the bytes it serves
+            self.checkpoint = str(source)
+            try:
+                self.checkpoint_sha256 = file_sha256(source, n_hex=64)
+            except Exception as e:  # noqa: BLE001 - provenance only: record the URL without a hash, say why
+                log.warning("AugmentedImageWriter: could not hash checkpoint %s (%s: %s); the manifest names the "
+                            "URL without checkpoint_sha256", source, type(e).__name__, e)
+                self.checkpoint_sha256 = None
+        elif source and Path(source).is_file():
             self.checkpoint = str(Path(source).resolve())
             self.checkpoint_sha256 = file_sha256(source, n_hex=64)
         if self.progress_mode != "rich" or not trainer.is_global_zero:
@@ -334,6 +356,9 @@ class AugmentedImageWriter(BasePredictionWriter):
                 rec["confidence"] = round(float(scores["confidence"][i]), 5)
                 sim = float(scores["similarity"][i])
                 rec["similarity"] = None if math.isnan(sim) else round(sim, 5)
+                if "ood_distance" in scores:
+                    dist = float(scores["ood_distance"][i])
+                    rec["ood_distance"] = None if math.isnan(dist) else round(dist, 5)
                 accepted = bool(scores["accept"][i])
                 if not accepted:
                     rec["reason"] = scores["reason"][i]
@@ -406,11 +431,15 @@ class AugmentedImageWriter(BasePredictionWriter):
         if isinstance(real, dict) and real:
             self.plot_before_after(real, summary)
         self.write_sample_grid()
+        from callbacks.diffusion_samples import outputs_line
+
+        log.info(outputs_line(self.output_root))
 
     def write_sample_grid(self, per_class: int = 8) -> Path | None:
-        """A grid of accepted images, one row per class (first ``per_class`` of each, in manifest order), written to
+        """A labelled grid of accepted images, one row per class named left of it (first ``per_class`` of each, in
+        manifest order; :func:`callbacks.diffusion_samples.labelled_grid`), written to
         ``<output_root>/samples_grid.png``; ``None`` when nothing was accepted."""
-        from callbacks.diffusion_samples import make_grid
+        from callbacks.diffusion_samples import labelled_grid, save_png
 
         files: dict[str, list[str]] = {}
         for rec in read_manifest_records(self.output_root):
@@ -419,9 +448,10 @@ class AugmentedImageWriter(BasePredictionWriter):
         files = {c: f for c, f in files.items() if f}
         if not files:
             return None
+        order = [c for c in (self.class_names or []) if c in files] + sorted(set(files) - set(self.class_names or []))
         tiles = []
         size = None
-        for cls in sorted(files):
+        for cls in order:
             for i in range(per_class):
                 if i < len(files[cls]):
                     with Image.open(self.output_root / files[cls][i]) as im:
@@ -430,12 +460,10 @@ class AugmentedImageWriter(BasePredictionWriter):
                     tiles.append(torch.from_numpy(arr).permute(2, 0, 1))
                 else:
                     tiles.append(None)
-        blank = torch.zeros(3, *size)
-        grid = make_grid(torch.stack([t if t is not None else blank for t in tiles]), rows=len(files))
-        final = self.output_root / "samples_grid.png"
-        with atomic_write(final) as f:
-            Image.fromarray(grid).save(f, format="PNG")
-        log.info("Sample grid (rows: %s) written to %s", ", ".join(sorted(files)), final)
+        blank = torch.ones(3, *size)
+        grid = labelled_grid(torch.stack([t if t is not None else blank for t in tiles]), order)
+        final = save_png(grid, self.output_root / "samples_grid.png")
+        log.info("Sample grid (rows: %s) written to %s", ", ".join(order), final)
         return final
 
     def plot_before_after(self, real_counts: dict[str, int], summary: dict[str, Any]) -> Path:

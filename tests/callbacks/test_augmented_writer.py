@@ -66,9 +66,9 @@ def test_writes_pngs_manifest_and_never_touches_source(tmp_path, data_root):
     with Image.open(out / "class_distribution.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
     assert not list(out.glob(".class_distribution*"))
-    # and a sample grid: one row per class, 8 columns of 8x8 images
+    # and a sample grid: one row per class (labelled left of it), 8 columns of 8x8 images shown at 96 px
     with Image.open(out / "samples_grid.png") as im:
-        assert im.size == (8 * 8, 3 * 8)
+        assert im.height == 3 * 96 and im.width > 8 * 96
 
 
 def test_refuses_output_inside_data_root(data_root):
@@ -226,3 +226,23 @@ def test_writer_refuses_class_orders_that_differ_naming_each(tmp_path: Path) -> 
     assert not list(out.rglob("*.png"))
     _predict(FakeGenerator(), _dm(out), AugmentedImageWriter(class_names=list(CLASSES), progress="none"))
     assert {p.parent.name for p in out.glob("*/*.png")} <= set(CLASSES) and list(out.glob("*/*.png"))
+
+
+def test_checkpoint_hash_reads_urls_through_fsspec(tmp_path: Path) -> None:
+    """A checkpoint given as a URL (``load_checkpoint`` reads any fsspec URL) is hashed from the bytes the URL
+    serves, not opened as a local file."""
+    from callbacks.augmented_writer import file_sha256, is_url
+
+    f = tmp_path / "m.ckpt"
+    f.write_bytes(b"weights" * 1000)
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert file_sha256(f, n_hex=64) == want
+    assert file_sha256(f"file://{f}", n_hex=64) == want
+    import fsspec
+
+    with fsspec.open("memory://ckpts/m.ckpt", "wb") as g:
+        g.write(f.read_bytes())
+    assert is_url("memory://ckpts/m.ckpt") and not is_url(f)
+    assert file_sha256("memory://ckpts/m.ckpt", n_hex=64) == want
+    with pytest.raises(FileNotFoundError):
+        file_sha256("memory://ckpts/missing.ckpt")
