@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from callbacks.diffusion_samples import outputs_line, run_dir
 from common.choices import check_choices
 from lightning_modules.base import EpochMeanLogging, drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
@@ -172,6 +173,12 @@ class LitVAE(EpochMeanLogging):
             self._silence_sync_warning({"train/latent_rms": None})
             self.log("train/latent_rms", std, sync_dist=False)
 
+    def on_fit_end(self) -> None:
+        _log_outputs(self.trainer)
+
+    def on_test_end(self) -> None:
+        _log_outputs(self.trainer)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vae_config"] = dict(self.vae.config)
 
@@ -230,7 +237,9 @@ class LitLDM(EpochMeanLogging):
         consistency: ``"none"``, ``"triplet"`` or ``"contrastive"`` (pairing of eq. 2).
         consistency_weight, consistency_margin, consistency_max_timestep: weight, margin ``m`` and timestep cut-off.
         consistency_encoder: frozen image encoder returning ``[B, F]`` features of normalised images (e.g.
-            :class:`models.frozen_classifier.FrozenImageEncoder`); required when ``consistency != "none"``.
+            :class:`models.frozen_classifier.FrozenImageEncoder`); required to fit, validate or test with
+            ``consistency != "none"`` (``ValueError`` when those start), never for ``predict``/:meth:`generate`
+            (the loss is a training term: generating from a checkpoint trained with it needs no encoder).
         sampler, num_inference_steps, guidance_scale: generation settings of ``predict_step``/:meth:`generate`.
         image_mean, image_std: the datamodule's normalisation (for generation: the source datamodule's); linked
             from ``data.mean``/``data.std`` by ``cli.py``, never typed in a config.
@@ -252,9 +261,16 @@ class LitLDM(EpochMeanLogging):
     ``latent_channels`` must be the net's.
     """
 
-    #: Generation-time settings: with ``--ckpt_path`` the values the user gives (config or command line) win over
-    #: the checkpoint's (``cli.AffectCLI._parse_ckpt_path``).
-    inference_settings: tuple[str, ...] = ("sampler", "num_inference_steps", "guidance_scale", "vae_path")
+    #: Settings that do not change what the trained weights mean: with ``--ckpt_path`` the values the user gives
+    #: (config or command line) win over the checkpoint's (``cli.AffectCLI._parse_ckpt_path``). The generation
+    #: settings, and the training-loss settings (label dropout, consistency loss): ``predict --ckpt_path ...
+    #: --model.init_args.consistency none`` (as ``configs/ldm/generate_ckplus48.yaml`` says) must not be replaced
+    #: by the ``triplet`` the checkpoint was trained with. The architecture (``net``, ``vae_config``,
+    #: ``num_train_timesteps``, ``beta_schedule``, ``class_names``) always comes from the checkpoint.
+    inference_settings: tuple[str, ...] = (
+        "sampler", "num_inference_steps", "guidance_scale", "vae_path",
+        "p_uncond", "consistency", "consistency_weight", "consistency_margin", "consistency_max_timestep",
+    )
 
     def __init__(
         self,
@@ -280,8 +296,6 @@ class LitLDM(EpochMeanLogging):
     ) -> None:
         super().__init__()
         check_choices(LitLDM, locals())
-        if consistency != "none" and consistency_encoder is None:
-            raise ValueError(f"LitLDM: consistency={consistency!r} needs a consistency_encoder (or use 'none')")
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"LitLDM: p_uncond must be in [0, 1), got {p_uncond}")
         if class_names is not None and len(class_names) != net.num_classes:
@@ -345,6 +359,8 @@ class LitLDM(EpochMeanLogging):
     def setup(self, stage: str) -> None:
         """The datamodule's classes (when it has ``class_names``) must be this system's, in the same order; a
         system built without ``class_names`` takes the datamodule's."""
+        if stage in ("fit", "validate", "test"):
+            self._check_consistency_encoder()
         dm = self.trainer.datamodule
         names = getattr(dm, "class_names", None) if dm is not None else None
         if names is None:
@@ -356,8 +372,22 @@ class LitLDM(EpochMeanLogging):
         check_class_order(self.class_names, "LitLDM class_names", list(names),
                           f"the datamodule's class_names ({type(dm).__name__})")
 
+    def _check_consistency_encoder(self) -> None:
+        """The consistency loss (computed when fitting, validating, testing) needs its frozen encoder."""
+        if self.hparams.consistency != "none" and self.consistency_encoder is None:
+            raise ValueError(
+                f"LitLDM: consistency={self.hparams.consistency!r} needs a consistency_encoder to compute the "
+                "consistency loss (give model.init_args.consistency_encoder, or --model.init_args.consistency none)"
+            )
+
     def on_fit_start(self) -> None:
         self._load_pending_vae()
+
+    def on_fit_end(self) -> None:
+        _log_outputs(self.trainer)
+
+    def on_test_end(self) -> None:
+        _log_outputs(self.trainer)
 
     def on_validation_start(self) -> None:
         self._load_pending_vae()
@@ -399,6 +429,7 @@ class LitLDM(EpochMeanLogging):
         eps = self.net(z_t, t, y_in)
         losses = {"mse": F.mse_loss(eps, noise)}
         if self.hparams.consistency != "none" and self.hparams.consistency_weight > 0:
+            self._check_consistency_encoder()
             mask = (t < self.hparams.consistency_max_timestep) & (y_in == labels)
             if int(mask.sum()) >= 2:
                 z0_hat = predict_x0(self.noise_scheduler, z_t[mask], eps[mask], t[mask])
@@ -547,6 +578,12 @@ class LitLDM(EpochMeanLogging):
             if theirs is not None and mine != theirs:
                 raise ValueError(f"LitLDM: vae_path {path!r} (given explicitly) has {what} {mine}, the VAE the "
                                  f"checkpoint was trained with {theirs}: its latents cannot be the UNet's")
+
+
+def _log_outputs(trainer: Any) -> None:
+    """Rank 0: one line naming the run's folder and what is in it (the last line of a ``fit``/``test``)."""
+    if trainer.is_global_zero:
+        log.info(outputs_line(run_dir(trainer)))
 
 
 def check_class_order(a: list[str], a_name: str, b: list[str], b_name: str) -> None:

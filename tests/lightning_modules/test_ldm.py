@@ -1,6 +1,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -98,8 +99,12 @@ def test_ldm_checkpoint_round_trip_and_predict(tmp_path, vae_dir):
     t.fit(model, datamodule=TinyFaceData())
     from PIL import Image
 
-    with Image.open(samples.last_path) as grid:  # one row per class, one column per sample
-        assert grid.size == (2 * 16, 3 * 16)
+    with Image.open(samples.last_path) as grid:  # one row per class, one column per sample, upscaled, labelled
+        scale = 96 // 16
+        assert grid.height == 3 * 16 * scale and grid.width > 2 * 16 * scale
+        margin = grid.width - 2 * 16 * scale
+        label_strip = np.asarray(grid.convert("L"))[:, :margin]
+        assert (label_strip < 128).any() and (label_strip > 250).any()  # dark text on white: the class names
     ckpt = tmp_path / "ldm.ckpt"
     t.save_checkpoint(ckpt)
     import shutil
@@ -125,8 +130,6 @@ def test_ldm_bad_input_errors(tmp_path, vae_dir):
         LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", guidance_scale=100.0)
     with pytest.raises(ValueError, match="num_inference_steps"):
         LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", num_train_timesteps=100, num_inference_steps=500)
-    with pytest.raises(ValueError, match="consistency_encoder"):
-        LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet")
     model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none", class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="unknown class 'zzz'"):
         model.class_index("zzz")
@@ -367,3 +370,39 @@ def test_ldm_fit_refuses_a_datamodule_with_another_class_order(tmp_path, vae_dir
     unnamed = LitLDM(tiny_net(), vae_path=vae_dir, consistency="none")
     trainer(tmp_path, fast_dev_run=True).fit(unnamed, datamodule=TinyFaceData())
     assert unnamed.class_names == ["a", "b", "c"] and unnamed.hparams.class_names == ["a", "b", "c"]
+
+
+def test_generation_needs_no_consistency_encoder_but_training_does(tmp_path, vae_dir):
+    """Issue #24: the consistency loss is a training term. A system trained with it (``consistency='triplet'``,
+    as a checkpoint's hyper-parameters say) builds and generates without the encoder; fit/validate refuse to start
+    without it, naming the setting."""
+    model = LitLDM(tiny_net(), vae_path=vae_dir, consistency="triplet", num_train_timesteps=100)
+    model.trained_weights = "test"
+    images = model.eval().generate(torch.tensor([0, 1]), [0, 1], num_inference_steps=2)
+    assert images.shape == (2, 3, 16, 16)
+    for run in ("fit", "validate"):
+        with pytest.raises(ValueError, match="consistency='triplet' needs a consistency_encoder.*consistency none"):
+            getattr(trainer(tmp_path, max_steps=1, limit_val_batches=1), run)(model, datamodule=TinyFaceData())
+    # an explicit consistency (e.g. the generate config's 'none') wins over a checkpoint's (cli.py keeps the
+    # system's inference_settings the user gave)
+    assert {"consistency", "consistency_weight", "p_uncond"} <= set(LitLDM.inference_settings)
+    assert not {"net", "vae_config", "num_train_timesteps", "beta_schedule", "class_names"} & set(
+        LitLDM.inference_settings)
+
+
+def test_vae_writes_a_labelled_reconstruction_image_under_the_run_folder(tmp_path):
+    from PIL import Image
+
+    from callbacks.diffusion_samples import VAEReconstructionLogger
+
+    model = LitVAE(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    recon = VAEReconstructionLogger(num_images=3)
+    ckpt = pytest.importorskip("lightning.pytorch.callbacks").ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints")
+    t = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                default_root_dir=tmp_path / "elsewhere", max_epochs=1, limit_train_batches=1, limit_val_batches=2,
+                callbacks=[recon, ckpt])
+    t.fit(model, datamodule=TinyFaceData())
+    assert recon.last_path == tmp_path / "run" / "reconstructions" / "epoch_000.png"
+    with Image.open(recon.last_path) as im:  # input row above the reconstruction row, 3 faces each, 6x upscaled
+        assert im.height == 2 * 16 * 6 and im.width > 3 * 16 * 6
+    assert not (tmp_path / "elsewhere").exists()
