@@ -69,7 +69,13 @@ from lightning_modules.checkpoint_io import (
     local_checkpoint_path,
     with_safe_checkpoint_io,
 )
-from lightning_modules.cli_support import outputs_line, prediction_output_dir, saved_config_name
+from lightning_modules.cli_support import (
+    asks_for_help,
+    import_project_classes,
+    outputs_line,
+    prediction_output_dir,
+    saved_config_name,
+)
 
 __all__ = ["DATA_LINKS", "AffectCLI", "RunDirSaveConfig", "cli_main", "compose_configs", "config_chain",
            "link_data_derived"]
@@ -668,6 +674,8 @@ def main(args: ArgsType = None) -> None:
 
 def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
     """Entry point, also used by the tests: ``cli_main(["fit", "--config", ...])``."""
+    if asks_for_help(sys.argv[1:] if args is None else args):
+        import_project_classes()  # jsonargparse's "known subclasses" are the imported ones: list the project's
     return AffectCLI(
         LightningModule,
         LightningDataModule,

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUBCOMMANDS", "outputs_line", "overview", "prediction_output_dir", "prediction_writer",
+__all__ = ["SUBCOMMANDS", "asks_for_help", "import_project_classes", "outputs_line", "overview", "prediction_output_dir", "prediction_writer",
            "saved_config_name"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,28 @@ def overview() -> str:
         "  docs/cli.md                                      the command line in detail",
     ]
     return "\n".join(lines) + "\n"
+
+
+def asks_for_help(args: Any) -> bool:
+    """Whether a command line asks for a subcommand's help (``-h`` / ``--help``; not ``--<key>.help CLASS``, whose
+    class is imported by jsonargparse anyway)."""
+    return isinstance(args, (list, tuple)) and any(a in ("-h", "--help") for a in args)
+
+
+def import_project_classes() -> None:
+    """Import the modules of the project's systems and datamodules, so that jsonargparse's help lists them as the
+    known subclasses of ``LightningModule`` / ``LightningDataModule`` (it only lists imported classes). A module
+    that fails to import (an optional dependency missing) is skipped."""
+    import importlib
+    import logging
+
+    for folder, keep in (("lightning_modules", lambda n: n.startswith("Lit")),
+                         ("datamodules", lambda n: n.endswith("DataModule"))):
+        for module in sorted({cp.rpartition(".")[0] for cp in _classes(folder, keep)}):
+            try:
+                importlib.import_module(module)
+            except Exception as err:  # noqa: BLE001 - help must still print; say which module is missing
+                logging.getLogger(__name__).warning("--help: %s not listed (%s)", module, err)
 
 
 # ---------------------------------------------------------------------- saved configs and outputs
