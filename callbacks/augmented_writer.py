@@ -148,6 +148,20 @@ class AugmentedImageWriter(BasePredictionWriter):
         self._progress = None
         self._tasks: dict[str, Any] = {}
 
+    @property
+    def output_dir(self) -> Path | None:
+        """The output folder (``output_root``), where ``cli.py predict`` saves ``config_predict.yaml`` and which
+        its last line names."""
+        return self.output_root
+
+    @property
+    def written(self) -> list[str]:
+        """What the output folder holds (class folders and the manifest files), for ``cli.py``'s last line."""
+        if self.output_root is None or not self.output_root.is_dir():
+            return []
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in self.output_root.iterdir()
+                      if not p.name.startswith(".") and not p.name.endswith(".tmp"))
+
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -431,9 +445,6 @@ class AugmentedImageWriter(BasePredictionWriter):
         if isinstance(real, dict) and real:
             self.plot_before_after(real, summary)
         self.write_sample_grid()
-        from callbacks.diffusion_samples import outputs_line
-
-        log.info(outputs_line(self.output_root))
 
     def write_sample_grid(self, per_class: int = 8) -> Path | None:
         """A labelled grid of accepted images, one row per class named left of it (first ``per_class`` of each, in

@@ -38,17 +38,6 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def outputs_line(folder: str | Path, parts: Sequence[str] | None = None) -> str:
-    """``Outputs: <folder>/ (a/, b/, c.yaml)``: one line naming where a command's outputs are; ``parts`` default to
-    the folder's entries (sub-folders with a trailing ``/``, hidden and temporary files left out)."""
-    folder = Path(folder)
-    if parts is None:
-        entries = sorted(folder.iterdir()) if folder.is_dir() else []
-        parts = [p.name + ("/" if p.is_dir() else "") for p in entries
-                 if not p.name.startswith(".") and not p.name.endswith(".tmp")]
-    return f"Outputs: {folder}/ ({', '.join(parts) or 'empty'})"
-
-
 def make_grid(images: torch.Tensor, rows: int) -> np.ndarray:
     """``[rows * cols, C, H, W]`` in ``[0, 1]`` -> uint8 ``[rows * H, cols * W, C]``."""
     n, c, h, w = images.shape

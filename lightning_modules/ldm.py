@@ -28,7 +28,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from callbacks.diffusion_samples import outputs_line, run_dir
 from common.choices import check_choices
 from lightning_modules.base import EpochMeanLogging, drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
@@ -172,12 +171,6 @@ class LitVAE(EpochMeanLogging):
             self.vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
             self._silence_sync_warning({"train/latent_rms": None})
             self.log("train/latent_rms", std, sync_dist=False)
-
-    def on_fit_end(self) -> None:
-        _log_outputs(self.trainer)
-
-    def on_test_end(self) -> None:
-        _log_outputs(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vae_config"] = dict(self.vae.config)
@@ -383,12 +376,6 @@ class LitLDM(EpochMeanLogging):
     def on_fit_start(self) -> None:
         self._load_pending_vae()
 
-    def on_fit_end(self) -> None:
-        _log_outputs(self.trainer)
-
-    def on_test_end(self) -> None:
-        _log_outputs(self.trainer)
-
     def on_validation_start(self) -> None:
         self._load_pending_vae()
 
@@ -578,12 +565,6 @@ class LitLDM(EpochMeanLogging):
             if theirs is not None and mine != theirs:
                 raise ValueError(f"LitLDM: vae_path {path!r} (given explicitly) has {what} {mine}, the VAE the "
                                  f"checkpoint was trained with {theirs}: its latents cannot be the UNet's")
-
-
-def _log_outputs(trainer: Any) -> None:
-    """Rank 0: one line naming the run's folder and what is in it (the last line of a ``fit``/``test``)."""
-    if trainer.is_global_zero:
-        log.info(outputs_line(run_dir(trainer)))
 
 
 def check_class_order(a: list[str], a_name: str, b: list[str], b_name: str) -> None:
