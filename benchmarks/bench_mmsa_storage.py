@@ -310,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddp-npz", action="store_true", help="also run the DDP fits on the in-memory .npz path")
     p.add_argument("--skip-npz-load", action="store_true", help="do not measure the in-memory .npz loader")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the file, store and results.json a --keep run left in --workdir (no generation or "
+                        "conversion: e.g. the loader measurements again on an idle machine, with --models and no "
+                        "model names to skip the DDP fits)")
     args = p.parse_args(argv)
     if not 0 < args.scale <= 1.0:
         p.error(f"argument --scale: must be in (0, 1], got {args.scale}")
@@ -318,18 +322,27 @@ def main(argv: list[str] | None = None) -> int:
     npz, store = workdir / "mosei_unaligned.npz", workdir / "mosei_unaligned.mmsa"
     env = _env()
     results: dict[str, Any] = {"scale": args.scale, "batch_size": args.batch_size}
+    if args.reuse:
+        previous = workdir / "results.json"
+        if not (npz.is_file() and store.is_dir() and previous.is_file()):
+            p.error(f"--reuse: {workdir} lacks {npz.name}, {store.name} or results.json of a --keep run")
+        old = json.loads(previous.read_text())
+        if old.get("scale") != args.scale:
+            p.error(f"--reuse: {workdir} holds a run at scale {old.get('scale')}, not {args.scale}")
+        results.update({k: old[k] for k in ("file", "convert") if k in old})
     try:
-        t = time.perf_counter()
-        results["file"] = generate_mosei_npz(npz, args.scale)
-        results["file"]["generate_s"] = time.perf_counter() - t
-        print(f"generated {npz} ({_gb(results['file']['bytes'])} GB) in {results['file']['generate_s']:.0f} s",
-              flush=True)
-        shutil.rmtree(store, ignore_errors=True)
-        conv = run_with_peak_rss([sys.executable, "-m", "features.convert_mmsa", str(npz), str(store)], env=env)
-        if conv["rc"] != 0:
-            raise RuntimeError(f"conversion failed:\n{conv['output'][-3000:]}")
-        results["convert"] = {k: conv[k] for k in ("wall_s", "peak_rss")}
-        print(f"converted in {conv['wall_s']:.0f} s, peak RSS {_gb(conv['peak_rss'])} GB", flush=True)
+        if not args.reuse:
+            t = time.perf_counter()
+            results["file"] = generate_mosei_npz(npz, args.scale)
+            results["file"]["generate_s"] = time.perf_counter() - t
+            print(f"generated {npz} ({_gb(results['file']['bytes'])} GB) in {results['file']['generate_s']:.0f} s",
+                  flush=True)
+            shutil.rmtree(store, ignore_errors=True)
+            conv = run_with_peak_rss([sys.executable, "-m", "features.convert_mmsa", str(npz), str(store)], env=env)
+            if conv["rc"] != 0:
+                raise RuntimeError(f"conversion failed:\n{conv['output'][-3000:]}")
+            results["convert"] = {k: conv[k] for k in ("wall_s", "peak_rss")}
+            print(f"converted in {conv['wall_s']:.0f} s, peak RSS {_gb(conv['peak_rss'])} GB", flush=True)
         results["load"] = {"store": measure_loader(store, args.batch_size, env)}
         if not args.skip_npz_load:
             results["load"]["npz"] = measure_loader(npz, args.batch_size, env)
@@ -345,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["ddp"][f"{model}/{form}"] = {k: v for k, v in res.items() if k != "output"}
                 print(f"ddp {model} {form}: rc {res['rc']}, {res['wall_s']:.0f} s", flush=True)
     finally:
-        (workdir / "results.json").write_text(json.dumps(results, indent=1))
+        (workdir / ("results_reuse.json" if args.reuse else "results.json")).write_text(json.dumps(results, indent=1))
         if not args.keep:
             for path in (npz, store):
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -365,6 +378,10 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {form}: setup / first batch after start | {r['setup_s']:.2f} s / {r['first_batch_s']:.2f} s |")
         lines.append(f"| {form}: loader epoch 1 / epoch 2 (samples/s) | {r['epoch1_sps']:.0f} / {r['epoch2_sps']:.0f} |")
         lines.append(f"| {form}: loader process peak RSS | {_gb(r['peak_rss'])} GiB |")
+    if {"store", "npz"} <= set(results["load"]):
+        st, nz = results["load"]["store"], results["load"]["npz"]
+        lines.append(f"| store / npz loader samples/s, epoch 1 / epoch 2 (target >= 1) | "
+                     f"{st['epoch1_sps'] / nz['epoch1_sps']:.2f} / {st['epoch2_sps'] / nz['epoch2_sps']:.2f} |")
     for name, r in results.get("ddp", {}).items():
         for rank, peak in enumerate(r["ranks"]):
             store = (f", store mapped RSS {_gb(peak['store_rss'])} / PSS {_gb(peak['store_pss'])}"
