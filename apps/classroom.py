@@ -114,7 +114,7 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Local web page for the classroom learning-emotion analysis")
     ap.add_argument("--ckpt", default=None, help="checkpoint shown as the default on the page")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="prediction config (the trained architecture)")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="prediction config (detector, tracking, frame stride, writer; the net comes from the checkpoint)")
     ap.add_argument("--output-root", default="runs/classroom", help="each analysis writes a new folder here")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)

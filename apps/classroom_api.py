@@ -3,8 +3,9 @@
 It runs exactly what ``cli.py predict --config configs/fer/predict_video.yaml --ckpt_path model.ckpt`` runs (the
 LightningCLI with the config's model and :class:`callbacks.emotion_timeline.EmotionTimelineWriter`), with the
 source, output folder and a few prediction options filled in, and returns the per-face table. The checkpoint
-brings its own preprocessing (class names, crops, descriptor settings, SUN statistics); the config brings the
-network architecture (the paper's two-branch Swin in ``predict_video.yaml``; give the training config for another).
+brings its own net (any face model: the paper's two-branch Swin, a timm classifier such as ResNet-18, POSTER; it
+replaces the net the config names) and its preprocessing (class names, crops, descriptor settings, SUN statistics);
+the config brings the pipeline settings (detector, tracking, frame stride, writer).
 
 Example::
 
@@ -66,7 +67,7 @@ def analyze_video(
         ckpt: a LitFER checkpoint (from ``cli.py fit`` with a ``configs/fer/`` config).
         output_dir: where the files go (default ``runs/classroom/<source stem>-<time>``); an existing non-empty
             folder is refused unless ``overwrite``.
-        config: the prediction config (its model section must be the trained architecture).
+        config: the prediction config (its model section is replaced by the checkpoint's net and settings).
         overwrite: replace the outputs of an earlier run in ``output_dir``.
         detector / min_face_size / every_n_frames / max_fps / max_frames: see ``FERDataModule``'s ``predict_*``;
             ``every_n_frames=None`` takes the config's ``predict_every_n_frames`` (:func:`default_every_n_frames`:

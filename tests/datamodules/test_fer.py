@@ -444,3 +444,32 @@ def test_data_configs_parse_with_lightning_cli(tmp_path: Path, name: str, monkey
     )
     assert isinstance(cli.datamodule, FERDataModule)
     assert cli.datamodule.hparams.cache_dir == str(tmp_path / "c")
+
+
+def test_predict_progress_has_a_total_and_the_run_says_n_of_m_frames(tmp_path, monkeypatch) -> None:
+    """A video file: the progress total is the container's frame count divided by the stride (it was `1/--`),
+    and the dataset reports how many frames it analysed of how many."""
+    import rich.progress
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(10):
+        writer.write(np.full((48, 64, 3), 90, dtype=np.uint8))
+    writer.release()
+    totals: list = []
+    real_add_task = rich.progress.Progress.add_task
+
+    def add_task(self, description, *args, total=None, **kwargs):
+        totals.append(total)
+        return real_add_task(self, description, *args, total=total, **kwargs)
+
+    monkeypatch.setattr(rich.progress.Progress, "add_task", add_task)
+    dm = _dm(tmp_path, root=tmp_path / "absent", predict_source=str(video), predict_every_n_frames=3,
+             predict_detector="none", progress="rich")
+    dm.prepare_data()
+    dm.setup("predict")
+    ds = dm.predict_dataset
+    assert ds.source_frames == 10 and ds.expected_frames == 4
+    list(dm.predict_dataloader())
+    assert totals == [4]
+    assert ds.stats["frames"] == 4 and ds.frames_summary() == "4 of 10 frames (one in 3)"
