@@ -71,6 +71,7 @@ from lightning_modules.checkpoint_io import (
 )
 from lightning_modules.cli_support import (
     asks_for_help,
+    command_line_keys,
     import_project_classes,
     outputs_line,
     prediction_output_dir,
@@ -405,6 +406,7 @@ class AffectCLI(LightningCLI):
         if data_cfg is None or not data_cfg.get("init_args"):
             return
         init = data_cfg["init_args"]
+        given = command_line_keys(getattr(self, "_given_args", None), "data")
         for source, target in DATA_LINKS:
             src, dst = source.removeprefix("data."), target.removeprefix("model.init_args.")
             if dst not in hparams or hparams[dst] is None or src not in init:
@@ -412,6 +414,9 @@ class AffectCLI(LightningCLI):
             value = hparams[dst]
             if isinstance(init[src], (list, tuple)) and isinstance(value, (list, tuple)):
                 value = type(init[src])(value)
+            if init[src] != value and src in given:
+                raise ValueError(f"--data.init_args.{src} {init[src]!r} (given explicitly) differs from "
+                                 f"{value!r}, the trained model's in checkpoint {ckpt_path}: drop the flag")
             if init[src] != value:
                 rank_zero_info(f"Checkpoint {ckpt_path}: data.{src} = {value!r} (the trained model's; the config "
                                f"said {init[src]!r})")
@@ -455,8 +460,9 @@ class AffectCLI(LightningCLI):
         if state is None:
             rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
         elif hasattr(self.datamodule, "apply_preprocessing_state"):
-            self.datamodule.apply_preprocessing_state(state, origin=str(ckpt_path),
-                                                      inputs=getattr(self.model.net, "inputs", None))
+            self.datamodule.apply_preprocessing_state(
+                state, origin=str(ckpt_path), inputs=getattr(self.model.net, "inputs", None),
+                explicit=command_line_keys(getattr(self, "_given_args", None), "data"))
 
     def _report_outputs(self, stage: str) -> None:
         """The closing line of every command: where its outputs are (rank 0)."""

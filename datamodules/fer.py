@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -624,6 +624,7 @@ class FERDataModule(LightningDataModule):
 
     def apply_preprocessing_state(
         self, state: dict[str, Any], origin: str = "the checkpoint", inputs: tuple[str, ...] | None = None,
+        explicit: Collection[str] = (),
     ) -> None:
         """Use a trained model's preprocessing (see :meth:`preprocessing_state`) for prediction.
 
@@ -636,6 +637,8 @@ class FERDataModule(LightningDataModule):
             inputs: the batch keys the model's net takes (``net.inputs``); a net that takes no ``descriptor``
                 (a timm classifier) gets no descriptor maps (``descriptor: none``: nothing computed, no SUN
                 statistics needed), whatever descriptor its training used.
+            explicit: settings the user gave explicitly (on the command line): one that differs from the stored
+                value is an error naming the flag, instead of being replaced.
 
         Raises:
             ValueError: the state is not of a known version or lacks settings (naming ``origin``).
@@ -651,6 +654,14 @@ class FERDataModule(LightningDataModule):
         hp = self.hparams
         changed = {k: (hp[k], settings[k]) for k in PREPROCESSING_KEYS
                    if (list(hp[k]) if isinstance(hp[k], tuple) else hp[k]) != settings[k]}
+        clashes = [k for k in changed if k in explicit]
+        if clashes:
+            raise ValueError(
+                f"{name}: " + "; ".join(f"{k} {changed[k][0]!r} (given explicitly) differs from {changed[k][1]!r} "
+                                       f"stored in {origin}" for k in clashes)
+                + ". The model only works with the preprocessing it was trained with: drop "
+                + ", ".join(f"--data.init_args.{k}" for k in clashes)
+            )
         for k, (old, new) in changed.items():
             log.warning("%s: %s = %r from %s (was %r)", name, k, new, origin, old)
         hp.update({k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in settings.items()})

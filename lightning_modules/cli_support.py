@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUBCOMMANDS", "asks_for_help", "import_project_classes", "outputs_line", "overview", "prediction_output_dir", "prediction_writer",
+__all__ = ["SUBCOMMANDS", "asks_for_help", "command_line_keys", "import_project_classes", "outputs_line", "overview", "prediction_output_dir", "prediction_writer",
            "saved_config_name"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +117,28 @@ def import_project_classes() -> None:
                 importlib.import_module(module)
             except Exception as err:  # noqa: BLE001 - help must still print; say which module is missing
                 logging.getLogger(__name__).warning("--help: %s not listed (%s)", module, err)
+
+
+def command_line_keys(args: Any, section: str) -> set[str]:
+    """The top-level ``init_args`` keys of ``section`` (``"data"``, ``"model"``) set on the command line itself
+    (``--data.init_args.image_size 64``, ``--data.image_size=64``); config files do not count. ``args``: the
+    argument list (``None``: ``sys.argv``); a dict of arguments gives none."""
+    import sys
+
+    if args is None:
+        args = sys.argv[1:]
+    if not isinstance(args, (list, tuple)):
+        return set()
+    keys: set[str] = set()
+    for a in args:
+        if not isinstance(a, str) or not a.startswith(f"--{section}."):
+            continue
+        parts = a[2:].split("=", 1)[0].split(".")[1:]
+        if parts and parts[0] == "init_args":
+            parts = parts[1:]
+        if parts and parts[0] not in ("help", "class_path", "dict_kwargs"):
+            keys.add(parts[0])
+    return keys
 
 
 # ---------------------------------------------------------------------- saved configs and outputs

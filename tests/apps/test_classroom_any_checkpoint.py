@@ -88,3 +88,16 @@ def test_the_shipped_config_and_the_page_share_one_stride() -> None:
 
     shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())["data"]["init_args"]["predict_every_n_frames"]
     assert default_every_n_frames() == shipped == 5
+
+
+@pytest.mark.parametrize("flag,value", [("image_size", "64"), ("descriptor", "lbp")])
+def test_a_preprocessing_flag_that_contradicts_the_checkpoint_is_an_error_naming_it(resnet, tmp_path, flag,
+                                                                                   value) -> None:
+    """The config file's values are replaced by the checkpoint's (logged); a value given on the command line is
+    not silently replaced: the error names the flag to drop."""
+    from cli import cli_main
+
+    ckpt, cfg, video = resnet
+    with pytest.raises(ValueError, match=rf"--data\.init_args\.{flag}"):
+        cli_main(["predict", "--config", str(_predict_config(cfg, tmp_path, tmp_path / "out")), "--ckpt_path",
+                  str(ckpt), "--data.init_args.predict_source", str(video), f"--data.init_args.{flag}", value])
