@@ -1,7 +1,8 @@
 """Images of the diffusion augmenter's runs, written under the run's folder (Ji et al. 2026, §2.1, eq. 1):
 
-- :class:`DiffusionSampleLogger`: per-class sample grids of the class-conditioned LDM at each validation epoch;
-- :class:`VAEReconstructionLogger`: input faces above their VAE reconstructions at each validation epoch.
+- :class:`DiffusionSampleLogger`: per-class sample grids of the class-conditioned LDM at each validation epoch of
+  ``fit``;
+- :class:`VAEReconstructionLogger`: input faces above their VAE reconstructions at each validation epoch of ``fit``.
 
 Both grids are labelled (:func:`labelled_grid`: the row's name drawn left of it, tiles upscaled to a viewable size)
 and go to ``<run>/samples/`` and ``<run>/reconstructions/`` by default, where ``<run>`` is :func:`run_dir` (the
@@ -36,6 +37,12 @@ def run_dir(trainer: Trainer) -> Path:
     if dirpath:
         return Path(dirpath).parent
     return Path(trainer.default_root_dir)
+
+
+def _fitting(trainer: Trainer) -> bool:
+    """Whether the validation runs inside ``fit`` (not the evaluation ``cli.py`` runs after it, nor ``validate``):
+    the grids follow training; the weights of a later evaluation were already drawn."""
+    return getattr(getattr(trainer.state, "fn", None), "value", None) == "fit"
 
 
 def make_grid(images: torch.Tensor, rows: int) -> np.ndarray:
@@ -125,7 +132,7 @@ class DiffusionSampleLogger(Callback):
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not _fitting(trainer):
             return
         if trainer.is_global_zero:
             self._write_grid(trainer, pl_module, Path(self.dirpath) if self.dirpath else run_dir(trainer) / "samples")
@@ -181,7 +188,8 @@ class VAEReconstructionLogger(Callback):
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not self._inputs:
+        if (trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not self._inputs
+                or not _fitting(trainer)):
             return
         if not trainer.is_global_zero:
             return
