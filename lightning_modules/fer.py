@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from common import FER_PREPROCESSING_KEY
 from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
@@ -62,12 +62,26 @@ class FERNet(Protocol):
     def __call__(self, *tensors: Tensor) -> Tensor: ...
 
 
+@runtime_checkable
+class NetModule(Protocol):
+    """The type of :class:`LitFER`'s net: a ``torch.nn.Module`` (matched by its ``train(mode)`` method).
+
+    A protocol rather than ``nn.Module`` for the command line: jsonargparse lists every imported subclass of a class
+    type as a "known subclass" (hundreds of ``torch.nn``/timm/torchvision blocks under ``--model.help``), while it
+    matches a protocol by method signature and lists nothing; the project's nets are listed by ``cli.py --help``.
+    """
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
 class LitFER(EpochMetricsSystem):
     """Face-expression classification with cross-entropy (eq. 6) and the paper's metrics.
 
     Args:
         net: Factory ``net(num_classes) -> nn.Module`` (in YAML: ``class_path`` + ``init_args`` of a model class
-            whose first parameter is ``num_classes``). The module must expose ``inputs: tuple[str, ...]``.
+            whose first parameter is ``num_classes``). The module must expose ``inputs: tuple[str, ...]``. The
+            project's: ``models.swin_two_branch.TwoBranchSwin``, ``models.timm_classifier.TimmClassifier``,
+            ``models.poster.POSTER``.
         optimizer: Optimizer factory, called with the parameter groups.
         scheduler: Optional LR-scheduler factory (``ReduceLROnPlateau`` watches ``scheduler_monitor``).
         scheduler_monitor: Metric watched by plateau schedulers (the paper: validation loss).
@@ -101,7 +115,7 @@ class LitFER(EpochMetricsSystem):
 
     def __init__(
         self,
-        net: Callable[[int], nn.Module],
+        net: Callable[[int], NetModule],
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/loss",

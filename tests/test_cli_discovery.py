@@ -81,3 +81,22 @@ def test_test_writes_its_own_config_and_every_command_names_its_outputs(tmp_path
     assert yaml.safe_load((run / "config_test.yaml").read_text())["seed_everything"] == 11
     assert any(r.getMessage().startswith("test outputs:") and "config_test.yaml" in r.getMessage()
                for r in caplog.records)
+
+
+def test_model_help_of_litfer_lists_no_torch_nn_classes(monkeypatch) -> None:
+    """``net`` is typed with a protocol (``NetModule``): was 792 lines, mostly every imported ``torch.nn`` class."""
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        cli_main(["fit", "--model.help", "lightning_modules.fer.LitFER"])
+    text = buf.getvalue()
+    assert "--model.net NET" in text and "models.timm_classifier.TimmClassifier" in " ".join(text.split())
+    assert "torch.nn.modules" not in text and "torchvision" not in text and len(text.splitlines()) < 200
+
+
+def test_a_net_that_is_no_module_is_refused_naming_it(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(REPO / "configs/fer/baselines/resnet18_ckplus48.yaml"),
+                  "--model.init_args.net", "collections.OrderedDict"], run=False)
+    assert "collections.OrderedDict" in capsys.readouterr().err
