@@ -93,8 +93,10 @@ log = logging.getLogger(__name__)
 PREPROCESSING_KEYS = (
     "class_names", "image_size", "face_detection", "face_margin", "background", "descriptor", "lbp_points",
     "lbp_radius", "energy_sigma", "sun_sigmas", "sun_ratio", "sun_channels", "mean", "std", "descriptor_mean",
-    "descriptor_std", "predict_alignment",
+    "descriptor_std", "predict_alignment", "colour",
 )
+#: Preprocessing settings that checkpoints written before they existed lack, with the value those models used.
+PREPROCESSING_DEFAULTS: dict[str, Any] = {"colour": "rgb"}
 PREPROCESSING_VERSION = 1
 
 
@@ -197,6 +199,9 @@ class FERDataModule(LightningDataModule):
         augment_ops: RandAugment's number of ops per face.
         augment_magnitude: RandAugment's magnitude in [0, 10].
         random_erasing: per-face probability of timm's random erasing (train only).
+        colour: ``"grey"`` turns every face grey before the model (training, evaluation and prediction alike:
+            ``common.tensors.grey_rgb``), for models trained on grey faces (FER2013, CK+, JAFFE) that then predict on
+            colour video; ``"rgb"`` keeps the pixels. Stored in checkpoints with the other preprocessing.
         cache_backend: ``"memory"`` (every crop held as a uint8 tensor, fastest for sets that fit) or ``"litdata"``
             (crops written once as litdata chunks and streamed from disk: memory stays flat as the set grows, and
             litdata shards the train split across DDP ranks and nodes; see
@@ -272,6 +277,7 @@ class FERDataModule(LightningDataModule):
         augment_ops: int = 2,
         augment_magnitude: float = 9.0,
         random_erasing: float = 0.0,
+        colour: Literal["rgb", "grey"] = "rgb",
         cache_backend: Literal["memory", "litdata"] = "memory",
         stream_dir: str | None = None,
         stream_group_size: int | None = None,
@@ -343,8 +349,10 @@ class FERDataModule(LightningDataModule):
             policy_ops=augment_ops,
             policy_magnitude=augment_magnitude,
             random_erasing=random_erasing,
+            colour=colour,
         )
-        self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none")
+        self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none",
+                                                colour=colour)
         self.datasets: dict[str, FaceTensorDataset] = {}
         self.predict_dataset: FacePredictDataset | None = None
         self._sun_params: SUNParams | None = None  # from a checkpoint (apply_preprocessing_state)
@@ -647,7 +655,7 @@ class FERDataModule(LightningDataModule):
         if not isinstance(state, dict) or state.get("version") != PREPROCESSING_VERSION or "settings" not in state:
             raise ValueError(f"{name}: {origin} holds no usable preprocessing state (version "
                              f"{state.get('version') if isinstance(state, dict) else None!r})")
-        settings = state["settings"]
+        settings = {**PREPROCESSING_DEFAULTS, **state["settings"]}
         missing = [k for k in PREPROCESSING_KEYS if k not in settings]
         if missing:
             raise ValueError(f"{name}: {origin} lacks the preprocessing settings {missing}")
@@ -680,7 +688,7 @@ class FERDataModule(LightningDataModule):
             sun_ratio=hp.sun_ratio, sun_channels=hp.sun_channels,
         )
         self._collate_eval = FaceBatchTransform(hp.mean, hp.std, hp.descriptor_mean, hp.descriptor_std,
-                                                augment="none")
+                                                augment="none", colour=hp.colour)
         sun = state.get("sun_params")
         self._sun_params = SUNParams(**sun) if sun else None
         if hp.descriptor == "sun" and self._sun_params is None:

@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from common import FER_PREPROCESSING_KEY
+from common.tensors import grey_rgb
 from features.detection import Detection, FaceDetector, build_detector, face_crop
 from features.tracking import IoUTracker
 
@@ -306,6 +307,7 @@ class FaceExpressionModel:
         self.margin = float(cfg.get("face_margin", 0.2))
         self.mean = np.asarray(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
         self.std = np.asarray(cfg.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
+        self.colour = cfg.get("colour", "rgb")  # "grey": the model was trained on grey faces (common.tensors.grey_rgb)
         inputs = tuple(getattr(net, "inputs", ("image",)))
         self.descriptor = str(cfg.get("descriptor", "none")) if "descriptor" in inputs else "none"
         if "descriptor" in inputs and self.descriptor == "none":
@@ -358,7 +360,8 @@ class FaceExpressionModel:
         torch = self._torch
         if not len(crops):
             return np.zeros((0, len(self.feature_names())), np.float32)
-        x = np.stack(crops).astype(np.float32) / 255.0
+        x = np.stack(crops)
+        x = (grey_rgb(x) if self.colour == "grey" else x).astype(np.float32) / 255.0
         x = (x - self.mean) / self.std
         tensors = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))]
         if self.descriptor_settings is not None:  # as in training: the [0, 1] map stored as uint8, then normalised

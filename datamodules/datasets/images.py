@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from common.choices import check_choices
+from common.tensors import grey_rgb
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ class FaceBatchTransform:
         policy_magnitude: RandAugment's M in [0, 10].
         random_erasing: probability of timm's ``RandomErasing`` (``mode="pixel"``: per-pixel normal noise in the
             normalised space) per face, applied after normalisation to the same box of image and descriptor.
+        colour: ``"grey"`` turns every face grey first (:func:`common.tensors.grey_rgb`), for models trained on grey
+            faces; ``"rgb"`` keeps the pixels.
 
     Shapes:
         Input samples: ``image`` ``[3, H, W]`` uint8, ``descriptor`` ``[1, H, W]`` uint8 (optional).
@@ -215,6 +218,7 @@ class FaceBatchTransform:
         policy_ops: int = 2,
         policy_magnitude: float = 9.0,
         random_erasing: float = 0.0,
+        colour: Literal["rgb", "grey"] = "rgb",
     ) -> None:
         check_choices(FaceBatchTransform, locals())
         if policy_ops < 1 or not 0 <= policy_magnitude <= 10:
@@ -251,6 +255,7 @@ class FaceBatchTransform:
         self.policy_ops = int(policy_ops)
         self.policy_magnitude = float(policy_magnitude)
         self.random_erasing = float(random_erasing)
+        self.colour = colour
         self._eraser = (
             RandomErasing(probability=random_erasing, mode="pixel", device="cpu") if random_erasing > 0 else None
         )
@@ -346,6 +351,10 @@ class FaceBatchTransform:
         """Augmentation and normalisation of a stacked uint8 batch (``fused``: its ``[B, 4, H, W]`` buffer, or
         ``None``)."""
         has_desc = "descriptor" in batch
+        if self.colour == "grey":
+            batch["image"] = grey_rgb(batch["image"], channel_dim=1)
+            if fused is not None:
+                fused = torch.cat([batch["image"], fused[:, 3:]], dim=1)
         if self.augment == "train":
             if fused is not None:
                 x = fused

@@ -13,7 +13,7 @@ import torch
 from common import MODALITIES
 from common.choices import check_choices, literal_options
 from common.io import atomic_write
-from common.tensors import masked_mean
+from common.tensors import grey_rgb, masked_mean
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path) -> None:
@@ -79,3 +79,21 @@ def test_atomic_path_renames_on_success_and_removes_on_error(tmp_path) -> None:
         raise KeyboardInterrupt
     assert path.read_bytes() == b"complete"
     assert sorted(p.name for p in path.parent.iterdir()) == ["clip.mp4"]
+
+
+def test_grey_rgb_is_one_conversion_for_numpy_images_and_torch_batches() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    g = grey_rgb(img)
+    assert g.dtype == np.uint8 and g.shape == img.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    # ITU-R BT.601 luma, within one grey level of OpenCV's fixed-point RGB2GRAY
+    import cv2
+
+    assert np.abs(g[..., 0].astype(int) - cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(int)).max() <= 1
+    assert (grey_rgb(np.full((1, 1, 3), 255, np.uint8)) == 255).all()
+    batch = torch.from_numpy(np.stack([img, img[::-1]])).permute(0, 3, 1, 2)  # [B, 3, H, W]
+    gb = grey_rgb(batch, channel_dim=1)
+    assert gb.dtype == torch.uint8 and gb.shape == batch.shape
+    np.testing.assert_array_equal(gb[0].permute(1, 2, 0).numpy(), g)
+    already_grey = np.repeat(img[..., :1], 3, axis=2)
+    np.testing.assert_array_equal(grey_rgb(already_grey), already_grey)  # grey faces are unchanged

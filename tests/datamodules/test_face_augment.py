@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,23 @@ def test_bad_policy_options_raise() -> None:
         FaceBatchTransform(policy="rand", policy_magnitude=11)
     with pytest.raises(ValueError, match="random_erasing"):
         FaceBatchTransform(random_erasing=1.5)
+
+
+def test_grey_colour_turns_faces_grey_for_training_and_evaluation() -> None:
+    """colour='grey' (models trained on grey faces): the same luma for every path; grey input is unchanged."""
+    from common.tensors import grey_rgb
+
+    rng = np.random.default_rng(0)
+    samples = [{"image": torch.from_numpy(rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)),
+                "label": torch.tensor(0)} for _ in range(4)]
+    ev = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), colour="grey")(samples)["image"]
+    want = grey_rgb(torch.stack([s["image"] for s in samples]), channel_dim=1).float() / 255
+    torch.testing.assert_close(ev, want)
+    tr = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), augment="train", hflip_prob=0.5, affine_degrees=10,
+                            colour="grey")(samples)["image"]
+    torch.testing.assert_close(tr[:, 0], tr[:, 1])
+    torch.testing.assert_close(tr[:, 1], tr[:, 2])
+    grey = [{"image": grey_rgb(s["image"], channel_dim=0), "label": s["label"]} for s in samples]
+    torch.testing.assert_close(FaceBatchTransform(colour="grey")(grey)["image"], FaceBatchTransform()(grey)["image"])
+    with pytest.raises(ValueError, match="colour"):
+        FaceBatchTransform(colour="gray")
