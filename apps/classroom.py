@@ -2,6 +2,7 @@
 
 Run::
 
+    python -m apps.classroom          # the face model shipped in the package (models/weights/)
     python -m apps.classroom --ckpt runs/swin2b_learning_emotions/checkpoints/best.ckpt
     # then open http://127.0.0.1:7860
 
@@ -50,8 +51,7 @@ def analyze_for_page(
     empty = (None, None, None, pd.DataFrame(), None)
     if not source:
         return ("**Choose a video** (upload one, or type a path, webcam index or stream URL).", *empty)
-    if not ckpt or not str(ckpt).strip():
-        return ("**Choose a checkpoint** (.ckpt of a model trained with a configs/fer/ config).", *empty)
+    ckpt = str(ckpt).strip() if ckpt and str(ckpt).strip() else None  # none: the shipped face model
     root = Path(output_root)
     if root.exists() and not root.is_dir():
         msg = (f"**Cannot write the results:** the output folder `{root}` is a file, not a folder "
@@ -60,7 +60,7 @@ def analyze_for_page(
     stem = Path(str(source)).stem or "source"
     out = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
-        df = analyze_video(source, str(ckpt).strip(), out, config=config, every_n_frames=int(every_n_frames),
+        df = analyze_video(source, ckpt, out, config=config, every_n_frames=int(every_n_frames),
                            min_face_size=int(min_face_size), max_frames=300)
     except (OSError, ValueError) as err:  # bad input or an unwritable folder: a message naming the file
         return (f"**Could not analyse:** {err}", *empty)
@@ -94,7 +94,8 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
             upload = gr.Video(label="Video (upload)", sources=["upload"], elem_id="upload")
             with gr.Column():
                 typed = gr.Textbox(label="…or a video path, webcam index (0) or stream URL", elem_id="source")
-                ckpt = gr.Textbox(label="Checkpoint (.ckpt)", value=default_ckpt or "", elem_id="ckpt")
+                ckpt = gr.Textbox(label="Checkpoint (.ckpt; empty: the shipped FER2013 model)", value=default_ckpt or "",
+                                  elem_id="ckpt")
                 stride = gr.Slider(1, 30, value=default_every_n_frames(config), step=1,
                                    label="Analyse one frame in n", elem_id="stride")
                 min_face = gr.Slider(12, 200, value=20, step=1, label="Smallest face (pixels)", elem_id="min_face")
@@ -113,7 +114,8 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Local web page for the classroom learning-emotion analysis")
-    ap.add_argument("--ckpt", default=None, help="checkpoint shown as the default on the page")
+    ap.add_argument("--ckpt", default=None, help="checkpoint shown as the default on the page (empty: the face "
+                    "model shipped in the package, models/weights/)")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="prediction config (detector, tracking, frame stride, writer; the net comes from the checkpoint)")
     ap.add_argument("--output-root", default="runs/classroom", help="each analysis writes a new folder here")
     ap.add_argument("--host", default="127.0.0.1")

@@ -10,7 +10,7 @@ the config brings the pipeline settings (detector, tracking, frame stride, write
 Example::
 
     from apps.classroom_api import analyze_video
-    df = analyze_video("lesson.mp4", "runs/swin2b_learning_emotions/checkpoints/best.ckpt")
+    df = analyze_video("lesson.mp4")   # the shipped FER2013 model; or analyze_video("lesson.mp4", "best.ckpt")
     df.attrs["summary"]      # one row per student: share of time per emotion, transitions, longest spell
     df.attrs["files"]        # emotions.csv, summary.csv/png, timeline_*.png, annotated_*.mp4, run_info.json
 """
@@ -47,7 +47,7 @@ def _writer_entry(callbacks: list) -> dict:
 
 def analyze_video(
     source: str | int,
-    ckpt: str | Path,
+    ckpt: str | Path | None = None,
     output_dir: str | Path | None = None,
     config: str | Path = DEFAULT_CONFIG,
     overwrite: bool = False,
@@ -64,7 +64,8 @@ def analyze_video(
 
     Args:
         source: video file, webcam index (``0`` / ``"webcam:0"``), stream URL or folder of frames.
-        ckpt: a LitFER checkpoint (from ``cli.py fit`` with a ``configs/fer/`` config).
+        ckpt: a LitFER checkpoint (from ``cli.py fit`` with a ``configs/fer/`` config); ``None``: the face model
+            shipped in the package (:data:`models.shipped.DEFAULT_MODEL`, FER2013's seven basic emotions).
         output_dir: where the files go (default ``runs/classroom/<source stem>-<time>``); an existing non-empty
             folder is refused unless ``overwrite``.
         config: the prediction config (its model section is replaced by the checkpoint's net and settings).
@@ -92,7 +93,9 @@ def analyze_video(
     from features.video import check_file_source, is_live_source
     from lightning_modules.fer import read_fer_preprocessing
 
-    ckpt = Path(ckpt)
+    from models.shipped import shipped_checkpoint
+
+    ckpt = shipped_checkpoint() if ckpt is None else Path(ckpt)
     read_fer_preprocessing(ckpt)  # fail fast, naming the file, on a missing or foreign checkpoint
     if not is_live_source(source):
         check_file_source(str(source))  # fail fast: not a video, image or folder of frames (the datamodule checks too)
