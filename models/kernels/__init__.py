@@ -19,13 +19,15 @@ extensions cache on the first call of :func:`load_extension`; a failed build war
 :func:`available` returns False, so callers fall back to their torch path.
 
 Two sources of the same kernel (:data:`SOURCES`), picked by the environment variable ``AFFECT_ATTENTION_SOURCE``
-(read at each :func:`load_extension`; default ``legacy``):
+(read at each :func:`load_extension`; default ``vec``):
 
+- ``vec`` (default): ``attention_cpu_vec.cpp``, one source over ATen's ``at::vec::Vectorized<float>`` (16 lanes with
+  AVX-512, 8 with AVX2, a plain array otherwise, as ``-march=native`` finds the CPU), IEEE arithmetic (NaN / inf give
+  what torch's softmax gives), the same keep decisions. Same speed as ``legacy`` within noise
+  (``benchmarks/bench_msa.py --kernel-sources legacy vec``: 20.36 vs 20.11 samples/s, AVX-512 host, 2026-12-06).
 - ``legacy``: ``attention_cpu.cpp``, hand-written AVX-512 and AVX2 intrinsics plus portable loops, built with
-  ``-ffast-math`` (the compiler may assume no NaN / inf: a NaN score gives finite garbage instead of NaN).
-- ``vec``: ``attention_cpu_vec.cpp``, one source over ATen's ``at::vec::Vectorized<float>`` (16 lanes with AVX-512,
-  8 with AVX2, a plain array otherwise, as ``-march=native`` finds the CPU), IEEE arithmetic (NaN / inf give what
-  torch's softmax gives), the same keep decisions.
+  ``-ffast-math`` (the compiler may assume no NaN / inf: a NaN score gives finite garbage instead of NaN); kept one
+  release for comparison, to be removed.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ __all__ = [
 
 KernelSource = Literal["legacy", "vec"]
 SOURCE_ENV = "AFFECT_ATTENTION_SOURCE"
-DEFAULT_SOURCE = "legacy"
+DEFAULT_SOURCE = "vec"
 # source name -> (C++ file next to this module, compiler flags)
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "legacy": ("attention_cpu.cpp", ("-O3", "-march=native", "-ffast-math", "-fopenmp")),

@@ -364,12 +364,12 @@ def _cpu_has(*flags: str) -> bool:
 
 
 def test_source_switch(monkeypatch) -> None:
-    """``AFFECT_ATTENTION_SOURCE`` picks the source (legacy by default); a bad name is an error naming the
+    """``AFFECT_ATTENTION_SOURCE`` picks the source (vec by default); a bad name is an error naming the
     variable; the vec source builds without -ffast-math, under a name of its own."""
     monkeypatch.delenv(kernels.SOURCE_ENV, raising=False)
-    assert kernels.selected_source() == kernels.DEFAULT_SOURCE == "legacy"
-    monkeypatch.setenv(kernels.SOURCE_ENV, "vec")
-    assert kernels.selected_source() == "vec"
+    assert kernels.selected_source() == kernels.DEFAULT_SOURCE == "vec"
+    monkeypatch.setenv(kernels.SOURCE_ENV, "legacy")
+    assert kernels.selected_source() == "legacy"
     monkeypatch.setenv(kernels.SOURCE_ENV, "avx")
     with pytest.raises(ValueError, match="AFFECT_ATTENTION_SOURCE='avx' names no kernel source"):
         kernels.load_extension()
