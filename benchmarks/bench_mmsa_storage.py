@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,43 @@ def measure_loader(path: Path, batch_size: int, env: dict[str, str]) -> dict[str
     return json.loads(line[7:]) | {"peak_rss": res["peak_rss"]}
 
 
+_TRAIN_SNIPPET = """
+import json, sys, tempfile, time
+import lightning as L
+from cli import cli_main
+path, steps, configs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+class Timer(L.Callback):  # samples/s over training steps 20 .. steps (the first ones warm caches and allocator)
+    t0 = t1 = None
+    samples = 0
+    def on_train_batch_start(self, trainer, module, batch, i):
+        if i == 20:
+            self.t0, self.samples = time.perf_counter(), 0
+    def on_train_batch_end(self, trainer, module, out, batch, i):
+        if self.t0 is not None:
+            self.samples, self.t1 = self.samples + len(batch["label"]), time.perf_counter()
+args = [a for c in configs for a in ("--config", c)] + [
+    "--data.init_args.path", path, "--data.init_args.dataset_name", "null", "--data.init_args.num_workers", "0",
+    "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.limit_train_batches", str(steps),
+    "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+    "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
+    "--checkpoint.dirpath", tempfile.mkdtemp(prefix="bench_train_ckpt_")]
+cli = cli_main(args, run=False)
+timer = Timer()
+cli.trainer.callbacks.append(timer)
+cli.trainer.fit(cli.model, cli.datamodule)
+print("RESULT", json.dumps({"train_sps": timer.samples / (timer.t1 - timer.t0)}))
+"""
+
+
+def measure_training(path: Path, model: str, steps: int, env: dict[str, str]) -> float:
+    """Training samples/s of ``model``'s shipped config on ``path`` (one process, steps 20 .. ``steps``)."""
+    res = run_with_peak_rss([sys.executable, "-c", _TRAIN_SNIPPET, str(path), str(steps), *CONFIGS[model]], env=env)
+    if res["rc"] != 0:
+        raise RuntimeError(f"training on {path} failed:\n{res['output'][-3000:]}")
+    line = next(x for x in res["output"].splitlines() if x.startswith("RESULT "))
+    return float(json.loads(line[7:])["train_sps"])
+
+
 def ddp_fit_command(model: str, path: Path, steps: int, workdir: Path, devices: int = 2) -> list[str]:
     """``cli.py fit`` of ``model`` on ``path``: ``devices`` CPU processes, DDP (gloo), ``fast_dev_run=steps``."""
     cmd = [sys.executable, "cli.py", "fit"]
@@ -310,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddp-npz", action="store_true", help="also run the DDP fits on the in-memory .npz path")
     p.add_argument("--skip-npz-load", action="store_true", help="do not measure the in-memory .npz loader")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="also time training of --train-model on the store and the .npz (one process each, steps 20 "
+                        "to N, alternated over --train-rounds): the epoch throughput target; 0 skips it")
+    p.add_argument("--train-model", default="hgcl", choices=sorted(CONFIGS))
+    p.add_argument("--train-rounds", type=int, default=2)
     p.add_argument("--reuse", action="store_true",
                    help="reuse the file, store and results.json a --keep run left in --workdir (no generation or "
                         "conversion: e.g. the loader measurements again on an idle machine, with --models and no "
@@ -347,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_npz_load:
             results["load"]["npz"] = measure_loader(npz, args.batch_size, env)
         print("loader:", json.dumps(results["load"]), flush=True)
+        if args.train_steps:
+            train: dict[str, list[float]] = {"store": [], "npz": []}
+            for _ in range(args.train_rounds):  # alternated: store, npz, store, npz ...
+                for form, path in (("store", store), ("npz", npz)):
+                    train[form].append(measure_training(path, args.train_model, args.train_steps, env))
+            results["train"] = {"model": args.train_model, "steps": args.train_steps, **train}
+            print("training:", json.dumps(results["train"]), flush=True)
         results["ddp"] = {}
         for model in args.models:
             forms = [("store", store)] + ([("npz", npz)] if args.ddp_npz else [])
@@ -382,6 +432,12 @@ def format_table(results: dict[str, Any]) -> str:
         st, nz = results["load"]["store"], results["load"]["npz"]
         lines.append(f"| store / npz loader samples/s, epoch 1 / epoch 2 (target >= 1) | "
                      f"{st['epoch1_sps'] / nz['epoch1_sps']:.2f} / {st['epoch2_sps'] / nz['epoch2_sps']:.2f} |")
+    if "train" in results:
+        t = results["train"]
+        lines.append(f"| {t['model']} training samples/s (steps 20-{t['steps']}, one process), store / npz, each run | "
+                     f"{', '.join(f'{v:.0f}' for v in t['store'])} / {', '.join(f'{v:.0f}' for v in t['npz'])} |")
+        lines.append(f"| store / npz training samples/s, median (target >= 1) | "
+                     f"{statistics.median(t['store']) / statistics.median(t['npz']):.2f} |")
     for name, r in results.get("ddp", {}).items():
         for rank, peak in enumerate(r["ranks"]):
             store = (f", store mapped RSS {_gb(peak['store_rss'])} / PSS {_gb(peak['store_pss'])}"
