@@ -348,6 +348,17 @@ class AffectCLI(LightningCLI):
             safe_io.preload(*pending)
             self._pending_preload = None
 
+    def _default_predict_checkpoint(self, sub: str) -> str | None:
+        """``predict`` without ``--ckpt_path``: the system's ``default_predict_checkpoint()`` if it has one (LitFER:
+        the shipped face model), set as the run's ``ckpt_path`` and said once."""
+        cls = self._resolve_class(self.config[sub]["model"].get("class_path") or "")
+        default = getattr(cls, "default_predict_checkpoint", None)
+        if default is None:
+            return None
+        path = self.config[sub]["ckpt_path"] = str(default())
+        rank_zero_info(f"predict without --ckpt_path: {cls.__name__}'s default checkpoint {path}")
+        return path
+
     def _parse_ckpt_path(self) -> None:
         """Replaces ``LightningCLI._parse_ckpt_path`` (which merges the checkpoint's hyper-parameters into the
         model config unchecked): the file must be readable (error naming it), name only allowed class paths
@@ -360,6 +371,8 @@ class AffectCLI(LightningCLI):
         if not sub:
             return
         ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path and sub == "predict":
+            ckpt_path = self._default_predict_checkpoint(sub)
         if not ckpt_path or ckpt_path in ("best", "last", "hpc"):
             return  # resolved later (before_<stage>, Lightning), then loaded by SafeCheckpointIO
         model_cfg = self.config[sub]["model"]

@@ -144,6 +144,14 @@ class LitFER(EpochMetricsSystem):
     #: config names, so one prediction config (``configs/fer/predict_video.yaml``) serves every face checkpoint.
     predict_net_from_checkpoint: bool = True
 
+    @staticmethod
+    def default_predict_checkpoint() -> str:
+        """``cli.py predict`` without ``--ckpt_path``: the face model shipped in the package
+        (:func:`models.shipped.shipped_checkpoint`; an untrained net has nothing to predict)."""
+        from models.shipped import shipped_checkpoint
+
+        return str(shipped_checkpoint())
+
     # ------------------------------------------------------------------ construction
     DERIVED = ("num_classes", "class_names", "image_size")
 

@@ -256,3 +256,28 @@ def test_an_output_folder_under_a_file_is_a_clear_error_and_a_page_message(tiny,
         status, *rest = analyze_for_page(None, str(video), str(ckpt), 5, 20, config=cfg, output_root=root)
         assert str(a_file) in status and "is a file" in status, status
         assert rest[0] is None
+
+
+# ------------------------------------------------------------------ the shipped model as the default
+def test_no_checkpoint_means_the_shipped_face_model(tiny, tmp_path) -> None:
+    """analyze_video(source) and cli.py predict without --ckpt_path run the model shipped in the package: its seven
+    FER2013 classes (not the config's learning emotions), grey faces, every face of the clip classified."""
+    import yaml
+
+    from cli import cli_main
+    from models.shipped import load_face_model
+
+    shipped = load_face_model()
+    _, cfg = tiny
+    video = classroom_video(tmp_path / "lesson.mp4")
+    df = analyze_video(video, None, tmp_path / "api", config=cfg)
+    assert {f"prob_{c}" for c in shipped.class_names} <= set(df.columns)
+    assert not {f"prob_{c}" for c in LEARNING} & set(df.columns)
+    assert df["track_id"].nunique() == 2 and len(df) == 16 and set(df["class"]) <= set(shipped.class_names)
+    conf = yaml.safe_load(Path(cfg).read_text())
+    conf["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / "cli")
+    cli = cli_main(["predict", "--config", yaml.safe_dump(conf), "--data.init_args.predict_source", str(video)])
+    assert cli.datamodule.hparams.colour == "grey" and cli.datamodule.hparams.class_names == shipped.class_names
+    cli_df = pd.read_csv(tmp_path / "cli" / "emotions.csv")
+    pd.testing.assert_frame_equal(cli_df[["frame", "track_id", "class"]].reset_index(drop=True),
+                                  df[["frame", "track_id", "class"]].reset_index(drop=True), check_dtype=False)
