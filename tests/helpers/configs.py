@@ -202,6 +202,11 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
                 ckpt = write_classifier_ckpt(tmp / "clf.ckpt", e.get("model_name", "resnet18"),
                                              int(e.get("num_classes", len(names))), e.get("model_kwargs"))
                 model_args["consistency_encoder"] = {"init_args": {"checkpoint_path": str(ckpt)}}
+    sched = (cfg.get("model", {}).get("init_args", {}).get("scheduler") or {})
+    warmup = (sched.get("init_args") or {}).get("warmup_epochs") if isinstance(sched, dict) else None
+    if warmup is not None and warmup >= max_epochs:
+        # the scheduler follows trainer.max_epochs: a short run needs a shorter warm-up (as the docs' quickstarts do)
+        model_args["scheduler"] = {"init_args": {"warmup_epochs": max_epochs - 1}}
     trainer: dict[str, Any] = {
         "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
         "precision": "32-true", "max_epochs": max_epochs, "log_every_n_steps": 1,
