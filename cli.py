@@ -675,7 +675,8 @@ class _ArgumentParser(LightningArgumentParser):
 def main(args: ArgsType = None) -> None:
     """The command line: :func:`cli_main` with the project's INFO lines shown, and the project error that explains a
     failure (:func:`reported_error`: one naming the file, or the one raised inside a constructor) printed as the
-    last line, after the full traceback (kept for debugging). A usage error ends with
+    last line, after the full traceback (kept for debugging; not for errors marked ``user_error``, which are about
+    the user's input and say what to do). A usage error ends with
     :func:`parser_error_summary`'s line (exit status 2)."""
     show_project_logs()
     try:
@@ -684,7 +685,8 @@ def main(args: ArgsType = None) -> None:
         root = reported_error(err)
         if root is err and not _project_errors(err):
             raise
-        traceback.print_exception(err)
+        if not getattr(root, "user_error", False):  # a user's input error (e.g. RecordingInputError) needs no trace
+            traceback.print_exception(err)
         print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
         sys.exit(1)
     finally:
