@@ -197,9 +197,11 @@ class EpochMetricsSystem(EpochMeanLogging):
         dm = getattr(self.trainer, "datamodule", None)
         derived = self._data_derived(dm) if dm is not None else None
         if derived is None:
+            given = f"the datamodule {type(dm).__module__}.{type(dm).__name__} exposes none of them" if dm is not None \
+                else "no datamodule was given"
             raise ValueError(
-                f"{type(self).__name__}: the net is built from data-derived values; pass a datamodule that exposes "
-                f"them or give them explicitly ({', '.join(self.DERIVED)})"
+                f"{type(self).__name__}: the net is built from data-derived values ({', '.join(self.DERIVED)}); "
+                f"{given}: pass a datamodule made for {type(self).__name__} or give them explicitly"
             )
         self._build(**derived)
         self.net.to(self.device)

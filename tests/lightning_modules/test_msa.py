@@ -130,3 +130,19 @@ def test_setup_without_feature_dims_is_a_clear_error() -> None:
     model.trainer = trainer
     with pytest.raises(ValueError, match="feature_dims"):
         model.setup("fit")
+
+
+def test_a_datamodule_without_the_data_derived_values_is_named() -> None:
+    """An MSA system given another datamodule (e.g. the face datamodule) ends with an error naming that class."""
+    from types import SimpleNamespace
+
+    from lightning_modules.msa import LitMSA
+    from models.tfn import TFN
+
+    class FaceData:  # stands in for datamodules.fer.FERDataModule: no feature_dims / seq_lens
+        pass
+
+    system = LitMSA(net=TFN)
+    system._trainer = SimpleNamespace(datamodule=FaceData())
+    with pytest.raises(ValueError, match=r"LitMSA: .*feature_dims, seq_lens.*FaceData exposes none of them"):
+        system.setup("fit")
