@@ -294,7 +294,8 @@ class LitFER(EpochMetricsSystem):
             raise RuntimeError("LitFER: configure_optimizers called before the net was built")
         # a WarmupCosineLR without max_epochs follows trainer.max_epochs (so --trainer.max_epochs 3 shrinks it)
         max_epochs = self._trainer.max_epochs if self._trainer is not None else None
-        scheduler = follow_trainer_epochs(self.scheduler_factory, max_epochs)
+        scheduler = follow_trainer_epochs(self.scheduler_factory, max_epochs,
+                                          debug_run=bool(self._trainer is not None and self._trainer.fast_dev_run))
         return build_optimization(self.net, self.optimizer_factory, scheduler,
                                   self.hparams.lr_multipliers, self.hparams.scheduler_monitor, trainer=self._trainer)
 

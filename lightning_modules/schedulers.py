@@ -9,11 +9,15 @@ from numbers (``SequentialLR`` itself takes scheduler instances).
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WarmupCosineLR", "follow_trainer_epochs"]
 
@@ -67,7 +71,7 @@ class WarmupCosineLR(SequentialLR):
 
 
 def follow_trainer_epochs(
-    factory: Callable[..., Any] | None, max_epochs: int | None
+    factory: Callable[..., Any] | None, max_epochs: int | None, debug_run: bool = False
 ) -> Callable[..., Any] | None:
     """The scheduler factory with ``max_epochs=max_epochs`` (the trainer's) where it takes ``max_epochs`` and leaves
     it ``None`` (a ``WarmupCosineLR`` config without ``max_epochs``); any other factory, or an explicit
@@ -77,6 +81,8 @@ def follow_trainer_epochs(
         factory: what LightningCLI makes of ``scheduler:`` (a ``functools.partial`` over the class with its
             ``init_args``), the class itself, or ``None``.
         max_epochs: ``trainer.max_epochs`` (``None`` or ``-1``: unbounded, nothing to follow).
+        debug_run: the trainer runs ``fast_dev_run`` (one epoch of a few batches): a warm-up longer than the run is
+            shortened to fit (logged) instead of being an error, so every config can be smoke-tested as it is.
     """
     if factory is None or max_epochs is None or max_epochs < 1:
         return factory
@@ -86,5 +92,11 @@ def follow_trainer_epochs(
         target = next((a for a in target.args if isinstance(a, type)), target.func)
     takes = isinstance(target, type) and issubclass(target, WarmupCosineLR)
     if takes and keywords.get("max_epochs") is None:
-        return functools.partial(factory, max_epochs=int(max_epochs))
+        extra: dict[str, Any] = {"max_epochs": int(max_epochs)}
+        warmup = keywords.get("warmup_epochs", inspect.signature(WarmupCosineLR).parameters["warmup_epochs"].default)
+        if debug_run and warmup >= max_epochs:
+            extra["warmup_epochs"] = int(max_epochs) - 1
+            log.info("WarmupCosineLR: fast_dev_run: warm-up %d -> %d epochs to fit the %d-epoch run", warmup,
+                     extra["warmup_epochs"], max_epochs)
+        return functools.partial(factory, **extra)
     return factory

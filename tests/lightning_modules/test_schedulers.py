@@ -1,5 +1,6 @@
 """WarmupCosineLR: linear warm-up then cosine, per epoch, from plain numbers."""
 
+import functools
 import math
 
 import pytest
@@ -73,3 +74,18 @@ def test_shrinking_trainer_max_epochs_shrinks_the_shipped_schedule(tmp_path, mon
     cli.model.trainer = cli.trainer
     sched = cli.model.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert isinstance(sched, WarmupCosineLR) and sched.max_epochs == 3
+
+
+def test_a_fast_dev_run_shortens_a_warm_up_longer_than_the_run() -> None:
+    """fast_dev_run (max_epochs 1) smoke-tests any config; a shortened real run keeps the error naming the flag."""
+
+
+    from lightning_modules.schedulers import follow_trainer_epochs
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    factory = functools.partial(WarmupCosineLR, warmup_epochs=5)
+    sched = follow_trainer_epochs(factory, 1, debug_run=True)(opt)
+    assert sched.max_epochs == 1
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        follow_trainer_epochs(factory, 3)(opt)
+    assert follow_trainer_epochs(functools.partial(WarmupCosineLR), 10, debug_run=True)(opt).max_epochs == 10
