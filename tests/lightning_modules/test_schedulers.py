@@ -78,8 +78,6 @@ def test_shrinking_trainer_max_epochs_shrinks_the_shipped_schedule(tmp_path, mon
 
 def test_a_fast_dev_run_shortens_a_warm_up_longer_than_the_run() -> None:
     """fast_dev_run (max_epochs 1) smoke-tests any config; a shortened real run keeps the error naming the flag."""
-
-
     from lightning_modules.schedulers import follow_trainer_epochs
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
