@@ -178,6 +178,7 @@ def _generation_override(ldm_fit: dict[str, Path], name: str, devices: int) -> P
                                                           "checkpoint_path": str(clf)}},
                              # a random classifier: accept everything (nothing is "memorised" above cosine 1)
                              "min_confidence": 0.0, "duplicate_metric": "cosine", "duplicate_threshold": 1.01,
+                             "ood_quantile": None,  # the generate config's out-of-distribution check is off too
                              "reference_root": str(ldm_fit["faces"]), "class_names": CK}}
     override = {
         # the net is not a hyper-parameter of the checkpoint: the config describes the trained one (ldm_tiny's)
