@@ -35,7 +35,6 @@ idle machine for the numbers; timings taken while other jobs load the machine ar
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -48,8 +47,6 @@ sys.path.insert(0, str(ROOT))
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-
-from models.kernels import SOURCES as KERNEL_SOURCES
 
 DIMS = {"text": 768, "audio": 5, "vision": 20}
 LENS = {"text": 50, "audio": 375, "vision": 500}
@@ -105,28 +102,8 @@ def our_mult(attention: str = "auto"):
     )
 
 
-def _variant_name(attention: str, source: str | None, single: bool) -> str:
-    if single:
-        return "MulT (ours)"
-    return f"MulT (ours, {attention}{', ' + source if source else ''})"
-
-
-def _with_kernel_source(step, source: str):
-    """``step`` run with the fused kernel built from ``source`` (``models.kernels`` reads the variable per call)."""
-    from models.kernels import SOURCE_ENV
-
-    def run() -> float:
-        old = os.environ.get(SOURCE_ENV)
-        os.environ[SOURCE_ENV] = source
-        try:
-            return step()
-        finally:
-            if old is None:
-                os.environ.pop(SOURCE_ENV, None)
-            else:
-                os.environ[SOURCE_ENV] = old
-
-    return run
+def _variant_name(attention: str, single: bool) -> str:
+    return "MulT (ours)" if single else f"MulT (ours, {attention})"
 
 
 def make_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], mmsa: bool):
@@ -169,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-gflops", type=float, default=185.0, help="fp32 matmul peak of the machine")
     p.add_argument("--attention", nargs="+", choices=["auto", "torch"], default=["auto"],
                    help="our MulT's attention kernels (several: timed side by side)")
-    p.add_argument("--kernel-sources", nargs="+", choices=sorted(KERNEL_SOURCES), default=None,
-                   help="sources of the fused kernel for --attention auto (several: timed side by side; default: "
-                        "the one AFFECT_ATTENTION_SOURCE selects)")
     p.add_argument("--profile", action="store_true", help="print a profile of one step of our MulT(s) at the end")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -182,22 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     from models.lmf import LMF
     from models.tfn import TFN
 
-    variants = [(att, src) for att in a.attention
-                for src in (a.kernel_sources or [None] if att == "auto" else [None])]
-    ours_names = {v: _variant_name(*v, single=len(variants) == 1) for v in variants}
+    ours_names = {att: _variant_name(att, single=len(a.attention) == 1) for att in a.attention}
     models = {
-        **{name: (our_mult(att), False) for (att, _src), name in ours_names.items()},
+        **{name: (our_mult(att), False) for att, name in ours_names.items()},
         "MulT (MMSA 2.2.1)": (theirs, True),
         "HGCL": (HGCL(DIMS, LENS), False),
         "TFN": (TFN(DIMS, LENS), False),
         "LMF": (LMF(DIMS, LENS), False),
     }
     steps, flops = {}, {}
-    sources = {name: src for (_att, src), name in ours_names.items()}
     for name, (model, is_mmsa) in models.items():
         steps[name], count = make_step(model, batch, is_mmsa)
-        if sources.get(name):
-            steps[name] = _with_kernel_source(steps[name], sources[name])
         if name in ours_names.values():  # counted on a torch-path twin: the counter does not see the fused kernel
             twin = our_mult("torch")
             twin.load_state_dict(model.state_dict())

@@ -37,3 +37,14 @@ def test_exits_with_a_clear_message_without_mmsa(monkeypatch, capsys) -> None:
         bench.main(["--rounds", "1"])
     assert exit_info.value.code == 2
     assert "MMSA is not installed" in capsys.readouterr().err
+
+
+def test_kernel_source_option_is_gone(capsys) -> None:
+    """One fused-kernel source is left (issue #25): ``--kernel-sources`` is an unknown option, ``--attention`` names
+    the variants."""
+    bench = load_script("benchmarks/bench_msa.py")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--kernel-sources", "vec"])
+    assert exit_info.value.code == 2 and "--kernel-sources" in capsys.readouterr().err
+    assert bench._variant_name("auto", single=True) == "MulT (ours)"
+    assert bench._variant_name("torch", single=False) == "MulT (ours, torch)"

@@ -1,7 +1,7 @@
 """Fused CPU attention with in-kernel attention dropout (C++ extension, compiled at first use).
 
 PyTorch's CPU flash kernel refuses ``dropout_p > 0``, so training MulT on CPU materialised every attention weight
-(scores, mask, softmax, dropout mask, product; all again in backward). ``attention_cpu.cpp`` computes, per (batch
+(scores, mask, softmax, dropout mask, product; all again in backward). ``attention_cpu_vec.cpp`` computes, per (batch
 b, head h, query row i) and over the valid keys j only,
 
 .. math::
@@ -18,16 +18,11 @@ The extension is built with ``torch.utils.cpp_extension.load`` (needs a C++ comp
 extensions cache on the first call of :func:`load_extension`; a failed build warns once with the reason and
 :func:`available` returns False, so callers fall back to their torch path.
 
-Two sources of the same kernel (:data:`SOURCES`), picked by the environment variable ``AFFECT_ATTENTION_SOURCE``
-(read at each :func:`load_extension`; default ``vec``):
-
-- ``vec`` (default): ``attention_cpu_vec.cpp``, one source over ATen's ``at::vec::Vectorized<float>`` (16 lanes with
-  AVX-512, 8 with AVX2, a plain array otherwise, as ``-march=native`` finds the CPU), IEEE arithmetic (NaN / inf give
-  what torch's softmax gives), the same keep decisions. Same speed as ``legacy`` within noise
-  (``benchmarks/bench_msa.py --kernel-sources legacy vec``: 20.36 vs 20.11 samples/s, AVX-512 host, 2026-12-06).
-- ``legacy``: ``attention_cpu.cpp``, hand-written AVX-512 and AVX2 intrinsics plus portable loops, built with
-  ``-ffast-math`` (the compiler may assume no NaN / inf: a NaN score gives finite garbage instead of NaN); kept one
-  release for comparison, to be removed.
+One source, ``attention_cpu_vec.cpp``, written over ATen's ``at::vec::Vectorized<float>`` (16 lanes with AVX-512,
+8 with AVX2, a plain array otherwise, as ``-march=native`` finds the CPU) and built without ``-ffast-math``: IEEE
+arithmetic, so NaN / inf give what torch's softmax gives. It replaced a hand-written AVX-512 / AVX2 intrinsics source
+built with ``-ffast-math`` (a NaN score gave finite garbage), removed after a side-by-side run measured the same speed
+(vec 20.36 vs 20.11 samples/s, ``benchmarks/bench_msa.py``, AVX-512 host, 2026-12-06; ``docs/results/benchmarks.csv``).
 """
 
 from __future__ import annotations
@@ -44,37 +39,25 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from common.choices import check_choices
-
 __all__ = [
-    "DEFAULT_SOURCE",
-    "SOURCES",
-    "SOURCE_ENV",
-    "KernelSource",
+    "FLAGS",
+    "SOURCE",
     "available",
     "dropout_keep_mask",
     "fused_attention",
     "fused_attention_packed",
     "load_extension",
-    "selected_source",
     "source_build",
     "supports",
 ]
 
-KernelSource = Literal["legacy", "vec"]
-SOURCE_ENV = "AFFECT_ATTENTION_SOURCE"
-DEFAULT_SOURCE = "vec"
-# source name -> (C++ file next to this module, compiler flags)
-SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "legacy": ("attention_cpu.cpp", ("-O3", "-march=native", "-ffast-math", "-fopenmp")),
-    "vec": ("attention_cpu_vec.cpp", ("-O3", "-march=native", "-fopenmp")),
-}
+SOURCE = "attention_cpu_vec.cpp"  # next to this module
+FLAGS = ("-O3", "-march=native", "-fopenmp")  # no -ffast-math: NaN / inf as torch
 MAX_HEAD_DIM = 64
 
 
@@ -112,39 +95,20 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
-def selected_source() -> KernelSource:
-    """The kernel source ``AFFECT_ATTENTION_SOURCE`` names (:data:`SOURCES`), :data:`DEFAULT_SOURCE` when unset.
-
-    Raises:
-        ValueError: the variable names no source.
-    """
-    name = os.environ.get(SOURCE_ENV, "").strip() or DEFAULT_SOURCE
-    if name not in SOURCES:
-        raise ValueError(f"models.kernels: {SOURCE_ENV}={name!r} names no kernel source; choose one of "
-                         f"{sorted(SOURCES)}")
-    return name  # type: ignore[return-value] - checked against SOURCES above
-
-
-def source_build(name: KernelSource, extra_flags: tuple[str, ...] = ()) -> tuple[Path, list[str], str]:
-    """The C++ file, compiler flags and extension name of source ``name`` (:data:`SOURCES`), ``extra_flags`` added
-    (tests build the narrower instruction sets with ``-mno-avx512f`` / ``-mno-avx2``, under their own names).
-
-    Raises:
-        ValueError: ``name`` is no source.
-    """
-    check_choices(source_build, {"name": name})
-    file, flags = SOURCES[name]
-    module = "affect_mult_attention_cpu" + ("" if name == "legacy" else f"_{name}")  # legacy: its old cache name
+def source_build(extra_flags: tuple[str, ...] = ()) -> tuple[Path, list[str], str]:
+    """The C++ file, compiler flags and extension name of the kernel, ``extra_flags`` added (tests build the narrower
+    instruction sets with ``-mno-avx512f`` / ``-mno-avx2``, under their own names)."""
+    module = "affect_mult_attention_cpu_vec"
     if extra_flags:
         module += "_" + hashlib.sha1(" ".join(extra_flags).encode()).hexdigest()[:8]
-    return Path(__file__).with_name(file), [*flags, *extra_flags], f"{module}_{_cpu_tag()}"
+    return Path(__file__).with_name(SOURCE), [*FLAGS, *extra_flags], f"{module}_{_cpu_tag()}"
 
 
 @functools.cache
-def _build_source(name: KernelSource, extra_flags: tuple[str, ...] = ()) -> tuple[ModuleType | None, str]:
-    """Source ``name`` built (or loaded from torch's cache) once per process: ``(module, "")`` or
+def _build_with(extra_flags: tuple[str, ...] = ()) -> tuple[ModuleType | None, str]:
+    """The kernel built with ``extra_flags`` (or loaded from torch's cache) once per process: ``(module, "")`` or
     ``(None, reason)``."""
-    source, flags, module_name = source_build(name, extra_flags)
+    source, flags, module_name = source_build(extra_flags)
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_log.level
     cpp_log.setLevel(logging.ERROR)  # its import logs "No CUDA runtime is found": irrelevant to a CPU extension
@@ -167,15 +131,14 @@ def _build_source(name: KernelSource, extra_flags: tuple[str, ...] = ()) -> tupl
 
 
 def _build() -> tuple[ModuleType | None, str]:
-    """The selected source (:func:`selected_source`) built: ``(module, "")`` or ``(None, reason)``."""
-    return _build_source(selected_source())
+    """The kernel built with its own flags: ``(module, "")`` or ``(None, reason)``."""
+    return _build_with()
 
 
 def load_extension() -> ModuleType:
-    """The compiled extension of the selected source (built on the first call, then cached by torch).
+    """The compiled extension (built on the first call, then cached by torch).
 
     Raises:
-        ValueError: ``AFFECT_ATTENTION_SOURCE`` names no source.
         RuntimeError: the extension cannot be built (the message carries the compiler's reason).
     """
     module, reason = _build()

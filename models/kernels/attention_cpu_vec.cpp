@@ -19,8 +19,9 @@
 // per-row accumulators live in registers, and a run-time width otherwise.
 //
 // Vector width: Vectorized<float> has 16 lanes with AVX-512, 8 with AVX2 + FMA, and is a plain 8-float array
-// otherwise (the compiler vectorises what it can). The same source is the kernel of all three; the keep decisions
-// are bit-identical to attention_cpu.cpp's (and to dropout_keep_mask below).
+// otherwise (the compiler vectorises what it can). The same source is the kernel of all three (it replaced the
+// hand-written intrinsics of attention_cpu.cpp, removed; the keep decisions are bit-identical to that source's and to
+// dropout_keep_mask below).
 //
 // IEEE semantics (no -ffast-math): a NaN score (NaN in a valid query or key, +inf - +inf) propagates to the whole
 // output row as in torch's softmax: the row max is NaN-propagating (at::vec::maximum) and exp keeps NaN; masking of
@@ -151,7 +152,7 @@ inline Vec pow2n(const Vec& n) {
 }
 
 // exp(x) for x <= 0 (Cephes expf: range reduction by n ln 2 in two parts, degree-5 polynomial, scale by 2^n; within
-// 2 ulp), the polynomial of attention_cpu.cpp's exp512 / exp256 in Vectorized operations. x below -87 gives exp(-87)
+// 2 ulp), the polynomial of the removed attention_cpu.cpp's exp512 / exp256 in Vectorized operations. x below -87 gives exp(-87)
 // (callers mask padded lanes); NaN gives NaN (clamp_min keeps NaN, the polynomial carries it).
 inline Vec exp_nonpos(Vec x) {
   x = at::vec::clamp_min(x, Vec(-87.0f));

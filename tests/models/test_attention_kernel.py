@@ -1,9 +1,7 @@
 """models/kernels: the fused CPU attention kernel (C++ extension) against float64 reference math, and in MulT.
 
-Every test taking ``ext`` runs once per kernel source (``legacy``: ``attention_cpu.cpp``; ``vec``:
-``attention_cpu_vec.cpp``, see :data:`models.kernels.SOURCES`), with ``AFFECT_ATTENTION_SOURCE`` set to it. The
-extension is built (or loaded from torch's extensions cache) once per session and source by the module-scoped
-``ext`` fixture; the first build on a machine takes a minute or two, later sessions load the cached library.
+The extension (``attention_cpu_vec.cpp``) is built (or loaded from torch's extensions cache) once per session by
+the module-scoped ``ext`` fixture; the first build on a machine takes a minute or two, later sessions load the cached library.
 Without a compiler or ninja every test here skips with the build error as the reason.
 """
 
@@ -21,22 +19,20 @@ from models.mult import MulT, MultiheadAttention, key_mask
 from tests.models.test_mult import DIMS, LENS, make_batch  # padding holds junk; one empty audio sequence
 
 
-def built(source: str, flags: tuple[str, ...] = ()):
-    """Source ``source`` built with ``flags`` added (cached per process), or the test skipped with the reason."""
-    module, reason = kernels._build_source(source, flags)
+def built(flags: tuple[str, ...] = ()):
+    """The extension built with ``flags`` added (cached per process), or the test skipped with the reason."""
+    module, reason = kernels._build_with(flags)
     if module is None:
-        pytest.skip(f"the fused CPU attention extension ({source}, {flags}) cannot be built here: {reason}")
+        pytest.skip(f"the fused CPU attention extension ({flags}) cannot be built here: {reason}")
     return module
 
 
-@pytest.fixture(scope="module", params=sorted(kernels.SOURCES))
-def ext(request):
-    """The extension of one source, selected through ``AFFECT_ATTENTION_SOURCE`` for the tests that use it."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(kernels.SOURCE_ENV, request.param)
-        module = built(request.param)
-        assert kernels.load_extension() is module
-        yield module
+@pytest.fixture(scope="module")
+def ext():
+    """The extension as :func:`models.kernels.load_extension` gives it."""
+    module = built()
+    assert kernels.load_extension() is module
+    return module
 
 
 def reference(q, k, v, valid, keep=None, p=0.0):
@@ -291,18 +287,15 @@ NARROW_BUILDS = [("avx2", ("-mno-avx512f",)), ("portable", ("-mno-avx512f", "-mn
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", sorted(kernels.SOURCES))
 @pytest.mark.parametrize(("path", "flags"), NARROW_BUILDS)
-def test_paths_without_avx512_equal_reference(monkeypatch, source: str, path: str, flags: tuple[str, ...]) -> None:
-    """The other code paths, built here under other names: ``-mno-avx512f`` gives the AVX2 path on a CPU with AVX2
-    (many AMD and older Intel machines; the portable loops, or ``vec``'s plain-array vectors, without AVX2),
-    ``-mno-avx2`` too the portable ones. The same reference checks, dropout and skipped query rows included; the
-    ``vec`` builds also the NaN / inf checks, and say which vectors they use."""
-    portable = built(source, flags)  # a compiler refusing the flag (non-x86) skips: nothing to check
-    monkeypatch.setenv(kernels.SOURCE_ENV, source)
+def test_paths_without_avx512_equal_reference(monkeypatch, path: str, flags: tuple[str, ...]) -> None:
+    """The other code paths, built here under other names: ``-mno-avx512f`` gives ATen's AVX2 vectors on a CPU with
+    AVX2 (many AMD and older Intel machines; the plain-array vectors without AVX2), ``-mno-avx2`` the plain-array
+    ones. The same reference checks, dropout, skipped query rows and the NaN / inf checks included; each build says
+    which vectors it uses."""
+    portable = built(flags)  # a compiler refusing the flag (non-x86) skips: nothing to check
     monkeypatch.setattr(kernels, "load_extension", lambda: portable)
-    if source == "vec":
-        assert portable.capability() == ("avx2" if path == "avx2" and _cpu_has("avx2", "fma", "f16c") else "default")
+    assert portable.capability() == ("avx2" if path == "avx2" and _cpu_has("avx2", "fma", "f16c") else "default")
     for shape in SHAPES:
         for p in (0.0, 0.3):
             q, k, v, valid = inputs(*shape, seed=3)
@@ -311,11 +304,10 @@ def test_paths_without_avx512_equal_reference(monkeypatch, source: str, path: st
             check_against_reference(out, q, k, v, valid, keep, p)
     for shape in [(3, 2, 7, 11, 5), (2, 3, 13, 40, 10), (2, 2, 6, 9, 3)]:
         test_skipped_query_rows_are_zero_and_the_others_unchanged(portable, shape, 0.3)
-    if source == "vec":
-        for case in NONFINITE_CASES:
-            for dh in (5, 3):  # a template width and the run-time one
-                check_nonfinite_against_torch(case, dh)
-        check_nonfinite_with_dropout("nan_key")
+    for case in NONFINITE_CASES:
+        for dh in (5, 3):  # a template width and the run-time one
+            check_nonfinite_against_torch(case, dh)
+    check_nonfinite_with_dropout("nan_key")
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -363,27 +355,19 @@ def _cpu_has(*flags: str) -> bool:
     return set(flags) <= set(line.split())
 
 
-def test_source_switch(monkeypatch) -> None:
-    """``AFFECT_ATTENTION_SOURCE`` picks the source (vec by default); a bad name is an error naming the
-    variable; the vec source builds without -ffast-math, under a name of its own."""
-    monkeypatch.delenv(kernels.SOURCE_ENV, raising=False)
-    assert kernels.selected_source() == kernels.DEFAULT_SOURCE == "vec"
-    monkeypatch.setenv(kernels.SOURCE_ENV, "legacy")
-    assert kernels.selected_source() == "legacy"
-    monkeypatch.setenv(kernels.SOURCE_ENV, "avx")
-    with pytest.raises(ValueError, match="AFFECT_ATTENTION_SOURCE='avx' names no kernel source"):
-        kernels.load_extension()
-    file, flags, name = kernels.source_build("vec")
-    assert file.name == "attention_cpu_vec.cpp" and file.is_file()
+def test_build_flags_and_names() -> None:
+    """The kernel builds without -ffast-math (NaN / inf as torch); a build with extra flags gets a name of its own."""
+    file, flags, name = kernels.source_build()
+    assert file.name == kernels.SOURCE == "attention_cpu_vec.cpp" and file.is_file()
+    assert not file.with_name("attention_cpu.cpp").exists()  # the -ffast-math intrinsics source is gone
     assert "-ffast-math" not in flags and {"-O3", "-march=native", "-fopenmp"} <= set(flags)
-    assert name != kernels.source_build("legacy")[2] != kernels.source_build("vec", ("-mno-avx2",))[2]
-    with pytest.raises(ValueError, match="source_build: name must be one of"):
-        kernels.source_build("avx")  # type: ignore[arg-type]
+    narrow = kernels.source_build(("-mno-avx2",))
+    assert narrow[1][-1] == "-mno-avx2" and narrow[2] != name
 
 
-def test_vec_source_uses_the_widest_vectors_of_this_cpu() -> None:
+def test_kernel_uses_the_widest_vectors_of_this_cpu() -> None:
     """-march=native alone selects ATen's AVX-512 vectors on an AVX-512 CPU (AVX2 ones on an AVX2 CPU)."""
-    module = built("vec")
+    module = built()
     if _cpu_has("avx512f", "avx512bw", "avx512dq", "avx512vl"):
         assert module.capability() == "avx512"
     elif _cpu_has("avx2", "fma", "f16c"):
@@ -392,9 +376,8 @@ def test_vec_source_uses_the_widest_vectors_of_this_cpu() -> None:
         assert module.capability() == "default"
 
 
-# Non-finite inputs; which cases the legacy source (-ffast-math, NaN-dropping max) gets wrong.
+# Non-finite inputs.
 NONFINITE_CASES = ["nan_key", "nan_query", "nan_value", "inf_scores", "fully_masked"]
-LEGACY_WRONG = {"nan_key", "nan_query", "inf_scores"}
 
 
 def nonfinite_inputs(case: str, dh: int = 5):
@@ -449,18 +432,13 @@ def check_nonfinite_with_dropout(case: str) -> None:
 
 @pytest.mark.parametrize("dh", [5, 16, 3])
 @pytest.mark.parametrize("case", NONFINITE_CASES)
-def test_nonfinite_inputs_give_what_torch_gives(ext, request, case: str, dh: int) -> None:
+def test_nonfinite_inputs_give_what_torch_gives(ext, case: str, dh: int) -> None:
     """NaN in a valid key or query, +inf scores: torch's softmax gives NaN rows, and so must the kernel (never
-    finite numbers); a NaN value spoils its output column; a sample without valid keys gives zeros (as torch's
-    SDPA). The legacy source's SIMD path gets the first three wrong (-ffast-math, a max and an exp clamp that drop
-    NaN): it stays only until the vec source's speed is measured."""
-    if kernels.selected_source() == "legacy" and case in LEGACY_WRONG and dh != 3:  # dh 3: its portable loops
-        request.applymarker(pytest.mark.xfail(reason="legacy source: finite output for NaN scores", strict=True))
+    finite numbers: no -ffast-math, a NaN-propagating max); a NaN value spoils its output column; a sample without
+    valid keys gives zeros (as torch's SDPA)."""
     check_nonfinite_against_torch(case, dh)
 
 
 @pytest.mark.parametrize("case", ["nan_key", "nan_query", "inf_scores"])
-def test_nonfinite_inputs_with_dropout_give_nan_rows(ext, request, case: str) -> None:
-    if kernels.selected_source() == "legacy":
-        request.applymarker(pytest.mark.xfail(reason="legacy source: finite output for NaN scores", strict=True))
+def test_nonfinite_inputs_with_dropout_give_nan_rows(ext, case: str) -> None:
     check_nonfinite_with_dropout(case)
