@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,15 +25,14 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.confusion_matrix import save_figure_atomic
 from common.choices import check_choices
 from common.io import atomic_write
 from features.classroom_report import (
     annotate_video,
     empty_table,
-    palette,
+    plot_summary,
+    plot_timelines,
     predictions_table,
-    prob_columns,
     smooth_table,
     summarize_tracks,
     write_csv_atomic,
@@ -321,86 +319,6 @@ class EmotionTimelineWriter(BasePredictionWriter):
             self.notes.append(f"annotated video not written: {err}")
             return
         self.written.append(path)
-
-
-def plot_timelines(
-    df: pd.DataFrame, source: str, class_names: Sequence[str], path: Path, max_tracks: int = 8,
-    min_observations: int = 3, time_axis: bool = True,
-) -> None:
-    """One panel per student of ``source`` (the ``max_tracks`` seen most): class probabilities as stacked areas and
-    the (smoothed) class as a step line, over time (or frame index when time does not advance)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    sdf = df[df["source"] == source]
-    counts = sdf["track_id"].value_counts()
-    ids = sorted(counts[counts >= min_observations].index[:max_tracks].tolist())
-    use_time = time_axis and sdf["time"].max() > sdf["time"].min()
-    k = len(class_names)
-    colors = palette(k)
-    fig, axes = plt.subplots(max(len(ids), 1), 1, figsize=(10, 1.8 * max(len(ids), 1) + 0.8), sharex=True,
-                             squeeze=False)
-    cols = prob_columns(class_names)
-    for ax, tid in zip(axes[:, 0], ids):
-        t = sdf[sdf["track_id"] == tid].sort_values("frame")
-        x = t["time"].to_numpy() if use_time else t["frame"].to_numpy()
-        ax.stackplot(x, t[cols].to_numpy().T, colors=colors, alpha=0.35, labels=list(class_names))
-        ax2 = ax.twinx()
-        pred = np.array([list(class_names).index(c) for c in t["class"]])
-        ax2.step(x, pred, where="post", color="black", linewidth=1.2)
-        ax2.set_yticks(range(k), labels=list(class_names), fontsize=7)
-        ax2.set_ylim(-0.5, k - 0.5)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(f"student {tid}\nprob", fontsize=8)
-    if not ids:
-        axes[0, 0].text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=axes[0, 0].transAxes)
-    else:
-        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(0, 1.35), ncol=min(k, 7), fontsize=7, frameon=False)
-    axes[-1, 0].set_xlabel("time [s]" if use_time else "frame")
-    fig.suptitle(f"Learning-emotion timeline per student: {Path(source).name}", fontsize=10)
-    fig.tight_layout()
-    try:
-        save_figure_atomic(fig, path)
-    finally:
-        plt.close(fig)
-
-
-def plot_summary(summary: pd.DataFrame, class_names: Sequence[str], path: Path) -> None:
-    """One horizontal stacked bar per student: share of time in each class; transitions and longest spell."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = len(summary)
-    fig, ax = plt.subplots(figsize=(10, 0.45 * max(n, 1) + 1.6))
-    colors = palette(len(class_names))
-    multi = summary["source"].nunique() > 1 if n else False
-    labels = [f"{Path(s).stem}: student {t}" if multi else f"student {t}"
-              for s, t in zip(summary["source"], summary["track_id"])]
-    left = np.zeros(n)
-    for j, c in enumerate(class_names):
-        v = summary[f"share_{c}"].to_numpy() if n else np.zeros(0)
-        ax.barh(range(n), v, left=left, color=colors[j], label=c)
-        left += v
-    for i, row in enumerate(summary.itertuples(index=False)):
-        ax.text(1.01, i, f"{row.transitions} changes, longest {row.longest_spell_class} {row.longest_spell_s:.1f}s",
-                va="center", fontsize=7)
-    ax.set_yticks(range(n), labels=labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the time the student was seen")
-    if n == 0:
-        ax.text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=ax.transAxes)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(class_names), 7), fontsize=7,
-              frameon=False)
-    fig.tight_layout()
-    try:
-        save_figure_atomic(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def _as_array(value: Any, n: int, key: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Per-student learning-emotion reports from tracked face predictions: table, smoothing, summary, plots, video.
+"""Per-student emotion reports from tracked face predictions: table, smoothing, summary, plots, HTML, video.
 
 The input is one row per analysed face (see :func:`predictions_table`): ``source, frame, time, track_id, x, y, w,
 h`` (box in source pixels), ``score``, the five landmarks, and one probability per class. A *student* is one
@@ -10,15 +10,19 @@ h`` (box in source pixels), ``score``, the five landmarks, and one probability p
 * :func:`summarize_tracks`: per student, the share of its observed time in each class (observations are evenly
   spaced by the frame stride, so the share of observations is the share of the time the student was seen),
   the number of class transitions and the longest spell of one class (seconds).
+* :func:`plot_timelines` / :func:`plot_summary`: per-student figures (PNG bytes, optionally written atomically);
+  :func:`html_report`: a one-page, self-contained HTML report (figures embedded). Titles name no class set: the
+  class names are the model's (a FER2013 model's basic emotions, or the paper's learning emotions).
 * :func:`annotate_video`: the source re-decoded with boxes, track ids and the current emotion drawn on it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -32,7 +36,10 @@ __all__ = [
     "BASE_COLUMNS",
     "annotate_video",
     "empty_table",
+    "html_report",
     "palette",
+    "plot_summary",
+    "plot_timelines",
     "predictions_table",
     "prob_columns",
     "smooth_table",
@@ -212,3 +219,157 @@ def annotate_video(video: str | Path, df: pd.DataFrame, out: Path, hold_frames: 
                                 cv2.LINE_AA)
             writer.write(rgb)
     return out
+
+
+def _save_png(fig: Any, path: Path | None) -> bytes:
+    """PNG bytes of a matplotlib figure (closed afterwards), written atomically to ``path`` unless it is None."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+    png = buf.getvalue()
+    if path is not None:
+        with atomic_write(path) as fh:
+            fh.write(png)
+    return png
+
+
+def plot_timelines(
+    df: pd.DataFrame, source: str, class_names: Sequence[str], path: Path | None, max_tracks: int = 8,
+    min_observations: int = 3, time_axis: bool = True,
+) -> bytes:
+    """One panel per student of ``source`` (the ``max_tracks`` seen most): class probabilities as stacked areas and
+    the (smoothed) class as a step line, over time (or frame index when time does not advance).
+
+    Returns the PNG bytes, also written (atomically) to ``path`` unless it is None."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sdf = df[df["source"] == source]
+    counts = sdf["track_id"].value_counts()
+    ids = sorted(counts[counts >= min_observations].index[:max_tracks].tolist())
+    use_time = time_axis and sdf["time"].max() > sdf["time"].min()
+    k = len(class_names)
+    colors = palette(k)
+    fig, axes = plt.subplots(max(len(ids), 1), 1, figsize=(10, 1.8 * max(len(ids), 1) + 0.8), sharex=True,
+                             squeeze=False)
+    cols = prob_columns(class_names)
+    for ax, tid in zip(axes[:, 0], ids):
+        t = sdf[sdf["track_id"] == tid].sort_values("frame")
+        x = t["time"].to_numpy() if use_time else t["frame"].to_numpy()
+        ax.stackplot(x, t[cols].to_numpy().T, colors=colors, alpha=0.35, labels=list(class_names))
+        ax2 = ax.twinx()
+        pred = np.array([list(class_names).index(c) for c in t["class"]])
+        ax2.step(x, pred, where="post", color="black", linewidth=1.2)
+        ax2.set_yticks(range(k), labels=list(class_names), fontsize=7)
+        ax2.set_ylim(-0.5, k - 0.5)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"student {tid}\nprob", fontsize=8)
+    if not ids:
+        axes[0, 0].text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=axes[0, 0].transAxes)
+    else:
+        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(0, 1.35), ncol=min(k, 7), fontsize=7, frameon=False)
+    axes[-1, 0].set_xlabel("time [s]" if use_time else "frame")
+    fig.suptitle(f"Emotion timeline per student: {Path(source).name}", fontsize=10)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def plot_summary(summary: pd.DataFrame, class_names: Sequence[str], path: Path | None) -> bytes:
+    """One horizontal stacked bar per student: share of time in each class; transitions and longest spell.
+
+    Returns the PNG bytes, also written (atomically) to ``path`` unless it is None."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(summary)
+    fig, ax = plt.subplots(figsize=(10, 0.45 * max(n, 1) + 1.6))
+    colors = palette(len(class_names))
+    multi = summary["source"].nunique() > 1 if n else False
+    labels = [f"{Path(s).stem}: student {t}" if multi else f"student {t}"
+              for s, t in zip(summary["source"], summary["track_id"])]
+    left = np.zeros(n)
+    for j, c in enumerate(class_names):
+        v = summary[f"share_{c}"].to_numpy() if n else np.zeros(0)
+        ax.barh(range(n), v, left=left, color=colors[j], label=c)
+        left += v
+    for i, row in enumerate(summary.itertuples(index=False)):
+        ax.text(1.01, i, f"{row.transitions} changes, longest {row.longest_spell_class} {row.longest_spell_s:.1f}s",
+                va="center", fontsize=7)
+    ax.set_yticks(range(n), labels=labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the time the student was seen")
+    if n == 0:
+        ax.text(0.5, 0.5, "no face tracked", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(class_names), 7), fontsize=7,
+              frameon=False)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+_REPORT_CSS = (
+    "body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;font-size:0.9em}"
+    "td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+    "dt{font-weight:bold;float:left;clear:left;width:12em}dd{margin-left:12em}"
+)
+
+
+def html_report(
+    title: str,
+    class_names: Sequence[str],
+    summary: pd.DataFrame,
+    images: Sequence[tuple[str, bytes]] = (),
+    facts: Sequence[tuple[str, str]] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """A one-page, self-contained HTML report: facts, the per-student table, the figures (PNG embedded as base64
+    ``data:`` URIs: the file opens in any browser, offline, without the app) and notes.
+
+    Args:
+        title: page title (e.g. the video's name).
+        class_names: the model's classes (from its checkpoint), listed and used for the share columns.
+        summary: :func:`summarize_tracks` output.
+        images: ``(caption, png bytes)`` pairs, e.g. from :func:`plot_summary` / :func:`plot_timelines`.
+        facts: ``(label, value)`` pairs shown above the table (model, frames analysed, ...).
+        notes: messages for the reader (no face found, cancelled, ...).
+    """
+    import base64
+    import html
+
+    esc = html.escape
+    shares = [f"share_{c}" for c in class_names]
+    head = ["student", "observations", "first seen [s]", "last seen [s]", "seen [s]",
+            *[esc(str(c)) for c in class_names], "changes", "longest spell"]
+    rows = []
+    for r in summary.to_dict("records"):
+        cells = [f"#{int(r['track_id'])}", str(int(r["observations"])), f"{r['first_s']:.1f}", f"{r['last_s']:.1f}",
+                 f"{r['seen_s']:.1f}", *[f"{100 * float(r[s]):.0f}%" for s in shares], str(int(r["transitions"])),
+                 f"{esc(str(r['longest_spell_class']))} {r['longest_spell_s']:.1f}s"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        rows.append(f'<tr><td colspan="{len(head)}">no student was tracked</td></tr>')
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
+        f"<style>{_REPORT_CSS}</style>",
+        "</head><body>", f"<h1>{esc(title)}</h1>",
+        "<p>Classes (from the model's checkpoint): " + ", ".join(esc(str(c)) for c in class_names) + "</p>",
+        "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>",
+        "<h2>Per student</h2>",
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>", *rows, "</table>",
+    ]
+    if notes:
+        parts += ["<h2>Notes</h2><ul>", *[f"<li>{esc(n)}</li>" for n in notes], "</ul>"]
+    for caption, png in images:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

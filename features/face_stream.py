@@ -11,6 +11,7 @@ is analysed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Literal
 
 import numpy as np
@@ -67,8 +68,14 @@ class FaceStream:
     def reset(self) -> None:
         self.tracker.reset()
 
-    def process(self, frame: int, time: float, rgb: np.ndarray) -> list[TrackedFace]:
+    def process(
+        self, frame: int, time: float, rgb: np.ndarray, timings: dict[str, float] | None = None
+    ) -> list[TrackedFace]:
         """All faces of one frame, with track ids (an empty list when there is none).
+
+        Args:
+            timings: when given, the wall seconds of the steps are added to its ``"detect"``, ``"align"`` (the
+                crops) and ``"track"`` (appearance embeddings and the tracker update) entries.
 
         Shapes:
             rgb: ``[H, W, 3]`` uint8.
@@ -79,9 +86,15 @@ class FaceStream:
             h, w = rgb.shape[:2]
             det = Detection((0, 0, w, h), 1.0, None)
             return [TrackedFace(frame, time, 0, det, crop_face(rgb, None, self.image_size, self.margin))]
+        t0 = perf_counter()
         dets = self.detector.detect(rgb)
+        t1 = perf_counter()
         crops = [face_crop(rgb, d, self.image_size, self.margin, self.alignment) for d in dets]
+        t2 = perf_counter()
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
         emb = np.stack([face_embedding(c) for c in crops]) if crops and self.reid == "appearance" else None
         ids = self.tracker.update(boxes, emb)
+        if timings is not None:
+            for key, seconds in (("detect", t1 - t0), ("align", t2 - t1), ("track", perf_counter() - t2)):
+                timings[key] = timings.get(key, 0.0) + seconds
         return [TrackedFace(frame, time, int(t), d, c) for t, d, c in zip(ids, dets, crops)]

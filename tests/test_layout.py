@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "apps", "scripts", "benchmarks", "tests", "docs"),
     ("lightning_modules",),
+    ("pipelines",),
     ("callbacks",),
     ("datamodules",),
     ("metrics",),
@@ -29,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Packages that must work without Lightning (a notebook, a feature-extraction worker).
-NO_LIGHTNING = ("models", "features", "common")
+NO_LIGHTNING = ("pipelines", "models", "features", "common")
 
 
 def _python_files() -> list[Path]:
@@ -66,7 +67,7 @@ def layer_violations(package: str, source: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["models", "lightning_modules", "datamodules", "callbacks", "features", "metrics",
-                                  "common", "cli"])
+                                  "common", "cli", "pipelines"])
 def test_package_is_ours(name: str) -> None:
     module = importlib.import_module(name)
     assert Path(module.__file__).resolve().is_relative_to(REPO), module.__file__
@@ -96,8 +97,8 @@ def test_the_scan_sees_upward_and_lazy_imports() -> None:
 
 def test_models_and_features_do_not_import_lightning_at_run_time() -> None:
     code = (
-        "import sys, importlib, pkgutil, models, features, common\n"
-        "for pkg in (models, features, common):\n"
+        "import sys, importlib, pkgutil, models, features, common, pipelines\n"
+        "for pkg in (models, features, common, pipelines):\n"
         "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
         "        importlib.import_module(m.name)\n"
         "bad = [k for k in sys.modules if k == 'lightning' or k.startswith('lightning.') or k.startswith('pytorch_lightning')]\n"
