@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.detection import FaceDetector, build_detector
 from features.faces import HaarFaceDetector

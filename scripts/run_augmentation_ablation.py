@@ -4,16 +4,23 @@ One command::
 
     python scripts/run_augmentation_ablation.py --data ../shared/data/ckplus48 --out runs/ldm_ablation
 
-Steps (each reuses its result when the file exists, unless ``--fresh``):
+Every step is one ``cli.py`` run of a shipped config, started by the experiment driver (``scripts/experiments.py``)
+with the script's options as overrides; each run folder ``<out>/<step>/`` holds its ``checkpoints/``,
+``config.yaml``, ``output.log`` and ``run.json``. Steps (each reuses its result when the file exists, unless
+``--fresh``):
 
-1. subject-disjoint split of CK+48 (``FERDataModule(split="group")``), faces resized to ``--size`` pixels;
-2. baseline recognition model (``LitFER`` + ``TimmClassifier``) trained on the REAL train split; best-on-val
-   checkpoint. It is also the frozen encoder of the consistency loss (eq. 2) and the classifier of the quality
-   filter and of FD-clf/KID-clf (so these are features of a classifier trained in the project, not Inception);
-3. ``LitVAE`` on the real train split (reconstruction + KL), exported as a diffusers directory;
-4. ``LitLDM`` (eq. 1 cross-attention conditioning, DDPM MSE + eq. 2 consistency loss, label dropout);
-5. generation with ``GenerationDataModule`` + ``AugmentedImageWriter`` (plan: ``--total-multiplier`` x the train set,
-   contempt and fear raised ``--scarce-multiplier`` x), DDIM with classifier-free guidance, quality filter;
+1. subject-disjoint split of CK+48 (the configs' ``split: group``), faces resized to ``--size`` pixels, one split
+   file ``<out>/split.json`` shared by every step;
+2. baseline recognition model (``configs/fer/baselines/resnet18_ckplus48.yaml`` with ``--clf-model``) trained on
+   the REAL train split for ``--clf-steps`` steps; best-on-val checkpoint, tested by ``fit``. It is also the frozen
+   encoder of the consistency loss (eq. 2) and the classifier of the quality filter and of FD-clf/KID-clf (so these
+   are features of a classifier trained in the project, not Inception);
+3. the VAE (``configs/ldm/vae_ckplus48.yaml``) on the real train split (reconstruction + KL);
+4. the LDM (``configs/ldm/ldm_ckplus48.yaml``, a ``--ldm-width`` UNet: eq. 1 cross-attention conditioning, DDPM
+   MSE + eq. 2 consistency loss, label dropout);
+5. generation (``cli.py predict --config configs/ldm/generate_ckplus48.yaml``; plan: ``--total-multiplier`` x the
+   train set, contempt and fear raised ``--scarce-multiplier`` x), DDIM with classifier-free guidance, quality
+   filter;
 6. the same recognition model trained on real + generated images (``extra_roots``) with the SAME number of
    optimiser steps; both models evaluated on the untouched real test split.
 
@@ -25,104 +32,107 @@ generated images.
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import Any
 
 import numpy as np
-import torch
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
-from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from callbacks.augmented_writer import AugmentedImageWriter, summarize_augmentation_manifest
-from datamodules.fer import FERDataModule
-from datamodules.generation import GenerationDataModule, format_plan
-from lightning_modules.fer import LitFER
-from lightning_modules.ldm import LitLDM, LitVAE, load_ldm
-from metrics.generation import QualityFilter, generation_quality, load_image_folder
-from models.diffusion import ConditionalLatentUNet
-from models.frozen_classifier import FrozenImageEncoder
-from models.timm_classifier import TimmClassifier
+from scripts import experiments as ex
 
 CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 SCARCE = ["contempt", "fear"]
 MEAN = STD = (0.5, 0.5, 0.5)
+CLF_CONFIG = ex.REPO / "configs" / "fer" / "baselines" / "resnet18_ckplus48.yaml"
+VAE_CONFIG = ex.REPO / "configs" / "ldm" / "vae_ckplus48.yaml"
+LDM_CONFIG = ex.REPO / "configs" / "ldm" / "ldm_ckplus48.yaml"
+GENERATE_CONFIG = ex.REPO / "configs" / "ldm" / "generate_ckplus48.yaml"
+KEYS = ["acc", "macro_f1", "mean_class_acc", "recall_contempt", "recall_fear"]
+QUALITY_KEYS = ["fd_clf", "fd_clf_floor", "kid_clf", "kid_clf_floor", "is_clf"]
 log = logging.getLogger("ablation")
 
 
-def fer_data(args: argparse.Namespace, extra: list[str] | None = None, batch_size: int | None = None
-             ) -> FERDataModule:
-    return FERDataModule(
-        root=args.data, class_names=CLASSES, extra_roots=extra, image_size=args.size, face_detection="none",
-        descriptor="none", split="group", subject_pattern=r"^(S\d+)_", mean=MEAN, std=STD,
-        batch_size=batch_size or args.batch_size, num_workers=0, seed=args.seed, progress="none",
-        cache_dir=str(Path(args.out) / "cache"), split_file=str(Path(args.out) / "split.json"),
-    )
+def data_args(args: argparse.Namespace, out: Path, prefix: str = "--data.init_args.", batch_size: int | None = None,
+              extra: list[str] | None = None) -> list[str]:
+    """The face data of every step: CK+48 at ``--size`` px, no descriptor, one split file, local cache."""
+    a = {"root": str(Path(args.data).resolve()), "image_size": args.size, "descriptor": "none",
+         "batch_size": batch_size or args.batch_size, "num_workers": 0, "seed": args.seed, "progress": "none",
+         "cache_dir": str(out / "cache"), "split_file": str(out / "split.json")}
+    if extra:
+        a["extra_roots"] = json.dumps(extra)
+    return [x for k, v in a.items() for x in (prefix + k, str(v))]
 
 
-def trainer(out: Path, name: str, max_steps: int, monitor: str | None = None, mode: str = "min",
-            val_every: int | None = None) -> tuple[Trainer, ModelCheckpoint | None]:
-    cbs = []
-    ckpt = None
-    if monitor:
-        ckpt = ModelCheckpoint(dirpath=out / name, filename="best", monitor=monitor, mode=mode, save_last=True)
-        cbs.append(ckpt)
-    t = Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, logger=False, callbacks=cbs,
-                enable_progress_bar=False, enable_model_summary=False, default_root_dir=out / name,
-                enable_checkpointing=bool(monitor), val_check_interval=val_every, check_val_every_n_epoch=None
-                if val_every else 1, num_sanity_val_steps=0)
-    return t, ckpt
+def quiet(run_dir: Path, steps: int) -> list[str]:
+    """Step budget, no logger, checkpoints in ``<run_dir>/checkpoints``."""
+    return ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.num_sanity_val_steps", "0", "--checkpoint.dirpath", str(run_dir / "checkpoints")]
 
 
-def own_checkpoints():
-    """``torch.load(weights_only=True)`` of this script's own recognition checkpoints: their hyper-parameters hold
-    the Python partials built here, read with exactly these globals allowed (a partial of an allowed class is
-    rebuilt, never called), so a planted file still runs no code. Every load of them goes through this."""
-    return torch.serialization.safe_globals([functools.partial, TimmClassifier, torch.optim.AdamW])
+def clf_run(args: argparse.Namespace, out: Path, name: str, extra: list[str] | None) -> ex.Run:
+    """The recognition model (the ResNet-18 config with ``--clf-model``) for ``--clf-steps`` steps, validated every
+    ``--clf-val-every`` steps, best-on-``val/loss`` checkpoint tested by ``fit``."""
+    run_dir = out / name
+    return ex.Run(name, args.seed, (CLF_CONFIG,), run_dir, (
+        *data_args(args, out, extra=extra), *quiet(run_dir, args.clf_steps),
+        "--model.init_args.net.init_args.model_name", args.clf_model,
+        "--model.init_args.optimizer.init_args.lr", str(args.clf_lr),
+        "--model.init_args.scheduler", "null",  # a constant lr: validation runs every N steps, not every epoch
+        "--trainer.val_check_interval", str(args.clf_val_every), "--trainer.check_val_every_n_epoch", "null",
+        "--trainer.callbacks.init_args.dirpath", str(run_dir / "confusion_matrices"),
+        "--checkpoint.filename", "best", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min",
+    ))
 
 
-def recognition(args, out: Path, name: str, extra: list[str] | None) -> tuple[Path, dict]:
-    """Train the recognition model for ``--clf-steps`` steps, keep the best-on-val checkpoint, test it."""
-    ckpt_path = out / name / "best.ckpt"
-    dm = fer_data(args, extra)
-    if not ckpt_path.is_file() or args.fresh:
-        seed_everything(args.seed)
-        net = functools.partial(TimmClassifier, model_name=args.clf_model)
-        model = LitFER(net, optimizer=functools.partial(torch.optim.AdamW, lr=args.clf_lr, weight_decay=1e-3))
-        t, _ = trainer(out, name, args.clf_steps, monitor="val/loss", mode="min", val_every=args.clf_val_every)
-        t0 = time.time()
-        t.fit(model, datamodule=dm)
-        log.info("%s trained in %.0f s", name, time.time() - t0)
-    with own_checkpoints():
-        model = LitFER.load_from_checkpoint(str(ckpt_path), map_location="cpu", weights_only=True).eval()
-    dm.prepare_data()
-    dm.setup("test")
-    preds, labels = [], []
-    with torch.no_grad():
-        for batch in dm.test_dataloader():
-            preds.append(model(batch).argmax(1))
-            labels.append(batch["label"])
-    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    rec = recall_score(y, p, labels=list(range(len(CLASSES))), average=None, zero_division=0)
-    res = {"acc": accuracy_score(y, p), "macro_f1": f1_score(y, p, average="macro", zero_division=0),
-           "mean_class_acc": float(np.mean(rec)), "n_test": len(y)}
+def scores(counts: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro F1 (over the classes present in labels or predictions), mean class accuracy (recall over all
+    classes) and the recall of the scarce classes, from test confusion counts (rows: true class)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    tp = np.diag(counts)
+    support, predicted = counts.sum(1), counts.sum(0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    present = (support > 0) | (predicted > 0)
+    res: dict[str, Any] = {"acc": float(tp.sum() / max(counts.sum(), 1)), "macro_f1": float(f1[present].mean()),
+                           "mean_class_acc": float(recall.mean()), "n_test": int(counts.sum())}
     for c in SCARCE:
-        res[f"recall_{c}"] = float(rec[CLASSES.index(c)])
-        res[f"n_test_{c}"] = int((y == CLASSES.index(c)).sum())
-    return ckpt_path, res
+        res[f"recall_{c}"] = float(recall[CLASSES.index(c)])
+        res[f"n_test_{c}"] = int(support[CLASSES.index(c)])
+    return res
 
 
-def main() -> None:
+def recognition(args: argparse.Namespace, out: Path, name: str, extra: list[str] | None) -> tuple[Path, dict]:
+    """Train (or reuse) the recognition model; its best checkpoint and its test scores."""
+    run = clf_run(args, out, name, extra)
+    ckpt = run.run_dir / "checkpoints" / "best.ckpt"
+    record = ex.read_record(run.run_dir)
+    if args.fresh or not ckpt.is_file() or not record.get("confusion"):
+        record = ex.launch(run)
+    if not record.get("confusion"):
+        raise ex.RunFailed(f"{name}: no test confusion matrix recorded; see {run.run_dir / ex.LOG_FILE}")
+    return ckpt, scores(np.array(record["confusion"]))
+
+
+def vae_size_key() -> str:
+    """Where the VAE config types its ``sample_size`` (the autoencoder's ``class_path`` entry, or the system)."""
+    init = ex.compose_configs([VAE_CONFIG])["model"].get("init_args", {})
+    return "--model.init_args.vae.init_args.sample_size" if "vae" in init else "--model.init_args.sample_size"
+
+
+def unet_args(args: argparse.Namespace, prefix: str = "--model.init_args.net.init_args.") -> list[str]:
+    """The script's small conditional UNet: ``--ldm-width`` channels, latents of ``--size`` / 4."""
+    w = args.ldm_width
+    a = {"sample_size": args.size // 4, "block_out_channels": f"[{w}, {2 * w}]", "layers_per_block": 1,
+         "cross_attention_dim": 64, "attention_head_dim": 8, "norm_num_groups": 8}
+    return [x for k, v in a.items() for x in (prefix + k, str(v))]
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"))
     ap.add_argument("--out", default="runs/ldm_ablation")
@@ -150,8 +160,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is much faster than 2 on a shared 2-core machine)")
     ap.add_argument("--fresh", action="store_true", help="retrain every stage")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in every cli.py run
+    import torch
+
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -168,62 +181,66 @@ def main() -> None:
     # 3. VAE
     t0 = time.time()
     vae_dir = out / "vae"
-    if not (vae_dir / "config.json").is_file() or args.fresh:
-        seed_everything(args.seed)
-        vae = LitVAE(block_out_channels=(32, 64, 64), latent_channels=4, norm_num_groups=16, sample_size=args.size,
-                     kl_weight=1e-3, image_mean=MEAN, image_std=STD,
-                     optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
-        t, _ = trainer(out, "vae_run", args.vae_steps)
-        t.fit(vae, datamodule=fer_data(args))
-        vae.export_pretrained(vae_dir)
+    vae_ckpt = vae_dir / "checkpoints" / "last.ckpt"
+    if not vae_ckpt.is_file() or args.fresh:
+        ex.launch(ex.Run("vae", args.seed, (VAE_CONFIG,), vae_dir, (
+            *data_args(args, out), *quiet(vae_dir, args.vae_steps), vae_size_key(), str(args.size),
+            "--trainer.callbacks.init_args.dirpath", str(vae_dir / "reconstructions"), "--test_after_fit", "false",
+        )))
     timings["vae"] = time.time() - t0
 
     # 4. LDM
     t0 = time.time()
-    ldm_ckpt = out / "ldm.ckpt"
+    ldm_dir = out / "ldm"
+    ldm_ckpt = ldm_dir / "checkpoints" / "last.ckpt"
     if not ldm_ckpt.is_file() or args.fresh:
-        seed_everything(args.seed)
-        w = args.ldm_width
-        net = ConditionalLatentUNet(len(CLASSES), sample_size=args.size // 4, latent_channels=4,
-                                    block_out_channels=(w, 2 * w), layers_per_block=1, cross_attention_dim=64,
-                                    attention_head_dim=8, norm_num_groups=8)
-        enc = None
-        if args.consistency != "none":
-            with own_checkpoints():
-                enc = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
-        ldm = LitLDM(net, vae_path=str(vae_dir), class_names=CLASSES, consistency=args.consistency,
-                     consistency_weight=args.consistency_weight, consistency_encoder=enc, p_uncond=0.1,
-                     beta_schedule="squaredcos_cap_v2", num_inference_steps=args.ddim_steps,
-                     guidance_scale=args.guidance, image_mean=MEAN, image_std=STD,
-                     optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4))
-        t, _ = trainer(out, "ldm_run", args.ldm_steps)
-        t.fit(ldm, datamodule=fer_data(args, batch_size=64))
-        t.save_checkpoint(ldm_ckpt)
+        enc = "--model.init_args.consistency_encoder"
+        consistency = ([enc, "null"] if args.consistency == "none" else
+                       [enc + ".init_args.model_name", args.clf_model, enc + ".init_args.checkpoint_path",
+                        str(base_ckpt)])
+        ex.launch(ex.Run("ldm", args.seed, (LDM_CONFIG,), ldm_dir, (
+            *data_args(args, out, batch_size=64), *quiet(ldm_dir, args.ldm_steps), *unet_args(args),
+            "--model.init_args.vae_path", str(vae_ckpt),
+            "--model.init_args.consistency", args.consistency,
+            "--model.init_args.consistency_weight", str(args.consistency_weight), *consistency,
+            "--model.init_args.num_inference_steps", str(args.ddim_steps),
+            "--model.init_args.guidance_scale", str(args.guidance),
+            "--trainer.callbacks.init_args.dirpath", str(ldm_dir / "samples"), "--test_after_fit", "false",
+        )))
     timings["ldm"] = time.time() - t0
 
-    # 5. generation
+    # 5. generation (resumable: finished jobs are skipped)
     t0 = time.time()
     aug_root = out / "augmented"
-    ldm = load_ldm(ldm_ckpt).eval()
-    ldm.hparams.num_inference_steps = args.ddim_steps
-    ldm.hparams.guidance_scale = args.guidance
-    with own_checkpoints():
-        clf = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
-    quality = QualityFilter(clf, min_confidence=args.min_confidence, duplicate_metric=args.duplicate_metric,
-                            duplicate_threshold=args.duplicate_threshold, reference_root=args.data, class_names=CLASSES,
-                            mean=MEAN, std=STD)
-    gen_dm = GenerationDataModule(source=fer_data(args), output_root=str(aug_root),
-                                  total_multiplier=args.total_multiplier, scarce_multiplier=args.scarce_multiplier,
-                                  scarce_classes=SCARCE, batch_size=64, base_seed=args.seed)
-    writer = AugmentedImageWriter(data_root=args.data, class_names=CLASSES, image_mode="L",
-                                  quality=quality, progress="none")
-    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer]).predict(
-        ldm, datamodule=gen_dm, return_predictions=False, ckpt_path=None)
-    print(format_plan(gen_dm.counts, gen_dm.plan))
-    summary = summarize_augmentation_manifest(aug_root)
+    quality = "--trainer.callbacks.init_args.quality.init_args."
+    ex.launch(ex.Run("generate", args.seed, (GENERATE_CONFIG,), out / "generate", (
+        "--ckpt_path", str(ldm_ckpt), *unet_args(args),
+        "--model.init_args.vae_path", str(vae_ckpt),
+        "--model.init_args.num_inference_steps", str(args.ddim_steps),
+        "--model.init_args.guidance_scale", str(args.guidance),
+        *data_args(args, out, prefix="--data.init_args.source_config.init_args."),
+        "--data.init_args.output_root", str(aug_root),
+        "--data.init_args.total_multiplier", str(args.total_multiplier),
+        "--data.init_args.scarce_multiplier", str(args.scarce_multiplier),
+        "--data.init_args.batch_size", "64", "--data.init_args.base_seed", str(args.seed),
+        "--trainer.default_root_dir", str(out / "generate"), "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks.init_args.progress", "none",
+        quality + "classifier.init_args.model_name", args.clf_model,
+        quality + "classifier.init_args.checkpoint_path", str(base_ckpt),
+        quality + "min_confidence", str(args.min_confidence),
+        quality + "ood_quantile", "null",
+        quality + "duplicate_metric", args.duplicate_metric,
+        quality + "duplicate_threshold", str(args.duplicate_threshold),
+        quality + "reference_root", str(Path(args.data).resolve()),
+    ), subcommand="predict"))
+    summary = json.loads((aug_root / "manifest_summary.json").read_text())
     timings["generate"] = time.time() - t0
 
-    # quality of the generated set vs the real images (classifier features)
+    # quality of the generated set vs the real images (features of the baseline classifier)
+    from metrics.generation import generation_quality, load_image_folder
+    from models.frozen_classifier import FrozenImageEncoder
+
+    clf = FrozenImageEncoder(args.clf_model, num_classes=len(CLASSES), checkpoint_path=str(base_ckpt))
     real, _, _ = load_image_folder(args.data, CLASSES, args.size)  # read only
     gen, gen_labels, _ = load_image_folder(aug_root, CLASSES, args.size)
     q = generation_quality(clf, real, gen, gen_labels, CLASSES, mean=MEAN, std=STD)
@@ -234,13 +251,14 @@ def main() -> None:
     timings["clf_augmented"] = time.time() - t0
 
     rows = [{"train set": "real only", **base}, {"train set": "real + generated", **augm}]
-    keys = ["acc", "macro_f1", "mean_class_acc", "recall_contempt", "recall_fear"]
+    plan = summary.get("plan") or {}
+    accepted = {c: v.get("accepted", 0) for c, v in summary.get("per_class", {}).items()}
     md = [f"# Diffusion augmentation ablation, CK+48 {args.size}x{args.size}, subject-disjoint split",
           "", (f"Recognition: {args.clf_model}, {args.clf_steps} optimiser steps each, best-on-val checkpoint; "
                f"test n={base['n_test']} (contempt {base['n_test_contempt']}, fear {base['n_test_fear']})."), "",
-          "| train set | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+          "| train set | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     for r in rows:
-        md.append(f"| {r['train set']} | " + " | ".join(f"{100 * r[k]:.2f}" for k in keys) + " |")
+        md.append(f"| {r['train set']} | " + " | ".join(f"{100 * r[k]:.2f}" for k in KEYS) + " |")
     md += ["", "Generated set (features of the baseline classifier, NOT Inception):", "",
            "| metric | generated vs real | real vs real floor |", "|---|---|---|",
            f"| FD-clf | {q['fd_clf']:.3f} | {q['fd_clf_floor']:.3f} |",
@@ -251,16 +269,12 @@ def main() -> None:
            (f"Generation summary: {json.dumps(summary['total'])} (quality filter: confidence >= "
             f"{args.min_confidence}, {args.duplicate_metric} duplicate threshold {args.duplicate_threshold})"), "",
            "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
-           "Plan:", "```", format_plan(gen_dm.counts, gen_dm.plan), "```"]
+           "Plan (images to generate per class / accepted):", "```",
+           *(f"{c:>10}: {n:5d} / {accepted.get(c, 0)}" for c, n in plan.items()), "```"]
     (out / "ablation.md").write_text("\n".join(md) + "\n")
-    with open(out / "ablation.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["train set"] + keys + ["fd_clf", "fd_clf_floor", "kid_clf",
-                                                                    "kid_clf_floor", "is_clf"])
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({"train set": r["train set"], **{k: f"{r[k]:.4f}" for k in keys},
-                         **{k: f"{q[k]:.4f}" for k in ["fd_clf", "fd_clf_floor", "kid_clf", "kid_clf_floor",
-                                                        "is_clf"]}})
+    ex.write_rows([{"train set": r["train set"], **{k: f"{r[k]:.4f}" for k in KEYS},
+                    **{k: f"{q[k]:.4f}" for k in QUALITY_KEYS}} for r in rows],
+                  out / "ablation.csv", ["train set", *KEYS, *QUALITY_KEYS])
     print("\n".join(md))
 
 

@@ -1,6 +1,6 @@
 """Table 2 ablations with the paper's model (two-branch Swin), plus the local-gate reading, over several seeds.
 
-Arms (Ji et al. 2026, Table 2; each trained with ``scripts/run_fer_experiment.py``'s ``run_one``: same configs,
+Arms (Ji et al. 2026, Table 2; each trained as ``scripts/run_fer_experiment.py`` trains a model: same configs,
 same budget, same split, best-on-val checkpoint, test split):
 
 ==================  ===========================================================================================
@@ -18,7 +18,8 @@ written by ``python cli.py predict --config configs/ldm/generate_ckplus48.yaml``
 ``scripts/run_augmentation_ablation.py``; it joins the TRAIN split only (``extra_roots``). Without it every arm
 trains on real faces only and ``full`` equals ``no_ddpm``, so ``no_ddpm`` is dropped and the note says so.
 
-Writes ``<out>/ablations.csv`` and ``<out>/ablations.md`` (per seed, then mean ± std per arm).
+Writes ``<out>/ablations.csv`` and ``<out>/ablations.md`` (per seed, then mean ± std per arm; the summary also as
+``<out>/ablations_summary.csv`` and ``<out>/ablations.png``).
 
     python scripts/run_fer_ablations.py --out runs/fer_ablations --generated-root augmented/ckplus48 \\
         --epochs 15 --seeds 42 1 2
@@ -28,11 +29,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # the shared single-run driver
+from scripts import experiments as ex
+from scripts import run_fer_experiment as exp  # the face runs' configs, budget and tables
 
 log = logging.getLogger("run_fer_ablations")
 
@@ -63,21 +63,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise FileNotFoundError(f"run_fer_ablations: --generated-root {gen} is not a folder")
     if gen is None and "no_ddpm" in arms:
         arms.remove("no_ddpm")
-    rows = []
     note = exp.budget_note(args) + (
         f" Generated faces: {gen} (train split only)." if gen else
         " NO generated faces given (--generated-root): every arm is trained on real faces only, 'no_ddpm' omitted.")
+    runs = []
     for ds in args.datasets:
         for seed in args.seeds:
             for arm in arms:
                 model, ddpm = ARMS[arm]
                 extra = ["--data.init_args.extra_roots", f"[{gen}]"] if (ddpm and gen) else []
-                log.info("=== %s (%s) on %s, seed %d ===", arm, model, ds, seed)
-                row = exp.run_one(model, ds, seed, args, out, extra_args=extra, tag=arm)
-                row["model"] = arm
-                rows.append(row)
-                exp.write_tables(rows, out, note, stem="ablations", title="Table 2 ablations")
+                runs.append(exp.fer_run(model, ds, seed, args, out, extra_args=extra, tag=arm))
+    rows = exp.run_all(runs, out, note, stem="ablations", title="Table 2 ablations")
     print((out / "ablations.md").read_text())
+    ex.check(rows, "model")
     return rows
 
 

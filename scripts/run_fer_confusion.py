@@ -1,6 +1,6 @@
 """Fig. 10: side-by-side confusion matrices of the paper's model and a baseline on the same test split.
 
-Both models train through ``run_fer_experiment.run_one`` (same configs, budget, split and seed; best-on-val
+Both models train as ``run_fer_experiment`` trains them (same configs, budget, split and seed; best-on-val
 checkpoint) and are tested on the same test split; the row-normalised test confusion matrices (per-class recall on
 the diagonal, counts in brackets) are drawn side by side. With several seeds the matrices are summed over seeds
 (every seed tests the same faces).
@@ -21,13 +21,11 @@ Table 1's runs::
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # the shared single-run driver
-
 from common.io import atomic_write
+from scripts import experiments as ex
+from scripts import run_fer_experiment as exp  # the face runs' configs, budget and tables
 
 log = logging.getLogger("run_fer_confusion")
 
@@ -49,8 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     matrices: dict[str, torch.Tensor] = {}
     class_names: list[str] = []
-    rows = []
     n_faces: int | None = None
+    trained: dict[tuple[str, int], dict] = {}
+    if not args.from_runs:
+        runs = [exp.fer_run(model, ds, seed, args, out) for seed in args.seeds for model in args.models]
+        rows = exp.run_all(runs, out, exp.budget_note(args), stem="confusion_runs", title="Fig. 10 runs")
+        ex.check(rows, "model")
+        trained = {(r["model"], r["seed"]): r for r in rows}
     for seed in args.seeds:
         for model in args.models:
             if args.from_runs:
@@ -60,10 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
                     raise ValueError(f"{path}: classes {names} differ from the other runs' {class_names}")
                 class_names = names
             else:
-                row = exp.run_one(model, ds, seed, args, out)
-                rows.append(row)
+                row = trained[(model, seed)]
                 cm, class_names = row["confusion"], row["class_names"]
-                exp.write_tables(rows, out, exp.budget_note(args), stem="confusion_runs", title="Fig. 10 runs")
             n_faces = n_faces if n_faces is not None else int(cm.sum())
             if int(cm.sum()) != n_faces:
                 raise ValueError(f"run_fer_confusion: {model} seed {seed} tested {int(cm.sum())} faces, the other "

@@ -6,7 +6,12 @@ evaluated on the test split with its best-on-validation checkpoint, and one row 
 ``<out>/results.csv`` and ``<out>/results.md`` (accuracy, mean class accuracy, macro F1, wall-clock seconds of
 training, epochs run, parameter count). With several ``--seeds`` (training seed only: the split stays fixed),
 ``results.md`` adds mean ± standard deviation per model: on ~150 test faces one seed moves accuracy by several
-points, so single-seed rankings of close models are not evidence.
+points, so single-seed rankings of close models are not evidence. The mean ± std table is also written as
+``<out>/results_summary.csv`` and drawn in ``<out>/results.png``.
+
+Each run is one ``python cli.py fit`` process started by the experiment driver (``scripts/experiments.py``; the
+run folder ``<out>/runs/<dataset>/<model>/seed<seed>/`` keeps its ``output.log``, ``config.yaml`` and
+``run.json``); a failed run is listed in the tables with its error and the command exits with an error at the end.
 
 Datasets (``<data_root>/<name>``, never copied): CK+48 (subject-disjoint split by ``S<id>``) and JAFFE (Haar
 face detection + crop, poser-disjoint split). Each dataset's crops/descriptor maps are cached once under
@@ -23,22 +28,16 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
-import statistics
-import sys
-import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from typing import Any
 
 from common.io import atomic_write
+from scripts import experiments as ex
 
+REPO = ex.REPO
 log = logging.getLogger("run_fer_experiment")
 
 DATASETS = ("ckplus48", "jaffe")
@@ -66,15 +65,16 @@ COLUMNS = ("model", "dataset", "seed", "accuracy", "mean_class_accuracy", "macro
            "params_m", "n_test")
 
 
+SUMMARY = [ex.Metric("accuracy", "accuracy"), ex.Metric("mean_class_accuracy", "mean class acc."),
+           ex.Metric("macro_f1", "macro F1"), ex.Metric("seconds", "seconds", ".0f")]
+
+
 def write_tables(rows: list[dict], out: Path, note: str, stem: str = "results",
-                 title: str = "Face-expression experiment") -> None:
-    """``<out>/<stem>.csv`` and ``<out>/<stem>.md`` (per-run rows, then mean ± std over seeds), atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(out / f"{stem}.csv", "w", newline="") as fh:
-        fh.write(buf.getvalue())
+                 title: str = "Face-expression experiment", plot: bool = True) -> None:
+    """``<out>/<stem>.csv`` (per-run rows, failed runs included with their error) and ``<out>/<stem>.md`` (per-run
+    rows, then mean ± std over seeds), atomically; the summary also as ``<stem>_summary.csv`` and (``plot``)
+    ``<stem>.png``."""
+    ex.write_rows(rows, out / f"{stem}.csv", [*COLUMNS, "status", "error"])
     lines = [
         f"# {title} (test split, best-on-val checkpoint)",
         "",
@@ -85,43 +85,37 @@ def write_tables(rows: list[dict], out: Path, note: str, stem: str = "results",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if not ex.ok(r):
+            continue
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['seed']} | {r['accuracy']:.4f} | {r['mean_class_accuracy']:.4f} | "
             f"{r['macro_f1']:.4f} | {r['seconds']:.0f} | {r['epochs']} | {r['best_epoch']} | {r['params_m']:.2f} | "
             f"{r['n_test']} |"
         )
-    lines += summary_lines(rows)
+    lines += summary_lines(rows, out / stem, plot=plot)
+    failed = ex.failures(rows, "model")
+    if failed:
+        lines += ["", "## Failed runs (see their output.log)", "", *(f"- {f}" for f in failed)]
     with atomic_write(out / f"{stem}.md", "w", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
-    """Mean +- sample standard deviation over seeds per (model, dataset); empty when every pair has one seed."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["dataset"]), []).append(r)
-    if all(len(g) < 2 for g in groups.values()):
+def summary_lines(rows: list[dict], stem: Path | None = None, plot: bool = True) -> list[str]:
+    """Mean +- sample standard deviation over seeds per (model, dataset); empty when every pair has one seed. With
+    ``stem``, the summary also goes to ``<stem>_summary.csv`` and (``plot``) ``<stem>.png``
+    (:func:`scripts.experiments.write_summary`)."""
+    by = ("model", "dataset")
+    groups = ex.summarise(rows, by, SUMMARY)
+    if not groups:
         return []
-
-    def cell(values: list[float], fmt: str) -> str:
-        if len(values) < 2:
-            return format(values[0], fmt)
-        return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
-
-    lines = [
-        "",
-        "## Mean ± standard deviation over seeds (same split, seed_everything varied)",
-        "",
-        "| model | dataset | seeds | accuracy | mean class acc. | macro F1 | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (model, dataset), g in groups.items():
-        lines.append(
-            f"| {model} | {dataset} | {len(g)} | {cell([r['accuracy'] for r in g], '.3f')} | "
-            f"{cell([r['mean_class_accuracy'] for r in g], '.3f')} | {cell([r['macro_f1'] for r in g], '.3f')} | "
-            f"{cell([r['seconds'] for r in g], '.0f')} |"
-        )
-    return lines
+    if stem is not None:
+        table = ex.write_summary(rows, stem, by, SUMMARY, plot=SUMMARY[:3] if plot else None,
+                                 title="mean ± sd over seeds")
+    else:
+        table = ex.summary_table(groups, by, SUMMARY)
+    if all(g.n < 2 for g in groups):
+        return []
+    return ["", "## Mean ± standard deviation over seeds (same split, seed_everything varied)", "", *table]
 
 
 def model_configs(model: str, dataset: str) -> list[Path]:
@@ -184,22 +178,20 @@ def _max_time(minutes: float) -> str:
     return f"{total // 86400:02d}:{total // 3600 % 24:02d}:{total // 60 % 60:02d}:{total % 60:02d}"
 
 
-def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path,
-            extra_args: list[str] | None = None, tag: str | None = None, callbacks: list | None = None) -> dict:
-    """Train ``model`` on ``dataset`` with ``seed`` through its configs, test its best-on-val checkpoint.
+def fer_run(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path,
+            extra_args: list[str] | None = None, tag: str | None = None,
+            labels: dict[str, Any] | None = None) -> ex.Run:
+    """The run of ``model`` on ``dataset`` with ``seed`` through its configs and the shared budget (``args``).
 
     Args:
         extra_args: further CLI arguments (after the script's own, so they win), e.g. ``extra_roots``.
-        tag: run-folder name (default the model key); the row's ``model`` column stays the model key.
-        callbacks: callback objects appended to the trainer before fitting (e.g. a learning-curve recorder).
+        tag: run name and folder (default the model key): the row's ``model`` column.
+        labels: further identifying CSV columns (e.g. ``lr``, ``batch_size``).
     """
-    from cli import cli_main
-
     configs = model_configs(model, dataset)
     run_dir = out / "runs" / dataset / (tag or model) / f"seed{seed}"
-    cli_args = [a for c in configs for a in ("--config", str(c))] + [
+    cli_args = [
         "--config", str(REPO / "configs" / "data" / f"{dataset}.yaml"),
-        "--seed_everything", str(seed),
         "--data.init_args.root", str(Path(args.data_root).resolve() / dataset),
         "--data.init_args.cache_dir", str(out / "cache" / dataset),
         "--data.init_args.image_size", str(args.image_size),
@@ -227,41 +219,55 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         cli_args += ["--model.init_args.scheduler.init_args.max_epochs", str(args.epochs),
                      "--model.init_args.scheduler.init_args.warmup_epochs", str(min(5, max(args.epochs // 5, 0)))]
     cli_args += list(extra_args or [])
-    cli = cli_main(cli_args, run=False)
-    trainer, lit, dm = cli.trainer, cli.model, cli.datamodule
-    for cb in callbacks or []:
-        trainer.callbacks.append(cb)
-    start = time.perf_counter()
-    trainer.fit(lit, datamodule=dm)
-    seconds = time.perf_counter() - start
-    ckpt = trainer.checkpoint_callback
-    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    metrics = trainer.test(lit, datamodule=dm, ckpt_path=best, verbose=False)[0]
-    best_epoch = ""
-    if best:
-        import torch
+    return ex.Run(tag or model, seed, tuple(configs), run_dir, tuple(cli_args), {"dataset": dataset, **(labels or {})})
 
-        best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
-    confusion = lit.confusion_matrices.get("test")
-    n_test = int(confusion.sum()) if confusion is not None else 0
-    if confusion is not None:  # kept so figures (Fig. 10) can be drawn from finished runs
-        write_confusion(run_dir / CONFUSION_FILE, confusion, list(lit.class_names))
+
+def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
+    """The results row of a finished run (:class:`scripts.experiments.RunRecorder`'s record); keeps the test
+    confusion matrix next to the run (``test_confusion.json``, for figures drawn later)."""
+    import torch
+
+    test = record.get("test") or {}
+    missing = [k for k in ("test/acc", "test/mean_class_acc", "test/f1_macro") if k not in test]
+    if missing:
+        raise ex.RunFailed(f"{run.run_dir}: no test metrics {missing} recorded; see {run.run_dir / ex.LOG_FILE}")
+    confusion = torch.tensor(record["confusion"], dtype=torch.long) if record.get("confusion") else None
+    class_names = list(record.get("class_names") or [])
+    if confusion is not None:
+        write_confusion(run.run_dir / CONFUSION_FILE, confusion, class_names)
     return {
-        "model": model,
-        "dataset": dataset,
-        "seed": seed,
-        "accuracy": float(metrics["test/acc"]),
-        "mean_class_accuracy": float(metrics["test/mean_class_acc"]),
-        "macro_f1": float(metrics["test/f1_macro"]),
-        "seconds": seconds,
-        "epochs": trainer.current_epoch,
-        "best_epoch": best_epoch,
-        "params_m": sum(p.numel() for p in lit.net.parameters()) / 1e6,
-        "n_test": n_test,
-        # not table columns: the test confusion matrix and class names (Fig. 10), the per-epoch curve
+        "model": run.name,
+        **run.labels,
+        "seed": run.seed,
+        "accuracy": test["test/acc"],
+        "mean_class_accuracy": test["test/mean_class_acc"],
+        "macro_f1": test["test/f1_macro"],
+        "seconds": record.get("fit_seconds", float("nan")),
+        "epochs": record.get("epochs", ""),
+        "best_epoch": "" if record.get("best_epoch") is None else record["best_epoch"],
+        "params_m": record.get("params", 0) / 1e6,
+        "n_test": int(confusion.sum()) if confusion is not None else 0,
+        # not table columns: the test confusion matrix and class names (Fig. 10), the per-epoch validation curve
         "confusion": confusion,
-        "class_names": list(lit.class_names),
+        "class_names": class_names,
+        "curve": record.get("curve", []),
     }
+
+
+def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace, out: Path,
+            extra_args: list[str] | None = None, tag: str | None = None) -> dict:
+    """Train ``model`` on ``dataset`` with ``seed`` (one ``cli.py fit``), test its best-on-val checkpoint, return its
+    row (:func:`to_row`); ``RunFailed`` when the run fails."""
+    run = fer_run(model, dataset, seed, args, out, extra_args, tag)
+    return to_row(run, ex.launch(run))
+
+
+def run_all(runs: list[ex.Run], out: Path, note: str, stem: str = "results",
+            title: str = "Face-expression experiment", plot: bool = True) -> list[dict]:
+    """Every run, one after the other, with the tables rewritten after each (partial tables survive an interrupted
+    sweep); failed runs are rows with their error (:func:`scripts.experiments.check` raises for them)."""
+    return ex.run_all(runs, to_row, name_column="model",
+                      on_row=lambda rows: write_tables(rows, out, note, stem=stem, title=title, plot=plot))
 
 
 def build_parser(description: str, default_out: str = "runs/fer_experiment") -> argparse.ArgumentParser:
@@ -285,13 +291,12 @@ def build_parser(description: str, default_out: str = "runs/fer_experiment") -> 
 
 
 def prepare_run(args: argparse.Namespace) -> Path:
-    """Logging, offline env, threads, the output folder; checks the dataset folders exist."""
+    """Logging, offline env, threads (``OMP_NUM_THREADS`` of the runs), the output folder; checks the dataset
+    folders exist."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in every cli.py run
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for ds in args.datasets:
@@ -317,17 +322,11 @@ def main(argv: list[str] | None = None) -> None:
                         choices=sorted(MODELS))
     args = parser.parse_args(argv)
     out = prepare_run(args)
-    note = budget_note(args)
-    rows: list[dict] = []
-    for ds in args.datasets:
-        for seed in args.seeds:
-            for model in args.models:
-                log.info("=== %s on %s, seed %d ===", model, ds, seed)
-                row = run_one(model, ds, seed, args, out)
-                log.info("%s", row)
-                rows.append(row)
-                write_tables(rows, out, note)  # partial tables survive an interrupted run
+    runs = [fer_run(model, ds, seed, args, out) for ds in args.datasets for seed in args.seeds
+            for model in args.models]
+    rows = run_all(runs, out, budget_note(args))
     print((out / "results.md").read_text())
+    ex.check(rows, "model")
 
 
 if __name__ == "__main__":

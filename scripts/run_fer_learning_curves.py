@@ -2,7 +2,8 @@
 
 Issue 12 asks whether the paper's model learns where a plain CNN learns. No large real face set is reachable here,
 so every model trains on CK+48 and JAFFE under the SAME wall-clock cap (``--max-minutes``) and epoch budget, over
-several seeds; a callback records the validation accuracy with the elapsed training time after every epoch.
+several seeds; the experiment driver's recorder callback (``scripts/experiments.py``) records the validation
+accuracy with the elapsed training time after every epoch.
 
 Writes ``<out>/curves.csv`` (model, dataset, seed, epoch, minutes, val_acc, val_top_pred_share),
 ``<out>/learning_curves.png`` (validation accuracy vs minutes, one panel per dataset, one line per run) and
@@ -16,45 +17,23 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
-import time
 from pathlib import Path
 
-from lightning.pytorch import Callback
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # the shared single-run driver
-
 from common.io import atomic_write
+from scripts import experiments as ex
+from scripts import run_fer_experiment as exp  # the face runs' configs, budget and tables
 
 log = logging.getLogger("run_fer_learning_curves")
 CURVE_COLUMNS = ("model", "dataset", "seed", "epoch", "minutes", "val_acc", "val_top_pred_share")
 
 
-class LearningCurve(Callback):
-    """Records ``(epoch, minutes since fit start, val/acc, val/top_pred_share)`` after every training epoch.
-
-    Read in ``on_train_epoch_end``: the epoch's validation has run by then, and LitFER has logged ``val/acc`` (a
-    callback's ``on_validation_epoch_end`` runs before the module's, when ``val/acc`` is not logged yet).
-    """
-
-    def __init__(self) -> None:
-        self.points: list[dict] = []
-        self._start = 0.0
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if "val/acc" not in trainer.callback_metrics:
-            return
-        m = trainer.callback_metrics
-        self.points.append({
-            "epoch": trainer.current_epoch,
-            "minutes": (time.perf_counter() - self._start) / 60,
-            "val_acc": float(m["val/acc"]),
-            "val_top_pred_share": float(m["val/top_pred_share"]) if "val/top_pred_share" in m else float("nan"),
-        })
+def curve_points(row: dict) -> list[dict]:
+    """The validation curve of a finished run (the driver's recorder: after every training epoch, the epoch, the
+    minutes since the fit started and the validation metrics) as ``CURVE_COLUMNS`` rows."""
+    return [{"model": row["model"], "dataset": row["dataset"], "seed": row["seed"], "epoch": p["epoch"],
+             "minutes": p["minutes"], "val_acc": p["val/acc"], "val_top_pred_share": p.get("val/top_pred_share",
+                                                                                           float("nan"))}
+            for p in row.get("curve", []) if "val/acc" in p]
 
 
 def plot_curves(points: list[dict], path: Path) -> Path:
@@ -89,21 +68,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         choices=sorted(exp.MODELS))
     args = parser.parse_args(argv)
     out = exp.prepare_run(args)
-    rows, points = [], []
-    for ds in args.datasets:
-        for seed in args.seeds:
-            for model in args.models:
-                curve = LearningCurve()
-                rows.append(exp.run_one(model, ds, seed, args, out, callbacks=[curve]))
-                points += [{"model": model, "dataset": ds, "seed": seed, **p} for p in curve.points]
-                exp.write_tables(rows, out, exp.budget_note(args), stem="learning_curves",
-                                 title="Accuracy at an equal wall-clock budget")
-                with atomic_write(out / "curves.csv", "w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
-                    writer.writeheader()
-                    writer.writerows(points)
+    note = exp.budget_note(args)
+
+    def write(rows: list[dict]) -> None:
+        exp.write_tables(rows, out, note, stem="learning_curves", title="Accuracy at an equal wall-clock budget")
+        with atomic_write(out / "curves.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(p for r in rows if ex.ok(r) for p in curve_points(r))
+
+    runs = [exp.fer_run(model, ds, seed, args, out) for ds in args.datasets for seed in args.seeds
+            for model in args.models]
+    rows = ex.run_all(runs, exp.to_row, name_column="model", on_row=write)
+    points = [p for r in rows if ex.ok(r) for p in curve_points(r)]
     plot_curves(points, out / "learning_curves.png")
     print((out / "learning_curves.md").read_text())
+    ex.check(rows, "model")
     return points
 
 

@@ -1,6 +1,6 @@
 """Fig. 11: learning-rate x batch-size sensitivity of the paper's model (3 x 3 grid), table + heat-map PNG.
 
-Every cell trains ``--model`` (default the two-branch Swin, ``swin2b``) through ``run_fer_experiment.run_one`` with
+Every cell trains ``--model`` (default the two-branch Swin, ``swin2b``) as ``run_fer_experiment`` does, with
 the optimizer's lr and the datamodule's batch size overridden, everything else fixed (Ji et al. 2026 §3.3.2:
 lr 1e-6 / 1e-5 / 1e-4 x batch 16 / 32 / 64, the paper's defaults here). With several seeds the heat map shows the
 mean test accuracy and the table adds the standard deviation.
@@ -14,12 +14,10 @@ Writes ``<out>/sensitivity.csv``, ``<out>/sensitivity.md`` and ``<out>/sensitivi
 from __future__ import annotations
 
 import logging
-import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_fer_experiment as exp  # the shared single-run driver
+from scripts import experiments as ex
+from scripts import run_fer_experiment as exp  # the face runs' configs, budget and tables
 
 log = logging.getLogger("run_fer_sensitivity")
 
@@ -56,28 +54,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     args = parser.parse_args(argv)
     out = exp.prepare_run(args)
-    rows: list[dict] = []
     note = exp.budget_note(args).replace(f"batch {args.batch_size}", "batch per cell")
     ds = args.datasets[0]
+    runs = []
     for seed in args.seeds:
         for lr in args.lrs:
             for b in args.batches:
-                args.batch_size = b
-                tag = f"lr{lr:g}_bs{b}"
-                log.info("=== %s %s on %s, seed %d ===", args.model, tag, ds, seed)
-                row = exp.run_one(args.model, ds, seed, args, out, tag=tag,
-                                  extra_args=["--model.init_args.optimizer.init_args.lr", str(lr)])
-                row.update(model=tag, lr=lr, batch_size=b)
-                rows.append(row)
-                exp.write_tables(rows, out, note, stem="sensitivity", title="Fig. 11 lr x batch sensitivity")
-    grid: dict[tuple[float, int], float] = {}
-    for lr in args.lrs:
-        for b in args.batches:
-            accs = [r["accuracy"] for r in rows if r["lr"] == lr and r["batch_size"] == b]
-            grid[(lr, b)] = statistics.mean(accs)
+                args.batch_size = b  # the run's batch size (fer_run reads the budget from args)
+                runs.append(exp.fer_run(args.model, ds, seed, args, out, tag=f"lr{lr:g}_bs{b}",
+                                        extra_args=["--model.init_args.optimizer.init_args.lr", str(lr)],
+                                        labels={"lr": lr, "batch_size": b}))
+    rows = exp.run_all(runs, out, note, stem="sensitivity", title="Fig. 11 lr x batch sensitivity",
+                       plot=False)  # sensitivity.png is the heat map
+    cells = {(g.key[0], g.key[1]): g.stats["accuracy"].mean
+             for g in ex.summarise(rows, ("lr", "batch_size"), ["accuracy"])}
+    grid = {(lr, b): cells.get((lr, b), float("nan")) for lr in args.lrs for b in args.batches}
     plot_heatmap(grid, args.lrs, args.batches, out / "sensitivity.png",
                  f"{args.model} on {ds}: test accuracy ({len(args.seeds)} seed(s))")
     print((out / "sensitivity.md").read_text())
+    ex.check(rows, "model")
     return rows
 
 

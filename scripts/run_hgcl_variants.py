@@ -15,21 +15,15 @@ README's node-feature table)::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
-import os
-import statistics
-import sys
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cli import cli_main
+from scripts import experiments as ex
 
 METRICS = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_non0", "acc7")
 NET = "--model.init_args.net.init_args."
+COLUMNS = ("variant", "seed", *METRICS)
 log = logging.getLogger("hgcl_variants")
 
 
@@ -45,35 +39,39 @@ def parse_variant(spec: list[str]) -> tuple[str, dict[str, str]]:
     return name, overrides
 
 
-def run_one(configs: list[str], overrides: dict[str, str], seed: int, out: Path, extra: list[str]) -> dict:
-    args = ["fit"]
-    for c in configs:
-        args += ["--config", c]
-    for key, value in overrides.items():
-        args += [NET + key, value]
-    args += ["--seed_everything", str(seed), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-             "--checkpoint.dirpath", str(out / "checkpoints"), *extra]
-    cli = cli_main(args)
-    metrics = cli.trainer.callback_metrics
-    missing = [m for m in METRICS if f"test/{m}" not in metrics]
+def plan(configs: list[str], variants: list[tuple[str, dict[str, str]]], seeds: list[int], out: Path,
+         extra: list[str]) -> list[ex.Run]:
+    """One run per (variant, seed): the configs, the variant's net overrides, the config's logger off, checkpoints
+    in ``<out>/<variant>_seed<seed>/checkpoints``."""
+    files = tuple(Path(c).resolve() for c in configs)
+    runs = []
+    for name, overrides in variants:
+        for seed in seeds:
+            run_dir = out / f"{name}_seed{seed}"
+            args = [a for key, value in overrides.items() for a in (NET + key, value)]
+            args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                     "--checkpoint.dirpath", str(run_dir / "checkpoints"), *extra]
+            runs.append(ex.Run(name, seed, files, run_dir, tuple(args)))
+    return runs
+
+
+def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
+    test = record.get("test", {})
+    missing = [m for m in METRICS if f"test/{m}" not in test]
     if missing:
-        raise RuntimeError(f"run_hgcl_variants: the run in {out} logged no test metrics {missing}")
-    return {m: float(metrics[f"test/{m}"]) for m in METRICS}
+        raise ex.RunFailed(f"run_hgcl_variants: the run in {run.run_dir} logged no test metrics {missing}")
+    return {"variant": run.name, "seed": run.seed, **{m: f"{test[f'test/{m}']:.4f}" for m in METRICS}}
 
 
-def summarise(rows: list[dict], names: list[str]) -> str:
-    lines = ["| variant | seeds | " + " | ".join(f"test {m}" for m in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
-    for name in names:
-        mine = [r for r in rows if r["variant"] == name]
-        if not mine:
-            continue
-        cells = []
-        for m in METRICS:
-            vals = [float(r[m]) for r in mine]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
-        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+def summarise(rows: list[dict], names: list[str], stem: Path | None = None) -> str:
+    """Mean ± sd per variant (markdown); with ``stem`` also ``<stem>_summary.csv`` and ``<stem>.png``."""
+    metrics = [ex.Metric(m, f"test {m}") for m in METRICS]
+    order = [(n,) for n in names]
+    if stem is None:
+        lines = ex.summary_table(ex.summarise(rows, ("variant",), metrics, order=order), ("variant",), metrics)
+    else:
+        lines = ex.write_summary(rows, stem, ("variant",), metrics, order=order, plot=metrics,
+                                 title="HGCL variants: mean ± sd over seeds")
     return "\n".join(lines) + "\n"
 
 
@@ -89,26 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     variants = [parse_variant(v) for v in a.variant]
     a.out.mkdir(parents=True, exist_ok=True)
     table = a.out / "results.csv"
-    rows = list(csv.DictReader(table.open())) if table.is_file() else []
-    done = {(r["variant"], int(r["seed"])) for r in rows}
-    for name, overrides in variants:
-        for seed in a.seeds:
-            if (name, seed) in done:
-                log.info("skip %s seed %d (in %s)", name, seed, table)
-                continue
-            result = run_one(a.config, overrides, seed, a.out / f"{name}_seed{seed}", a.cli_arg)
-            row = {"variant": name, "seed": seed, **{m: f"{v:.4f}" for m, v in result.items()}}
-            new = not table.is_file()
-            with table.open("a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(row))
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-            rows.append(row)
-            log.info("%s seed %d: %s", name, seed, row)
-    md = summarise(rows, [n for n, _ in variants])
+    rows = ex.read_rows(table, required=("variant", "seed"))
+    runs = plan(a.config, variants, a.seeds, a.out, a.cli_arg)
+    rows = ex.run_all(runs, to_row, results=table, columns=COLUMNS, rows=rows, resume=True, name_column="variant")
+    md = summarise(rows, [n for n, _ in variants], a.out / "results")
     (a.out / "results.md").write_text(md)
     print(md)
+    ex.check(rows, "variant")
 
 
 if __name__ == "__main__":

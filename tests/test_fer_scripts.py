@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts import run_fer_ablations, run_fer_confusion, run_fer_learning_curves, run_fer_sensitivity
+from scripts import run_fer_experiment as exp
 from tests.fakes_images import CK_CLASSES, make_class_folders
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture
@@ -24,8 +22,6 @@ def tiny_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.slow
 def test_ablations_command_writes_its_table(tmp_path: Path, tiny_args: list[str]) -> None:
-    import run_fer_ablations
-
     gen = tmp_path / "gen"
     make_class_folders(gen, classes=CK_CLASSES, subjects=1, frames=1, size=32, seed=5)
     rows = run_fer_ablations.main(tiny_args + ["--out", str(tmp_path / "abl"), "--generated-root", str(gen),
@@ -39,8 +35,6 @@ def test_ablations_command_writes_its_table(tmp_path: Path, tiny_args: list[str]
 
 @pytest.mark.slow
 def test_sensitivity_command_writes_table_and_heatmap(tmp_path: Path, tiny_args: list[str]) -> None:
-    import run_fer_sensitivity
-
     rows = run_fer_sensitivity.main(tiny_args + ["--out", str(tmp_path / "sens"), "--model", "resnet18",
                                                  "--lrs", "1e-4", "1e-3", "--batches", "2", "4"])
     assert {(r["lr"], r["batch_size"]) for r in rows} == {(1e-4, 2), (1e-4, 4), (1e-3, 2), (1e-3, 4)}
@@ -50,9 +44,6 @@ def test_sensitivity_command_writes_table_and_heatmap(tmp_path: Path, tiny_args:
 
 @pytest.mark.slow
 def test_confusion_and_learning_curve_commands(tmp_path: Path, tiny_args: list[str]) -> None:
-    import run_fer_confusion
-    import run_fer_learning_curves
-
     mats = run_fer_confusion.main(tiny_args + ["--out", str(tmp_path / "cm"), "--models", "swin_global",
                                                "resnet18"])
     assert set(mats) == {"swin_global", "resnet18"}
@@ -66,8 +57,6 @@ def test_confusion_and_learning_curve_commands(tmp_path: Path, tiny_args: list[s
 
 def test_confusion_figure_from_saved_runs(tmp_path: Path, tiny_args: list[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import run_fer_confusion
-    import run_fer_experiment as exp
     import torch
 
     names = ["a", "b", "c"]

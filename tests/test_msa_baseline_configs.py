@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from cli import cli_main
+from scripts import run_msa_benchmark as bench
+from scripts.experiments import compose_configs, config_chain
 from tests.fakes import write_mmsa_pickle, write_tiny_bert
-from tests.helpers.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-bench = load_script("scripts/run_msa_benchmark.py")
 
 BASELINES = ("tfn", "lmf", "mfn", "raven", "mfm", "mult", "misa", "self_mm", "mag_bert")
 BERT = "data/text_encoders/all-MiniLM-L6-v2"
@@ -397,7 +397,7 @@ CASES = sorted(EXPECTED)
 
 
 def _chain(model: str, dataset: str) -> list[Path]:
-    return bench.config_chain(bench.MODELS[model][dataset])
+    return config_chain(bench.MODELS[model][dataset])
 
 
 def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -427,7 +427,7 @@ def test_every_baseline_has_a_mosi_config_and_a_mosei_delta() -> None:
 def test_config_has_mmsa_hyperparameters(case: tuple[str, str]) -> None:
     model, dataset = case
     exp = EXPECTED[case]
-    cfg = bench.compose_configs(_chain(model, dataset))
+    cfg = compose_configs(_chain(model, dataset))
     path = Path(_get(cfg, "data.init_args.path"))
     assert path.name == exp["file"] and path.parent.name == dataset
     assert _get(cfg, "data.init_args.dataset_name") == dataset

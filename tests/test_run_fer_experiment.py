@@ -3,9 +3,7 @@
 import csv
 from pathlib import Path
 
-from tests.helpers.scripts import load_script
-
-exp = load_script("scripts/run_fer_experiment.py")
+from scripts import run_fer_experiment as exp
 
 
 def _row(model: str, seed: int, acc: float) -> dict:

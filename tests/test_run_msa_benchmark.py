@@ -8,26 +8,25 @@ from typing import Any
 
 import pytest
 
+from scripts import experiments as ex
+from scripts import run_msa_benchmark as bench
 from tests.fakes import write_mmsa_pickle, write_tiny_bert
-from tests.helpers.scripts import load_script
-
-bench = load_script("scripts/run_msa_benchmark.py")
 
 
 def test_config_chain_follows_base_headers_and_names_bad_files(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("# the base\nmodel: {a: 1}\n")
     (tmp_path / "delta.yaml").write_text("# base: base.yaml\n# a delta\nmodel: {b: 2}\n")
-    assert bench.config_chain("delta.yaml", root=tmp_path) == [
+    assert ex.config_chain("delta.yaml", root=tmp_path) == [
         tmp_path / "base.yaml",
         tmp_path / "delta.yaml",
     ]
     (tmp_path / "orphan.yaml").write_text("# base: missing.yaml\n")
     with pytest.raises(ValueError, match="missing.yaml does not exist"):
-        bench.config_chain("orphan.yaml", root=tmp_path)
+        ex.config_chain("orphan.yaml", root=tmp_path)
     (tmp_path / "x.yaml").write_text("# base: y.yaml\n")
     (tmp_path / "y.yaml").write_text("# base: x.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
-        bench.config_chain("x.yaml", root=tmp_path)
+        ex.config_chain("x.yaml", root=tmp_path)
 
 
 def test_compose_merges_like_jsonargparse(tmp_path: Path) -> None:
@@ -40,7 +39,7 @@ def test_compose_merges_like_jsonargparse(tmp_path: Path) -> None:
         "model: {init_args: {y: 3}}\ntrainer: {callbacks: [3], logger: {class_path: C, init_args: "
         "{save_dir: s}}}\n"
     )
-    cfg = bench.compose_configs([a, b])
+    cfg = ex.compose_configs([a, b])
     assert cfg["model"] == {"class_path": "M", "init_args": {"x": 1, "y": 3}}
     assert cfg["trainer"]["callbacks"] == [3]
     assert cfg["trainer"]["logger"] == {"class_path": "C", "init_args": {"save_dir": "s"}}
@@ -97,21 +96,30 @@ def test_rerun_skips_finished_rows_and_appends_each_run(
 ) -> None:
     calls: list[tuple[str, int]] = []
 
-    def fake_run(model: str, seed: int, args: Any, out: Path) -> dict[str, Any]:
-        calls.append((model, seed))
-        if model == "lmf" and seed == 2:
-            raise RuntimeError("boom")
-        return _row(model, seed, 1.0, 0.6)
+    def fake_launch(run: ex.Run, python: str, args: Any) -> dict[str, Any]:
+        calls.append((run.name, run.seed))
+        if run.name == "lmf" and run.seed == 2:
+            raise ex.RunFailed("boom")
+        (run.run_dir / "overrides.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "overrides.yaml").write_text("data: {init_args: {path: d}}\n")
+        test = {f"test/{k}": 0.5 for k in bench.METRICS}
+        return {"test": test, "epochs": 2, "best_epoch": 0}
 
-    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(bench, "launch", fake_launch)
     argv = ["--dataset", "mosi", "--models", "tfn", "lmf", "--seeds", "1", "2", "--out", str(tmp_path)]
     assert bench.main(argv) == 1  # one run failed; the others are kept
     assert sorted(calls) == [("lmf", 1), ("lmf", 2), ("tfn", 1), ("tfn", 2)]
     with (tmp_path / "results.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 3
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows].count("ok") == 3
+    failed = [r for r in rows if r["status"] == "failed"]  # recorded, not swallowed
+    assert [(r["model"], r["seed"], r["error"]) for r in failed] == [("lmf", "2", "boom")]
+    assert "lmf seed 2: boom" in (tmp_path / "results.md").read_text()
     calls.clear()
     assert bench.main(argv) == 1
     assert calls == [("lmf", 2)]  # only the failed run is retried
+    with (tmp_path / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4  # the retry's row replaced the earlier failed one
 
 
 def test_bad_results_file_is_refused(tmp_path: Path) -> None:
@@ -165,7 +173,7 @@ def test_all_ten_models_three_seeds_produce_both_tables_and_the_chart(
 ) -> None:
     """All ten models x 3 seeds x 2 epochs on generated MOSI-schema files (aligned and unaligned); a rerun skips."""
     models = list(bench.DEFAULT_MODELS)
-    argv = _args(generated, tmp_path, models, ["1", "2", "3"], "inprocess")
+    argv = _args(generated, tmp_path, models, ["1", "2", "3"], "subprocess")
     assert bench.main(argv) == 0
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -192,13 +200,13 @@ def test_all_ten_models_three_seeds_produce_both_tables_and_the_chart(
     def must_not_run(*args: Any) -> None:
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(bench, "run_one", must_not_run)
+    monkeypatch.setattr(bench, "launch", must_not_run)
     assert bench.main(argv) == 0
 
 
 @pytest.mark.slow
 def test_subprocess_launcher_runs_the_cli(tmp_path: Path, generated: dict[str, str]) -> None:
-    """The default launcher (one ``python cli.py fit`` per run, DDP-safe) on one BERT model and one seed."""
+    """The launcher (one ``python cli.py fit`` per run, DDP-safe) on one BERT model and one seed."""
     assert bench.main(_args(generated, tmp_path, ["mag_bert"], ["7"], "subprocess")) == 0
     run_dir = tmp_path / "runs" / "mosi" / "mag_bert_seed7"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "output.log").is_file()

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from cli import compose_configs, config_chain
+from scripts.experiments import compose_configs, config_chain
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -50,7 +50,7 @@ class TrainingConfig:
         return [self.base, self.path] if self.base is not None else [self.path]
 
     def composed(self) -> dict[str, Any]:
-        """The YAML of the files merged as jsonargparse merges them (:func:`cli.compose_configs`)."""
+        """The YAML of the files merged as jsonargparse merges them (:func:`scripts.experiments.compose_configs`)."""
         return compose_configs(self.files)
 
 
@@ -139,14 +139,17 @@ def write_faces(root: Path, class_names: list[str], per_class: int = 4, size: in
 
 
 def write_vae_dir(path: Path, vae_config: Path, sample_size: int) -> Path:
-    """A randomly initialised VAE of ``vae_config``'s architecture as a ``save_pretrained`` directory."""
+    """A randomly initialised VAE of ``vae_config``'s architecture (its ``vae`` module) as a ``save_pretrained``
+    directory."""
     from lightning_modules.ldm import LitVAE
+    from models.diffusion import LatentAutoencoder
 
-    args = dict(yaml.safe_load(vae_config.read_text())["model"]["init_args"])
-    args = {k: v for k, v in args.items() if k not in ("optimizer", "scheduler", "pretrained_dir")}
+    spec = yaml.safe_load(vae_config.read_text())["model"]["init_args"]["vae"]
+    assert spec["class_path"] == "models.diffusion.LatentAutoencoder", spec
+    args = {k: v for k, v in dict(spec.get("init_args") or {}).items() if k != "pretrained_dir"}
     args["sample_size"] = sample_size
     args["block_out_channels"] = tuple(args.get("block_out_channels", (32, 64, 64)))
-    return LitVAE(**args).export_pretrained(path)
+    return LitVAE(LatentAutoencoder(**args)).export_pretrained(path)
 
 
 def write_classifier_ckpt(path: Path, model_name: str, num_classes: int, model_kwargs: dict | None = None) -> Path:
@@ -242,5 +245,5 @@ def config_args(path: Path) -> list[str]:
 
 
 def composed_config(path: Path) -> dict[str, Any]:
-    """The merged YAML mapping of :func:`cli.config_chain`, as jsonargparse composes the files."""
+    """The merged YAML mapping of :func:`scripts.experiments.config_chain`, as jsonargparse composes the files."""
     return compose_configs(config_chain(path))
