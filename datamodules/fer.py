@@ -37,12 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
 
 from common.choices import check_choices
 from common.io import atomic_write
 from common.splits import check_split_duplicates, warn_split_content
+from datamodules.base import AffectDataModule
 from datamodules.datasets.images import (
     SPLITS,
     FaceBatchTransform,
@@ -100,7 +100,7 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {"colour": "rgb"}
 PREPROCESSING_VERSION = 1
 
 
-class FERDataModule(LightningDataModule):
+class FERDataModule(AffectDataModule):
     """Face expression images (learning emotions, CK+, JAFFE) with cached crops and descriptor maps.
 
     Args:

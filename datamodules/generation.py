@@ -41,6 +41,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import AffectDataModule
 from datamodules.distributed import eval_sampler
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class GenerationJobs(Dataset):
         return {"label": torch.tensor(label), "seed": torch.tensor(seed), "job_index": torch.tensor(job)}
 
 
-class GenerationDataModule(LightningDataModule):
+class GenerationDataModule(AffectDataModule):
     """Predict-only datamodule yielding generation jobs from a plan (module docstring).
 
     Args:

@@ -8,10 +8,11 @@ The batch layout and the ``feature_dims`` / ``seq_lens`` properties follow ``doc
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
-import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from datamodules.base import AffectDataModule
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from datamodules.distributed import eval_sampler
 from features.mmsa_format import MMSAData, check_feature_path, load_mmsa
@@ -21,7 +22,7 @@ __all__ = ["MMSADataModule", "MOSEIDataModule"]
 log = logging.getLogger(__name__)
 
 
-class MMSADataModule(pl.LightningDataModule):
+class MMSADataModule(AffectDataModule):
     """CMU-MOSI / CMU-MOSEI (named for the MMSA file format it reads, not for one dataset) sentiment data from an MMSA (``aligned_50.pkl`` / ``unaligned_50.pkl``) or MulT
     (``mosi_data.pkl`` / ``mosei_senti_data.pkl``) feature file, the pickle-free ``.npz`` or the feature store
     (a ``.mmsa`` directory) made by ``python -m features.convert_mmsa``.
@@ -51,7 +52,7 @@ class MMSADataModule(pl.LightningDataModule):
     def __init__(
         self,
         path: str,
-        dataset_name: str | None = None,
+        dataset_name: Literal["mosi", "mosei"] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch.distributed as dist
@@ -59,7 +60,7 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class EpochMeanLogging(LightningModule):
+class EpochMeanLogging(LightningModule, metaclass=ABCMeta):
     """Exact epoch-level logging (see the module docstring): per-step values go through :meth:`log_epoch_mean` /
     :meth:`log_step_value`, never through ``self.log(..., on_epoch=True)``; the epoch-end hooks reduce them across
     processes, in one order on every process, and log the global values.
@@ -68,6 +69,9 @@ class EpochMeanLogging(LightningModule):
     (``update``/``update_called``/``compute() -> {name: scalar}``/``reset``); :meth:`_stage_metric_values` may be
     overridden to keep extra results, e.g. a confusion matrix. A subclass overriding an epoch-end hook calls
     ``super()`` (or :meth:`_log_epoch_metrics`) on every process.
+
+    Abstract (every system defines :meth:`training_step`): ``cli.py``'s ``--model`` takes a subclass of this, so
+    ``--help`` lists the project's systems only, not this base nor ``LightningModule``.
     """
 
     def __init__(self) -> None:
@@ -75,6 +79,10 @@ class EpochMeanLogging(LightningModule):
         # {stage}__{name} -> sample-weighted mean of a per-step value (created on first use)
         self.epoch_means = nn.ModuleDict()
         self._silenced_keys: set[str] = set()
+
+    @abstractmethod
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """One optimisation step (every system defines its own)."""
 
     # ------------------------------------------------------------------ per-step accumulation
     def log_epoch_mean(self, stage: str, name: str, value: Tensor, batch_size: int) -> None:
@@ -180,12 +188,13 @@ class EpochMetricsSystem(EpochMeanLogging):
         self.net: nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
+    @abstractmethod
     def _build_net(self, **derived: Any) -> None:
-        raise NotImplementedError
+        """Build ``self.net`` from the data-derived values."""
 
+    @abstractmethod
     def _data_derived(self, datamodule: Any) -> dict[str, Any] | None:
         """The data-derived constructor values read from ``datamodule``, or ``None`` when it lacks them."""
-        raise NotImplementedError
 
     def _build(self, **derived: Any) -> None:
         self._build_net(**derived)

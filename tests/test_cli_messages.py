@@ -15,16 +15,18 @@ from lightning.pytorch.utilities import rank_zero_only
 import cli
 from common.splits import warn_split_content
 from features.mmsa_format import SplitContentWarning, load_mmsa
+from lightning_modules import cli_errors
+from lightning_modules.checkpoint_io import CheckpointError
 from tests.fakes import make_mmsa_dict, write_pickle
 
 
 @pytest.fixture()
 def project_logs():
-    cli.show_project_logs()
+    cli_errors.show_project_logs()
     yield
-    for name in cli.PROJECT_PACKAGES:
+    for name in cli_errors.PROJECT_PACKAGES:
         logger = logging.getLogger(name)
-        logger.removeHandler(cli._PROJECT_HANDLER)
+        logger.removeHandler(cli_errors._PROJECT_HANDLER)
         logger.setLevel(logging.NOTSET)
 
 
@@ -105,7 +107,7 @@ def test_constructor_error_is_the_last_line(tmp_path: Path, capsys, monkeypatch)
     cfg = _bad_batch_config(tmp_path)
     with pytest.raises(Exception) as info:
         cli.cli_main(["fit", "--config", str(cfg)])
-    root = cli.innermost_project_error(info.value)
+    root = cli_errors.innermost_project_error(info.value)
     assert isinstance(root, ValueError) and "MMSADataModule: batch sizes must be >= 1" in str(root)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -126,14 +128,14 @@ def _last_line(capsys) -> str:
 @pytest.mark.parametrize("override,last", [
     (["--model", "lightning_modules.msa.LitMSAX"],
      ("error: model.class_path 'lightning_modules.msa.LitMSAX' does not import: module 'lightning_modules.msa' has no "
-     "attribute 'LitMSAX' (expected a subclass of LightningModule)")),
+     "attribute 'LitMSAX' (expected a subclass of EpochMeanLogging)")),
     (["--data", "datamodules.fer.FERDataModuleX"],
      ("error: data.class_path 'datamodules.fer.FERDataModuleX' does not import: module 'datamodules.fer' has no "
-     "attribute 'FERDataModuleX' (expected a subclass of LightningDataModule)")),
+     "attribute 'FERDataModuleX' (expected a subclass of AffectDataModule)")),
     (["--data", "datamodules.fer.FERDataModule"],  # the face datamodule for an MSA config
      ("error: data.class_path 'datamodules.fer.FERDataModule': the following arguments are required: root, "
      "class_names")),
-    (["--data", "models.tfn.TFN"], "error: data.class_path 'models.tfn.TFN' is not a subclass of LightningDataModule"),
+    (["--data", "models.tfn.TFN"], "error: data.class_path 'models.tfn.TFN' is not a subclass of AffectDataModule"),
     (["--model.init_args.net", "models.tfn.TFNX"],
      "error: model.init_args.net 'models.tfn.TFNX' does not import: module 'models.tfn' has no attribute 'TFNX'"),
     (["--model.init_args.loss", "l3"],
@@ -157,21 +159,21 @@ def _raise_chain(path: str) -> None:
     try:
         inner()
     except KeyError as e:
-        raise cli.CheckpointError(f"Checkpoint {path!r} was refused: it names posix.system") from e
+        raise CheckpointError(f"Checkpoint {path!r} was refused: it names posix.system") from e
 
 
 def test_reported_error_is_the_outer_one_naming_the_file() -> None:
-    with pytest.raises(cli.CheckpointError) as info:
+    with pytest.raises(CheckpointError) as info:
         _raise_chain("runs/x/best.ckpt")
-    assert isinstance(cli.innermost_project_error(info.value), KeyError)  # what the last line used to show
-    assert cli.reported_error(info.value) is info.value
+    assert isinstance(cli_errors.innermost_project_error(info.value), KeyError)  # what the last line used to show
+    assert cli_errors.reported_error(info.value) is info.value
     try:
         try:
             _raise_chain("runs/x/best.ckpt")
-        except cli.CheckpointError as e:
+        except CheckpointError as e:
             raise RuntimeError("wrapped by a library") from e
     except RuntimeError as outer:
-        assert cli.reported_error(outer) is outer.__cause__
+        assert cli_errors.reported_error(outer) is outer.__cause__
 
 
 def test_full_disk_while_saving_ends_with_the_checkpoint_path(tmp_path: Path, capsys, monkeypatch) -> None:
