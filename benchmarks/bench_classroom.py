@@ -1,17 +1,29 @@
-"""End-to-end classroom prediction throughput: frames/s and faces/s on 720p video with 1, 5 and 20 faces.
+"""End-to-end classroom prediction throughput: frames/s and faces/s on 720p video with 1 to 25 faces.
 
-One command (run on an idle machine; 2 cores)::
+One command per path (run on an idle machine; 2 cores)::
 
-    python benchmarks/bench_classroom.py --faces 1 5 20 --frames 30 --out runs/bench_classroom
+    python benchmarks/bench_classroom.py --faces 25 --frames 30 --out runs/bench_classroom            # the pipeline
+    python benchmarks/bench_classroom.py --faces 1 5 20 --frames 30 --net paper --out runs/bench_classroom_paper
 
-For each face count, a 1280x720 H.264 video of ``--frames`` frames is composed from real JAFFE faces (sides 40-120
-px, :mod:`features.synthetic_classroom`) and run through ``Trainer.predict`` with the prediction pipeline of
-``configs/fer/predict_video.yaml``: PyAV decoding, MTCNN detection (min face 20 px), tracking with appearance
+``--net shipped`` (the default; issue #21's target: >= 25 faces/s with 25 faces per frame) runs
+:class:`pipelines.classroom.ClassroomPipeline` with the shipped face model (``models/weights/fer2013_resnet18s.ckpt``,
+64 px grey crops) at its default settings (MTCNN, min face 20 px) on a 25 fps video sampled at ``--sample-fps``
+(1 frame/s: every source frame is decoded, one in 25 analysed), ``--frames`` analysed frames, and writes its outputs
+(CSVs, plots, the HTML report; no annotated video). It reports faces/s and each stage's share of the summed stage
+seconds (decode, detect, track, align, descriptor, model, write; decoding, detection, cropping and tracking run in the
+pipeline's worker thread, the model in the caller's, so the shares are of the stage time, not of the wall time).
+
+``--net paper`` / ``--net tiny`` run the Lightning path instead: for each face count, a 1280x720 H.264 video of
+``--frames`` frames is composed from real JAFFE faces (:mod:`features.synthetic_classroom`) and run through
+``Trainer.predict`` with the prediction pipeline of ``configs/fer/predict_video.yaml``: PyAV decoding, MTCNN detection (min face 20 px), tracking with appearance
 re-linking, eye alignment, SUN descriptor maps and the face model (the config's two-branch Swin at 256 px, random
 weights: the cost does not depend on them; ``--net tiny`` for a smoke run). The detector and the tracker are
 timed inside the run, so the table gives the share of the wall time spent in detection and in tracking; the rest
 is decoding, cropping, descriptors and the model. All face counts run in one process, one after the other, after
 one warm-up run.
+
+Faces are pasted at sides 40-120 px; where that many do not fit into the frame (about 18 do at 720p) the sides are
+shrunk by 10 % steps until all fit (the table says the sides used).
 
 Writes ``<out>/bench_classroom.md`` and ``.csv``.
 """
@@ -57,18 +69,44 @@ class _Timed:
         setattr(obj, name, timed)
 
 
-def make_video(path: Path, portraits: Sequence, n_faces: int, n_frames: int, seed: int = 0) -> Path:
+def compose_class(portraits: Sequence, n_faces: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 1280x720 frame with ``n_faces`` real faces (sides 40-120 px, shrunk in 10 % steps until all fit)."""
     from features.synthetic_classroom import Nuisances, compose_frame
+
+    scale = 1.0
+    while True:
+        rng = np.random.default_rng(seed)
+        sizes = rng.uniform(40, 120, n_faces) * scale
+        picks = [portraits[i % len(portraits)] for i in range(n_faces)]
+        frame, boxes = compose_frame(picks, sizes, rng, nuisances=Nuisances(max_tilt=10, max_blur=0.5))
+        if len(boxes) == n_faces or scale < 0.3:
+            return frame, boxes
+        scale *= 0.9
+
+
+def make_video(path: Path, portraits: Sequence, n_faces: int, n_frames: int, seed: int = 0) -> Path:
     from features.video import MP4Writer
 
-    rng = np.random.default_rng(seed)
-    sizes = rng.uniform(40, 120, n_faces)
-    picks = [portraits[i % len(portraits)] for i in range(n_faces)]
-    frame, _ = compose_frame(picks, sizes, rng, nuisances=Nuisances(max_tilt=10, max_blur=0.5))
+    frame, _ = compose_class(portraits, n_faces, seed)
     with MP4Writer(path, fps=25) as w:
         for k in range(n_frames):  # a static class with slight camera shake
             w.write(np.roll(frame, (k % 3) - 1, axis=1))
     return path
+
+
+def run_pipeline(video: Path, out: Path, sample_fps: float, **settings) -> dict[str, float]:
+    """One run of :class:`pipelines.classroom.ClassroomPipeline` (shipped model) writing its outputs to ``out``."""
+    import shutil
+
+    from pipelines.classroom import STAGES, ClassroomPipeline
+
+    shutil.rmtree(out, ignore_errors=True)
+    pipe = ClassroomPipeline.from_checkpoint(sample_fps=sample_fps, **settings)
+    r = pipe(video, output_dir=out)
+    shares = r.stage_shares()
+    return {"frames": r.frames_analysed, "faces": r.faces, "wall_s": r.wall_s,
+            "frames_per_s": r.frames_analysed / r.wall_s, "faces_per_s": r.faces_per_s,
+            **{f"share_{s}": shares[s] for s in STAGES}, **{f"seconds_{s}": r.seconds[s] for s in STAGES}}
 
 
 def run_once(video: Path, net: str, sun, batch_size: int) -> dict[str, float]:
@@ -109,16 +147,21 @@ def run_once(video: Path, net: str, sun, batch_size: int) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jaffe", default=str(REPO.parent / "shared" / "data" / "jaffe"))
-    ap.add_argument("--faces", type=int, nargs="+", default=[1, 5, 20])
-    ap.add_argument("--frames", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--net", choices=["paper", "tiny"], default="paper")
+    ap.add_argument("--faces", type=int, nargs="+", default=None,
+                    help="faces per frame (default: 25 for shipped, 1 5 20 for paper/tiny)")
+    ap.add_argument("--frames", type=int, default=30, help="analysed frames per video")
+    ap.add_argument("--batch-size", type=int, default=None, help="faces per forward (default 64 shipped, 32 else)")
+    ap.add_argument("--net", choices=["shipped", "paper", "tiny"], default="shipped",
+                    help="shipped: the pipeline with the shipped model; paper/tiny: the Lightning path")
+    ap.add_argument("--sample-fps", type=float, default=1.0, help="pipeline: analysed frames per video second")
+    ap.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn", help="pipeline: face detector")
+    ap.add_argument("--min-face-size", type=int, default=20, help="pipeline: smallest face side in pixels")
     ap.add_argument("--out", default="runs/bench_classroom")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    from features.descriptors import fit_sun_params
-    from features.detection import build_detector, face_crop
+    faces = args.faces or ([25] if args.net == "shipped" else [1, 5, 20])
+    batch_size = args.batch_size or (64 if args.net == "shipped" else 32)
 
     sys.path.insert(0, str(REPO / "scripts"))
     from eval_face_detectors import load_portraits
@@ -128,31 +171,68 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise SystemExit(f"no JAFFE portraits under {args.jaffe}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size = 32 if args.net == "tiny" else 256
-    det = build_detector("mtcnn", min_face_size=40)
-    crops = [face_crop(p.rgb, d[0], size) for p in portraits[:20] if (d := det.detect(p.rgb))]
-    sun = fit_sun_params(crops, (1.0, 2.0, 4.0, 8.0), 1.6, "intensity")
-    videos = {n: make_video(out / f"class_{n}faces.mp4", portraits, n, args.frames) for n in args.faces}
-    run_once(videos[args.faces[0]], args.net, sun, args.batch_size)  # warm-up (MTCNN nets, model, caches)
-    rows = []
-    for n, video in videos.items():
-        r = run_once(video, args.net, sun, args.batch_size)
-        rows.append({"faces_in_frame": n, **r})
+    if args.net == "shipped":
+        rows, lines = _bench_pipeline(args, faces, batch_size, portraits, out)
+    else:
+        rows, lines = _bench_lightning(args, faces, batch_size, portraits, out)
     keys = list(rows[0])
     with open(out / "bench_classroom.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, keys)
         w.writeheader()
         w.writerows(rows)
-    lines = [(f"1280x720, {args.frames} frames per video, net {args.net}, batch {args.batch_size}, "
+    (out / "bench_classroom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+def _bench_pipeline(args, faces: list[int], batch_size: int, portraits, out: Path) -> tuple[list[dict], list[str]]:
+    from pipelines.classroom import STAGES
+
+    stride = max(1, round(25 / args.sample_fps))
+    videos = {n: make_video(out / f"class_{n}faces_{args.frames}x{stride}.mp4", portraits, n, args.frames * stride)
+              for n in faces}
+    settings = {"detector": args.detector, "min_face_size": args.min_face_size, "batch_size": batch_size}
+    warm = make_video(out / "warmup.mp4", portraits, faces[0], 2 * stride)
+    run_pipeline(warm, out / "outputs_warmup", args.sample_fps, **settings)  # MTCNN nets, torch kernels, caches
+    rows = []
+    for n, video in videos.items():
+        sides = compose_class(portraits, n)[1][:, 2]
+        r = run_pipeline(video, out / f"outputs_{n}faces", args.sample_fps, **settings)
+        rows.append({"faces_in_frame": n, "face_sides": f"{sides.min():.0f}-{sides.max():.0f}", **r})
+    lines = [(f"1280x720, 25 fps, {args.frames} analysed frames per video ({args.sample_fps:g} frame/s: one in "
+              f"{stride}), ClassroomPipeline, shipped model, {args.detector} (min face {args.min_face_size} px), "
+              f"batch {batch_size}, {torch.get_num_threads()} torch threads; shares of the summed stage seconds"), "",
+             "| faces / frame | face sides px | faces found | frames/s | faces/s | "
+             + " | ".join(STAGES) + " |", "|---|---|---|---|---|" + "---|" * len(STAGES)]
+    for r in rows:
+        lines.append(f"| {r['faces_in_frame']} | {r['face_sides']} | {r['faces'] / max(r['frames'], 1):.1f} | "
+                     f"{r['frames_per_s']:.2f} | {r['faces_per_s']:.1f} | "
+                     + " | ".join(f"{r[f'share_{s}']:.0%}" for s in STAGES) + " |")
+    return rows, lines
+
+
+def _bench_lightning(args, faces: list[int], batch_size: int, portraits, out: Path) -> tuple[list[dict], list[str]]:
+    from features.descriptors import fit_sun_params
+    from features.detection import build_detector, face_crop
+
+    size = 32 if args.net == "tiny" else 256
+    det = build_detector("mtcnn", min_face_size=40)
+    crops = [face_crop(p.rgb, d[0], size) for p in portraits[:20] if (d := det.detect(p.rgb))]
+    sun = fit_sun_params(crops, (1.0, 2.0, 4.0, 8.0), 1.6, "intensity")
+    videos = {n: make_video(out / f"class_{n}faces.mp4", portraits, n, args.frames) for n in faces}
+    run_once(videos[faces[0]], args.net, sun, batch_size)  # warm-up (MTCNN nets, model, caches)
+    rows = []
+    for n, video in videos.items():
+        r = run_once(video, args.net, sun, batch_size)
+        rows.append({"faces_in_frame": n, **r})
+    lines = [(f"1280x720, {args.frames} frames per video, net {args.net}, batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads"), "",
              "| faces / frame | faces found | frames/s | faces/s | share in detection | share in tracking |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['faces_in_frame']} | {r['faces'] / max(r['frames'], 1):.1f} | {r['frames_per_s']:.2f} | "
                      f"{r['faces_per_s']:.1f} | {r['detection_share']:.0%} | {r['tracking_share']:.0%} |")
-    (out / "bench_classroom.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return rows
+    return rows, lines
 
 
 if __name__ == "__main__":
