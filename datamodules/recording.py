@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from common.checkpoint import read_checkpoint
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from features.extract import ExtractorSettings, extract
 from features.mmsa_format import MMSASplit, load_feature_file
@@ -152,7 +153,7 @@ class RecordingDataModule(pl.LightningDataModule):
             return {}, {}
         if not Path(path).is_file():
             raise FileNotFoundError(f"RecordingDataModule: checkpoint {path} not found")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path, map_location="cpu")  # weights-only; errors name the file
         return ckpt.get("hyper_parameters") or {}, ckpt.get("datamodule_hyper_parameters") or {}
 
     def _reference(self) -> tuple[str, dict[str, Any]]:

@@ -53,6 +53,13 @@ import cv2
 import numpy as np
 
 from common import FER_PREPROCESSING_KEY
+from common.checkpoint import (
+    FACE_NET_ALLOW_LIST,
+    FACE_NETS,
+    WEIGHT_FILE_ARGS,
+    CheckpointError,
+    read_checkpoint,
+)
 from common.tensors import grey_rgb
 from features.detection import Detection, FaceDetector, build_detector, face_crop
 from features.tracking import IoUTracker
@@ -75,8 +82,9 @@ GEOMETRY_FEATURES: tuple[str, ...] = (
     "nose_offset_rel", "nose_height_rel",
 )
 
-#: Face-model classes allowed from a checkpoint (class paths in a file never choose arbitrary code).
-ALLOWED_FACE_NETS = ("models.timm_classifier.TimmClassifier", "models.swin_two_branch.TwoBranchSwin")
+#: Face-model classes allowed from a checkpoint (class paths in a file never choose arbitrary code): the project's
+#: one list, :data:`common.checkpoint.FACE_NETS` (kept under this name for callers).
+ALLOWED_FACE_NETS = FACE_NETS
 
 
 @dataclass(frozen=True)
@@ -241,9 +249,11 @@ def descriptor_features(crop: np.ndarray, settings: VisionSettings) -> np.ndarra
 class FaceExpressionModel:
     """The project's face-expression net, rebuilt from a LitFER checkpoint without Lightning.
 
-    The checkpoint is read with ``torch.load(weights_only=True)`` (a file holding pickled code or objects is refused,
-    naming it; nothing in it runs); the net's ``class_path`` (as saved by ``cli.py fit``) must be one of
-    :data:`ALLOWED_FACE_NETS`. Class names, crop size, margin, normalisation and descriptor settings come from the
+    The checkpoint is read with :func:`common.checkpoint.read_checkpoint` (``weights_only=True``: a file holding
+    pickled code or objects is refused, naming it; nothing in it runs); the net's ``class_path`` (as saved by
+    ``cli.py fit``) must be one of :data:`common.checkpoint.FACE_NETS`, and the net is rebuilt from it here
+    (``features/`` may not import ``models/``; ``models.shipped.read_face_net`` is the same rebuild for the layers
+    above). Class names, crop size, margin, normalisation and descriptor settings come from the
     preprocessing state LitFER stores (``checkpoint["fer_preprocessing"]``, see
     ``FERDataModule.preprocessing_state``), else from the datamodule's hyper-parameters. Nets that also take a
     descriptor map get it computed per crop as in training (quantised to 8 bits, then normalised), ``sun`` with the
@@ -269,14 +279,10 @@ class FaceExpressionModel:
         if not path_p.is_file():
             raise FileNotFoundError(f"FaceExpressionModel: face-model checkpoint {path} not found")
         try:
-            ckpt = torch.load(path_p, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle.UnpicklingError (pickled code / objects), zip, EOF, key errors of non-files
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
-                          lines[-1] if lines else "")
+            ckpt = read_checkpoint(path_p, map_location="cpu")
+        except CheckpointError as err:  # pickled code / objects, truncated, not a checkpoint
             raise ValueError(f"FaceExpressionModel: {path} is refused: it cannot be read safely as a PyTorch "
-                             f"checkpoint (torch.load weights_only=True, nothing in it was run; "
-                             f"{type(err).__name__}: {detail[:300]})") from err
+                             f"checkpoint ({err})") from err
         is_lightning = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
         if not is_lightning:
             raise ValueError(f"FaceExpressionModel: {path} is not a LitFER checkpoint (no state_dict)")
@@ -285,15 +291,13 @@ class FaceExpressionModel:
         if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
             raise ValueError(f"FaceExpressionModel: {path} has no `net` class_path in its hyper-parameters (train "
                              "the face model with `cli.py fit` so the config is stored with the checkpoint)")
-        class_path = net_cfg["class_path"]
-        if class_path not in ALLOWED_FACE_NETS:
-            raise ValueError(f"FaceExpressionModel: {path} names net {class_path!r}, not one of {ALLOWED_FACE_NETS}")
+        class_path = FACE_NET_ALLOW_LIST.check(net_cfg["class_path"], path, "hyper_parameters.net.class_path")
         num_classes = hp.get("num_classes")
         if not num_classes:
             raise ValueError(f"FaceExpressionModel: {path} stores no num_classes")
         module, name = class_path.rsplit(".", 1)
-        init_args = dict(net_cfg.get("init_args") or {})
-        init_args["pretrained_file"] = None  # the weights come from the checkpoint; nothing else is read
+        # the weights come from the checkpoint: a stored weight-file argument is never opened
+        init_args = {k: v for k, v in dict(net_cfg.get("init_args") or {}).items() if k not in WEIGHT_FILE_ARGS}
         net = getattr(importlib.import_module(module), name)(int(num_classes), **init_args)
         state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)

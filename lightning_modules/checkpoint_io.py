@@ -1,6 +1,7 @@
 """Reading checkpoints that may come from elsewhere: a file never gets to choose the code that runs.
 
-Every checkpoint is read by :func:`load_checkpoint`, whatever its scheme (a local path, ``file://``, ``http(s)://``,
+Every checkpoint is read by :func:`common.checkpoint.read_checkpoint` (re-exported here as :func:`load_checkpoint`,
+with :class:`~common.checkpoint.CheckpointError`), whatever its scheme (a local path, ``file://``, ``http(s)://``,
 ``s3://``/``gs://`` ... through ``fsspec``): ``torch.load(weights_only=True)`` with errors naming the file. The
 trainers ``cli.py`` builds read and write through :class:`SafeCheckpointIO` (the same reader; atomic writes), and
 a path stored in a checkpoint that would only initialise weights (:data:`WEIGHT_FILE_ARGS`) is dropped, not opened.
@@ -8,7 +9,8 @@ a path stored in a checkpoint that would only initialise weights (:data:`WEIGHT_
 ``torch.load(weights_only=True)`` keeps pickled code out of the tensors, but a checkpoint's ``hyper_parameters``
 still hold *names* of classes (``{"class_path": "models.hgcl.HGCL", ...}``, Lightning's ``_class_path`` and
 ``_instantiator``) that LightningCLI / ``load_from_checkpoint`` / :func:`lightning_modules.ldm.load_ldm` import and
-call. Every such name read from a file is checked here against an allow-list DERIVED from the project:
+call. Every such name read from a file is checked (:class:`common.checkpoint.AllowList`, the one mechanism) against
+:data:`PROJECT_CLASSES`, an allow-list DERIVED from the project:
 
 - the project's systems and nets: every ``nn.Module`` / ``LightningModule`` class defined in the packages
   :data:`PROJECT_PACKAGES` (walked with ``pkgutil``; importing our own modules runs only our own code);
@@ -21,7 +23,8 @@ call. Every such name read from a file is checked here against an allow-list DER
 Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen`` ...) is refused with a
 :class:`CheckpointError` naming the file and the class path, BEFORE anything is imported. Dotted strings elsewhere
 in the hyper-parameters that name an importable module (jsonargparse turns such strings into callables for
-``Callable``-typed arguments) count as class paths too.
+``Callable``-typed arguments) count as class paths too. The face nets a face checkpoint may name
+(:data:`common.checkpoint.FACE_NETS`, read by ``models/`` and ``features/``) are a subset of this list.
 """
 
 from __future__ import annotations
@@ -29,36 +32,38 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.util
 import inspect
-import io
 import logging
 import os
-import pickle
 import pkgutil
-import re
 import sys
 import typing
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
-import fsspec.core
-import fsspec.utils
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from torch import nn
 
+from common.checkpoint import (
+    WEIGHT_FILE_ARGS,
+    AllowList,
+    CheckpointError,
+    CheckpointIsADirectoryError,
+    MapLocation,
+    local_checkpoint_path,
+    read_checkpoint,
+)
 from common.io import atomic_path
 
 __all__ = [
+    "PROJECT_CLASSES",
     "PROJECT_PACKAGES",
     "WEIGHT_FILE_ARGS",
     "CheckpointError",
+    "CheckpointIsADirectoryError",
     "SafeCheckpointIO",
     "allowed_class_paths",
     "check_class_path",
@@ -68,6 +73,7 @@ __all__ = [
     "load_checkpoint",
     "load_system",
     "local_checkpoint_path",
+    "read_checkpoint",
     "require_system",
     "with_safe_checkpoint_io",
 ]
@@ -75,94 +81,10 @@ __all__ = [
 #: Packages whose classes a checkpoint may name (the project's systems and nets).
 PROJECT_PACKAGES: tuple[str, ...] = ("lightning_modules", "models")
 
-#: ``torch.load``'s ``map_location``.
-MapLocation = str | torch.device | dict | typing.Callable | None
-
 log = logging.getLogger(__name__)
 
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used (unreadable, the wrong model, or naming code that is not allowed)."""
-
-
-def local_checkpoint_path(path: str | os.PathLike) -> Path | None:
-    """The file on this machine that ``path`` names (a plain path or a ``file://`` URL), ``None`` for a remote URL."""
-    src = os.fspath(path)
-    if fsspec.utils.get_protocol(src) not in ("file", "local"):
-        return None
-    if "://" in src or src.startswith("local::"):
-        return Path(LocalFileSystem._strip_protocol(src))
-    return Path(src)
-
-
-def _read_remote(src: str) -> bytes:
-    """The bytes of the remote checkpoint ``src`` (any fsspec URL: ``http(s)://``, ``s3://``, ``gs://`` ...)."""
-    try:
-        fs, fs_path = fsspec.core.url_to_fs(src)
-    except (ImportError, ValueError) as e:  # unknown protocol, or its fsspec package (s3fs, gcsfs) missing
-        raise CheckpointError(f"Checkpoint {src!r} cannot be opened: {e}") from e
-    try:
-        info = fs.info(fs_path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Checkpoint {src!r} does not exist") from None
-    except Exception as e:  # network/auth errors of any fsspec backend: name the URL
-        raise CheckpointError(f"Checkpoint {src!r} cannot be reached: {type(e).__name__}: {e}") from e
-    if info.get("type") == "directory":
-        raise CheckpointError(f"Checkpoint {src!r} is a directory, not a checkpoint file")
-    try:
-        with fs.open(fs_path, "rb") as f:
-            return f.read()
-    except Exception as e:  # as above
-        raise CheckpointError(f"Checkpoint {src!r} could not be read: {type(e).__name__}: {e}") from e
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: MapLocation = "cpu") -> dict[str, Any]:
-    """``torch.load(..., weights_only=True)`` of a local file or any fsspec URL, with errors that name it.
-
-    A remote checkpoint (``http(s)://``, ``s3://``, ``gs://`` ... through ``fsspec``) is read into memory and
-    loaded from there with the same ``weights_only=True``: whatever the scheme, a checkpoint never unpickles code.
-
-    Args:
-        path: a local path, a ``file://`` URL or any other fsspec URL.
-        map_location: ``torch.load``'s ``map_location``.
-
-    Returns:
-        The checkpoint dict.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: a directory; unreachable; truncated / corrupted / not a checkpoint; or it holds objects
-            that need code to load.
-    """
-    src = os.fspath(path)
-    local = local_checkpoint_path(src)
-    if local is not None:
-        if local.is_dir():
-            raise CheckpointError(f"Checkpoint {src!r} is a directory, not a checkpoint file")
-        if not local.is_file():
-            raise FileNotFoundError(f"Checkpoint {src!r} does not exist")
-        source: str | io.BytesIO = str(local)
-        size = local.stat().st_size
-    else:
-        data = _read_remote(src)
-        source, size = io.BytesIO(data), len(data)
-    try:
-        ckpt = torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"Checkpoint {src!r} was refused: it holds objects that would run code when loaded "
-            f"(weights_only=True): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
-    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
-        raise CheckpointError(
-            f"Checkpoint {src!r} is truncated or corrupted and cannot be read ({size} bytes): "
-            f"{type(e).__name__}: {e}"
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"Checkpoint {src!r} is not a Lightning checkpoint (a {type(ckpt).__name__})")
-    return ckpt
+#: Reading is :func:`common.checkpoint.read_checkpoint`; ``load_checkpoint`` is its name here.
+load_checkpoint = read_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,13 +187,9 @@ def with_safe_checkpoint_io(plugins: Any, strategy: Any = None) -> tuple[list[An
 # ----------------------------------------------------------------------------------------------------------
 # Paths stored in a checkpoint
 # ----------------------------------------------------------------------------------------------------------
-#: Init arguments naming where a net's INITIAL weights come from (``pretrained``: ``"hub"``, a weight file or a
-#: project checkpoint, and its older name ``pretrained_file``; :mod:`models.pretrained`): the checkpoint's
-#: ``state_dict`` replaces those weights, so a value stored in a checkpoint is dropped rather than opened or
-#: downloaded. Not listed, on purpose: ``FrozenImageEncoder.checkpoint_path`` (its weights are not saved in the
-#: system's checkpoint), ``LitVAE.pretrained_dir`` (it also fixes the architecture) and ``LitLDM.vae_path``
-#: (handled by ``LitLDM.inference_settings``).
-WEIGHT_FILE_ARGS: tuple[str, ...] = ("pretrained", "pretrained_file")
+# WEIGHT_FILE_ARGS is common.checkpoint's (pretrained / pretrained_file / image_weights / landmark_weights). Not
+# listed, on purpose: FrozenImageEncoder.checkpoint_path (its weights are not saved in the system's checkpoint),
+# LitVAE.pretrained_dir (it also fixes the architecture) and LitLDM.vae_path (handled by LitLDM.inference_settings).
 
 
 def drop_weight_files(hparams: dict[str, Any], explicit: dict[str, Any] | None = None,
@@ -391,42 +309,24 @@ def allowed_class_paths() -> frozenset[str]:
     return frozenset(allowed | set(_ALLOWED_INSTANTIATORS))
 
 
+#: The project-wide allow-list (module docstring), derived from the project's classes by
+#: :func:`allowed_class_paths`; checked with the one mechanism of :class:`common.checkpoint.AllowList`.
+PROJECT_CLASSES = AllowList(
+    "the project's systems or nets or the library classes they use", allowed_class_paths,
+    hint="Only load checkpoints you trust; a model of your own must live in the project's packages "
+         f"{list(PROJECT_PACKAGES)}.",
+)
+
+
 def check_class_path(class_path: Any, source: str | Path, where: str = "") -> None:
-    """``CheckpointError`` unless ``class_path`` (read from ``source``) is on the allow-list."""
-    if not isinstance(class_path, str) or class_path not in allowed_class_paths():
-        at = f" at {where}" if where else ""
-        raise CheckpointError(
-            f"Checkpoint {str(source)!r} names {class_path!r}{at}, which is not one of the project's systems or "
-            "nets or the library classes they use; refusing to import or call it. Only load checkpoints you "
-            "trust; a model of your own must live in the project's packages "
-            f"{list(PROJECT_PACKAGES)}."
-        )
-
-
-def _is_module_path(s: str) -> bool:
-    if not _DOTTED.match(s):
-        return False
-    try:
-        return importlib.util.find_spec(s.split(".")[0]) is not None  # top level only: imports nothing
-    except (ImportError, ValueError):
-        return False
+    """``CheckpointError`` unless ``class_path`` (read from ``source``) is on :data:`PROJECT_CLASSES`."""
+    PROJECT_CLASSES.check(class_path, source, where)
 
 
 def check_hparams_class_paths(hparams: Any, source: str | Path, where: str = "hyper_parameters") -> None:
-    """Check every class path in (nested) hyper-parameters read from ``source``: ``class_path`` / ``_class_path``
-    / ``_instantiator`` values and dotted strings naming an importable module."""
-    if isinstance(hparams, dict) or hasattr(hparams, "items"):
-        for k, v in hparams.items():
-            key = f"{where}.{k}"
-            if k in ("class_path", "_class_path", "_instantiator"):
-                check_class_path(v, source, key)
-            else:
-                check_hparams_class_paths(v, source, key)
-    elif isinstance(hparams, (list, tuple)):
-        for i, v in enumerate(hparams):
-            check_hparams_class_paths(v, source, f"{where}[{i}]")
-    elif isinstance(hparams, str) and _is_module_path(hparams) and hparams not in allowed_class_paths():
-        check_class_path(hparams, source, where)
+    """Check every class path in (nested) hyper-parameters read from ``source`` against :data:`PROJECT_CLASSES`
+    (:meth:`common.checkpoint.AllowList.check_hparams`)."""
+    PROJECT_CLASSES.check_hparams(hparams, source, where)
 
 
 # ----------------------------------------------------------------------------------------------------------

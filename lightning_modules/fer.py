@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from common import FER_PREPROCESSING_KEY
+from common.checkpoint import CheckpointError, read_checkpoint
 from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from lightning_modules.schedulers import follow_trainer_epochs
@@ -303,28 +304,31 @@ class LitFER(EpochMetricsSystem):
 def read_fer_preprocessing(path: str | Path) -> dict | None:
     """The preprocessing state stored in a LitFER checkpoint (None for a LitFER checkpoint saved without one).
 
-    Loaded with ``weights_only=True`` (a checkpoint never chooses code to run).
+    Read with :func:`common.checkpoint.read_checkpoint` (``weights_only=True``, memory-mapped: a checkpoint never
+    chooses code to run, and only a few keys are needed).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a checkpoint, or a checkpoint of another model kind (both naming the file).
+        CheckpointError: (a ``ValueError``) not a checkpoint, or a checkpoint of another model kind (both naming the
+            file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises pickle/zip/runtime errors for non-checkpoints
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read safely (weights_only) as a PyTorch checkpoint ({err})") from err
+        ckpt = read_checkpoint(path, map_location="cpu", mmap=True)
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read safely (weights_only) as a PyTorch "
+                              f"checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict)")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict)")
     hp = ckpt.get("hyper_parameters") or {}
     class_path = hp.get("_class_path")
     ours = f"{LitFER.__module__}.{LitFER.__qualname__}"
     if class_path and class_path != ours:
-        raise ValueError(f"checkpoint {str(path)!r} holds a {class_path} model, not a face-expression model "
-                         f"({ours}): give a checkpoint trained with a configs/fer/ config")
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {class_path} model, not a face-expression model "
+                              f"({ours}): give a checkpoint trained with a configs/fer/ config")
     if not class_path and PREPROCESSING_CKPT_KEY not in ckpt and not {"net", "num_classes"} <= set(hp):
-        raise ValueError(f"checkpoint {str(path)!r} is not a face-expression (LitFER) checkpoint "
-                         f"(hyper-parameters {sorted(hp)[:8]})")
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a face-expression (LitFER) checkpoint "
+                              f"(hyper-parameters {sorted(hp)[:8]})")
     return ckpt.get(PREPROCESSING_CKPT_KEY)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common import FER_PREPROCESSING_KEY
+from common.checkpoint import read_checkpoint
 from common.choices import check_choices
 
 __all__ = ["ClassifierView", "FrozenImageEncoder", "classifier_normalisation", "timm_forward", "timm_num_features"]
@@ -116,8 +117,8 @@ class FrozenImageEncoder(nn.Module):
             path = Path(checkpoint_path)
             if not path.is_file():
                 raise FileNotFoundError(f"FrozenImageEncoder: checkpoint not found: {path}")
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
+            raw = read_checkpoint(path, map_location="cpu")  # weights-only; errors name the file
+            state = raw.get("state_dict", raw)
             own = self.model.state_dict()
             matched = _strip_to_model_keys(state, set(own))
             if len(matched) < 0.9 * len(own):
@@ -127,7 +128,7 @@ class FrozenImageEncoder(nn.Module):
                 )
             self.model.load_state_dict(matched, strict=False)
             log.info("FrozenImageEncoder: loaded %d tensors from %s", len(matched), path)
-            pre = raw.get(FER_PREPROCESSING_KEY) if isinstance(raw, dict) else None
+            pre = raw.get(FER_PREPROCESSING_KEY)
             settings = pre.get("settings", {}) if isinstance(pre, dict) else {}
             if settings.get("mean") is not None and settings.get("std") is not None:
                 self.image_mean = tuple(float(v) for v in settings["mean"])

@@ -9,22 +9,22 @@ One value, ``pretrained: str | None``, used by every face net (:class:`models.ti
   ``HF_HUB_OFFLINE=1`` and nothing cached it fails at once; without a network the download error is turned into
   the same message, which names the alternative: a local file.
 * a weight file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``): a state dict in timm's layout of the architecture
-  (what the hub serves, or ``torch.save(timm_model.state_dict())``), read weights-only (``torch.load(...,
-  weights_only=True)`` / safetensors). timm adapts it as it adapts hub weights: the classifier is dropped when the
-  class count differs, the patch embedding is summed for another ``in_chans``, Swin position tables are resized.
+  (what the hub serves, or ``torch.save(timm_model.state_dict())``), read weights-only
+  (:func:`common.checkpoint.read_checkpoint` / safetensors). timm adapts it as it adapts hub weights: the classifier
+  is dropped when the class count differs, the patch embedding is summed for another ``in_chans``, Swin position
+  tables are resized.
 * a ``.ckpt`` of this project (a :class:`lightning_modules.fer.LitFER` checkpoint): the whole net's weights, read
-  with ``torch.load(..., weights_only=True)`` (this module never imports ``lightning``): ``state_dict`` minus its
-  ``net.`` prefix. The classifier head is dropped when the class count differs (logged), so a net trained on FER2013
-  initialises one trained on a small set; any other mismatch is an error naming the file and the first keys.
+  with :func:`common.checkpoint.read_checkpoint` (weights-only; this module never imports ``lightning``):
+  ``state_dict`` minus its ``net.`` prefix. The classifier head is dropped when the class count differs (logged), so
+  a net trained on FER2013 initialises one trained on a small set; any other mismatch is an error naming the file and
+  the first keys.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 import timm
 import torch
 from torch import Tensor, nn
+
+from common.checkpoint import CheckpointError, read_checkpoint
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -59,7 +61,7 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (".ckpt",)
 _NET_PREFIX = "net."
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(CheckpointError):
     """A weight file or checkpoint that cannot initialise the net (unreadable, the wrong layout, mismatching keys)."""
 
 
@@ -115,18 +117,12 @@ def resolve_pretrained(pretrained: str | None, owner: str) -> PretrainedSource |
                      f"({', '.join(WEIGHT_SUFFIXES)}) or a checkpoint of this project ({', '.join(CHECKPOINT_SUFFIXES)})")
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU with errors naming the file."""
+def _read_weights(path: Path) -> Any:
+    """:func:`common.checkpoint.read_checkpoint` on the CPU, its errors as :class:`PretrainedWeightsError`."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PretrainedWeightsError(f"{str(path)!r} was refused: it holds objects that would run code when loaded "
-                                     f"(weights_only=True): {first}") from None
-    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PretrainedWeightsError(f"{str(path)!r} is not a readable weight file ({type(err).__name__}: "
-                                     f"{first})") from None
+        return read_checkpoint(path, map_location="cpu")
+    except CheckpointError as err:
+        raise PretrainedWeightsError(str(err)) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -148,7 +144,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError, ValueError) as err:
             raise PretrainedWeightsError(f"{str(path)!r} is not a readable safetensors file ({err})") from None
     else:
-        obj = _torch_load(path)
+        obj = _read_weights(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -302,7 +298,7 @@ def load_net_checkpoint(net: nn.Module, path: str | Path, head_prefixes: Sequenc
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{owner}: checkpoint {str(path)!r} does not exist")
-    ckpt = _torch_load(path)
+    ckpt = _read_weights(path)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise PretrainedWeightsError(f"{owner}: {str(path)!r} is not a checkpoint of this project (no 'state_dict'; "

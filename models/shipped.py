@@ -13,9 +13,15 @@ checkpoint takes it as well: ``cli.py predict --ckpt_path $(python -c "from mode
 shipped_checkpoint; print(shipped_checkpoint())")`` or the classroom pipeline. :func:`load_face_model` also reads any
 face checkpoint of this project whose net consumes the face image only (no descriptor map).
 
-Reading: ``torch.load(weights_only=True)``; the net's class path must be one of the project's face nets
-(:data:`FACE_NETS`), whatever the file says; any stored ``pretrained`` source is ignored (the weights are the
-file's). This module never imports ``lightning``.
+:func:`read_face_net` is the general reader under it: ANY face checkpoint of this project (timm nets, the two-branch
+Swin, POSTER, the shipped files) -> the ready net (eval mode) and its preprocessing as plain data (class names, image
+size, colour, mean/std, crop/alignment and descriptor settings, fitted SUN statistics: what
+``LitFER.on_save_checkpoint`` stores).
+
+Reading: :func:`common.checkpoint.read_checkpoint` (``torch.load(weights_only=True)``); the net's class path must be
+one of the project's face nets (:data:`common.checkpoint.FACE_NETS`), whatever the file says; any stored
+``pretrained`` source (:data:`common.checkpoint.WEIGHT_FILE_ARGS`) is ignored (the weights are the file's). This
+module never imports ``lightning``.
 
 Preprocessing is the training pipeline's evaluation path (``datamodules.fer.FERDataModule`` with
 ``face_detection: none``): the face zero-padded to a square and resampled to ``image_size``
@@ -28,7 +34,9 @@ the conversion the face datamodule applies).
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +46,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common import FER_PREPROCESSING_KEY
+from common import checkpoint as _checkpoint
+from common.checkpoint import (
+    FACE_NET_ALLOW_LIST,
+    WEIGHT_FILE_ARGS,
+    CheckpointError,
+    MapLocation,
+    read_checkpoint,
+)
 from common.io import atomic_write
 from common.tensors import grey_rgb
 from features.faces import crop_face
 
 __all__ = ["DEFAULT_MODEL", "FACE_NETS", "SHIPPED_MODELS", "FaceModel", "export_for_prediction", "load_face_model",
-           "shipped_checkpoint"]
+           "read_face_net", "shipped_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +72,13 @@ SHIPPED_MODELS: dict[str, tuple[str, Literal["grey", "rgb"]]] = {
 }
 DEFAULT_MODEL = "fer2013_resnet18s"
 
-#: The face nets a checkpoint may name (class path -> ``module:attribute``); nothing else is imported.
-FACE_NETS: dict[str, str] = {
-    "models.timm_classifier.TimmClassifier": "models.timm_classifier:TimmClassifier",
-    "models.swin_two_branch.TwoBranchSwin": "models.swin_two_branch:TwoBranchSwin",
-    "models.poster.POSTER": "models.poster:POSTER",
-}
+#: The face nets a checkpoint may name: :data:`common.checkpoint.FACE_NETS` (the one list), as class path ->
+#: ``module:attribute``; nothing else is imported.
+FACE_NETS: dict[str, str] = {p: ":".join(p.rsplit(".", 1)) for p in _checkpoint.FACE_NETS}
+
+#: Default normalisation of a checkpoint that stores none (ImageNet's).
+DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
@@ -135,36 +153,106 @@ class FaceModel:
 
 
 def _net_class(class_path: str, source: str) -> type[nn.Module]:
-    if class_path not in FACE_NETS:
-        raise ValueError(f"{source}: net {class_path!r} is not one of the project's face nets {sorted(FACE_NETS)}")
-    module, _, attr = FACE_NETS[class_path].partition(":")
+    """The face net ``class_path`` names (:data:`common.checkpoint.FACE_NETS` only; nothing else is imported)."""
+    module, _, attr = FACE_NET_ALLOW_LIST.check(class_path, source, "hyper_parameters.net.class_path").rpartition(".")
     return getattr(importlib.import_module(module), attr)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure is reported naming the file
-        raise ValueError(f"Face model {str(path)!r} could not be read as a weights-only checkpoint: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"Face model {str(path)!r} is not a face checkpoint of this project (no state_dict / "
-                         "hyper_parameters)")
+def _read(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = read_checkpoint(path, map_location="cpu")
+    if not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise CheckpointError(f"Face model {os.fspath(path)!r} is not a face checkpoint of this project (no "
+                              "state_dict / hyper_parameters)")
     return ckpt
+
+
+def read_face_net(path: str | os.PathLike, map_location: MapLocation = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The ready net of a face checkpoint of this project, and the preprocessing it was trained with.
+
+    Works for every LitFER checkpoint (timm nets, the two-branch Swin, POSTER) and the shipped files: the net is
+    rebuilt from the stored ``net`` config as LitFER builds it (``num_classes``, ``img_size`` = the stored
+    ``image_size`` for nets that take it; weight-file arguments dropped) and loaded strictly.
+
+    Args:
+        path: a ``.ckpt`` (local path or any fsspec URL, :func:`common.checkpoint.read_checkpoint`).
+        map_location: where the weights are loaded.
+
+    Returns:
+        ``(net, preprocessing)``: the net in eval mode, and plain data: the stored preprocessing settings
+        (``checkpoint["fer_preprocessing"]["settings"]``: ``class_names``, ``image_size``, ``face_detection``,
+        ``face_margin``, ``background``, ``predict_alignment``, ``colour``, ``mean``, ``std``, ``descriptor`` and its
+        settings, ``descriptor_mean``/``descriptor_std``) completed with ``num_classes``, ``class_names``,
+        ``image_size`` (from the hyper-parameters when not stored), ``colour`` (default ``"rgb"``), ``mean``/``std``
+        (default ImageNet's), ``descriptor`` (default ``"none"``), ``sun_params`` (the fitted SUN statistics or
+        ``None``), ``inputs`` (the batch keys the net takes, ``net.inputs``) and ``version`` (of the stored state,
+        ``None`` when the checkpoint stores none).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable or code-carrying (:func:`~common.checkpoint.read_checkpoint`), not a face
+            checkpoint, a net outside :data:`common.checkpoint.FACE_NETS`, or weights that do not fit the net (each
+            naming the file).
+    """
+    src = os.fspath(path)
+    ckpt = _read(path)
+    hp = ckpt["hyper_parameters"]
+    net_cfg = hp.get("net") or {}
+    if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
+        raise CheckpointError(f"Face model {src!r}: its hyper-parameters name no net class")
+    cls = _net_class(net_cfg["class_path"], src)
+    stored = ckpt.get(FER_PREPROCESSING_KEY)
+    stored = stored if isinstance(stored, dict) else {}
+    prep: dict[str, Any] = dict(stored.get("settings") or {})
+    num_classes = int(hp.get("num_classes") or len(prep.get("class_names") or hp.get("class_names") or []))
+    if num_classes < 1:
+        raise CheckpointError(f"Face model {src!r} stores no num_classes / class_names")
+    image_size = hp.get("image_size") or prep.get("image_size")
+    init = {k: v for k, v in dict(net_cfg.get("init_args") or {}).items() if k not in WEIGHT_FILE_ARGS}
+    if image_size and "img_size" in inspect.signature(cls).parameters:
+        init["img_size"] = int(image_size)  # as LitFER builds it: the datamodule's image size
+    try:
+        net = cls(num_classes=num_classes, **init)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Face model {src!r}: its net config does not build a {cls.__name__}: {e}") from None
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"Face model {src!r}: weights do not fit {cls.__name__}: "
+                              f"{str(e).splitlines()[0]}") from None
+    if isinstance(map_location, (str, torch.device)):
+        net.to(map_location)
+    class_names = prep.get("class_names") or hp.get("class_names") or [f"class_{i}" for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise CheckpointError(f"Face model {src!r} names {len(class_names)} classes for a net of {num_classes} "
+                              "outputs")
+    prep.update(
+        num_classes=num_classes, class_names=[str(c) for c in class_names],
+        image_size=int(prep.get("image_size") or image_size or 0) or None,
+        colour=prep.get("colour") or "rgb", mean=[float(v) for v in prep.get("mean") or DEFAULT_MEAN],
+        std=[float(v) for v in prep.get("std") or DEFAULT_STD], descriptor=str(prep.get("descriptor") or "none"),
+        sun_params=stored.get("sun_params"), inputs=tuple(getattr(net, "inputs", ("image",))),
+        version=stored.get("version"),
+    )
+    return net.eval(), prep
 
 
 def load_face_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu",
                     colour: Literal["grey", "rgb"] | None = None) -> FaceModel:
-    """A shipped model by name (:data:`SHIPPED_MODELS`) or a face checkpoint of this project by path.
+    """A shipped model by name (:data:`SHIPPED_MODELS`) or a face checkpoint of this project by path
+    (:func:`read_face_net`), for nets that take the face image only.
 
     Args:
         name_or_path: shipped name, or a ``.ckpt`` written by ``cli.py fit`` with a ``configs/fer/`` config.
         device: where the net runs.
-        colour: colour of the training faces; default: the shipped model's, ``"rgb"`` for other files.
+        colour: colour of the training faces; default: the shipped model's, else the checkpoint's (``"rgb"`` when it
+            stores none).
 
     Raises:
-        ValueError: unreadable file, a net outside :data:`FACE_NETS`, a net that needs descriptor maps, or weights
-            that do not fit the net (each naming the file).
+        FileNotFoundError: neither a shipped name nor an existing file.
+        ValueError: (a :class:`~common.checkpoint.CheckpointError`) unreadable file, a net outside
+            :data:`~common.checkpoint.FACE_NETS`, a net that needs descriptor maps, or weights that do not fit the net
+            (each naming the file).
     """
     if str(name_or_path) in SHIPPED_MODELS:
         path = shipped_checkpoint(str(name_or_path))
@@ -174,37 +262,18 @@ def load_face_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torc
         if not path.is_file():
             raise FileNotFoundError(f"Face model {str(path)!r}: no such file and not a shipped model name "
                                     f"({sorted(SHIPPED_MODELS)})")
-    ckpt = _read(path)
-    hp = ckpt["hyper_parameters"]
-    net_cfg = hp.get("net") or {}
-    if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
-        raise ValueError(f"Face model {str(path)!r}: its hyper-parameters name no net class")
-    cls = _net_class(net_cfg["class_path"], str(path))
-    prep = (ckpt.get("fer_preprocessing") or {}).get("settings") or {}
-    if prep.get("descriptor", "none") != "none":
-        raise ValueError(f"Face model {str(path)!r} consumes {prep['descriptor']!r} descriptor maps: use it through "
-                         "cli.py predict (configs/fer/predict_video.yaml), which computes them")
-    init = {k: v for k, v in dict(net_cfg.get("init_args") or {}).items() if k not in ("pretrained", "pretrained_file")}
-    num_classes = int(hp.get("num_classes") or len(prep.get("class_names") or []))
-    if "img_size" in init and init["img_size"] is None and hp.get("image_size"):
-        init["img_size"] = hp["image_size"]
-    net = cls(num_classes=num_classes, **init)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"Face model {str(path)!r}: weights do not fit {cls.__name__}: "
-                         f"{str(e).splitlines()[0]}") from None
-    if tuple(getattr(net, "inputs", ("image",))) != ("image",):
-        raise ValueError(f"Face model {str(path)!r}: {cls.__name__} takes {net.inputs}; this loader feeds the face "
-                         "image only (use cli.py predict for nets with descriptor maps)")
-    net.eval().to(device)
-    class_names = list(prep.get("class_names") or hp.get("class_names") or [f"class_{i}" for i in range(num_classes)])
-    image_size = int(prep.get("image_size") or hp.get("image_size"))
-    return FaceModel(net=net, class_names=class_names, image_size=image_size,
-                     mean=tuple(prep.get("mean", (0.485, 0.456, 0.406))),
-                     std=tuple(prep.get("std", (0.229, 0.224, 0.225))),
-                     colour=colour or prep.get("colour", "rgb"), source=str(path), device=torch.device(device))
+    net, prep = read_face_net(path)
+    if prep["descriptor"] != "none":
+        raise CheckpointError(f"Face model {str(path)!r} consumes {prep['descriptor']!r} descriptor maps: use it "
+                              "through cli.py predict (configs/fer/predict_video.yaml), which computes them")
+    if prep["inputs"] != ("image",):
+        raise CheckpointError(f"Face model {str(path)!r}: {type(net).__name__} takes {prep['inputs']}; this loader "
+                              "feeds the face image only (use cli.py predict for nets with descriptor maps)")
+    if not prep["image_size"]:
+        raise CheckpointError(f"Face model {str(path)!r} stores no image_size")
+    return FaceModel(net=net.to(device), class_names=prep["class_names"], image_size=prep["image_size"],
+                     mean=tuple(prep["mean"]), std=tuple(prep["std"]), colour=colour or prep["colour"],
+                     source=str(path), device=torch.device(device))
 
 
 #: Checkpoint keys a prediction needs (Lightning restores the model from them; no optimizer or loop state).
@@ -228,8 +297,7 @@ def export_for_prediction(src: str | Path, dst: str | Path, colour: Literal["gre
     hp = dict(out["hyper_parameters"])
     net = dict(hp.get("net") or {})
     if "init_args" in net:
-        net["init_args"] = {**net["init_args"], **{k: None for k in ("pretrained", "pretrained_file")
-                                                   if k in net["init_args"]}}
+        net["init_args"] = {**net["init_args"], **{k: None for k in WEIGHT_FILE_ARGS if k in net["init_args"]}}
     hp["net"] = net
     out["hyper_parameters"] = hp
     if colour is not None:

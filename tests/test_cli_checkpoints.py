@@ -335,14 +335,15 @@ def test_remote_checkpoint_naming_a_forbidden_class_is_refused(tfn_run, http_dir
 
 
 def test_good_checkpoint_over_http_is_read_once_and_tests(tfn_run, http_dir, monkeypatch) -> None:
+    import common.checkpoint
     import lightning_modules.checkpoint_io as cio
 
     cfg, ckpt = tfn_run
     root, base = http_dir
     (root / "good.ckpt").write_bytes(ckpt.read_bytes())
     reads = []
-    real = cio._read_remote
-    monkeypatch.setattr(cio, "_read_remote", lambda src: reads.append(src) or real(src))
+    real = common.checkpoint._read_remote  # the one reader's download
+    monkeypatch.setattr(common.checkpoint, "_read_remote", lambda src: reads.append(src) or real(src))
     cli = cli_main(["test", "--config", str(cfg), "--ckpt_path", f"{base}/good.ckpt", "--trainer.logger", "false"])
     assert cli.trainer.callback_metrics["test/mae"] >= 0
     assert reads == [f"{base}/good.ckpt"]  # checked by the CLI, then handed to the trainer: one download

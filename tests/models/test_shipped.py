@@ -86,7 +86,7 @@ def test_refusals_name_the_file(tmp_path: Path) -> None:
             return (os.system, (f"touch {tmp_path / 'ran'}",))
 
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": Boom()}))
-    with pytest.raises(ValueError, match=r"evil\.ckpt.*weights-only"):
+    with pytest.raises(ValueError, match=r"evil\.ckpt.*refused.*weights_only"):
         load_face_model(tmp_path / "evil.ckpt")
     assert not (tmp_path / "ran").exists()
     with pytest.raises(FileNotFoundError, match="not a shipped model name"):
@@ -121,3 +121,54 @@ def test_the_shipped_model_predicts_real_faces_as_when_it_was_shipped() -> None:
     # and they are mostly right: the set's recorded accuracy against its true labels
     true = [e["file"].split("/")[1] for e in expected["faces"]]
     assert np.mean([g == t for g, t in zip(got, true)]) == pytest.approx(expected["accuracy"])
+
+
+# ------------------------------------------------------------------------------------------------ read_face_net
+def test_read_face_net_rebuilds_a_two_branch_swin_with_its_preprocessing(tmp_path: Path) -> None:
+    """Any LitFER checkpoint (here the two-branch Swin, which load_face_model refuses for its descriptor maps) ->
+    the ready net in eval mode and the stored preprocessing as plain data."""
+    from models.shipped import read_face_net
+    from models.swin_two_branch import TwoBranchSwin
+
+    tiny = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4}
+    torch.manual_seed(0)
+    net = TwoBranchSwin(3, img_size=32, **tiny).eval()
+    settings = {"class_names": ["x", "y", "z"], "image_size": 32, "descriptor": "lbp", "lbp_points": 8,
+                "lbp_radius": 1.0, "face_margin": 0.3, "predict_alignment": "eyes", "colour": "grey",
+                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "descriptor_mean": 0.4, "descriptor_std": 0.2}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"net": {"class_path": "models.swin_two_branch.TwoBranchSwin",
+                                             "init_args": {**tiny, "pretrained": "/never/read.ckpt"}},
+                                     "num_classes": 3, "image_size": 32, "_class_path": "lightning_modules.fer.LitFER",
+                                     "optimizer": {"class_path": "torch.optim.AdamW"}},
+                "fer_preprocessing": {"version": 1, "settings": settings, "sun_params": None}}, tmp_path / "s.ckpt")
+    got, prep = read_face_net((tmp_path / "s.ckpt").as_uri())
+    assert isinstance(got, TwoBranchSwin) and not got.training and got.inputs == ("image", "descriptor")
+    assert prep["inputs"] == ("image", "descriptor") and prep["num_classes"] == 3 and prep["version"] == 1
+    assert {k: prep[k] for k in settings} == settings and prep["sun_params"] is None
+    json.dumps(prep)  # plain data
+    x, d = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x, d), net(x, d))
+    with pytest.raises(ValueError, match=r"s\.ckpt.*'lbp' descriptor maps"):
+        load_face_model(tmp_path / "s.ckpt")
+
+
+def test_read_face_net_of_a_timm_checkpoint_fills_what_is_not_stored(tmp_path: Path) -> None:
+    from common.checkpoint import CheckpointError
+    from models.shipped import read_face_net
+
+    net = _tiny_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del ckpt["fer_preprocessing"]  # an older checkpoint: hyper-parameters only
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    got, prep = read_face_net(tmp_path / "old.ckpt")
+    assert prep["class_names"] == ["a", "b", "c"] and prep["image_size"] == 32 and prep["colour"] == "rgb"
+    assert prep["mean"] == [0.485, 0.456, 0.406] and prep["descriptor"] == "none" and prep["version"] is None
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), net(x))
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "fc" not in k}
+    torch.save(ckpt, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match=r"cut\.ckpt.*weights do not fit TimmClassifier"):
+        read_face_net(tmp_path / "cut.ckpt")
