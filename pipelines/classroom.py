@@ -146,6 +146,19 @@ class ClassroomResult:
         return f"{self.frames_analysed} of {self.source_frames or '?'} frames ({stride})"
 
 
+def _face_columns(faces: list[TrackedFace], probs: np.ndarray) -> dict[str, np.ndarray]:
+    """The table's inputs for a batch of faces (the crops are dropped: a lesson has tens of thousands)."""
+    no_landmarks = np.full((5, 2), np.nan)
+    return {
+        "probs": probs, "frame": np.array([f.frame for f in faces], np.int64),
+        "time": np.array([f.time for f in faces], np.float64), "track_id": np.array([f.track_id for f in faces]),
+        "box": np.array([f.detection.box for f in faces], np.float64).reshape(-1, 4),
+        "score": np.array([f.detection.score for f in faces], np.float64),
+        "landmarks": np.stack([no_landmarks if f.detection.landmarks is None else f.detection.landmarks
+                               for f in faces]).astype(np.float64),
+    }
+
+
 class ClassroomPipeline:
     """Detect, track and classify every face of a classroom video with one face model.
 
@@ -369,7 +382,7 @@ class ClassroomPipeline:
         worker = threading.Thread(target=self._produce, args=(reader, stream, q, stop, worker_t),
                                   name=f"{type(self).__name__}-reader", daemon=True)
         pending: list[TrackedFace] = []
-        chunks: list[tuple[np.ndarray, list[TrackedFace]]] = []
+        chunks: list[dict[str, np.ndarray]] = []  # per batch: probabilities and face metadata (no crops kept)
         done = 0
         cancelled = False
 
@@ -379,7 +392,7 @@ class ClassroomPipeline:
             t0 = perf_counter()
             probs = self.model.predict([f.crop for f in pending], batch_size=len(pending))
             main_t["model"] += perf_counter() - t0
-            chunks.append((probs, list(pending)))
+            chunks.append(_face_columns(pending, probs))
             pending.clear()
 
         worker.start()
@@ -430,20 +443,14 @@ class ClassroomPipeline:
 
     # ------------------------------------------------------------------ outputs
     def _result(self, source: str, reader: VideoReader, stride: int, done: int,
-                chunks: list[tuple[np.ndarray, list[TrackedFace]]], cancelled: bool,
+                chunks: list[dict[str, np.ndarray]], cancelled: bool,
                 seconds: dict[str, float]) -> ClassroomResult:
         names = self.class_names
-        faces = [f for _, fs in chunks for f in fs]
-        if faces:
-            probs = np.concatenate([p for p, _ in chunks])
-            lm = np.stack([f.detection.landmarks if f.detection.landmarks is not None else np.full((5, 2), np.nan)
-                           for f in faces])
-            table = predictions_table(
-                names, probs, [source] * len(faces), np.array([f.frame for f in faces]),
-                np.array([f.time for f in faces]), np.array([f.track_id for f in faces]),
-                np.array([f.detection.box for f in faces], np.float64), np.array([f.detection.score for f in faces]),
-                lm, [source] * len(faces),
-            )
+        n_faces = sum(len(c["probs"]) for c in chunks)
+        if n_faces:
+            col = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+            table = predictions_table(names, col["probs"], [source] * n_faces, col["frame"], col["time"],
+                                      col["track_id"], col["box"], col["score"], col["landmarks"], [source] * n_faces)
             table = smooth_table(table, names, self.smooth_window, self.smooth_mode)
         else:
             table = empty_table(names)
@@ -453,7 +460,7 @@ class ClassroomPipeline:
         notes = []
         if cancelled:
             notes.append(f"cancelled after {done} analysed frame(s): partial results")
-        if not faces:
+        if not n_faces:
             notes.append(f"no face was found in {source} ({done} frames analysed): no tracks")
         if unreadable:
             notes.append(f"{unreadable} unreadable frame(s) of {source} were skipped")
