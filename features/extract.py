@@ -55,14 +55,16 @@ store of :mod:`features.mmsa_format` when it ends in ``.mmsa``: the form for MOS
 ``MMSADataModule(path=...)`` reads it and every MSA model trains on it (dims come from the file).
 
 Engineering: a process pool over source files (``--workers``; one torch/OpenCV/BLAS thread per worker, so the
-numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed run resumes
-from; a progress bar with clips/s and ETA; ``--shard K/N`` extracts every N-th source file into the cache only,
-and ``--merge`` writes the single file from one or more caches, byte-identical to a one-machine run (the same
-assembly code writes both). Cache entries are written atomically; a torn one all the same (truncated or corrupt,
-e.g. copied between machines) is found on the next run (every entry of a source file is read back before it is
-skipped), logged by name, listed in the report (``cache_reextracted``) and extracted again; ``--merge``, which does
-not extract, names the torn entries and the source files to re-run. A failed write (a full disk: ``ENOSPC``) of a
-cache entry, the output or the report raises an ``OSError`` naming that path.
+numbers do not depend on the worker count); a per-utterance cache (``<out>.cache/`` or ``--cache``) that a killed
+run resumes from; a progress bar with clips/s and ETA; ``--shard K/N`` extracts every N-th source file into the
+cache only, and ``--merge`` writes the single file from one or more caches, byte-identical to a one-machine run (the
+same assembly code writes both). The assembly streams: a first pass over the cache entries keeps only their sizes, a
+second reads the padded rows back chunk by chunk as the ``.mmsa`` store or ``.npz`` is written, so the dataset is
+never held in memory (only ``.pkl`` output is built whole). Cache entries are written atomically; a torn one all the
+same (truncated or corrupt, e.g. copied between machines) is found on the next run (every entry of a source file is
+read back before it is skipped), logged by name, listed in the report (``cache_reextracted``) and extracted again;
+``--merge``, which does not extract, names the torn entries and the source files to re-run. A failed write (a full
+disk: ``ENOSPC``) of a cache entry, the output or the report raises an ``OSError`` naming that path.
 
 Bad clips (missing file, file without a label row, a path outside the input root, corrupt media, no audio stream,
 empty transcript, a blank transcript segment (``empty_transcript_segment``), no face in any frame) are counted in
@@ -75,10 +77,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import zipfile
@@ -92,8 +96,9 @@ from typing import Any
 import numpy as np
 
 from common.io import atomic_write
+from features import mmsa_format
 from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names, extract_audio
-from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES
+from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES, ArrayStream, is_store_path
 from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript, read_utf8
 from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
 from features.vision import FaceExpressionModel, VisionExtractor, VisionSettings
@@ -797,14 +802,92 @@ def extractor_info(settings: ExtractorSettings, dims: dict[str, int] | None = No
     return info
 
 
-def _pad(arrays: Sequence[np.ndarray], length: int, dim: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros((len(arrays), length, dim), dtype=dtype)
-    lengths = np.zeros(len(arrays), dtype=np.int64)
-    for i, a in enumerate(arrays):
-        n = min(len(a), length)
-        out[i, :n] = a[:n]
-        lengths[i] = n
-    return out, lengths
+@dataclass(frozen=True)
+class _Kept:
+    """What the assembly keeps of a usable clip between its two passes: where its cache entry is and the sizes
+    (its arrays stay on disk, so the whole dataset is never in memory)."""
+
+    clip: Clip
+    entry: Path
+    lens: dict[str, int]  # steps of audio / vision / vision_face_mask (faceless frames dropped if the settings say)
+    rows: dict[str, tuple[tuple[int, ...], np.dtype]]  # shape and dtype of text / text_bert / prosody
+    start_s: float
+    end_s: float
+
+
+def _read_entry(kept: _Kept, key: str, settings: ExtractorSettings) -> np.ndarray:
+    """One array of a kept clip's cache entry, read again (only that member), faceless frames dropped as in the
+    first pass; an entry that changed or broke since then is an error naming it."""
+    try:
+        with np.load(kept.entry, allow_pickle=False) as z:
+            if key in ("vision", "vision_face_mask") and settings.vision.no_face_frames == "drop":
+                m = z["vision_face_mask"]
+                a = z["vision"][m] if key == "vision" else m[m]
+            else:
+                a = z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{kept.entry}: the cache entry of clip {kept.clip.id} could not be read again while the "
+                         f"file was written ({type(err).__name__}: {err}); was the cache changed? Run again") from err
+    known = kept.lens.get(key)
+    shape = kept.rows[key][0] if key in kept.rows else None
+    if (known is not None and len(a) != known) or (shape is not None and a.shape != shape):
+        raise ValueError(f"{kept.entry}: the cache entry of clip {kept.clip.id} changed while the file was written "
+                         f"('{key}' is now {a.shape}); run again")
+    return a
+
+
+def _rows_per_chunk(row_bytes: int) -> int:
+    return max(1, mmsa_format.CHUNK_BYTES // max(1, row_bytes))
+
+
+def _padded(items: Sequence[_Kept], key: str, length: int, dim: int | None, dtype: Any,
+            settings: ExtractorSettings) -> ArrayStream:
+    """``[N, length, dim]`` (``[N, length]`` when ``dim`` is None) of ``key`` zero-padded / cut to ``length``,
+    streamed: each chunk of rows is read from the cache when it is written."""
+    shape = (len(items), length) + (() if dim is None else (dim,))
+    dtype = np.dtype(dtype)
+
+    def chunks() -> Iterator[np.ndarray]:
+        step = _rows_per_chunk(math.prod(shape[1:]) * dtype.itemsize)
+        for i in range(0, len(items), step):
+            part = items[i:i + step]
+            block = np.zeros((len(part),) + shape[1:], dtype)
+            for j, kept in enumerate(part):
+                a = _read_entry(kept, key, settings)
+                n = min(len(a), length)
+                block[j, :n] = a[:n]
+            yield block
+            del block, a  # freed before the next chunk is made: one chunk in memory, not two
+
+    return ArrayStream(shape, dtype, chunks)
+
+
+def _stacked(items: Sequence[_Kept], key: str, settings: ExtractorSettings, empty: np.ndarray) -> ArrayStream | \
+        np.ndarray:
+    """``np.stack`` of ``key`` over the items (``empty`` for none), streamed; the dtype is the one ``np.stack``
+    gives (the promotion of the entries' dtypes)."""
+    if not items:
+        return empty
+    shapes = {kept.rows[key][0] for kept in items}
+    if len(shapes) > 1:
+        first = items[0]
+        other = next(k for k in items if k.rows[key][0] != first.rows[key][0])
+        raise ValueError(f"cached '{key}' arrays differ in shape: {first.clip.id} {first.rows[key][0]}, "
+                         f"{other.clip.id} {other.rows[key][0]} (caches of different settings?)")
+    (row_shape,) = shapes
+    dtype = functools.reduce(np.promote_types, (kept.rows[key][1] for kept in items))
+
+    def chunks() -> Iterator[np.ndarray]:
+        step = _rows_per_chunk(math.prod(row_shape) * dtype.itemsize)
+        for i in range(0, len(items), step):
+            part = items[i:i + step]
+            block = np.empty((len(part),) + row_shape, dtype)
+            for j, kept in enumerate(part):
+                block[j] = _read_entry(kept, key, settings)
+            yield block
+            del block  # freed before the next chunk is made
+
+    return ArrayStream((len(items),) + row_shape, dtype, chunks)
 
 
 def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any]:
@@ -824,6 +907,12 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
              cache_reextracted: Sequence[str] = ()) -> dict[str, Any]:
     """Write the feature file and its report from the cached clips (the one code path of runs and merges).
 
+    Streaming, in two passes over the cache entries: the first checks every entry and keeps only its sizes (so the
+    padding lengths and shapes are known), the second reads the padded rows back chunk by chunk
+    (:data:`features.mmsa_format.CHUNK_BYTES`) as the ``.mmsa`` store or the ``.npz`` is written
+    (:class:`features.mmsa_format.ArrayStream`); the working memory is a chunk per array, whatever the dataset size.
+    Only the pickle form (``.pkl``) builds the whole tree in memory.
+
     Args:
         cache_reextracted: torn cache entries this run extracted again (listed in the report).
 
@@ -835,6 +924,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
             files and torn entries are named: re-run their extraction).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         OSError: writing the file or the report failed (e.g. a full disk), naming the path.
+        ValueError: a cache entry changed or broke between the two passes (another run writing the cache), naming it.
     """
     from features.synthetic_mmsa import write_feature_file
 
@@ -844,9 +934,11 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
     shash = _settings_hash(settings)
     dirs = [Path(d) for d in cache_dirs]
     bad = list(bad)
-    kept: list[tuple[Clip, dict[str, np.ndarray]]] = []
+    # pass 1: find and check every entry, keep only where it is and its sizes (the arrays are read again in pass 2)
+    kept: list[_Kept] = []
     missing: list[Clip] = []
     torn: list[tuple[Clip, list[str]]] = []
+    dims: dict[str, int] = {}
     for c in clips:
         key = _clip_key(c, shash)
         entry: dict[str, np.ndarray] | None = None
@@ -873,7 +965,12 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
         if settings.vision.no_face_frames == "drop":
             m = entry["vision_face_mask"]
             entry["vision"], entry["vision_face_mask"] = entry["vision"][m], m[m]
-        kept.append((c, entry))
+        if not dims:
+            dims = {m: int(entry[m].shape[1]) for m in ("audio", "vision", "text")}
+        kept.append(_Kept(c, p, lens={k: len(entry[k]) for k in ("audio", "vision", "vision_face_mask")},
+                          rows={k: (entry[k].shape, entry[k].dtype) for k in ("text", "text_bert", "prosody")},
+                          start_s=float(entry["start_s"]), end_s=float(entry["end_s"])))
+        del entry
     if missing or torn:
         parts = []
         if torn:
@@ -888,39 +985,37 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
                                 "--merge), which re-extracts missing and torn entries")
     if not kept:
         raise ValueError(f"no usable clip: {len(bad)} bad ({Counter(b.reason for b in bad)})")
-    labelled = [c.label is not None for c, _ in kept]
+    labelled = [k.clip.label is not None for k in kept]
     if any(labelled) and not all(labelled):
         raise ValueError(f"{labelled.count(False)} of {len(kept)} utterances have no label; label all or none")
-    first = kept[0][1]
-    dims = {"audio": int(first["audio"].shape[1]), "vision": int(first["vision"].shape[1]),
-            "text": int(first["text"].shape[1])}
-    la = max(len(e["audio"]) for _, e in kept)
-    lv = max(max(len(e["vision"]) for _, e in kept), 1)
+    la = max(k.lens["audio"] for k in kept)
+    lv = max(max(k.lens["vision"] for k in kept), 1)
     la = min(la, settings.max_audio_len) if settings.max_audio_len else la
     lv = min(lv, settings.max_vision_len) if settings.max_vision_len else lv
+    lt = settings.text_max_len
+    # pass 2 (as the file is written): the big arrays are streams of padded rows read from the cache chunk by chunk
     data: dict[str, Any] = {}
     for split in FILE_SPLITS:
-        items = [(c, e) for c, e in kept if c.split == split]
-        audio, alen = _pad([e["audio"] for _, e in items], la, dims["audio"], np.float32)
-        vision, vlen = _pad([e["vision"] for _, e in items], lv, dims["vision"], np.float32)
-        fmask, _ = _pad([e["vision_face_mask"][:, None] for _, e in items], lv, 1, bool)
-        lt = settings.text_max_len
-        entry: dict[str, Any] = {
-            "raw_text": np.array([c.text for c, _ in items], dtype=object),
-            "audio": audio, "audio_lengths": alen, "vision": vision, "vision_lengths": vlen,
-            "vision_face_mask": fmask[..., 0],
-            "text": np.stack([e["text"] for _, e in items]) if items else np.zeros((0, lt, dims["text"]), np.float32),
-            "text_bert": np.stack([e["text_bert"] for _, e in items]) if items else np.zeros((0, 3, lt)),
-            "id": np.array([c.id for c, _ in items], dtype=object),
-            "prosody": np.stack([e["prosody"] for _, e in items]) if items
-            else np.zeros((0, len(PROSODY_FEATURES)), np.float32),
-            "source": np.array([Path(c.path).name for c, _ in items], dtype=object),
-            "start_s": np.array([float(e["start_s"]) for _, e in items], dtype=np.float64),
-            "end_s": np.array([float(e["end_s"]) for _, e in items], dtype=np.float64),
+        items = [k for k in kept if k.clip.split == split]
+        clips_of = [k.clip for k in items]
+        entry_out: dict[str, Any] = {
+            "raw_text": np.array([c.text for c in clips_of], dtype=object),
+            "audio": _padded(items, "audio", la, dims["audio"], np.float32, settings),
+            "audio_lengths": np.array([min(k.lens["audio"], la) for k in items], dtype=np.int64),
+            "vision": _padded(items, "vision", lv, dims["vision"], np.float32, settings),
+            "vision_lengths": np.array([min(k.lens["vision"], lv) for k in items], dtype=np.int64),
+            "vision_face_mask": _padded(items, "vision_face_mask", lv, None, bool, settings),
+            "text": _stacked(items, "text", settings, np.zeros((0, lt, dims["text"]), np.float32)),
+            "text_bert": _stacked(items, "text_bert", settings, np.zeros((0, 3, lt))),
+            "id": np.array([c.id for c in clips_of], dtype=object),
+            "prosody": _stacked(items, "prosody", settings, np.zeros((0, len(PROSODY_FEATURES)), np.float32)),
+            "source": np.array([Path(c.path).name for c in clips_of], dtype=object),
+            "start_s": np.array([k.start_s for k in items], dtype=np.float64),
+            "end_s": np.array([k.end_s for k in items], dtype=np.float64),
         }
         if all(labelled):
-            entry["regression_labels"] = np.array([c.label for c, _ in items], dtype=np.float32)
-        data[split] = entry
+            entry_out["regression_labels"] = np.array([c.label for c in clips_of], dtype=np.float32)
+        data[split] = entry_out
     info = extractor_info(settings, dims)
     info.update(seq_lens={"audio": la, "vision": lv, "text": settings.text_max_len}, input=kind,
                 labelled=all(labelled))
@@ -932,12 +1027,15 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
         "bad_counts": dict(sorted(counts.items())),
         "left_out": sum(v for r, v in counts.items() if r not in KEPT_REASONS),
         "bad": [asdict(b) for b in sorted(bad, key=lambda b: (b.reason, b.id))],
-        "truncated": {"audio": int(sum(len(e["audio"]) > la for _, e in kept)),
-                      "vision": int(sum(len(e["vision"]) > lv for _, e in kept))},
+        "truncated": {"audio": int(sum(k.lens["audio"] > la for k in kept)),
+                      "vision": int(sum(k.lens["vision"] > lv for k in kept))},
         "cache_reextracted": sorted(cache_reextracted),
     }
     if dataset_name is not None:
         report["split_check"] = check_split_sizes(sizes, dataset_name)
+    if not (out.suffix == ".npz" or is_store_path(out)):  # a pickle cannot be streamed: the whole tree is built
+        data = {s: {k: v.materialise() if isinstance(v, ArrayStream) else v for k, v in data[s].items()}
+                if s in FILE_SPLITS else data[s] for s in data}
     with _writing(out, "the feature file"):
         write_feature_file(data, out, overwrite=overwrite)
     report_path = out.with_name(out.stem + ".report.json")

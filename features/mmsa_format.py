@@ -91,6 +91,7 @@ __all__ = [
     "MODALITIES",
     "STANDARD_SPLIT_SIZES",
     "STORE_SUFFIX",
+    "ArrayStream",
     "MMSAData",
     "MMSADataError",
     "MMSASplit",
@@ -278,7 +279,80 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Pickle-free .npz form
 # --------------------------------------------------------------------------------------------------------------
-def _flatten(obj: Any, prefix: str, arrays: dict[str, np.ndarray], source: str) -> Any:
+class ArrayStream:
+    """An array written without ever being held whole: its shape, its dtype and a function giving its C-order
+    values in chunks of whole samples (rows of the first axis), e.g. padded rows read from a cache one chunk at a
+    time (``features.extract`` assembles MOSEI-sized files so).
+
+    :func:`save_store` and :func:`save_npz` accept it wherever a numeric array may stand in the tree and write it
+    chunk by chunk (:meth:`StoreWriter.add`; a ``.npz`` member likewise); the output is byte-equal to that of the
+    array it stands for. ``chunks`` is called once per write.
+
+    Args:
+        shape: the array's shape.
+        dtype: its dtype (no object dtype).
+        chunks: returns the chunks, in order: arrays of ``dtype`` (any shape) holding whole samples.
+
+    Raises:
+        ValueError: object dtype.
+    """
+
+    def __init__(self, shape: Iterable[int], dtype: np.dtype | str,
+                 chunks: Callable[[], Iterable[np.ndarray]]) -> None:
+        self.shape, self.dtype, self._chunks = tuple(int(d) for d in shape), np.dtype(dtype), chunks
+        if self.dtype.hasobject:
+            raise ValueError("ArrayStream: object dtype cannot be streamed; give such arrays in memory")
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        return f"ArrayStream(shape={self.shape}, dtype={self.dtype})"
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The chunks as contiguous arrays of :attr:`dtype` (a chunk of another dtype is refused, not cast)."""
+        for chunk in self._chunks():
+            chunk = np.asarray(chunk)
+            if chunk.dtype != self.dtype:
+                raise ValueError(f"ArrayStream: a chunk of dtype {chunk.dtype} in a stream of {self.dtype}")
+            yield np.ascontiguousarray(chunk)
+            chunk = None  # not kept while the next one is made
+
+    def materialise(self) -> np.ndarray:
+        """The whole array in memory (for the pickle form, which cannot be streamed)."""
+        out = np.empty(self.shape, self.dtype)
+        flat, pos = out.reshape(-1), 0
+        for chunk in self.chunks():
+            if pos + chunk.size > flat.size:
+                raise ValueError(f"ArrayStream: more values than its shape {list(self.shape)} holds")
+            flat[pos:pos + chunk.size] = chunk.reshape(-1)
+            pos += chunk.size
+        if pos != flat.size:
+            raise ValueError(f"ArrayStream: {pos} values, its shape {list(self.shape)} holds {flat.size}")
+        return out
+
+
+def _write_npy_stream(f: io.BufferedIOBase, stream: ArrayStream) -> None:
+    """Write ``stream`` as a ``.npy`` (the bytes ``np.lib.format.write_array`` writes for the whole array)."""
+    header = {"descr": np.lib.format.dtype_to_descr(stream.dtype), "fortran_order": False, "shape": stream.shape}
+    try:
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:  # header longer than 64 KiB
+        np.lib.format.write_array_header_2_0(f, header)
+    written = 0
+    for chunk in stream.chunks():
+        view = memoryview(chunk).cast("B")
+        written += len(view)
+        if written > stream.nbytes:
+            raise MMSADataError(f"{stream}: more data than its shape holds")
+        f.write(view)
+        chunk = view = None  # not kept while the next one is made
+    if written != stream.nbytes:
+        raise MMSADataError(f"{stream}: {written} bytes of data, expected {stream.nbytes}")
+
+
+def _flatten(obj: Any, prefix: str, arrays: dict[str, np.ndarray | ArrayStream], source: str) -> Any:
     """Return the header tree node for ``obj`` and put its arrays into ``arrays``."""
     if isinstance(obj, Mapping):
         node: dict[str, Any] = {}
@@ -290,6 +364,9 @@ def _flatten(obj: Any, prefix: str, arrays: dict[str, np.ndarray], source: str) 
         return {"kind": "dict", "ordered": isinstance(obj, OrderedDict), "items": node}
     if obj is None:
         return {"kind": "none"}
+    if isinstance(obj, ArrayStream):
+        arrays[prefix] = obj
+        return {"kind": "ndarray"}
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind != "O":
             arrays[prefix] = obj
@@ -357,15 +434,19 @@ def _unflatten(node: Mapping[str, Any], prefix: str, npz: Mapping[str, np.ndarra
     raise MMSADataError(f"unknown entry kind {kind!r} for '{prefix}' in .npz header")
 
 
-def _savez_deterministic(f: io.BufferedIOBase, arrays: Mapping[str, np.ndarray]) -> None:
-    """``np.savez`` (uncompressed, no pickle) with a fixed zip timestamp, so equal data give equal bytes."""
+def _savez_deterministic(f: io.BufferedIOBase, arrays: Mapping[str, np.ndarray | ArrayStream]) -> None:
+    """``np.savez`` (uncompressed, no pickle) with a fixed zip timestamp, so equal data give equal bytes; an
+    :class:`ArrayStream` is written chunk by chunk."""
     import zipfile
 
     with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as fid:
-                np.lib.format.write_array(fid, np.asanyarray(value), allow_pickle=False)
+                if isinstance(value, ArrayStream):
+                    _write_npy_stream(fid, value)
+                else:
+                    np.lib.format.write_array(fid, np.asanyarray(value), allow_pickle=False)
 
 
 def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | None = None,
@@ -374,10 +455,10 @@ def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | 
 
     Arrays are stored under ``"split/key"`` names; strings become fixed-width unicode (or bytes) arrays; a JSON
     header (array ``__mmsa_header__``) records the tree, so :func:`load_npz` restores dtypes, shapes, object-string
-    arrays, lists and scalars exactly.
+    arrays, lists and scalars exactly. An :class:`ArrayStream` is written chunk by chunk, as the array it stands for.
 
     Args:
-        data: nested mapping of numpy arrays, strings, lists and scalars.
+        data: nested mapping of numpy arrays (or :class:`ArrayStream`), strings, lists and scalars.
         path: destination ``.npz``; the file appears only once complete (temporary file + rename).
         source: original file name, recorded in the header.
         schema: ``"mmsa"`` or ``"mult"``, recorded in the header (detected when ``None``).
@@ -387,7 +468,7 @@ def save_npz(data: Mapping[str, Any], path: str | os.PathLike, *, source: str | 
     """
     path = Path(path)
     src = source or str(path)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | ArrayStream] = {}
     tree = _flatten(data, "", arrays, src)
     if schema is None:
         try:
@@ -621,6 +702,7 @@ class StoreWriter:
                         rows = np.flatnonzero(~np.isfinite(v).all(axis=1)) + first_elem // row_elems
                         bad_rows.extend(rows.tolist())
                 written += len(view)
+                chunk = view = values = v = None  # freed before the next chunk is made (a stream's are new arrays)
             if written != expected:
                 raise MMSADataError(f"{where}: {written} bytes of data, expected {expected} for shape {list(shape)} "
                                     f"and dtype {dtype} (truncated source?).")
@@ -688,6 +770,7 @@ def verify_store(path: str | os.PathLike, header: Mapping[str, Any] | None = Non
     if header is None:
         header = _read_store_header(path)
     where = where or str(path)
+    view = memoryview(bytearray(CHUNK_BYTES))
     for name, entry in header["arrays"].items():
         file = path / entry["file"]
         digest = hashlib.sha256()
@@ -704,9 +787,9 @@ def verify_store(path: str | os.PathLike, header: Mapping[str, Any] | None = Non
                     raise ValueError(f"its .npy header says {dtype}{list(shape)}, the store's header "
                                      f"{entry['dtype']}{entry['shape']}")
                 size = 0
-                while chunk := f.read(CHUNK_BYTES):
-                    digest.update(chunk)
-                    size += len(chunk)
+                while n := f.readinto(view):  # one reused buffer: a chunk of memory, not two
+                    digest.update(view[:n])
+                    size += n
         except (OSError, ValueError) as err:
             raise MMSADataError(f"{where}: array '{name}' ({entry['file']}) cannot be verified: {err}") from err
         if size != entry["nbytes"] or digest.hexdigest() != entry["sha256"]:
@@ -827,11 +910,11 @@ def save_store(data: Mapping[str, Any], path: str | os.PathLike, *, source: str 
     """Write ``data`` (a nested dict as loaded from a feature file) as a feature store, array by array.
 
     The same tree as :func:`save_npz` (strings as fixed-width unicode / bytes arrays, lists and scalars restored
-    exactly by :func:`load_store`). Each array is streamed from its own buffer (no copy of a contiguous array),
-    verified and the store moved into place only when complete (see :class:`StoreWriter`).
+    exactly by :func:`load_store`). Each array is streamed from its own buffer (no copy of a contiguous array), an
+    :class:`ArrayStream` from its chunks (never held whole), verified and the store moved into place only when complete (see :class:`StoreWriter`).
 
     Args:
-        data: nested mapping of numpy arrays, strings, lists and scalars.
+        data: nested mapping of numpy arrays (or :class:`ArrayStream`), strings, lists and scalars.
         path: destination, a directory name ending in ``.mmsa``.
         source: original file name, recorded in the header.
         schema: ``"mmsa"`` or ``"mult"``, recorded in the header (detected when ``None``).
@@ -843,12 +926,15 @@ def save_store(data: Mapping[str, Any], path: str | os.PathLike, *, source: str 
     """
     path = Path(path)
     src = source or str(path)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | ArrayStream] = {}
     tree = _flatten(data, "", arrays, src)
     meta = _store_meta(data, tree, src, schema)
     with StoreWriter(path, overwrite=overwrite) as writer:
         for name, arr in arrays.items():
-            writer.add_array(name, arr, source=src)
+            if isinstance(arr, ArrayStream):
+                writer.add(name, arr.shape, arr.dtype, arr.chunks(), source=src)
+            else:
+                writer.add_array(name, arr, source=src)
         return writer.commit(meta, check=check)
 
 
