@@ -27,12 +27,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import read_checkpoint
+from datamodules.base import AffectDataModule
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
 from features.extract import ExtractorSettings, extract
 from features.mmsa_format import MMSASplit, load_feature_file
@@ -67,7 +67,7 @@ def _header(data: dict[str, Any], path: str | Path, checkpoint: str | None = Non
     return json.loads(str(data["extractor"]))
 
 
-class RecordingDataModule(pl.LightningDataModule):
+class RecordingDataModule(AffectDataModule):
     """One recording (video + transcript, one utterance per segment) as prediction batches for LitMSA.
 
     Args:
