@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from common.checkpoint import CheckpointError, read_checkpoint
 from common.choices import check_choices
 from models.frozen_classifier import ClassifierView
 
@@ -177,8 +178,8 @@ def inception_scores(real: Tensor, generated: Tensor, weights_file: str) -> dict
     if not _TORCH_FIDELITY_AVAILABLE:
         raise ImportError("inception_scores: the standard FID/IS need the 'torch-fidelity' package")
     try:
-        torch.load(weights_file, weights_only=True, map_location="cpu")
-    except Exception as err:  # any failure means the file is not a plain state dict
+        read_checkpoint(weights_file)  # weights-only: the file may hold tensors only
+    except CheckpointError as err:
         raise ValueError(f"inception_scores: {weights_file} is not a plain InceptionV3 state dict ({err})") from err
     fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_file)
     fid.update(real, real=True)
