@@ -398,7 +398,7 @@ def run_ldm_sample(settings: Settings, precision: str) -> Measured:
         vae_args, batch_size, steps = dict(TINY_LDM_VAE), TINY_BATCH, 2
     else:
         net_args = load_config("configs/ldm/ldm_ckplus48.yaml")["model"]["init_args"]["net"]["init_args"]
-        vae = load_config("configs/ldm/vae_ckplus48.yaml")["model"]["init_args"]
+        vae = load_config("configs/ldm/vae_ckplus48.yaml")["model"]["init_args"]["vae"]["init_args"]
         vae_args = {k: vae[k] for k in ("in_channels", "block_out_channels", "latent_channels", "layers_per_block",
                                         "norm_num_groups", "sample_size")}
         batch_size, steps = 64, int(gen_cfg["num_inference_steps"])

@@ -1,7 +1,8 @@
 """Systems for the class-conditioned latent diffusion augmenter (Ji et al. 2026, §2.1, eqs. 1-2; §3.1.1).
 
-- :class:`LitVAE` trains the ``AutoencoderKL`` that maps faces to latents (reconstruction + KL), or wraps one loaded
-  from a LOCAL ``save_pretrained`` directory; :meth:`LitVAE.export_pretrained` writes such a directory.
+- :class:`LitVAE` trains the autoencoder that maps faces to latents (reconstruction + KL), an injected
+  :class:`models.diffusion.LatentAutoencoder` (built from its settings or a LOCAL ``save_pretrained`` directory);
+  :meth:`LitVAE.export_pretrained` writes such a directory.
 - :class:`LitLDM` trains the noise predictor of eq. (1) with plain DDPM noise-prediction MSE, label dropout for
   classifier-free guidance and the contrastive consistency loss of eq. (2); ``predict_step`` turns generation jobs
   (label, seed, job index) into images.
@@ -42,7 +43,7 @@ from lightning_modules.optim import build_optimization
 from models.diffusion import (
     PAIRINGS,
     ConditionalLatentUNet,
-    build_autoencoder_kl,
+    LatentAutoencoder,
     contrastive_consistency_loss,
     decode_latents,
     encode_latents,
@@ -78,24 +79,26 @@ class _ImageNorm:
 
 
 class LitVAE(EpochMeanLogging):
-    """Trains an ``AutoencoderKL`` on the train split: ``L = recon(x, D(z)) + kl_weight * KL(q(z|x) || N(0, I))``.
+    """Trains an autoencoder on the train split: ``L = recon(x, D(z)) + kl_weight * KL(q(z|x) || N(0, I))``.
 
     After each training epoch the latent ``scaling_factor`` is set to ``1 / std`` of the posterior means seen in that
     epoch by all processes (as in Stable Diffusion), so the diffusion model sees unit-variance latents.
 
     Args:
-        in_channels: image channels (3 for the FER batch).
-        block_out_channels: encoder widths; down-sampling factor ``2 ** (len - 1)``.
-        latent_channels: latent channels.
-        layers_per_block: resnet layers per block.
-        norm_num_groups: group-norm groups.
-        sample_size: image side.
-        pretrained_dir: LOCAL ``save_pretrained`` directory to start from instead of building the architecture.
+        vae: the autoencoder, a :class:`models.diffusion.LatentAutoencoder` (in YAML: ``class_path`` + ``init_args``;
+            its architecture, or the LOCAL ``save_pretrained`` directory to start from, is typed there only).
         kl_weight: weight of the KL term.
         recon_loss: ``"l1"`` or ``"mse"``.
         image_mean, image_std: the datamodule's normalisation (to map images back to ``[-1, 1]``); linked from
             ``data.mean``/``data.std`` by ``cli.py``, never typed in a config.
+        image_size: data-derived (linked from ``data.image_size`` by ``cli.py``): the side of the images; must be
+            the ``vae``'s ``sample_size`` (``ValueError`` naming both otherwise). ``None``: not checked.
         optimizer, scheduler: factories.
+
+    The checkpoint holds the autoencoder's weights (``vae.autoencoder.*``) and its diffusers config (``vae_config``,
+    the trained ``scaling_factor`` included): :func:`load_vae` (``LitLDM(vae_path=...)``) rebuilds the
+    ``AutoencoderKL`` from those alone. ``LitVAE.load_from_checkpoint(path, vae=...)`` takes the module, as the
+    injected ``vae`` is not a hyper-parameter.
 
     Shapes:
         batch["image"]: ``[B, 3, H, W]`` -> latents ``[B, latent_channels, H/f, W/f]``.
@@ -103,42 +106,37 @@ class LitVAE(EpochMeanLogging):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        block_out_channels: tuple[int, ...] = (32, 64, 64),
-        latent_channels: int = 4,
-        layers_per_block: int = 1,
-        norm_num_groups: int = 8,
-        sample_size: int = 32,
-        pretrained_dir: str | None = None,
+        vae: LatentAutoencoder,
         kl_weight: float = 1e-4,
         recon_loss: Literal["l1", "mse"] = "l1",
         image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         image_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        image_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         check_choices(LitVAE, locals())
+        if not isinstance(vae, LatentAutoencoder):
+            raise TypeError(f"LitVAE: vae must be a models.diffusion.LatentAutoencoder, got {type(vae).__name__}")
         if kl_weight < 0:
             raise ValueError(f"LitVAE: kl_weight must be >= 0, got {kl_weight}")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if len(image_mean) != vae.in_channels or len(image_std) != vae.in_channels:
+            raise ValueError(f"LitVAE: image_mean / image_std have {len(image_mean)} / {len(image_std)} channels, "
+                             f"the vae's in_channels is {vae.in_channels}")
+        if image_size is not None and int(image_size) != vae.sample_size:
+            raise ValueError(f"LitVAE: the data's image_size is {image_size}, the vae's sample_size is "
+                             f"{vae.sample_size}: set vae.init_args.sample_size to the data's image size")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "vae"])
         drop_foreign_hparams(self)
-        if pretrained_dir is not None:
-            self.vae = load_autoencoder_kl(pretrained_dir)
-        else:
-            self.vae = build_autoencoder_kl(
-                in_channels, tuple(block_out_channels), latent_channels, layers_per_block, norm_num_groups,
-                sample_size,
-            )
+        self.vae = vae
         self.norm = _ImageNorm(tuple(image_mean), tuple(image_std))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
     def forward(self, x_pm1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (reconstruction, posterior mean, KL per sample)."""
-        dist = self.vae.encode(x_pm1).latent_dist
-        z = dist.sample() if self.training else dist.mode()
-        return self.vae.decode(z).sample, dist.mean, dist.kl()
+        return self.vae(x_pm1)
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         x = self.norm.to_pm1(batch["image"])
@@ -168,16 +166,19 @@ class LitVAE(EpochMeanLogging):
         values = self._log_epoch_metrics("train")  # global over the processes: one scaling factor everywhere
         if "train/latent_ms" in values:
             std = float(values["train/latent_ms"]) ** 0.5
-            self.vae.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
+            self.vae.autoencoder.register_to_config(scaling_factor=float(1.0 / max(std, 1e-6)))
             self._silence_sync_warning({"train/latent_rms": None})
             self.log("train/latent_rms", std, sync_dist=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vae_config"] = dict(self.vae.config)
+        checkpoint["vae_config"] = dict(self.vae.autoencoder.config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict") or {}
+        for key in [k for k in sd if k.startswith("vae.") and not k.startswith("vae.autoencoder.")]:
+            sd["vae.autoencoder." + key[len("vae."):]] = sd.pop(key)  # written before LatentAutoencoder
         if "vae_config" in checkpoint:
-            self.vae.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
+            self.vae.autoencoder.register_to_config(scaling_factor=checkpoint["vae_config"]["scaling_factor"])
 
     def configure_optimizers(self) -> Any:
         return build_optimization(self.vae, self.optimizer_factory, self.scheduler_factory, None, "val/loss",
@@ -186,18 +187,42 @@ class LitVAE(EpochMeanLogging):
     def export_pretrained(self, local_dir: str | Path) -> Path:
         """Write the autoencoder as a diffusers ``save_pretrained`` directory (loadable by ``LitLDM(vae_path=)``)."""
         path = Path(local_dir)
-        self.vae.save_pretrained(str(path))
+        self.vae.autoencoder.save_pretrained(str(path))
         return path
 
 
 def load_vae(path: str | Path) -> AutoencoderKL:
-    """Load an autoencoder from a local ``save_pretrained`` directory or a :class:`LitVAE` checkpoint file."""
+    """Load an autoencoder from a local ``save_pretrained`` directory or a :class:`LitVAE` checkpoint file.
+
+    A checkpoint is read weights-only and checked to be a :class:`LitVAE`'s; the ``AutoencoderKL`` is rebuilt from
+    its ``vae_config`` and ``vae.*`` weights alone (no ``LitVAE`` is built, no path stored in it is opened).
+    Checkpoints written before :class:`models.diffusion.LatentAutoencoder` (weights under ``vae.`` directly) load
+    too.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: not a LitVAE checkpoint, or its config and weights do not fit together (naming the file).
+    """
     p = Path(path)
     if p.is_dir():
         return load_autoencoder_kl(p)
-    if p.is_file():
-        return load_system(LitVAE, p, state_prefixes=("vae.",), map_location="cpu").vae
-    raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained directory)")
+    if not p.is_file():
+        raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained "
+                                "directory)")
+    ckpt = load_checkpoint(p, "cpu")
+    require_system(ckpt, p, LitVAE, state_prefixes=("vae.",))
+    config = ckpt.get("vae_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"LitVAE checkpoint {str(p)!r} has no vae_config (the autoencoder's diffusers config)")
+    weights = {k[len("vae."):]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith("vae.")}
+    weights = {k.removeprefix("autoencoder."): v for k, v in weights.items()}
+    try:
+        vae = AutoencoderKL.from_config(config)
+        vae.load_state_dict(weights)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"LitVAE checkpoint {str(p)!r}: its vae_config and weights do not make an "
+                              f"AutoencoderKL ({err})") from err
+    return vae.eval()
 
 
 class LitLDM(EpochMeanLogging):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +209,85 @@ def build_autoencoder_kl(
         sample_size=sample_size,
         scaling_factor=scaling_factor,
     )
+
+
+class LatentAutoencoder(nn.Module):
+    """The autoencoder of the latent diffusion (§2.1.2: the encoder maps faces to latents): a diffusers
+    ``AutoencoderKL`` (:attr:`autoencoder`) built by :func:`build_autoencoder_kl` from these settings, typed once here
+    (``LitVAE`` takes this module as its ``vae``); the down-sampling factor is ``f = 2 ** (len(block_out_channels) -
+    1)``.
+
+    Args:
+        in_channels: image channels (3 for the FER batch); the reconstruction has as many.
+        block_out_channels: encoder widths, one per resolution.
+        latent_channels: latent channels ``C``.
+        layers_per_block: resnet layers per block.
+        norm_num_groups: group-norm groups (must divide every width).
+        sample_size: image side the autoencoder is trained at.
+        pretrained_dir: LOCAL ``save_pretrained`` directory whose weights to start from (never the hub). Its
+            architecture must be the one the arguments above describe (``ValueError`` naming both otherwise);
+            ``sample_size`` is the argument's.
+
+    Shapes:
+        x: ``[B, in_channels, H, W]`` in ``[-1, 1]`` -> reconstruction ``[B, in_channels, H, W]``, posterior mean
+        ``[B, C, H/f, W/f]``, KL ``[B]``.
+    """
+
+    #: Arguments that fix the weights' shapes (checked against a ``pretrained_dir``'s config).
+    ARCHITECTURE = ("in_channels", "block_out_channels", "latent_channels", "layers_per_block", "norm_num_groups")
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        latent_channels: int = 4,
+        layers_per_block: int = 1,
+        norm_num_groups: int = 8,
+        sample_size: int = 32,
+        pretrained_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        settings = {
+            "in_channels": in_channels, "block_out_channels": tuple(block_out_channels),
+            "latent_channels": latent_channels, "layers_per_block": layers_per_block,
+            "norm_num_groups": norm_num_groups, "sample_size": sample_size,
+        }
+        bad = [w for w in block_out_channels if w % norm_num_groups]
+        if not block_out_channels or bad:
+            raise ValueError(f"LatentAutoencoder: norm_num_groups={norm_num_groups} must divide every width of "
+                             f"block_out_channels={tuple(block_out_channels)}")
+        if pretrained_dir is None:
+            self.autoencoder = build_autoencoder_kl(**settings)
+        else:
+            autoencoder = load_autoencoder_kl(pretrained_dir)
+            for key in self.ARCHITECTURE:
+                theirs = autoencoder.config.get(key)
+                theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs
+                if theirs != settings[key]:
+                    raise ValueError(f"LatentAutoencoder: pretrained_dir {pretrained_dir!r} has {key}={theirs}, the "
+                                     f"arguments say {key}={settings[key]}: give the directory's architecture")
+            autoencoder.register_to_config(sample_size=sample_size)
+            self.autoencoder = autoencoder
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.sample_size = sample_size
+
+    @property
+    def config(self) -> Any:
+        """The diffusers config of :attr:`autoencoder` (``scaling_factor``, ``latent_channels`` ...)."""
+        return self.autoencoder.config
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(reconstruction, posterior mean, KL per sample); the latent is a posterior sample in training mode, the
+        posterior mean otherwise."""
+        dist = self.autoencoder.encode(x).latent_dist
+        z = dist.sample() if self.training else dist.mode()
+        return self.autoencoder.decode(z).sample, dist.mean, dist.kl()
+
+    def extra_repr(self) -> str:
+        f = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+        return f"in_channels={self.in_channels}, latent_channels={self.latent_channels}, " \
+            f"sample_size={self.sample_size}, downsampling={f}"
 
 
 def load_autoencoder_kl(local_dir: str | Path) -> AutoencoderKL:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from callbacks.diffusion_samples import DiffusionSampleLogger
 from lightning_modules.ldm import LitLDM, LitVAE, load_ldm, load_vae
-from models.diffusion import ConditionalLatentUNet, build_autoencoder_kl
+from models.diffusion import ConditionalLatentUNet, LatentAutoencoder, build_autoencoder_kl
 from models.frozen_classifier import FrozenImageEncoder
 
 
@@ -58,17 +58,97 @@ def vae_dir(tmp_path):
 
 
 
+def tiny_vae(**kw) -> LitVAE:
+    return LitVAE(LatentAutoencoder(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16),
+                  **kw)
+
+
 def trainer(tmp_path, **kw) -> Trainer:
     return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                    default_root_dir=tmp_path, **kw)
 
 
 def test_vae_fast_dev_run_and_export(tmp_path):
-    model = LitVAE(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    model = tiny_vae()
     trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=TinyFaceData())
     assert model.vae.config.scaling_factor != 1.0  # set from the latent statistics of the epoch
     out = model.export_pretrained(tmp_path / "exported")
     assert load_vae(out).config.scaling_factor == pytest.approx(model.vae.config.scaling_factor)
+
+
+def test_vae_checkpoint_loads_in_the_ldm_and_round_trips(tmp_path):
+    """The checkpoint a LitVAE fit writes: load_vae rebuilds the AutoencoderKL from it alone (weights and the trained
+    scaling factor), LitLDM takes it as vae_path, and LitVAE.load_from_checkpoint(vae=...) restores the system."""
+    torch.manual_seed(0)
+    model = tiny_vae(kl_weight=1e-3)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False)
+    t.fit(model, datamodule=TinyFaceData())
+    ckpt = tmp_path / "vae.ckpt"
+    t.save_checkpoint(ckpt)
+    stored = torch.load(ckpt, weights_only=True)
+    assert "vae" not in stored["hyper_parameters"]  # the injected module is not a hyper-parameter
+    assert all(k.startswith("vae.autoencoder.") for k in stored["state_dict"])
+    vae = load_vae(ckpt)
+    assert vae.config.scaling_factor == pytest.approx(model.vae.config.scaling_factor) != 1.0
+    for k, v in model.vae.autoencoder.state_dict().items():
+        torch.testing.assert_close(vae.state_dict()[k], v)
+    ldm = LitLDM(tiny_net(), vae_path=str(ckpt), consistency="none")
+    assert ldm.vae.config.scaling_factor == pytest.approx(model.vae.config.scaling_factor)
+    torch.testing.assert_close(ldm.vae.encoder.conv_in.weight, model.vae.autoencoder.encoder.conv_in.weight)
+    again = LitVAE.load_from_checkpoint(ckpt, vae=LatentAutoencoder(block_out_channels=(8, 16), latent_channels=4,
+                                                                    norm_num_groups=4, sample_size=16),
+                                        weights_only=True)
+    assert again.hparams.kl_weight == 1e-3
+    assert again.vae.config.scaling_factor == pytest.approx(model.vae.config.scaling_factor)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    # a checkpoint written before LatentAutoencoder (weights under vae. directly) still loads, in both places
+    old = dict(stored, state_dict={"vae." + k[len("vae.autoencoder."):]: v for k, v in stored["state_dict"].items()})
+    torch.save(old, tmp_path / "old.ckpt")
+    torch.testing.assert_close(load_vae(tmp_path / "old.ckpt").encoder.conv_in.weight,
+                               model.vae.autoencoder.encoder.conv_in.weight)
+    old_again = LitVAE.load_from_checkpoint(tmp_path / "old.ckpt", vae=LatentAutoencoder(
+        block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16), weights_only=True)
+    torch.testing.assert_close(old_again.vae.autoencoder.encoder.conv_in.weight,
+                               model.vae.autoencoder.encoder.conv_in.weight)
+
+
+def test_vae_settings_are_checked(tmp_path, vae_dir):
+    """The data's image size must be the vae's sample_size; a pretrained_dir must have the architecture the
+    arguments describe (its weights are used); a wrong module type is refused. Each error names both values."""
+    with pytest.raises(ValueError, match="image_size is 32, the vae's sample_size is 16"):
+        tiny_vae(image_size=32)
+    assert tiny_vae(image_size=16).hparams.image_size == 16
+    with pytest.raises(ValueError, match="in_channels is 3"):
+        tiny_vae(image_mean=(0.5,), image_std=(0.5,))
+    with pytest.raises(TypeError, match="LatentAutoencoder, got AutoencoderKL"):
+        LitVAE(build_autoencoder_kl(block_out_channels=(8, 16), norm_num_groups=4))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="norm_num_groups=4 must divide"):
+        LatentAutoencoder(block_out_channels=(8, 18), norm_num_groups=4)
+    with pytest.raises(ValueError, match=r"has block_out_channels=\(8, 16\), the arguments say "
+                                         r"block_out_channels=\(32, 64, 64\)"):
+        LatentAutoencoder(norm_num_groups=4, pretrained_dir=vae_dir)
+    started = LatentAutoencoder(block_out_channels=(8, 16), norm_num_groups=4, sample_size=24,
+                                pretrained_dir=vae_dir)
+    torch.testing.assert_close(started.autoencoder.encoder.conv_in.weight,
+                               load_vae(vae_dir).encoder.conv_in.weight)
+    assert started.config.sample_size == 24
+    with pytest.raises(FileNotFoundError, match="no AutoencoderKL"):
+        LatentAutoencoder(pretrained_dir=str(tmp_path))
+
+
+def test_vae_config_takes_the_image_size_from_the_data(tmp_path, monkeypatch):
+    """configs/ldm/vae_ckplus48.yaml: the autoencoder is the injected module of the config; the data's image size
+    reaches LitVAE through cli.py's link, and another size than the module's is an error naming both."""
+    cli = pytest.importorskip("cli")
+    monkeypatch.chdir(tmp_path)
+    _fake_ldm_inputs(tmp_path)
+    c = cli.cli_main(["--config", str(CONFIGS / "vae_ckplus48.yaml"), "--trainer.logger", "false"], run=False)
+    assert isinstance(c.model.vae, LatentAutoencoder) and c.model.vae.sample_size == 48
+    assert c.model.hparams.image_size == 48 and "vae" not in c.model.hparams
+    with pytest.raises(ValueError, match="image_size is 32, the vae's sample_size is 48"):
+        cli.cli_main(["--config", str(CONFIGS / "vae_ckplus48.yaml"), "--trainer.logger", "false",
+                      "--data.init_args.image_size", "32"], run=False)
 
 
 def test_ldm_fast_dev_run_with_consistency_loss_updates_only_the_unet(tmp_path, vae_dir):
@@ -398,7 +478,7 @@ def test_vae_writes_a_labelled_reconstruction_image_under_the_run_folder(tmp_pat
 
     from callbacks.diffusion_samples import VAEReconstructionLogger
 
-    model = LitVAE(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    model = tiny_vae()
     recon = VAEReconstructionLogger(num_images=3)
     ckpt = pytest.importorskip("lightning.pytorch.callbacks").ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints")
     t = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -409,3 +489,30 @@ def test_vae_writes_a_labelled_reconstruction_image_under_the_run_folder(tmp_pat
     with Image.open(recon.last_path) as im:  # input row above the reconstruction row, 3 faces each, 6x upscaled
         assert im.height == 2 * 16 * 6 and im.width > 3 * 16 * 6
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.slow  # ~30 s: a fit and a test through cli.py
+def test_vae_fit_checkpoint_serves_cli_test_and_the_ldm(tmp_path, monkeypatch):
+    """configs/ldm/vae_ckplus48.yaml through cli.py: fit (then the CLI's test of the best checkpoint), ``test
+    --ckpt_path last.ckpt``, and the same checkpoint as LitLDM's vae_path."""
+    from cli import cli_main
+    from tests.helpers.configs import TrainingConfig, tiny_overrides
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainingConfig(CONFIGS / "vae_ckplus48.yaml", None)
+    override = tiny_overrides(config, tmp_path, devices=1, max_epochs=1)
+    args = [a for f in [*config.files, override] for a in ("--config", str(f))]
+    tiny = ["--trainer.logger", "false", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.limit_test_batches", "1", "--trainer.callbacks", "[]"]
+    fit = cli_main(["fit", *args, *tiny])
+    ckpt = tmp_path / "checkpoints_d1" / "last.ckpt"
+    assert ckpt.is_file()
+    tested = cli_main(["test", *args, *tiny, "--ckpt_path", str(ckpt)])
+    assert isinstance(tested.model.vae, LatentAutoencoder)
+    for k, v in fit.model.state_dict().items():
+        torch.testing.assert_close(tested.model.state_dict()[k].cpu(), v.cpu())
+    assert "test/loss" in tested.trainer.callback_metrics
+    ldm = LitLDM(ConditionalLatentUNet(7, sample_size=12, latent_channels=4, block_out_channels=(8, 16),
+                                       cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4),
+                 vae_path=str(ckpt), consistency="none")
+    assert ldm.vae.config.scaling_factor == pytest.approx(fit.model.vae.config.scaling_factor)

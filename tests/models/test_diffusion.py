@@ -5,6 +5,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from models.diffusion import (
     ClassLabelEmbedding,
     ConditionalLatentUNet,
+    LatentAutoencoder,
     build_autoencoder_kl,
     contrastive_consistency_loss,
     decode_latents,
@@ -163,3 +164,18 @@ def test_vae_round_trip_scaling_and_local_load(tmp_path):
     torch.testing.assert_close(loaded.encoder.conv_in.weight, vae.encoder.conv_in.weight)
     with pytest.raises(FileNotFoundError, match="no AutoencoderKL"):
         load_autoencoder_kl(tmp_path / "missing")
+
+
+def test_latent_autoencoder_is_the_builders_autoencoder_with_a_forward() -> None:
+    """LatentAutoencoder types the VAE settings once (LitVAE injects it): the AutoencoderKL of
+    build_autoencoder_kl, forward = (reconstruction, posterior mean, KL), a posterior sample only in training."""
+    torch.manual_seed(0)
+    net = LatentAutoencoder(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    built = build_autoencoder_kl(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, sample_size=16)
+    assert dict(net.config) == dict(built.config)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    recon, mean, kl = net.eval()(x)
+    assert recon.shape == x.shape and mean.shape == (2, 4, 8, 8) and kl.shape == (2,)
+    torch.testing.assert_close(net(x)[0], recon)  # eval: the posterior mean, deterministic
+    assert not torch.equal(net.train()(x)[0], recon)  # training: a posterior sample
+    assert "latent_channels=4" in repr(net) and "downsampling=2" in repr(net)
