@@ -6,7 +6,7 @@ Run::
 
 For each shape (MOSI dims 768/5/20 and MOSEI dims 768/74/35, aligned with L=50 for every modality; plus MOSI
 unaligned with 50/375/500 steps, pooled to 50 nodes per modality; random valid lengths of 20-100 %) it
-measures, with the default ``HGCL`` hyper-parameters and Adam:
+measures, with the default ``HGCL`` hyper-parameters and parts (those of ``configs/hgcl_mosi.yaml``) and Adam:
 
 - train samples/s of a full step (forward + backward + optimizer step);
 - the share of the step spent building the local/global graphs and augmenting the local graph (timers
@@ -49,7 +49,7 @@ def run_one(shape: str, steps: int, batch_size: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dims, lens = SHAPES[shape]
-    model = HGCL(dims, lens)  # default hyper-parameters (max_nodes_per_modality=50)
+    model = HGCL(dims, lens)  # default hyper-parameters and parts (max_nodes_per_modality=50)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     frac = torch.empty(batch_size).uniform_(0.2, 1.0)  # valid fraction of each sample's sequences
     batch = {}

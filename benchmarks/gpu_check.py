@@ -190,6 +190,19 @@ def _factory(spec: Mapping[str, Any], **overrides: Any) -> functools.partial:
     return functools.partial(_resolve(spec["class_path"]), **{**(spec.get("init_args") or {}), **overrides})
 
 
+def _net_factory(spec: Mapping[str, Any], factory_type: Any, **overrides: Any) -> Any:
+    """The net factory of a config's ``net`` entry parsed as the CLI parses it (jsonargparse, typed
+    ``factory_type``), so that nested parts given as ``class_path`` + ``init_args`` (HGCL's graph builder,
+    augmenter and GNN factory) are built too; ``overrides`` replace top-level ``init_args``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=factory_type)
+    init_args = {**(spec.get("init_args") or {}), **overrides}
+    ns = parser.parse_object({"net": {"class_path": spec["class_path"], "init_args": init_args}})
+    return parser.instantiate(ns).net
+
+
 def _clip(cfg: Mapping[str, Any]) -> dict[str, Any]:
     trainer = cfg.get("trainer") or {}
     return {k: trainer[k] for k in ("gradient_clip_val", "gradient_clip_algorithm") if k in trainer}
@@ -308,7 +321,7 @@ def _mosei_file(settings: Settings, samples: int) -> Path:
 
 def _msa_run(settings: Settings, precision: str, cfg: dict[str, Any], tiny_net: Mapping[str, Any]) -> Measured:
     from datamodules.mosei import MMSADataModule
-    from lightning_modules.msa import LitMSA
+    from lightning_modules.msa import LitMSA, NetFactory
 
     model = cfg["model"]["init_args"]
     batch_size = TINY_BATCH if settings.tiny else int(cfg["data"]["init_args"]["batch_size"])
@@ -319,7 +332,7 @@ def _msa_run(settings: Settings, precision: str, cfg: dict[str, Any], tiny_net: 
     dm = MMSADataModule(str(_mosei_file(settings, samples)), batch_size=batch_size,
                         pin_memory=settings.device.type == "cuda")
     overrides = dict(tiny_net) if settings.tiny else {}
-    system = LitMSA(net=_factory(model["net"], **overrides), optimizer=_factory(model["optimizer"]),
+    system = LitMSA(net=_net_factory(model["net"], NetFactory, **overrides), optimizer=_factory(model["optimizer"]),
                     loss=model.get("loss", "l1"))
     return _fit(settings, system, precision, _clip(cfg), datamodule=dm)
 

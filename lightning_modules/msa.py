@@ -21,10 +21,12 @@ from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
 from lightning_modules.optim import build_optimization, build_param_groups
 from metrics.msa import MSAMetrics
 
-__all__ = ["LitMSA", "build_param_groups"]
+__all__ = ["LitMSA", "NetFactory", "build_param_groups"]
 
 log = logging.getLogger(__name__)
 
+#: The type of :class:`LitMSA`'s ``net``: ``net(feature_dims, seq_lens) -> nn.Module``, the data-derived sizes left
+#: out of the config (the CLI links them into ``model.init_args.feature_dims``/``seq_lens``).
 NetFactory = Callable[[dict[str, int], dict[str, int]], nn.Module]
 
 _LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
@@ -39,7 +41,9 @@ class LitMSA(EpochMetricsSystem):
 
     Args:
         net: a factory ``net(feature_dims, seq_lens) -> nn.Module`` (in YAML: ``class_path`` + ``init_args``
-            of a model class whose first two parameters are ``feature_dims`` and ``seq_lens``).
+            of a model class whose first two parameters are ``feature_dims`` and ``seq_lens``). The net's own parts
+            are nested ``class_path`` + ``init_args`` entries of its ``init_args`` (e.g. HGCL's ``graph_builder``,
+            ``augmenter`` and ``gnn``); a part sized by the net is a factory the net calls (HGCL's ``gnn(dim)``).
         optimizer: optimizer factory, called with the parameter groups.
         scheduler: optional LR scheduler factory.
         scheduler_monitor: metric watched by ``ReduceLROnPlateau``-type schedulers.

@@ -13,7 +13,7 @@ from .attention import (
 )
 from .augment import GraphAugment
 from .dvae import DVAECodebook, nearest_codeword, perplexity
-from .encoder import GNNEncoder
+from .encoder import GNNEncoder, GNNFactory
 from .graphs import MultimodalGraphBuilder
 from .hgcl import HGCL
 from .inputs import SegmentPool, TextEncoder
@@ -33,6 +33,7 @@ __all__ = [
     "DVAECodebook",
     "FusionEncoder",
     "GNNEncoder",
+    "GNNFactory",
     "GraphAugment",
     "LocalGraphLoss",
     "ModalityProjection",

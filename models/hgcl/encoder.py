@@ -20,6 +20,7 @@ layer-normalised per node (``"none"`` keeps eq. 11 bare).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, get_args
 
 from torch import Tensor, nn
@@ -31,6 +32,11 @@ from .attention import Activation, make_activation
 
 GNNType = Literal["graphconv", "gcn", "gin", "sage"]
 GNN_TYPES = get_args(GNNType)
+
+#: How :class:`~models.hgcl.hgcl.HGCL` takes its GNN encoder: a factory called with the model's width ``dim``
+#: (e.g. ``functools.partial(GNNEncoder, num_layers=3)``; in YAML ``class_path: models.hgcl.GNNEncoder`` and the
+#: ``init_args`` other than ``dim``).
+GNNFactory = Callable[[int], nn.Module]
 
 
 class GNNEncoder(nn.Module):

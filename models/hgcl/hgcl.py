@@ -32,6 +32,14 @@ Pipeline of :class:`HGCL` (one forward, batch dict of ``docs/architecture.md``):
 8. cross-level InfoNCE (eqs. 12-14) between the projected readouts of ``G_L`` and ``G_G``.
 9. regression head on ``[z_L, z_G (, R_m)]`` giving the sentiment intensity.
 
+The graph builder (steps 3-4), the augmenter (5) and the GNN encoder (6) are injected parts, each configured
+once, by its own arguments (``graph_builder``, ``augmenter``, ``gnn``; in YAML ``class_path`` + ``init_args``,
+an ablation config changes one part's ``init_args``). The builder and the augmenter hold no size and no
+parameters, so they are given as instances. The GNN's width is the model's ``dim`` and the two levels may need
+two encoders, so ``gnn`` is a factory ``gnn(dim) -> nn.Module`` (in YAML the encoder's ``class_path`` with every
+argument but ``dim``, as the system's ``net`` leaves out the data-derived sizes) that HGCL calls once per encoder
+it needs. ``None`` builds the paper's default part.
+
 ``forward`` returns ``{"pred": [B], "aux_losses": {...}, "logs": {...}}``; ``aux_losses`` (only in training)
 holds ``"local"``, ``"nce"``, ``"dvae"`` already multiplied by ``lambda_local``, ``lambda_nce``,
 ``lambda_dvae``; a term is absent when its ablation switch or a zero weight turns it off. ``logs`` holds the
@@ -60,8 +68,8 @@ from .attention import (
 )
 from .augment import GraphAugment
 from .dvae import DVAECodebook, nearest_codeword, perplexity
-from .encoder import GNNEncoder, GNNType
-from .graphs import MODALITIES, CrossEdges, IntraEdges, MultimodalGraphBuilder, TextAudioEdges
+from .encoder import GNNEncoder, GNNFactory
+from .graphs import MODALITIES, MultimodalGraphBuilder
 from .inputs import SegmentPool, TextEncoder, TextEncoderMode
 from .losses import LocalGraphLoss, ProjectionHead, info_nce, masked_readout
 
@@ -94,12 +102,17 @@ class HGCL(nn.Module):
         dead_code_steps: re-initialise codes unused for this many steps (0: never).
         dvae_warmup_steps: training steps during which the global graph uses un-quantised features.
         graphs: ``"local+global" | "local" | "global"``.
-        intra_edges, window, cross_edges, cross_k, cross_threshold, text_audio_edges: edge criteria, see
-            :class:`~models.hgcl.graphs.MultimodalGraphBuilder`.
+        graph_builder: the graph construction of both levels (edge criteria), e.g.
+            :class:`~models.hgcl.graphs.MultimodalGraphBuilder` (a subclass may change the criteria; it keeps
+            ``base_adjacency`` and ``forward``); ``None``: ``MultimodalGraphBuilder()`` with its defaults.
         augmentation: ``"auto"`` (eqs. 9-10) or ``"none"`` (no augmented view: no graph-level term, eq. 8).
-        sigma, p_add, p_drop: augmentation noise std and edge add/drop probabilities.
-        gnn: ``"graphconv" | "gcn" | "gin" | "sage"``. gnn_layers: layers. gnn_activation: ``sigma`` of eq. 11.
-        gnn_residual: ``"add" | "none"``. gnn_norm: ``"layernorm" | "none"``.
+        augmenter: the automatic augmentation of ``G_L`` (used with ``augmentation="auto"``), e.g.
+            :class:`~models.hgcl.augment.GraphAugment` with its noise std and edge add/drop probabilities;
+            ``None``: ``GraphAugment()`` with its defaults.
+        gnn: factory of the GNN encoder of eq. 11, called as ``gnn(dim)`` once per encoder (one, or two with
+            ``gnn_sharing="separate"`` and both graphs); the module maps ``(x [B, N, d], adj, mask)`` to
+            ``[B, N, d]``. In YAML: ``class_path: models.hgcl.GNNEncoder`` with ``init_args`` other than
+            ``dim`` (its own ``dropout`` included). ``None``: ``GNNEncoder(dim, dropout=dropout)``.
         gnn_sharing: ``"separate" | "shared"`` GNN encoder for the two levels.
         alpha: weight of the graph-level term in the local loss (eq. 6).
         nce: the cross-level InfoNCE of eqs. 12-14, its one switch: ``"symmetric"`` (both directions),
@@ -140,21 +153,10 @@ class HGCL(nn.Module):
         dvae_warmup_steps: int = 0,
         codebooks: Literal["joint", "offline"] = "joint",
         graphs: Literal["local+global", "local", "global"] = "local+global",
-        intra_edges: IntraEdges = "window",
-        window: int = 2,
-        cross_edges: CrossEdges = "topk",
-        cross_k: int = 3,
-        cross_threshold: float = 0.5,
-        text_audio_edges: TextAudioEdges = "none",
+        graph_builder: MultimodalGraphBuilder | None = None,
         augmentation: Literal["auto", "none"] = "auto",
-        sigma: float = 0.1,
-        p_add: float = 0.01,
-        p_drop: float = 0.1,
-        gnn: GNNType = "graphconv",
-        gnn_layers: int = 2,
-        gnn_activation: Activation = "relu",
-        gnn_residual: Literal["add", "none"] = "add",
-        gnn_norm: Literal["layernorm", "none"] = "layernorm",
+        augmenter: GraphAugment | None = None,
+        gnn: GNNFactory | None = None,
         gnn_sharing: Literal["separate", "shared"] = "separate",
         alpha: float = 1.0,
         nce: Literal["symmetric", "local_to_global", "none"] = "symmetric",
@@ -256,26 +258,20 @@ class HGCL(nn.Module):
             for m in MODALITIES:
                 self.register_buffer(f"codebook_{m}", torch.zeros(sizes[m], in_dims[m]))
             self.register_buffer("codebooks_fitted", torch.zeros((), dtype=torch.bool))
-        self.builder = MultimodalGraphBuilder(
-            intra_edges, window, cross_edges, cross_k, cross_threshold, text_audio_edges
-        )
+        self.builder = graph_builder if graph_builder is not None else MultimodalGraphBuilder()
         # 5. augmentation (eqs. 9-10)
         self.augment = (
-            GraphAugment(sigma, p_add, p_drop)
+            (augmenter if augmenter is not None else GraphAugment())
             if self.use_local and augmentation == "auto" and lambda_local > 0
             else None
         )
         # 6. GNN encoders (eq. 11)
-        self.gnn_local = (
-            GNNEncoder(dim, gnn_layers, gnn, gnn_activation, dropout, gnn_residual, gnn_norm)
-            if self.use_local
-            else None
-        )
+        self.gnn_local = self._build_gnn(gnn, dropout) if self.use_local else None
         if self.use_global:
             self.gnn_global = (
                 self.gnn_local
                 if gnn_sharing == "shared" and self.gnn_local is not None
-                else GNNEncoder(dim, gnn_layers, gnn, gnn_activation, dropout, gnn_residual, gnn_norm)
+                else self._build_gnn(gnn, dropout)
             )
         else:
             self.gnn_global = None
@@ -295,8 +291,18 @@ class HGCL(nn.Module):
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.reset_parameters()
 
+    def _build_gnn(self, gnn: GNNFactory | None, dropout: float) -> nn.Module:
+        """One GNN encoder of width ``dim`` from the ``gnn`` factory (``None``: the default ``GNNEncoder``)."""
+        if gnn is None:
+            return GNNEncoder(self.dim, dropout=dropout)
+        module = gnn(self.dim)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"HGCL: gnn(dim) must return an nn.Module, got {type(module).__name__}")
+        return module
+
     def reset_parameters(self) -> None:
-        """Re-initialise every trainable sub-module (a pretrained text encoder is kept)."""
+        """Re-initialise every trainable sub-module (a pretrained text encoder is kept; an injected GNN is
+        re-initialised through its ``reset_parameters`` where it has one)."""
         for module in (
             self.proj,
             self.attention,
@@ -313,7 +319,7 @@ class HGCL(nn.Module):
             if isinstance(module, nn.ModuleDict):
                 for sub in module.values():
                     sub.reset_parameters()
-            else:
+            elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         self.head[0].reset_parameters()
         self.head[3].reset_parameters()

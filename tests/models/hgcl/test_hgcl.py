@@ -1,7 +1,10 @@
+from functools import partial
+
 import pytest
 import torch
+from torch import nn
 
-from models.hgcl import HGCL, TextEncoder
+from models.hgcl import HGCL, GNNEncoder, GraphAugment, MultimodalGraphBuilder, TextEncoder
 from tests.fakes import write_tiny_bert
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
@@ -116,9 +119,13 @@ def test_ablation_switches_change_aux_losses(kwargs, keys):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"gnn": "gin", "cross_edges": "cooccur", "intra_edges": "full"},
-        {"gnn": "gcn", "cross_edges": "threshold", "node_features": "attended", "nce": "local_to_global"},
-        {"gnn": "sage", "text_audio_edges": "same", "gnn_sharing": "shared", "head_inputs": "graphs"},
+        {"gnn": partial(GNNEncoder, gnn="gin"),
+         "graph_builder": MultimodalGraphBuilder(cross_edges="cooccur", intra_edges="full")},
+        {"gnn": partial(GNNEncoder, gnn="gcn"), "graph_builder": MultimodalGraphBuilder(cross_edges="threshold"),
+         "node_features": "attended", "nce": "local_to_global"},
+        {"gnn": partial(GNNEncoder, gnn="sage", num_layers=3), "graph_builder": MultimodalGraphBuilder(
+            text_audio_edges="same"), "gnn_sharing": "shared", "head_inputs": "graphs",
+         "augmenter": GraphAugment(sigma=0.3, p_add=0.1, p_drop=0.2)},
         {"attn_layers": 0, "positional": "none", "codebook_size": {"text": 4, "audio": 5, "vision": 6}},
     ],
 )
@@ -132,7 +139,8 @@ def test_unaligned_pooling_bounds_node_count():
     lens = {"text": 6, "audio": 40, "vision": 30}
     batch = make_batch(B=3, lens=lens, valid=(6, 4, 2))
     torch.manual_seed(0)
-    model = HGCL(DIMS, lens, **SMALL, max_nodes_per_modality=5, cross_edges="cooccur")
+    model = HGCL(DIMS, lens, **SMALL, max_nodes_per_modality=5,
+                 graph_builder=MultimodalGraphBuilder(cross_edges="cooccur"))
     assert model.num_nodes == {"text": 5, "audio": 5, "vision": 5}
     feats, masks = model._inputs(batch)
     assert {m: v.shape[1] for m, v in feats.items()} == {"text": 5, "audio": 5, "vision": 5}
@@ -160,6 +168,44 @@ def test_dvae_warmup_uses_unquantised_features():
     assert not torch.allclose(pred_with_codebook_scaled(5, 1.0), pred_with_codebook_scaled(5, 3.0))
 
 
+def test_injected_parts_are_used():
+    """The graph builder and the augmenter are used as given; the GNN factory is called with ``dim`` once per
+    encoder (two separate ones, or one shared by both levels)."""
+    builder, augmenter = MultimodalGraphBuilder(cross_edges="cooccur"), GraphAugment(sigma=0.5)
+    calls = []
+
+    def gnn(dim: int) -> nn.Module:
+        calls.append(dim)
+        return GNNEncoder(dim, num_layers=1, gnn="gcn")
+
+    model = HGCL(DIMS, LENS, **SMALL, graph_builder=builder, augmenter=augmenter, gnn=gnn)
+    assert model.builder is builder and model.augment is augmenter
+    assert calls == [16, 16] and model.gnn_local is not model.gnn_global
+    assert model.gnn_local.gnn == "gcn" and model.gnn_local.num_layers == 1
+    calls.clear()
+    shared = HGCL(DIMS, LENS, **SMALL, gnn=gnn, gnn_sharing="shared")
+    assert calls == [16] and shared.gnn_local is shared.gnn_global
+    calls.clear()
+    HGCL(DIMS, LENS, **SMALL, gnn=gnn, graphs="global", nce="none")
+    assert calls == [16]
+    # the augmenter is dropped where no augmented view is built
+    assert HGCL(DIMS, LENS, **SMALL, augmenter=augmenter, augmentation="none").augment is None
+
+
+def test_default_parts_are_the_paper_defaults():
+    """``None`` parts build MultimodalGraphBuilder(), GraphAugment() and GNNEncoder(dim, dropout=dropout): the same
+    net, parameter for parameter, as those parts given explicitly."""
+    torch.manual_seed(0)
+    default = HGCL(DIMS, LENS, **{**SMALL, "dropout": 0.2})
+    torch.manual_seed(0)
+    explicit = HGCL(DIMS, LENS, **{**SMALL, "dropout": 0.2}, graph_builder=MultimodalGraphBuilder(),
+                    augmenter=GraphAugment(), gnn=partial(GNNEncoder, dropout=0.2))
+    assert repr(default) == repr(explicit)
+    for (n, a), (m, b) in zip(default.state_dict().items(), explicit.state_dict().items(), strict=True):
+        assert n == m
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_bad_arguments_and_batches_raise():
     for kwargs in (
         {"graphs": "both"},
@@ -177,6 +223,8 @@ def test_bad_arguments_and_batches_raise():
             HGCL(DIMS, LENS, **kwargs)
     with pytest.raises(ValueError, match="HGCL: feature_dims"):
         HGCL({"text": 3, "audio": 2}, LENS)
+    with pytest.raises(TypeError, match="HGCL: gnn\\(dim\\) must return an nn.Module"):
+        HGCL(DIMS, LENS, gnn=lambda dim: dim)
     model = HGCL(DIMS, LENS, **SMALL)
     batch = make_batch()
     del batch["audio"]

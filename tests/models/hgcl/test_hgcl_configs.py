@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 
 from cli import cli_main
+from lightning_modules.msa import NetFactory
 from models.hgcl import HGCL
 from tests.fakes import write_mmsa_pickle
 from tests.helpers.configs import composed_config, config_args, config_base
@@ -49,6 +52,13 @@ STRUCTURE = {  # config stem -> what differs from FULL
 }
 
 
+def net_factory(net_cfg: dict[str, Any]) -> NetFactory:
+    """The ``net`` entry of a config parsed as the CLI parses ``LitMSA``'s ``net`` (nested parts included)."""
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=NetFactory)
+    return parser.instantiate(parser.parse_object({"net": net_cfg})).net
+
+
 def structure(net: HGCL) -> dict:
     """The parts of a built HGCL that the ablation configs switch."""
     gnn = net.gnn_local if net.gnn_local is not None else net.gnn_global
@@ -77,7 +87,7 @@ def test_hgcl_config_builds_the_intended_net(config: Path) -> None:
     net_cfg = composed_config(config)["model"]["init_args"]["net"]
     assert net_cfg["class_path"] == "models.hgcl.HGCL"
     torch.manual_seed(0)
-    net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    net = net_factory(net_cfg)(DIMS, LENS)
     if net.requires_prefit:  # offline codebooks: fitted on "training" batches first (LitMSA: at fit start)
         net.prefit([make_batch(seed=s) for s in range(24)])
     out = net(make_batch())
@@ -144,7 +154,7 @@ def test_every_parameter_gets_a_gradient(config: Path) -> None:
     """An ablation builds and computes only what its loss uses (DDP aborts on parameters without gradient)."""
     net_cfg = composed_config(config)["model"]["init_args"]["net"]
     torch.manual_seed(0)
-    net = HGCL(DIMS, LENS, **net_cfg.get("init_args", {}))
+    net = net_factory(net_cfg)(DIMS, LENS)
     if net.requires_prefit:
         net.prefit([make_batch(seed=s) for s in range(24)])
     batch = make_batch()
@@ -153,3 +163,24 @@ def test_every_parameter_gets_a_gradient(config: Path) -> None:
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+def test_checkpoint_rebuilds_the_injected_parts(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint of an ablation that changes a part (the GNN factory's init_args) rebuilds that part for
+    ``test --ckpt_path``: the nested class_path entries travel through the saved hyper-parameters."""
+    monkeypatch.chdir(tmp_path)
+    data = write_mmsa_pickle(tmp_path / "aligned_50.pkl", n_train=8, n_valid=4, n_test=4)
+    common = [*config_args(REPO / "configs/ablations/hgcl_gcn.yaml"), "--data.init_args.path", str(data),
+              "--data.init_args.batch_size", "4", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--checkpoint.dirpath", str(tmp_path / "ckpt")]
+    fit = cli_main(["fit", *common, "--trainer.max_epochs", "1",
+                    "--model.init_args.net.init_args.gnn.init_args.num_layers", "3", "--test_after_fit", "false"])
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    assert ckpt.is_file()
+    trained = fit.model.net
+    assert trained.gnn_local.gnn == "gcn" and trained.gnn_local.num_layers == 3
+    test = cli_main(["test", *common, "--ckpt_path", str(ckpt)])
+    net = test.model.net
+    assert net.gnn_local.gnn == "gcn" and net.gnn_local.num_layers == 3 and net.builder.cross_edges == "topk"
+    for (name, a), (_, b) in zip(trained.state_dict().items(), net.state_dict().items(), strict=True):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, msg=name)
