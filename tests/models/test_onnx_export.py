@@ -203,3 +203,24 @@ def test_backend_option_exports_in_memory(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [ckpt]
     with pytest.raises(ValueError, match="backend"):
         load_face_runner(ckpt, backend="tensorrt")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timm_swin", "poster"])
+def test_other_face_nets_export_from_a_face_model(tmp_path: Path, name: str) -> None:
+    from models.poster import POSTER
+
+    torch.manual_seed(0)
+    if name == "timm_swin":
+        net = TimmClassifier(len(NAMES), "swin_tiny_patch4_window7_224", img_size=64, model_kwargs={
+            "embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 4), "window_size": 4})
+    else:
+        net = POSTER(len(NAMES), image_backbone="resnet18", landmark_backbone="resnet18", dim=16, tokens=2,
+                     num_heads=2, depth=1)
+    face_model = FaceModel(net=net.eval(), class_names=NAMES, image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    check = export_onnx(face_model, tmp_path / f"{name}.onnx", colour="grey")
+    assert set(check) == {1, 5} and max(check.values()) <= ATOL
+    model = load_onnx_face_model(tmp_path / f"{name}.onnx")
+    assert model.colour == "grey" and face_model.colour == "rgb"  # the override is stored, the source untouched
+    faces = [synthetic_face(48, label=i, seed=i) for i in range(3)]
+    np.testing.assert_allclose(model.predict(faces), face_model.predict(faces), atol=1e-5)
