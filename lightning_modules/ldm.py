@@ -29,13 +29,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from common.checkpoint import CheckpointError, read_checkpoint
 from common.choices import check_choices
 from lightning_modules.base import EpochMeanLogging, drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
-    CheckpointError,
     check_class_path,
     check_hparams_class_paths,
-    load_checkpoint,
     load_system,
     require_system,
 )
@@ -209,7 +208,7 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     if not p.is_file():
         raise FileNotFoundError(f"VAE checkpoint not found: {p} (expected a LitVAE .ckpt or a save_pretrained "
                                 "directory)")
-    ckpt = load_checkpoint(p, "cpu")
+    ckpt = read_checkpoint(p, "cpu")
     require_system(ckpt, p, LitVAE, state_prefixes=("vae.",))
     config = ckpt.get("vae_config")
     if not isinstance(config, dict):
@@ -659,7 +658,7 @@ def load_ldm(checkpoint_path: str | Path, map_location: str = "cpu", net: nn.Mod
     p = Path(checkpoint_path)
     if not p.is_file():
         raise FileNotFoundError(f"LDM checkpoint not found: {p}")
-    ckpt = load_checkpoint(p, map_location)
+    ckpt = read_checkpoint(p, map_location)
     require_system(ckpt, p, LitLDM, state_prefixes=LDM_STATE_PREFIXES)
     specs = ckpt.get("ldm_modules") or {}
     net = net if net is not None else _build_module(specs.get("net"), p)
