@@ -19,6 +19,7 @@ rows (frames, track ids, boxes), but:
 * the crops of consecutive frames are batched through the model: one forward pass per ``batch_size`` crops;
 * crops are cut at the model's input size (:attr:`models.shipped.FaceModel.image_size`, 64 px for the shipped
   model), not at the paper's 256 px;
+* the forward runs on ``model_threads`` torch threads (1) beside the worker, whose detector uses OpenCV's threads;
 * ``progress(frames_done, frames_total, eta_seconds)`` is called after every analysed frame (``frames_total`` and
   the ETA are None when the container gives no frame count); returning ``False`` from it, or setting the
   ``cancel`` event, stops the run cleanly (the worker is joined; the result holds the frames done so far and says
@@ -50,6 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from common.io import atomic_write
 from features.classroom_report import (
@@ -177,6 +179,10 @@ class ClassroomPipeline:
         reid_max_age: analysed frames a lost track stays available for appearance re-linking.
         detector_thresholds / min_score: MTCNN's stage thresholds and least final confidence.
         batch_size: face crops per forward pass (crops of consecutive frames are batched together).
+        model_threads: torch intra-op threads during the call (``torch.set_num_threads``, process-wide, restored
+            afterwards); ``None`` leaves torch's setting. Default 1: the worker's detector (OpenCV's own threads)
+            keeps the cores busy, and a multi-threaded OpenMP forward beside it oversubscribes them (on 2 loaded
+            cores the model's seconds fell about 4x and detection's by a quarter with 1 thread instead of 2).
         queue_size: analysed frames the worker may run ahead of the model.
         smooth_window / smooth_mode: per-student moving average of the probabilities (observations).
         min_track_observations: students seen fewer times are left out of the summary and plots.
@@ -202,6 +208,7 @@ class ClassroomPipeline:
         detector_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         min_score: float = 0.9,
         batch_size: int = 64,
+        model_threads: int | None = 1,
         queue_size: int = 8,
         smooth_window: int = 5,
         smooth_mode: Literal["centered", "causal"] = "centered",
@@ -225,6 +232,8 @@ class ClassroomPipeline:
             raise ValueError(f"{name}: every_n_frames must be >= 1, got {every_n_frames}")
         if sample_fps is not None and not sample_fps > 0:
             raise ValueError(f"{name}: sample_fps must be > 0, got {sample_fps}")
+        if model_threads is not None and model_threads < 1:
+            raise ValueError(f"{name}: model_threads must be >= 1 or None, got {model_threads}")
         for label, value in (("batch_size", batch_size), ("queue_size", queue_size), ("smooth_window", smooth_window),
                              ("min_track_observations", min_track_observations), ("max_tracks", max_tracks)):
             if value < 1:
@@ -242,6 +251,7 @@ class ClassroomPipeline:
         self.detector_thresholds = tuple(float(t) for t in detector_thresholds)
         self.min_score = float(min_score)
         self.batch_size = int(batch_size)
+        self.model_threads = None if model_threads is None else int(model_threads)
         self.queue_size = int(queue_size)
         self.smooth_window = int(smooth_window)
         self.smooth_mode = smooth_mode
@@ -275,7 +285,8 @@ class ClassroomPipeline:
                     else f"every_n_frames={self.every_n_frames or 5}")
         return (f"{type(self).__name__}(model={self.model.source!r}, classes={self.class_names}, "
                 f"detector={self.detector!r}, min_face_size={self.min_face_size}, {sampling}, "
-                f"image_size={self.model.image_size}, batch_size={self.batch_size})")
+                f"image_size={self.model.image_size}, batch_size={self.batch_size}, "
+                f"model_threads={self.model_threads})")
 
     # ------------------------------------------------------------------ the run
     def _open(self, video: str | Path) -> tuple[VideoReader, int]:
@@ -395,6 +406,9 @@ class ClassroomPipeline:
             chunks.append(_face_columns(pending, probs))
             pending.clear()
 
+        threads_before = torch.get_num_threads()
+        if self.model_threads is not None:
+            torch.set_num_threads(self.model_threads)
         worker.start()
         try:
             while True:
@@ -421,6 +435,7 @@ class ClassroomPipeline:
                         break
             flush()
         finally:
+            torch.set_num_threads(threads_before)
             stop.set()
             while worker.is_alive():  # unblock a worker waiting on a full queue, then let it end
                 try:
@@ -500,7 +515,8 @@ class ClassroomPipeline:
                 "class_names": r.class_names, "model": self.model.source, "cancelled": r.cancelled,
                 "settings": {"detector": self.detector, "min_face_size": self.min_face_size,
                              "every_n_frames": r.every_n_frames, "sample_fps": self.sample_fps,
-                             "image_size": self.model.image_size, "batch_size": self.batch_size},
+                             "image_size": self.model.image_size, "batch_size": self.batch_size,
+                             "model_threads": self.model_threads},
                 "seconds": {k: round(v, 4) for k, v in r.seconds.items()}, "wall_s": round(r.wall_s, 4)}
         with atomic_write(out / "run_info.json", "w") as fh:
             fh.write(json.dumps(info, indent=1))

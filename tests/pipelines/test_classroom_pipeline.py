@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from features.video import MP4Writer, VideoReader, VideoSourceError
 from pipelines import ClassroomPipeline, ClassroomResult
@@ -77,7 +78,9 @@ def test_sample_fps_sets_the_stride_from_the_video_rate(empty_video) -> None:
 # ---------------------------------------------------------------------------------------------------- the worker
 def test_progress_reports_frames_total_and_eta(pipe, empty_video) -> None:
     calls = []
+    threads = torch.get_num_threads()
     r = pipe(empty_video, progress=lambda done, total, eta: calls.append((done, total, eta)))
+    assert torch.get_num_threads() == threads  # model_threads=1 held during the call only
     assert [c[0] for c in calls] == list(range(1, 31)) and {c[1] for c in calls} == {30}
     assert calls[-1][2] == 0.0 and all(c[2] >= 0 for c in calls)
     assert not r.cancelled and r.frames_analysed == 30 and set(r.seconds) == set(STAGES)
