@@ -292,8 +292,7 @@ def launch(run: Run, python: str = sys.executable) -> dict[str, Any]:
         fh.flush()
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
-        raise RunFailed(f"{run.name} seed {run.seed}: cli.py {run.subcommand} exited with {proc.returncode}; see "
-                        f"{logfile}\n{_log_tail(logfile)}")
+        raise RunFailed(f"cli.py {run.subcommand} exited with {proc.returncode}; see {logfile}\n{_log_tail(logfile)}")
     return read_record(run.run_dir)
 
 

@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     # 5. generation (resumable: finished jobs are skipped)
     t0 = time.time()
     aug_root = out / "augmented"
-    quality = "--trainer.callbacks.init_args.quality.init_args."
+    quality = {"classifier": {"init_args": {"model_name": args.clf_model, "checkpoint_path": str(base_ckpt)}},
+               "min_confidence": args.min_confidence, "ood_quantile": None,
+               "duplicate_metric": args.duplicate_metric, "duplicate_threshold": args.duplicate_threshold,
+               "reference_root": str(Path(args.data).resolve())}
     ex.launch(ex.Run("generate", args.seed, (GENERATE_CONFIG,), out / "generate", (
         "--ckpt_path", str(ldm_ckpt), *unet_args(args),
         "--model.init_args.vae_path", str(vae_ckpt),
@@ -225,13 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         "--data.init_args.batch_size", "64", "--data.init_args.base_seed", str(args.seed),
         "--trainer.default_root_dir", str(out / "generate"), "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks.init_args.progress", "none",
-        quality + "classifier.init_args.model_name", args.clf_model,
-        quality + "classifier.init_args.checkpoint_path", str(base_ckpt),
-        quality + "min_confidence", str(args.min_confidence),
-        quality + "ood_quantile", "null",
-        quality + "duplicate_metric", args.duplicate_metric,
-        quality + "duplicate_threshold", str(args.duplicate_threshold),
-        quality + "reference_root", str(Path(args.data).resolve()),
+        # the quality filter of the config with this script's settings (its class_path and the rest kept)
+        "--trainer.callbacks.init_args.quality", json.dumps({"init_args": quality}),
     ), subcommand="predict"))
     summary = json.loads((aug_root / "manifest_summary.json").read_text())
     timings["generate"] = time.time() - t0

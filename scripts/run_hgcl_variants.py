@@ -1,10 +1,12 @@
 """Compare HGCL variants over several seeds through the same CLI configs a user runs (one command).
 
 Each ``--variant`` is a name plus ``key=value`` overrides of the HGCL net's ``init_args``; every (variant, seed) is
-one ``cli.py fit`` (early stopping / best-on-validation checkpoint as the config says, then the test split), with
-the config's logger switched off and the checkpoints under ``--out``. Rows are appended to ``<out>/results.csv``
-as they finish (a rerun skips finished rows); ``<out>/results.md`` holds mean ± std per variant. Example (the
-README's node-feature table)::
+one ``python cli.py fit`` process started by the experiment driver (``scripts/experiments.py``: early stopping /
+best-on-validation checkpoint as the config says, then the test split), with the config's logger switched off and
+the run folder ``<out>/<variant>_seed<seed>/`` holding the checkpoints, ``output.log`` and ``run.json``. Rows are
+appended to ``<out>/results.csv`` as they finish (a failed run as a ``status: failed`` row with its error; a rerun
+skips finished rows and retries failed ones); ``<out>/results.md`` holds mean ± std per variant (also
+``<out>/results_summary.csv`` and the bar chart ``<out>/results.png``). Example (the README's node-feature table)::
 
     python -m features.synthetic_mmsa --out data/generated/mosi_demo.pkl --n-train 600 --n-valid 150 --n-test 300 \\
         --if-exists keep
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(a.config, variants, a.seeds, a.out, a.cli_arg)
     rows = ex.run_all(runs, to_row, results=table, columns=COLUMNS, rows=rows, resume=True, name_column="variant")
     md = summarise(rows, [n for n, _ in variants], a.out / "results")
+    failed = ex.failures(rows, "variant")
+    if failed:
+        md += "\nFailed runs (see their output.log; a rerun retries them):\n\n" + "".join(f"- {f}\n" for f in failed)
     (a.out / "results.md").write_text(md)
     print(md)
     ex.check(rows, "variant")

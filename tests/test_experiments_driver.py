@@ -75,7 +75,7 @@ def test_a_failed_run_is_recorded_not_swallowed(tmp_path: Path) -> None:
 
     def fake(run: ex.Run, python: str) -> dict[str, Any]:
         if run.name == "bad" and run.seed == 2:
-            raise ex.RunFailed("bad seed 2: cli.py fit exited with 1; see output.log\ntraceback ...")
+            raise ex.RunFailed("cli.py fit exited with 1; see output.log\ntraceback ...")
         return {"test": {"test/acc": 0.5}}
 
     results = tmp_path / "results.csv"
@@ -85,8 +85,8 @@ def test_a_failed_run_is_recorded_not_swallowed(tmp_path: Path) -> None:
         saved = list(csv.DictReader(f))
     assert [(r["name"], r["seed"], r["status"]) for r in saved] == [
         ("ok", "1", "ok"), ("ok", "2", "ok"), ("bad", "1", "ok"), ("bad", "2", "failed")]
-    assert saved[-1]["error"] == "bad seed 2: cli.py fit exited with 1; see output.log"
-    assert ex.failures(rows) == ["bad seed 2: bad seed 2: cli.py fit exited with 1; see output.log"]
+    assert saved[-1]["error"] == "cli.py fit exited with 1; see output.log"  # the first line of the error
+    assert ex.failures(rows) == ["bad seed 2: cli.py fit exited with 1; see output.log"]
     with pytest.raises(ex.RunFailed, match="1 run\\(s\\) failed"):
         ex.check(rows)
     # the summary counts the finished runs only; a rerun retries the failed run alone
