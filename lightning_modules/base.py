@@ -28,14 +28,14 @@ from __future__ import annotations
 import re
 import warnings
 from abc import ABCMeta, abstractmethod
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-__all__ = ["STAGES", "EpochMeanLogging", "EpochMetricsSystem"]
+__all__ = ["STAGES", "EpochMeanLogging", "EpochMetricsSystem", "NetModule"]
 
 STAGES = ("train", "val", "test")
 
@@ -54,6 +54,18 @@ def drop_foreign_hparams(module: LightningModule) -> None:
         del module.hparams[key]
         if key in getattr(module, "_hparams_initial", {}):
             del module._hparams_initial[key]
+
+
+@runtime_checkable
+class NetModule(Protocol):
+    """A ``torch.nn.Module`` (matched by its ``train(mode)`` method).
+
+    The type of every system's net (or of what its net factory returns). A protocol rather than ``nn.Module`` for the command line: jsonargparse lists every imported subclass of a class
+    type as a "known subclass" (hundreds of ``torch.nn``/timm/torchvision blocks under ``--model.help``), while it
+    matches a protocol by method signature and lists nothing; the project's nets are listed by ``cli.py --help``.
+    """
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 def _distributed() -> bool:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from common import FER_PREPROCESSING_KEY
 from common.checkpoint import CheckpointError, read_checkpoint
-from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
+from lightning_modules.base import EpochMetricsSystem, NetModule, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from lightning_modules.schedulers import follow_trainer_epochs
 from metrics.fer import FERMetrics, PredictionCounts
@@ -61,18 +61,6 @@ class FERNet(Protocol):
     inputs: tuple[str, ...]
 
     def __call__(self, *tensors: Tensor) -> Tensor: ...
-
-
-@runtime_checkable
-class NetModule(Protocol):
-    """The type of :class:`LitFER`'s net: a ``torch.nn.Module`` (matched by its ``train(mode)`` method).
-
-    A protocol rather than ``nn.Module`` for the command line: jsonargparse lists every imported subclass of a class
-    type as a "known subclass" (hundreds of ``torch.nn``/timm/torchvision blocks under ``--model.help``), while it
-    matches a protocol by method signature and lists nothing; the project's nets are listed by ``cli.py --help``.
-    """
-
-    def train(self, mode: bool = True) -> Any: ...
 
 
 class LitFER(EpochMetricsSystem):

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from common.choices import check_choices
-from lightning_modules.base import EpochMetricsSystem, drop_foreign_hparams
+from lightning_modules.base import EpochMetricsSystem, NetModule, drop_foreign_hparams
 from lightning_modules.optim import build_optimization, build_param_groups
 from metrics.msa import MSAMetrics
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: The type of :class:`LitMSA`'s ``net``: ``net(feature_dims, seq_lens) -> nn.Module``, the data-derived sizes left
 #: out of the config (the CLI links them into ``model.init_args.feature_dims``/``seq_lens``).
-NetFactory = Callable[[dict[str, int], dict[str, int]], nn.Module]
+NetFactory = Callable[[dict[str, int], dict[str, int]], NetModule]
 
 _LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "l1": F.l1_loss,

@@ -46,8 +46,13 @@ def test_subcommand_help_lists_the_project_classes_and_literal_choices(monkeypat
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         cli_main(["fit", "--help"])
     text = " ".join(buf.getvalue().split())
-    for cls in ("lightning_modules.fer.LitFER", "lightning_modules.msa.LitMSA", "datamodules.fer.FERDataModule"):
+    for cls in ("lightning_modules.fer.LitFER", "lightning_modules.msa.LitMSA", "lightning_modules.ldm.LitLDM",
+                "datamodules.fer.FERDataModule", "datamodules.recording.RecordingDataModule"):
         assert cls in text, cls
+    # the subclass lists name the project's systems and datamodules only: no Lightning base, no abstract project base
+    for base in ("lightning.LightningModule", "lightning.LightningDataModule", "lightning_modules.base.",
+                 "datamodules.base."):
+        assert f"known subclasses: {base}" not in text and f", {base}" not in text, base
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         cli_main(["fit", "--data.help", "datamodules.fer.FERDataModule"])
@@ -83,15 +88,20 @@ def test_test_writes_its_own_config_and_every_command_names_its_outputs(tmp_path
                for r in caplog.records)
 
 
-def test_model_help_of_litfer_lists_no_torch_nn_classes(monkeypatch) -> None:
-    """``net`` is typed with a protocol (``NetModule``): was 792 lines, mostly every imported ``torch.nn`` class."""
+@pytest.mark.parametrize("system", ["lightning_modules.fer.LitFER", "lightning_modules.msa.LitMSA"])
+def test_model_help_of_a_system_lists_no_torch_nn_classes(monkeypatch, system) -> None:
+    """``net`` is typed with a protocol (``NetModule``): LitFER's help was 792 lines and LitMSA's 786, mostly every
+    imported ``torch.nn`` class."""
     monkeypatch.setattr("sys.argv", ["cli.py"])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
-        cli_main(["fit", "--model.help", "lightning_modules.fer.LitFER"])
+        cli_main(["fit", "--model.help", system])
     text = buf.getvalue()
-    assert "--model.net NET" in text and "models.timm_classifier.TimmClassifier" in " ".join(text.split())
-    assert "torch.nn.modules" not in text and "torchvision" not in text and len(text.splitlines()) < 200
+    assert "--model.net NET" in text
+    assert "torch.nn.modules" not in text and "torch.nn.Linear" not in " ".join(text.split())
+    assert "torchvision" not in text and len(text.splitlines()) < 200, len(text.splitlines())
+    if system.endswith("LitFER"):
+        assert "models.timm_classifier.TimmClassifier" in " ".join(text.split())
 
 
 def test_a_net_that_is_no_module_is_refused_naming_it(tmp_path, capsys, monkeypatch) -> None:
