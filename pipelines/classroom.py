@@ -292,6 +292,8 @@ class ClassroomPipeline:
     def _open(self, video: str | Path) -> tuple[VideoReader, int]:
         """The video's reader at the stride of the settings; errors name the video."""
         source = str(video)
+        if not Path(source).exists():
+            raise FileNotFoundError(f"{type(self).__name__}: video {source!r} does not exist")
         if check_file_source(source) != "video":  # missing, a device, a text file...: raised naming it
             raise VideoSourceError(source, "not_a_video", f"{type(self).__name__} analyses video files; use cli.py "
                                    "predict for images, folders of frames and live sources")
