@@ -236,14 +236,14 @@ def grid(configs: Mapping[str, Sequence[str | os.PathLike]], seeds: Iterable[int
         labels: extra CSV columns for every run.
 
     Returns:
-        Runs named ``<config>`` (one override set) or ``<config>/<override>``, labelled with ``config`` and
-        ``override``.
+        Runs named ``<config>/<override>`` (``<override>`` when there is one config, ``<config>`` without
+        overrides), labelled with ``config`` and ``override`` (group by either).
     """
     sets = dict(overrides) if overrides else {"": ()}
     runs = []
     for seed in seeds:
         for cname, files in configs.items():
-            chain = tuple(p for f in files for p in config_chain(f))
+            chain = tuple(dict.fromkeys(p for f in files for p in config_chain(f)))  # a base given twice: once
             for oname, args in sets.items():
                 name = f"{cname}/{oname}" if oname and len(configs) > 1 else (oname or cname)
                 run_dir = Path(out) / "runs" / cname / oname / f"seed{seed}" if oname else \
@@ -255,7 +255,7 @@ def grid(configs: Mapping[str, Sequence[str | os.PathLike]], seeds: Iterable[int
 
 def command(run: Run, python: str = sys.executable) -> list[str]:
     """The ``cli.py`` command of ``run``, with :class:`RunRecorder` appended to its callbacks."""
-    recorder = {"class_path": f"{__name__}.RunRecorder", "init_args": {"path": str(run.run_dir / RECORD_FILE)}}
+    recorder = {"class_path": "scripts.experiments.RunRecorder", "init_args": {"path": str(run.run_dir / RECORD_FILE)}}
     cmd = [python, str(CLI), run.subcommand]
     for c in run.configs:
         cmd += ["--config", str(c)]
