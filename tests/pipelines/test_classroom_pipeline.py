@@ -210,3 +210,17 @@ def test_students_who_leave_and_come_back_keep_their_ids(tmp_path, reid) -> None
         assert t["track_id"].nunique() == 2
     else:  # without re-linking they come back as new students (the test can tell)
         assert t["track_id"].nunique() == 4
+
+
+def test_any_face_checkpoint_brings_its_class_names(tmp_path, empty_video) -> None:
+    """A checkpoint trained by cli.py fit (a tiny ResNet on the six learning emotions): its classes name the table's
+    columns and the report; the crops are cut at its input size."""
+    from tests.fakes_classroom import LEARNING, TINY_RESNET, train_tiny_checkpoint
+
+    ckpt = train_tiny_checkpoint(tmp_path, TINY_RESNET, descriptor="none")
+    pipe = ClassroomPipeline.from_checkpoint(ckpt, every_n_frames=10)
+    assert pipe.class_names == LEARNING and pipe.face_stream().image_size == 32
+    r = pipe(empty_video, output_dir=tmp_path / "out")
+    assert [c for c in r.table.columns if c.startswith("prob_")] == [f"prob_{c}" for c in LEARNING]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(c in page for c in LEARNING) and "angry" not in page
