@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.checkpoint import read_checkpoint
 from common.io import atomic_write
 from features.classroom_report import (
     annotate_video,
@@ -264,8 +265,15 @@ class ClassroomPipeline:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", **settings: Any) -> ClassroomPipeline:
         """The pipeline of a face checkpoint of this project (or a shipped model's name); ``None``: the shipped
-        default (:data:`models.shipped.DEFAULT_MODEL`). ``settings`` are the constructor's."""
-        return cls(load_face_model(DEFAULT_MODEL if path is None else path, device=device), **settings)
+        default (:data:`models.shipped.DEFAULT_MODEL`). ``settings`` are the constructor's; ``margin`` and
+        ``alignment`` default to the checkpoint's stored crop settings (``face_margin``, ``predict_alignment``), as
+        ``cli.py predict`` takes them."""
+        model = load_face_model(DEFAULT_MODEL if path is None else path, device=device)
+        stored = read_checkpoint(model.source, mmap=True).get("fer_preprocessing") or {}
+        crop = stored.get("settings") or {} if isinstance(stored, dict) else {}
+        settings = {"margin": float(crop.get("face_margin", 0.2)),
+                    "alignment": crop.get("predict_alignment", "eyes"), **settings}
+        return cls(model, **settings)
 
     @property
     def class_names(self) -> list[str]:

@@ -54,6 +54,9 @@ def test_settings_are_checked_naming_the_class() -> None:
     with pytest.raises(ValueError, match="sample_fps must be > 0"):
         ClassroomPipeline(model, sample_fps=0)
     assert "every_n_frames=5" in repr(ClassroomPipeline(model))  # the primary setting and its default
+    shipped = ClassroomPipeline.from_checkpoint()  # crop settings from the checkpoint, as cli.py predict takes them
+    assert (shipped.margin, shipped.alignment) == (0.2, "eyes")
+    assert ClassroomPipeline.from_checkpoint(margin=0.3, alignment="none").margin == 0.3
 
 
 @pytest.mark.parametrize("name,content", [("missing.mp4", None), ("notes.txt", "not a video\n")])
