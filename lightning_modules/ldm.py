@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from common.checkpoint import CheckpointError, read_checkpoint
 from common.choices import check_choices
-from lightning_modules.base import EpochMeanLogging, drop_foreign_hparams
+from lightning_modules.base import EpochMeanLogging, NetModule, drop_foreign_hparams
 from lightning_modules.checkpoint_io import (
     check_class_path,
     check_hparams_class_paths,
@@ -57,7 +57,11 @@ log = logging.getLogger(__name__)
 
 RECON_LOSSES = ("l1", "mse")
 CONSISTENCY = ("none",) + PAIRINGS
-SAMPLERS = ("ddim", "ddpm")
+#: Samplers of :meth:`LitLDM.generate` (DDIM steps or the full DDPM chain).
+Sampler = Literal["ddim", "ddpm"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+#: diffusers' beta schedules offered by the configs.
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 MAX_GUIDANCE = 50.0
 #: State-dict prefixes of a LitLDM checkpoint (the frozen consistency encoder is not saved).
 LDM_STATE_PREFIXES = ("net.", "vae.")
@@ -296,14 +300,14 @@ class LitLDM(EpochMeanLogging):
         vae_config: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
+        beta_schedule: BetaSchedule = "linear",
         p_uncond: float = 0.1,
         consistency: Literal["none", "triplet", "contrastive"] = "triplet",
         consistency_weight: float = 0.1,
         consistency_margin: float = 1.0,
         consistency_max_timestep: int = 300,
-        consistency_encoder: nn.Module | None = None,
-        sampler: str = "ddim",
+        consistency_encoder: NetModule | None = None,
+        sampler: Sampler = "ddim",
         num_inference_steps: int = 50,
         guidance_scale: float = 2.0,
         image_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
@@ -488,7 +492,7 @@ class LitLDM(EpochMeanLogging):
         seeds: Tensor | list[int],
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        sampler: str | None = None,
+        sampler: Sampler | None = None,
     ) -> Tensor:
         """Images in ``[0, 1]`` for the given labels, one seed per image.
 

@@ -62,7 +62,7 @@ class ModalityProjection(nn.Module):
         in_dim: int,
         dim: int,
         dropout: float = 0.1,
-        activation: str = "gelu",
+        activation: Activation = "gelu",
         positional: Positional = "sinusoidal",
     ) -> None:
         super().__init__()
@@ -159,7 +159,7 @@ class AttentionBlock(nn.Module):
         - output: ``[B, Lq, d]`` (zeros on padded queries)
     """
 
-    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.1, activation: str = "gelu") -> None:
+    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.1, activation: Activation = "gelu") -> None:
         super().__init__()
         self.attn = CrossModalAttention(dim, heads, dropout)
         self.norm1 = nn.LayerNorm(dim)
@@ -202,7 +202,7 @@ class TextGuidedAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int = 4, num_layers: int = 1, dropout: float = 0.1, activation: str = "gelu"
+        self, dim: int, heads: int = 4, num_layers: int = 1, dropout: float = 0.1, activation: Activation = "gelu"
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -250,7 +250,7 @@ class FusionEncoder(nn.Module):
         - output: ``[B, d]``
     """
 
-    def __init__(self, dim: int, dropout: float = 0.1, activation: str = "gelu") -> None:
+    def __init__(self, dim: int, dropout: float = 0.1, activation: Activation = "gelu") -> None:
         super().__init__()
         self.dim = dim
         self.fc1 = nn.Linear(3 * dim, dim)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import make_activation
+from .attention import Activation, make_activation
 
 
 def nearest_codeword(x: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +81,7 @@ class DVAECodebook(nn.Module):
         temperature: float = 1.0,
         kl_weight: float = 0.1,
         dead_code_steps: int = 100,
-        activation: str = "gelu",
+        activation: Activation = "gelu",
     ) -> None:
         super().__init__()
         if dim < 1 or num_codes < 2:

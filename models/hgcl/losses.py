@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from common.choices import check_choices
 from common.tensors import masked_mean
 
-from .attention import make_activation
+from .attention import Activation, make_activation
 
 InfoNCEDirection = Literal["symmetric", "local_to_global"]
 INFONCE = get_args(InfoNCEDirection)
@@ -104,7 +104,7 @@ class ProjectionHead(nn.Module):
         - input ``[B, d]`` -> output ``[B, p]``
     """
 
-    def __init__(self, dim: int, out_dim: int, activation: str = "relu") -> None:
+    def __init__(self, dim: int, out_dim: int, activation: Activation = "relu") -> None:
         super().__init__()
         if dim < 1 or out_dim < 1:
             raise ValueError(f"ProjectionHead: dim and out_dim must be >= 1, got {dim}, {out_dim}")
