@@ -181,13 +181,5 @@ def main(args: ArgsType = None) -> None:
         shutdown_process_group()
 
 
-def __getattr__(name: str) -> Any:  # TEMPORARY while scripts/ moves to scripts.experiments (removed before commit)
-    if name in ("compose_configs", "config_chain"):
-        from scripts import experiments
-
-        return getattr(experiments, name)
-    raise AttributeError(name)
-
-
 if __name__ == "__main__":
     main()

@@ -7,8 +7,10 @@ Run::
     # then open http://127.0.0.1:7860
 
 The page (Gradio) takes a video (upload, or a path / webcam index / stream URL typed in) and a checkpoint, runs
-:func:`apps.classroom_api.analyze_video` (the same pipeline as ``cli.py predict``), and shows the annotated video,
-the per-student timelines, the summary (plot and table) and a download of the per-face CSV. Bad input (no face, a
+:func:`apps.classroom_api.analyze_video` (a video file: the inference pipeline, :mod:`pipelines.classroom`), shows
+its progress (frames done, ETA) with a Cancel button, then the annotated video, the per-student timelines, the
+summary (plot and table), the one-page report (``report.html``, opens without the app) and the per-face CSV. The
+class names are the checkpoint's (the shipped model: FER2013's seven basic emotions). Bad input (no face, a
 corrupt video, a source that is no video, a foreign checkpoint, an output root that is a file, ...) is shown as a
 message on the page, never as a traceback. Every analysis writes to its own new folder under ``--output-root``. The
 server listens on 127.0.0.1 only, with Gradio's analytics off.
@@ -19,14 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apps.classroom_api import DEFAULT_CONFIG, analyze_video, default_every_n_frames
 
@@ -43,12 +44,15 @@ def analyze_for_page(
     min_face_size: float,
     config: str | Path = DEFAULT_CONFIG,
     output_root: str | Path = "runs/classroom",
+    progress: Callable[[int, int | None, float | None], bool | None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple:
-    """The page's action: ``(status markdown, annotated video, timeline png, summary png, summary table, csv)``."""
+    """The page's action: ``(status markdown, annotated video, timeline png, summary png, summary table, csv,
+    report html)``. ``progress``/``cancel``: see :func:`apps.classroom_api.analyze_video`."""
     import pandas as pd
 
     source = upload or (typed_source or "").strip()
-    empty = (None, None, None, pd.DataFrame(), None)
+    empty = (None, None, None, pd.DataFrame(), None, None)
     if not source:
         return ("**Choose a video** (upload one, or type a path, webcam index or stream URL).", *empty)
     ckpt = str(ckpt).strip() if ckpt and str(ckpt).strip() else None  # none: the shipped face model
@@ -61,7 +65,7 @@ def analyze_for_page(
     out = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
         df = analyze_video(source, ckpt, out, config=config, every_n_frames=int(every_n_frames),
-                           min_face_size=int(min_face_size), max_frames=300)
+                           min_face_size=int(min_face_size), max_frames=300, progress=progress, cancel=cancel)
     except (OSError, ValueError) as err:  # bad input or an unwritable folder: a message naming the file
         return (f"**Could not analyse:** {err}", *empty)
     except Exception as err:  # the page shows a message, never a traceback; the log keeps it
@@ -72,11 +76,15 @@ def analyze_for_page(
     timeline = next((f for n, f in files.items() if n.startswith("timeline_")), None)
     video = next((f for n, f in files.items() if n.startswith("annotated_")), None)
     notes = df.attrs["notes"]
-    status = (f"**{summary.shape[0]} student(s)**, {len(df)} face observations in "
+    classes = [c.removeprefix("prob_") for c in df.columns if c.startswith("prob_")]
+    cancelled = "**Cancelled**: partial results. " if df.attrs.get("cancelled") else ""
+    status = (f"{cancelled}**{summary.shape[0]} student(s)**, {len(df)} face observations in "
               f"{df.attrs.get('frames_analysed') or 'the frames'}, written to `{out}`."
+              + (f" Classes (the model's): {', '.join(classes)}." if classes else "")
               + ("".join(f"\n\n- {n}" for n in notes) if notes else ""))
     table = summary.round(3) if len(summary) else summary
-    return status, video, timeline, files.get("summary.png"), table, files.get("emotions.csv")
+    return (status, video, timeline, files.get("summary.png"), table, files.get("emotions.csv"),
+            files.get("report.html"))
 
 
 def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONFIG,
@@ -84,12 +92,38 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
     """The Gradio Blocks page (not launched)."""
     import gradio as gr
 
-    def run(upload, typed, ckpt, stride, min_face):
-        return analyze_for_page(upload, typed, ckpt, stride, min_face, config, output_root)
+    cancels: dict[str, threading.Event] = {}  # one per browser session: its Cancel button stops its analysis
 
-    with gr.Blocks(title="Classroom learning emotions") as demo:
-        gr.Markdown("# Classroom learning-emotion analysis\nOne timeline per student: faces are detected (MTCNN), "
-                    "tracked across frames and classified into the six learning emotions.")
+    def run(upload, typed, ckpt, stride, min_face, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        stop = cancels[request.session_hash] = threading.Event()
+
+        def report(done: int, total: int | None, eta: float | None) -> None:
+            eta_text = f", about {eta:.0f} s left" if eta is not None else ""
+            progress((done, total) if total else None, desc=f"analysed {done} of {total or '?'} frames{eta_text}",
+                     unit="frames")
+
+        try:
+            return analyze_for_page(upload, typed, ckpt, stride, min_face, config, output_root, report, stop)
+        finally:
+            cancels.pop(request.session_hash, None)
+
+    # the module's annotations are strings (``from __future__ import annotations``) and gradio is imported here, not
+    # at module level: give Gradio the class itself, which it injects by type
+    run.__annotations__["request"] = gr.Request
+
+    def cancel(request: gr.Request) -> str:
+        stop = cancels.get(request.session_hash)
+        if stop is None:
+            return "Nothing to cancel."
+        stop.set()
+        return "Cancelling: the frames analysed so far are kept."
+
+    cancel.__annotations__["request"] = gr.Request
+
+    with gr.Blocks(title="Classroom emotion analysis") as demo:
+        gr.Markdown("# Classroom emotion analysis\nOne timeline per student: faces are detected (MTCNN), tracked "
+                    "across frames and classified by the checkpoint's model into its own classes (no checkpoint: "
+                    "the shipped FER2013 model, seven basic emotions).")
         with gr.Row():
             upload = gr.Video(label="Video (upload)", sources=["upload"], elem_id="upload")
             with gr.Column():
@@ -99,16 +133,24 @@ def build_app(default_ckpt: str | None = None, config: str | Path = DEFAULT_CONF
                 stride = gr.Slider(1, 30, value=default_every_n_frames(config), step=1,
                                    label="Analyse one frame in n", elem_id="stride")
                 min_face = gr.Slider(12, 200, value=20, step=1, label="Smallest face (pixels)", elem_id="min_face")
-                button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                with gr.Row():
+                    button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                    stop_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
         status = gr.Markdown(elem_id="status")
+        cancel_note = gr.Markdown(elem_id="cancel_note")
         with gr.Row():
             video = gr.Video(label="Annotated video", elem_id="annotated", interactive=False)
             summary_png = gr.Image(label="Summary: share of time per emotion", elem_id="summary_png",
                                    type="filepath", interactive=False)
         timeline = gr.Image(label="Per-student timelines", elem_id="timeline", type="filepath", interactive=False)
         table = gr.Dataframe(label="Per-student summary", elem_id="summary_table", interactive=False)
-        csv = gr.File(label="Download the per-face CSV", elem_id="csv", interactive=False)
-        button.click(run, [upload, typed, ckpt, stride, min_face], [status, video, timeline, summary_png, table, csv])
+        with gr.Row():
+            csv = gr.File(label="Download the per-face CSV", elem_id="csv", interactive=False)
+            report_html = gr.File(label="The one-page report (opens without this app)", elem_id="report",
+                                  interactive=False)
+        button.click(run, [upload, typed, ckpt, stride, min_face],
+                     [status, video, timeline, summary_png, table, csv, report_html])
+        stop_button.click(cancel, None, cancel_note)
     return demo
 
 

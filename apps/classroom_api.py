@@ -1,11 +1,14 @@
 """Python API of the classroom analysis: ``analyze_video(path, ckpt) -> pandas.DataFrame``.
 
-It runs exactly what ``cli.py predict --config configs/fer/predict_video.yaml --ckpt_path model.ckpt`` runs (the
-LightningCLI with the config's model and :class:`callbacks.emotion_timeline.EmotionTimelineWriter`), with the
-source, output folder and a few prediction options filled in, and returns the per-face table. The checkpoint
-brings its own net (any face model: the paper's two-branch Swin, a timm classifier such as ResNet-18, POSTER; it
-replaces the net the config names) and its preprocessing (class names, crops, descriptor settings, SUN statistics);
-the config brings the pipeline settings (detector, tracking, frame stride, writer).
+A video file analysed by a face model that reads the face image only (the shipped model, a timm classifier such as
+ResNet-18, POSTER) goes through :class:`pipelines.classroom.ClassroomPipeline`: inference only, frames decoded and
+detected ahead of the model in a worker thread, crops batched at the model's input size, progress with an ETA and
+cancellation, a one-page ``report.html``. A webcam, stream, folder of frames or image, and a net that also reads
+descriptor maps (the paper's two-branch Swin), go through what ``cli.py predict --config
+configs/fer/predict_video.yaml --ckpt_path model.ckpt`` runs (the LightningCLI with the config's model and
+:class:`callbacks.emotion_timeline.EmotionTimelineWriter`). Both give the same rows at the same settings
+(``tests/pipelines``). The checkpoint brings its own net and preprocessing (class names, crops, descriptor settings,
+SUN statistics); the settings below (detector, frame stride, smoothing) are the config's defaults.
 
 Example::
 
@@ -17,7 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +31,8 @@ import pandas as pd
 import yaml
 
 __all__ = ["DEFAULT_CONFIG", "analyze_video", "default_every_n_frames"]
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "fer" / "predict_video.yaml"
@@ -57,8 +65,11 @@ def analyze_video(
     smooth_window: int = 5,
     max_fps: float | None = None,
     max_frames: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 64,
     annotated_video: Literal["mp4", "none"] = "mp4",
+    progress: Callable[[int, int | None, float | None], bool | None] | None = None,
+    cancel: threading.Event | None = None,
+    engine: Literal["auto", "lightning"] = "auto",
 ) -> pd.DataFrame:
     """Per-student learning emotions of a video, webcam or stream.
 
@@ -76,10 +87,17 @@ def analyze_video(
         smooth_window: per-student moving average of the probabilities (observations).
         batch_size: faces per forward pass.
         annotated_video: ``"mp4"`` or ``"none"``.
+        progress: ``progress(frames_done, frames_total, eta_seconds)`` after every analysed frame of a video file
+            (the pipeline); returning ``False`` cancels.
+        cancel: set it from another thread to stop a video file's analysis (the page's cancel button); the table
+            then holds the frames done and ``attrs["cancelled"]`` is true.
+        engine: ``"auto"`` (the inference pipeline where it applies, see the module docstring) or ``"lightning"``
+            (always ``cli.py predict``'s path; for comparisons).
 
     Returns:
         The per-face table (columns of the CSV); ``attrs``: ``summary`` (DataFrame), ``notes`` (list of str),
-        ``files`` (list of paths), ``output_dir``, ``frames_analysed`` (``"N of M frames (one in n)"``).
+        ``files`` (list of paths), ``output_dir``, ``frames_analysed`` (``"N of M frames (one in n)"``),
+        ``cancelled`` (bool), ``pipeline`` (``"inference"`` or ``"lightning"``).
 
     Raises:
         FileNotFoundError / ValueError: missing or foreign checkpoint, a missing source, a bad video or a source
@@ -90,10 +108,11 @@ def analyze_video(
     """
     from callbacks.emotion_timeline import check_output_parent
     from cli import cli_main
+    from common.checkpoint import CheckpointError
     from features.video import check_file_source, is_live_source
     from lightning_modules.fer import read_fer_preprocessing
-
     from models.shipped import shipped_checkpoint
+    from pipelines.classroom import ClassroomPipeline
 
     ckpt = shipped_checkpoint() if ckpt is None else Path(ckpt)
     read_fer_preprocessing(ckpt)  # fail fast, naming the file, on a missing or foreign checkpoint
@@ -107,6 +126,24 @@ def analyze_video(
     data = cfg["data"]["init_args"]
     if every_n_frames is None:
         every_n_frames = default_every_n_frames(config)
+    if engine == "auto" and not is_live_source(source) and detector != "none" \
+            and check_file_source(str(source)) == "video":
+        try:
+            pipe = ClassroomPipeline.from_checkpoint(
+                ckpt, detector=detector, min_face_size=int(min_face_size), every_n_frames=int(every_n_frames),
+                smooth_window=int(smooth_window), batch_size=int(batch_size),
+                annotated_video=annotated_video, overwrite="replace" if overwrite else "never")
+        except CheckpointError as err:
+            if "descriptor" not in str(err):
+                raise
+            log.info("%s reads descriptor maps: analysing %s through cli.py predict", ckpt, source)
+        else:
+            result = pipe(source, output_dir, progress=progress, cancel=cancel)
+            table = result.table
+            table.attrs.update(summary=result.summary, notes=list(result.notes), files=[str(f) for f in result.files],
+                               output_dir=str(output_dir), frames_analysed=result.frames_summary(),
+                               cancelled=result.cancelled, pipeline="inference")
+            return table
     data.update(
         predict_source=str(source), predict_detector=detector, predict_min_face_size=int(min_face_size),
         predict_every_n_frames=int(every_n_frames), predict_max_fps=max_fps, predict_max_frames=max_frames,
@@ -124,5 +161,6 @@ def analyze_video(
     cb = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EmotionTimelineWriter")
     table = cb.table if cb.table is not None else pd.DataFrame()
     table.attrs.update(summary=cb.summary, notes=list(cb.notes), files=[str(p) for p in cb.written],
-                       output_dir=str(output_dir), frames_analysed=(cb.run_info or {}).get("frames_analysed", ""))
+                       output_dir=str(output_dir), frames_analysed=(cb.run_info or {}).get("frames_analysed", ""),
+                       cancelled=False, pipeline="lightning")
     return table

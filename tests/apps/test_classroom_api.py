@@ -271,6 +271,9 @@ def test_no_checkpoint_means_the_shipped_face_model(tiny, tmp_path) -> None:
     _, cfg = tiny
     video = classroom_video(tmp_path / "lesson.mp4")
     df = analyze_video(video, None, tmp_path / "api", config=cfg)
+    # a video file and an image-only net: the inference pipeline, with its one-page report
+    assert df.attrs["pipeline"] == "inference" and not df.attrs["cancelled"]
+    assert "report.html" in {Path(f).name for f in df.attrs["files"]}
     assert {f"prob_{c}" for c in shipped.class_names} <= set(df.columns)
     assert not {f"prob_{c}" for c in LEARNING} & set(df.columns)
     assert df["track_id"].nunique() == 2 and len(df) == 16 and set(df["class"]) <= set(shipped.class_names)

@@ -37,6 +37,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_page_action_on_the_shipped_model_reports_progress_and_can_be_cancelled(tmp_path) -> None:
+    """No checkpoint: the shipped model through the inference pipeline; progress reaches the page's callback with
+    a total; a cancel event set by the page's Cancel button stops the run, keeping what was analysed."""
+    import threading
+
+    from tests.fakes_classroom import classroom_video
+
+    video = classroom_video(tmp_path / "lesson.mp4", n_frames=20)
+    seen: list[tuple] = []
+    status, *rest = analyze_for_page(None, str(video), "", 1, 20, output_root=tmp_path / "a",
+                                     progress=lambda *a: seen.append(a))
+    assert "2 student(s)" in status and "angry" in status, status  # the model's class names
+    assert seen and seen[-1][0] == seen[-1][1] == 20, seen[-3:]  # (frames done, total, eta)
+    report = Path(rest[-1])
+    assert report.name == "report.html" and "surprise" in report.read_text()
+    stop = threading.Event()
+
+    def cancel_at_five(done, total, eta):
+        if done == 5:
+            stop.set()
+
+    status, *_ = analyze_for_page(None, str(video), "", 1, 20, output_root=tmp_path / "b", progress=cancel_at_five,
+                                  cancel=stop)
+    assert status.startswith("**Cancelled**") and "5 of 20 frames" in status, status
+
+
 @pytest.mark.slow
 def test_page_end_to_end_in_headless_chromium(tmp_path) -> None:
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
@@ -48,16 +74,14 @@ def test_page_end_to_end_in_headless_chromium(tmp_path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     from apps.classroom import build_app
-    from tests.fakes_classroom import classroom_video, tiny_predict_config, train_tiny_checkpoint
+    from tests.fakes_classroom import classroom_video
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     video = classroom_video(tmp_path / "lesson.mp4", n_frames=20)
-    ckpt = train_tiny_checkpoint(tmp_path)
-    cfg = tiny_predict_config(tmp_path, tmp_path / "unused")
     out_root = tmp_path / "analyses"
     out_root.mkdir()
     port = _free_port()
-    demo = build_app(str(ckpt), cfg, out_root)
+    demo = build_app(None, output_root=out_root)  # as `python -m apps.classroom` without --ckpt: the shipped model
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 allowed_paths=[str(out_root)])
     options = webdriver.ChromeOptions()
@@ -73,7 +97,8 @@ def test_page_end_to_end_in_headless_chromium(tmp_path) -> None:
         upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#upload input[type=file]")))
         upload.send_keys(str(video))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#upload video")))
-        assert driver.find_element(By.CSS_SELECTOR, "#ckpt textarea, #ckpt input").get_attribute("value") == str(ckpt)
+        assert driver.find_element(By.CSS_SELECTOR, "#ckpt textarea, #ckpt input").get_attribute("value") == ""
+        assert driver.find_element(By.CSS_SELECTOR, "#cancel").is_displayed()
         driver.find_element(By.CSS_SELECTOR, "#analyze").click()
         WebDriverWait(driver, 600).until(
             lambda d: "student(s)" in d.find_element(By.ID, "status").text
@@ -91,7 +116,11 @@ def test_page_end_to_end_in_headless_chromium(tmp_path) -> None:
             shutil.copy(shot, os.environ["CLASSROOM_SCREENSHOT"])
             shutil.copy(tmp_path / "page.html", os.environ["CLASSROOM_SCREENSHOT"] + ".html")
         table = driver.find_element(By.ID, "summary_table").text
-        assert "longest_spell_class" in table and "share_joy" in table, table
+        assert "longest_spell_class" in table and "share_happy" in table, table  # the shipped model's classes
+        report = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#report a[href]")))
+        with urllib.request.urlopen(report.get_attribute("href"), timeout=30) as resp:  # the one-page report
+            page = resp.read().decode()
+        assert "<html" in page.lower() and "surprise" in page and "data:image/png;base64," in page
         link = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#csv a[href]")))
         href = link.get_attribute("href")
         assert "emotions.csv" in href

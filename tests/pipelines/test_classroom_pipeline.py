@@ -139,7 +139,9 @@ def test_same_rows_as_the_lightning_path(pipe, lesson, tmp_path) -> None:
     (frames, track ids, boxes, landmarks) and the same probabilities."""
     from apps.classroom_api import analyze_video
 
-    lit = analyze_video(lesson, None, tmp_path / "lit", every_n_frames=1, min_face_size=24, annotated_video="none")
+    lit = analyze_video(lesson, None, tmp_path / "lit", every_n_frames=1, min_face_size=24, annotated_video="none",
+                        engine="lightning")
+    assert lit.attrs["pipeline"] == "lightning"
     ours = pipe(lesson).table
     keys = ["frame", "track_id", "x", "y", "w", "h"]
     assert len(ours) == len(lit) == 12  # two students in 6 frames
