@@ -156,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--sample-fps", type=float, default=1.0, help="pipeline: analysed frames per video second")
     ap.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn", help="pipeline: face detector")
     ap.add_argument("--min-face-size", type=int, default=20, help="pipeline: smallest face side in pixels")
-    ap.add_argument("--model-threads", type=int, default=1, help="pipeline: torch threads of the model (0: torch's)")
+    ap.add_argument("--model-threads", type=int, default=1, help="pipeline: threads of the model (0: the backend's)")
+    ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                    help="pipeline: the model's runtime (onnxruntime: exported in memory, checked within 1e-4)")
     ap.add_argument("--out", default="runs/bench_classroom")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -193,7 +195,7 @@ def _bench_pipeline(args, faces: list[int], batch_size: int, portraits, out: Pat
     videos = {n: make_video(out / f"class_{n}faces_{args.frames}x{stride}.mp4", portraits, n, args.frames * stride)
               for n in faces}
     settings = {"detector": args.detector, "min_face_size": args.min_face_size, "batch_size": batch_size,
-                "model_threads": args.model_threads or None}
+                "model_threads": args.model_threads or None, "backend": args.backend}
     warm = make_video(out / "warmup.mp4", portraits, faces[0], 2 * stride)
     run_pipeline(warm, out / "outputs_warmup", args.sample_fps, **settings)  # MTCNN nets, torch kernels, caches
     rows = []
@@ -203,7 +205,7 @@ def _bench_pipeline(args, faces: list[int], batch_size: int, portraits, out: Pat
         rows.append({"faces_in_frame": n, "face_sides": f"{sides.min():.0f}-{sides.max():.0f}", **r})
     lines = [(f"1280x720, 25 fps, {args.frames} analysed frames per video ({args.sample_fps:g} frame/s: one in "
               f"{stride}), ClassroomPipeline, shipped model, {args.detector} (min face {args.min_face_size} px), "
-              f"batch {batch_size}, model on {args.model_threads or torch.get_num_threads()} torch thread(s); shares "
+              f"batch {batch_size}, model ({args.backend}) on {args.model_threads or torch.get_num_threads()} thread(s); shares "
               "of the summed stage seconds"), "",
              "| faces / frame | face sides px | faces found | frames/s | faces/s | "
              + " | ".join(STAGES) + " |", "|---|---|---|---|---|" + "---|" * len(STAGES)]

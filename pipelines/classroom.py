@@ -166,7 +166,8 @@ class ClassroomPipeline:
     """Detect, track and classify every face of a classroom video with one face model.
 
     Args:
-        model: the face model (:func:`models.shipped.load_face_model`); its ``image_size`` is the crop size.
+        model: the face model (:func:`models.shipped.load_face_model`, or an ONNX Runtime
+            :class:`models.onnx_export.OnnxFaceModel`); its ``image_size`` is the crop size.
         detector: ``"mtcnn"`` (CNN with eye landmarks: aligned crops; the default of ``cli.py predict``) or
             ``"haar"`` (OpenCV cascade, no landmarks).
         min_face_size: smallest face side in source pixels; with MTCNN it bounds the image pyramid, so it is the
@@ -263,12 +264,23 @@ class ClassroomPipeline:
         self._build_detector()  # bad detector settings fail here, not in the worker
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu", **settings: Any) -> ClassroomPipeline:
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
+                        backend: Literal["torch", "onnxruntime"] = "torch", **settings: Any) -> ClassroomPipeline:
         """The pipeline of a face checkpoint of this project (or a shipped model's name); ``None``: the shipped
         default (:data:`models.shipped.DEFAULT_MODEL`). ``settings`` are the constructor's; ``margin`` and
         ``alignment`` default to the checkpoint's stored crop settings (``face_margin``, ``predict_alignment``), as
-        ``cli.py predict`` takes them."""
-        model = load_face_model(DEFAULT_MODEL if path is None else path, device=device)
+        ``cli.py predict`` takes them. ``backend="onnxruntime"`` runs the model through ONNX Runtime
+        (:func:`models.onnx_export.load_face_runner`: exported in memory and checked against torch within 1e-4 at
+        load; needs ``pip install 'affect-lightning[onnx]'``), on ``model_threads`` intra-op threads."""
+        name = DEFAULT_MODEL if path is None else path
+        if backend == "onnxruntime":
+            from models.onnx_export import load_face_runner
+
+            model = load_face_runner(name, backend="onnxruntime", threads=settings.get("model_threads", 1))
+        elif backend == "torch":
+            model = load_face_model(name, device=device)
+        else:
+            raise ValueError(f"{cls.__name__}: backend must be 'torch' or 'onnxruntime', got {backend!r}")
         stored = read_checkpoint(model.source, mmap=True).get("fer_preprocessing") or {}
         crop = stored.get("settings") or {} if isinstance(stored, dict) else {}
         settings = {"margin": float(crop.get("face_margin", 0.2)),

@@ -229,3 +229,18 @@ def test_any_face_checkpoint_brings_its_class_names(tmp_path, empty_video) -> No
     assert [c for c in r.table.columns if c.startswith("prob_")] == [f"prob_{c}" for c in LEARNING]
     page = (tmp_path / "out" / "report.html").read_text()
     assert all(c in page for c in LEARNING) and "angry" not in page
+
+
+def test_onnxruntime_backend_gives_the_same_faces_and_classes(pipe, lesson) -> None:
+    """backend='onnxruntime': the shipped model exported in memory (checked within 1e-4 at load) gives the torch
+    pipeline's rows and classes."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'affect-lightning[onnx]')")
+    ort = ClassroomPipeline.from_checkpoint(backend="onnxruntime", every_n_frames=1, min_face_size=24)
+    assert type(ort.model).__name__ == "OnnxFaceModel"
+    ours, theirs = pipe(lesson).table, ort(lesson).table
+    keys = ["frame", "track_id", "x", "y", "w", "h"]
+    assert ours[keys].astype(int).values.tolist() == theirs[keys].astype(int).values.tolist()
+    prob = [c for c in ours.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(ours[prob].to_numpy(float), theirs[prob].to_numpy(float), atol=1e-4)
+    with pytest.raises(ValueError, match="backend must be"):
+        ClassroomPipeline.from_checkpoint(backend="tensorrt")
