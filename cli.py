@@ -1,18 +1,15 @@
-"""Command line for every experiment of the project (LightningCLI)::
+"""Command line for every experiment of the project (LightningCLI); docs/cli.md has the details::
 
     python cli.py fit      --config configs/hgcl_mosei.yaml
     python cli.py test     --config configs/hgcl_mosei.yaml --ckpt_path best
     python cli.py predict  --config configs/fer/predict_video.yaml          # the shipped face model by default
     python cli.py fit      --config configs/hgcl_mosei.yaml --ckpt_path last   # resume
 
-Added to every run (docs/cli.md): ``seed_everything`` 42; a checkpoint callback under ``checkpoint:`` (best on the
-monitored metric, ``last.ckpt``); a learning-rate monitor and a rich progress bar
-(:func:`~lightning_modules.cli_run.default_callbacks`); a W&B logger that runs offline without a key or network;
-the resolved config in the run folder (:class:`~lightning_modules.cli_run.RunDirSaveConfig`); after ``fit``, the
-best checkpoint validated and tested; a closing line naming where the outputs are. Checkpoints are read
-weights-only and written atomically (:mod:`lightning_modules.checkpoint_io`); ``--ckpt_path`` (a file or any fsspec
-URL) is checked against the config's model before anything is built
-(:mod:`lightning_modules.cli_checkpoints`). ``cli.py --help`` alone prints an overview without importing Lightning.
+Here: the data-derived links, the defaults (seed 42, a checkpoint callback under ``checkpoint:``, a W&B logger that
+runs offline without a key or network) and the one override, a checked ``--ckpt_path``
+(:mod:`lightning_modules.cli_checkpoints`); the rest is delegated to ``lightning_modules.cli_run`` (saved configs,
+default callbacks, evaluation after fit, the outputs line) and ``cli_errors`` (log lines, a failed command's last
+line). ``cli.py --help`` alone prints an overview without importing Lightning.
 """
 
 from __future__ import annotations
@@ -36,10 +33,10 @@ from callbacks.loggers import AutoWandbLogger
 from common.distributed import shutdown_process_group
 from datamodules.base import AffectDataModule
 from lightning_modules import cli_checkpoints as ckpts
+from lightning_modules import cli_run as run_tools
 from lightning_modules.base import EpochMeanLogging
 from lightning_modules.checkpoint_io import local_checkpoint_path, with_safe_checkpoint_io
 from lightning_modules.cli_errors import ErrorSummaryParser, project_errors, reported_error, show_project_logs
-from lightning_modules.cli_run import RunDirSaveConfig, default_callbacks, evaluate_after_fit, report_outputs
 from lightning_modules.cli_support import asks_for_help, command_line_keys, import_project_classes
 
 __all__ = ["DATA_LINKS", "AffectCLI", "cli_main", "main"]
@@ -115,7 +112,8 @@ class AffectCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("ckpt_path") if self.subcommand else None
         if self.checkpoint is not None and path and local_checkpoint_path(path) is None and self.safe_io is not None:
             self.safe_io.preload(path, self.checkpoint)  # a remote checkpoint is not downloaded twice
-        return super().instantiate_trainer(callbacks=default_callbacks(trainer_cfg), plugins=plugins, **kwargs)
+        callbacks = run_tools.default_callbacks(trainer_cfg)
+        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
     def _before_evaluation(self) -> None:
         cfg, ckpt = self.config_init[self.subcommand], self.trainer.checkpoint_callback
@@ -131,9 +129,7 @@ class AffectCLI(LightningCLI):
         self._before_evaluation()
         cfg = self.config_init[self.subcommand]
         if cfg.get("overwrite"):
-            for cb in self.trainer.callbacks:
-                if hasattr(cb, "overwrite"):
-                    cb.overwrite = "replace"
+            run_tools.allow_overwrite(self.trainer)
         ckpts.apply_face_preprocessing(self.model, self.datamodule, cfg.get("ckpt_path"), self.checkpoint,
                                        self.data_flags)
         if cfg.get("ckpt_path") and hasattr(self.datamodule, "set_checkpoint"):  # e.g. datamodules.recording
@@ -141,17 +137,17 @@ class AffectCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True):
-            evaluate_after_fit(self.trainer, self.model, self.datamodule)
-        report_outputs("fit", self.trainer)
+            run_tools.evaluate_after_fit(self.trainer, self.model, self.datamodule)
+        run_tools.report_outputs("fit", self.trainer)
 
     def after_validate(self) -> None:
-        report_outputs("validate", self.trainer)
+        run_tools.report_outputs("validate", self.trainer)
 
     def after_test(self) -> None:
-        report_outputs("test", self.trainer)
+        run_tools.report_outputs("test", self.trainer)
 
     def after_predict(self) -> None:
-        report_outputs("predict", self.trainer)
+        run_tools.report_outputs("predict", self.trainer)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
@@ -159,7 +155,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
     if asks_for_help(sys.argv[1:] if args is None else args):
         import_project_classes()  # jsonargparse's "known subclasses" are the imported ones: list the project's
     return AffectCLI(EpochMeanLogging, AffectDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     auto_configure_optimizers=False, save_config_callback=RunDirSaveConfig,
+                     auto_configure_optimizers=False, save_config_callback=run_tools.RunDirSaveConfig,
                      parser_class=ErrorSummaryParser, seed_everything_default=42, args=args, run=run, args_given=args)
 
 

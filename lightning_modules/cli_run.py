@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_modules.cli_support import outputs_line, prediction_output_dir, saved_config_name
 
-__all__ = ["RunDirSaveConfig", "default_callbacks", "evaluate_after_fit", "report_outputs"]
+__all__ = ["RunDirSaveConfig", "allow_overwrite", "default_callbacks", "evaluate_after_fit", "report_outputs"]
 
 
 class RunDirSaveConfig(SaveConfigCallback):
@@ -96,3 +96,11 @@ def report_outputs(stage: str, trainer: Trainer) -> None:
     """The closing line of every command: where its outputs are (rank 0)."""
     saver = next((c for c in trainer.callbacks if isinstance(c, RunDirSaveConfig)), None)
     rank_zero_info(outputs_line(stage, trainer, RunDirSaveConfig.run_dir(trainer), getattr(saver, "saved_path", None)))
+
+
+def allow_overwrite(trainer: Trainer) -> None:
+    """``--overwrite true``: the prediction writers (callbacks with an ``overwrite`` setting) replace earlier
+    outputs in their folder."""
+    for cb in trainer.callbacks:
+        if hasattr(cb, "overwrite"):
+            cb.overwrite = "replace"
