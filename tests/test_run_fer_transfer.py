@@ -1,0 +1,54 @@
+"""scripts/run_fer_transfer.py: the arms it launches, the rows it records, the report it writes (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts import experiments as ex
+from scripts import run_fer_transfer as tr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _args(tmp_path: Path, **kw):
+    import argparse
+
+    base = {"data_root": str(tmp_path / "data"), "datasets": ["jaffe", "ckplus48"], "inits": ["scratch", "fer2013"],
+                "seeds": [1, 2], "epochs": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_runs_cover_datasets_arms_and_seeds_with_their_configs(tmp_path: Path) -> None:
+    runs = tr.runs(_args(tmp_path), tmp_path / "out")
+    assert len(runs) == 8 and {r.name for r in runs} == {"scratch", "fer2013"}
+    by = {(r.labels["dataset"], r.name, r.seed): r for r in runs}
+    fer = by["jaffe", "fer2013", 1]
+    assert [c.name for c in fer.configs] == ["resnet18s_jaffe.yaml", "resnet18s_jaffe_from_fer2013.yaml"]
+    assert str(tmp_path / "data" / "jaffe") in fer.args and "--trainer.max_epochs" not in fer.args
+    lr = tr.runs(_args(tmp_path, inits=["fer2013_lr1e-3"], seeds=[1], datasets=["ckplus48"], epochs=2),
+                 tmp_path / "out")[0]
+    assert lr.args[-2:] == ("--model.init_args.optimizer.init_args.lr", "1e-3") and "2" in lr.args
+    for r in runs:  # every config the script names exists and loads the shipped model where it says so
+        for c in r.configs:
+            assert c.is_file(), c
+    text = (REPO / "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml").read_text()
+    assert "pretrained: models/weights/fer2013_resnet18s.ckpt" in text
+
+
+def test_rows_and_report_from_records_and_resumed_strings(tmp_path: Path) -> None:
+    run = tr.runs(_args(tmp_path, seeds=[1], datasets=["jaffe"]), tmp_path)[0]
+    record = {"test": {"test/acc": 0.5, "test/f1_macro": 0.4, "test/mean_class_acc": 0.45, "test/recall_happy": 1.0},
+              "fit_seconds": 12.0, "epochs": 3, "confusion": [[2, 1], [0, 1]], "class_names": ["happy", "sad"]}
+    row = {**tr.to_row(run, record), "status": "ok", "error": ""}
+    assert row["accuracy"] == 0.5 and row["n_test"] == 4 and row["recall_happy"] == 1.0
+    resumed = {k: str(v) for k, v in {**row, "seed": 2}.items()}  # as ex.read_rows gives them back
+    tr.write_report([row, resumed], tmp_path, "note")
+    md = (tmp_path / "transfer.md").read_text()
+    assert "| jaffe | scratch | 1 | 0.5000 |" in md and "| jaffe | scratch | 2 | 0.5000 |" in md
+    assert "0.500 ± 0.000" in md and (tmp_path / "transfer_summary.csv").is_file()
+    try:
+        tr.to_row(run, {"test": {}})
+    except ex.RunFailed as e:
+        assert "no test metrics" in str(e)
+    else:
+        raise AssertionError("a record without test metrics must fail the run")
