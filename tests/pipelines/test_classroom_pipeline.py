@@ -244,3 +244,14 @@ def test_onnxruntime_backend_gives_the_same_faces_and_classes(pipe, lesson) -> N
     np.testing.assert_allclose(ours[prob].to_numpy(float), theirs[prob].to_numpy(float), atol=1e-4)
     with pytest.raises(ValueError, match="backend must be"):
         ClassroomPipeline.from_checkpoint(backend="tensorrt")
+
+
+def test_command_line_writes_the_report_and_names_bad_input(lesson, tmp_path, capsys) -> None:
+    from pipelines.classroom import main
+
+    assert main([str(lesson), "--out", str(tmp_path / "out"), "--every-n-frames", "1", "--min-face-size", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "2 student(s)" in out and f"classroom outputs: {tmp_path / 'out'}/" in out and "report.html" in out
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "x")])
+    assert info.value.code == 1 and "missing.mp4" in capsys.readouterr().err
