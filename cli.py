@@ -60,7 +60,9 @@ class AffectCLI(LightningCLI):
 
     def __init__(self, *args: Any, args_given: ArgsType = None, **kwargs: Any) -> None:
         #: the command line as given, to tell a data flag set on it from a config file's
-        self.data_flags = command_line_keys(args_given if args_given is not None else sys.argv[1:], "data")
+        given = args_given if args_given is not None else sys.argv[1:]
+        self.data_flags = command_line_keys(given, "data")
+        self.model_flags = command_line_keys(given, "model")
         self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         self.safe_io = None
         super().__init__(*args, **kwargs)
@@ -96,7 +98,7 @@ class AffectCLI(LightningCLI):
         if not path or path in ("best", "last", "hpc"):
             return  # resolved later (before_<stage>, Lightning), then loaded by SafeCheckpointIO
         self.checkpoint = ckpts.read_checked_checkpoint(str(path), cfg["model"], sub)
-        model = ckpts.checkpoint_model_config(self.checkpoint, str(path), cfg["model"])
+        model = ckpts.checkpoint_model_config(self.checkpoint, str(path), cfg["model"], self.model_flags)
         if model is not None:
             ckpts.data_settings_from_checkpoint(cfg.get("data"), self.checkpoint.get("hyper_parameters") or {},
                                                 DATA_LINKS, self.data_flags, str(path))

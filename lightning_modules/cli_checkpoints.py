@@ -123,9 +123,12 @@ def best_checkpoint(dirpath: str, state_key: str, model_cfg: Any, subcommand: st
     return best
 
 
-def checkpoint_model_config(ckpt: dict[str, Any], ckpt_path: str, model_cfg: Any) -> dict[str, Any] | None:
+def checkpoint_model_config(ckpt: dict[str, Any], ckpt_path: str, model_cfg: Any,
+                            given: Collection[str] = ()) -> dict[str, Any] | None:
     """The model section to merge over the config (``{"class_path"?, "init_args" or "dict_kwargs"}``), or
-    ``None`` when the checkpoint stores no hyper-parameters (module docstring, step 2)."""
+    ``None`` when the checkpoint stores no hyper-parameters (module docstring, step 2). A model setting the user
+    gave on the command line (``given``: top-level ``model.init_args`` keys) that the checkpoint would replace by
+    another value is an error naming the flag: it defines what the trained weights mean."""
     hparams = dict(ckpt.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     if not hparams:
@@ -142,6 +145,10 @@ def checkpoint_model_config(ckpt: dict[str, Any], ckpt_path: str, model_cfg: Any
         if k.endswith("_path") and current.get(k) is not None and not Path(current[k]).exists():
             raise FileNotFoundError(f"{cls.__name__}: {k} {current[k]!r} (from the config) does not exist")
     changed = sorted(k for k, v in hparams.items() if not k.startswith("_") and current.get(k) != v)
+    for k in changed:
+        if k in given:
+            raise ValueError(f"--model.init_args.{k} (given explicitly) differs from the value in checkpoint "
+                             f"{ckpt_path}, which the trained weights were built with ({hparams[k]!r}): drop the flag")
     same = sorted(k for k in hparams if not k.startswith("_") and k not in changed)
     rank_zero_info(
         f"Checkpoint {ckpt_path}: model settings from the checkpoint: {', '.join(changed) or 'none'}"

@@ -135,6 +135,18 @@ def test_matching_checkpoint_runs_and_says_what_came_from_it(tfn_run, caplog) ->
     assert cli.trainer.callback_metrics["test/mae"] >= 0
 
 
+def test_an_explicit_model_flag_the_checkpoint_contradicts_is_an_error_naming_it(tfn_run) -> None:
+    """A model setting given on the command line never silently loses to the checkpoint's (issue #24): a different
+    value is an error naming the flag; the same value, or one from a config file, is fine."""
+    cfg, ckpt = tfn_run
+    with pytest.raises(ValueError, match=r"--model.init_args.loss \(given explicitly\) differs .*drop the flag"):
+        cli_main(["test", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+                  "--model.init_args.loss", "mse"])
+    cli = cli_main(["test", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+                    "--model.init_args.loss", "l1"])
+    assert cli.model.hparams.loss == "l1" and cli.trainer.callback_metrics["test/mae"] >= 0
+
+
 def test_truncated_checkpoint_is_an_error_naming_the_file(tfn_run, tmp_path) -> None:
     cfg, ckpt = tfn_run
     cut = tmp_path / "cut.ckpt"
