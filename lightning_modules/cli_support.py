@@ -57,9 +57,11 @@ def _config_nets() -> dict[str, str]:
     out: dict[str, str] = {}
     for cp in sorted(paths):
         module, _, name = cp.rpartition(".")
-        file = ROOT / Path(*module.split(".")).with_suffix(".py")
+        base = ROOT / Path(*module.split("."))
+        # a module, or a package whose __init__ re-exports the class from one of its files
+        files = [base.with_suffix(".py")] if base.with_suffix(".py").is_file() else sorted(base.glob("*.py"))
         doc = ""
-        if file.is_file():
+        for file in files:
             for node in ast.parse(file.read_text(encoding="utf-8")).body:
                 if isinstance(node, ast.ClassDef) and node.name == name:
                     doc = _first_docstring_line(node)
@@ -86,7 +88,8 @@ def overview() -> str:
         "",
         *_section("subcommands:", SUBCOMMANDS),
         *_section("systems (--model, class_path):", _classes("lightning_modules", lambda n: n.startswith("Lit"))),
-        *_section("nets (--model.init_args.net, class_path; those the shipped configs use):", _config_nets()),
+        *_section("nets and their parts (--model.init_args.net and nested class_path entries; those the shipped "
+                 "configs use):", _config_nets()),
         *_section("datamodules (--data, class_path):", _classes("datamodules", lambda n: n.endswith("DataModule"))),
         "next:",
         "  cli.py fit --help                                every option of a subcommand",
