@@ -7,7 +7,8 @@ the model was trained on (``reference``; by default the ``path`` stored with the
 prediction-only feature file under ``output_dir``. :meth:`~RecordingDataModule.setup` checks the extracted feature
 names and dims against the reference file and the checkpoint (a mismatch is a ``ValueError`` naming both sides),
 pads the sequences to the checkpoint's ``seq_lens`` and serves the same batches as
-:class:`datamodules.mosei.MMSADataModule`.
+:class:`datamodules.mosei.MMSADataModule`. Each step is a function of :mod:`features.recording`, shared with the
+Lightning-free :class:`pipelines.recording.RecordingPipeline`.
 
 User errors are :class:`RecordingInputError` and are raised before any extraction (:meth:`~RecordingDataModule.check`,
 called by ``cli.py predict`` as soon as it knows the checkpoint, and by ``prepare_data``):
@@ -22,49 +23,31 @@ called by ``cli.py predict`` as soon as it knows the checkpoint, and by ``prepar
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import read_checkpoint
 from datamodules.base import AffectDataModule
 from datamodules.datasets.mmsa_dataset import MMSADataset, mmsa_collate
-from features.extract import ExtractorSettings, extract
-from features.mmsa_format import MMSASplit, load_feature_file
-from features.text import TRANSCRIPT_EXTENSIONS
+from features.extract import ExtractorSettings
+from features.mmsa_format import load_feature_file
+from features.recording import (
+    TRAIN_ON_EXTRACTED,
+    RecordingInputError,
+    check_video,
+    extract_recording,
+    find_transcript,
+    read_reference,
+    recording_inputs,
+    reference_path,
+    reference_settings,
+)
 
-__all__ = ["RecordingDataModule", "RecordingInputError"]
+__all__ = ["TRAIN_ON_EXTRACTED", "RecordingDataModule", "RecordingInputError"]
 
-log = logging.getLogger(__name__)
-
-#: What to do when a model cannot score recordings: train one on extracted features.
-TRAIN_ON_EXTRACTED = ("train on features extracted from recordings: `python -m features.extract <videos> --out "
-                      "data/<name>.npz --split-by-recording 0.7,0.15,0.15`, then `cli.py fit --config "
-                      "configs/hgcl_demo.yaml --data.init_args.path data/<name>.npz --checkpoint.dirpath "
-                      "runs/<name>/checkpoints`, then predict with --ckpt_path runs/<name>/checkpoints/last.ckpt "
-                      "(docs/workflows/recordings.md)")
-
-
-class RecordingInputError(ValueError):
-    """A recording or checkpoint that cannot be used as given (a user error: the message says what to do)."""
-
-    #: Marks an error whose message is the whole story: a command line may print it without a traceback.
-    user_error = True
-
-
-def _header(data: dict[str, Any], path: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
-    if "extractor" not in data:
-        who = f"the checkpoint {checkpoint} was trained on {path}, which" if checkpoint else f"{path}"
-        raise RecordingInputError(
-            f"{who} has no `extractor` header: it was not written by `python -m features.extract` (e.g. the "
-            "generated demo file of configs/hgcl_demo.yaml), so the model's features are not the extractor's and it "
-            f"cannot score a recording. To predict on recordings, {TRAIN_ON_EXTRACTED}")
-    return json.loads(str(data["extractor"]))
+OWNER = "RecordingDataModule"
 
 
 class RecordingDataModule(AffectDataModule):
@@ -120,28 +103,12 @@ class RecordingDataModule(AffectDataModule):
         Raises:
             RecordingInputError: no video, no transcript, or a checkpoint that cannot score recordings.
         """
-        video = Path(self.hparams.video)
-        if not video.is_file():
-            raise RecordingInputError(f"RecordingDataModule: video {video} not found (--data.init_args.video)")
+        check_video(self.hparams.video, OWNER, "--data.init_args.video")
         self._transcript()
         self._reference()
 
     def _transcript(self) -> Path:
-        video = Path(self.hparams.video)
-        if self.hparams.transcript is not None:
-            path = Path(self.hparams.transcript)
-            if not path.is_file():
-                raise RecordingInputError(f"RecordingDataModule: transcript {path} not found "
-                                          "(--data.init_args.transcript)")
-            return path
-        tried = [video.with_suffix(e) for e in TRANSCRIPT_EXTENSIONS]
-        found = next((p for p in tried if p.is_file()), None)
-        if found is None:
-            raise RecordingInputError(
-                f"RecordingDataModule: no transcript for {video}: looked for {', '.join(str(p) for p in tried)}. "
-                "Put one beside the video or pass it with --data.init_args.transcript FILE (.srt, .vtt, or a .csv "
-                "with columns start,end,text); a transcript is needed: the project has no offline speech-to-text")
-        return found
+        return find_transcript(self.hparams.video, self.hparams.transcript, OWNER, "--data.init_args.transcript FILE")
 
     # ------------------------------------------------------------------------------------------ helpers
     def _checkpoint_path(self) -> str | None:
@@ -158,26 +125,18 @@ class RecordingDataModule(AffectDataModule):
 
     def _reference(self) -> tuple[str, dict[str, Any]]:
         ref = self.hparams.reference
-        if ref is None:
-            _, dm_hp = self._checkpoint_hparams()
-            ref = dm_hp.get("path")
-        if not ref:
-            raise ValueError("RecordingDataModule: give `reference` (the training feature file) or a checkpoint "
-                             "whose datamodule stored its feature file `path`; the extractor settings come from it")
-        if not Path(ref).is_file():
-            raise FileNotFoundError(f"RecordingDataModule: reference feature file {ref} not found (needed for the "
-                                    "extractor settings of the model)")
-        if self._ref_cache is None or self._ref_cache[0] != str(ref):
+        dm_hp = self._checkpoint_hparams()[1] if ref is None else {}
+        ref = reference_path(ref, dm_hp, OWNER)
+        if self._ref_cache is None or self._ref_cache[0] != ref:
             from_ckpt = None if self.hparams.reference is not None else self._checkpoint_path()
-            self._ref_cache = (str(ref), _header(load_feature_file(ref), ref, from_ckpt))
+            self._ref_cache = (ref, read_reference(ref, from_ckpt))
         return self._ref_cache
 
     def _out_file(self) -> Path:
         return Path(self.hparams.output_dir) / f"{Path(self.hparams.video).stem}.features.npz"
 
     def _settings(self, header: dict[str, Any]) -> ExtractorSettings:
-        return ExtractorSettings.from_dict(header["settings"], face_model=self.hparams.face_model,
-                                           text_model=self.hparams.text_model)
+        return reference_settings(header, self.hparams.face_model, self.hparams.text_model)
 
     # ------------------------------------------------------------------------------------------ hooks
     def prepare_data(self) -> None:
@@ -186,12 +145,7 @@ class RecordingDataModule(AffectDataModule):
         video = Path(self.hparams.video)
         _, header = self._reference()
         out = self._out_file()
-        # split="test": the one split served, whatever split column the transcript has
-        report = extract(video, out, self._settings(header), transcript=self._transcript(), overwrite=True,
-                         progress=False, split="test")
-        if report and report["bad"]:
-            log.warning("%s: %d utterance(s) not usable: %s (see %s)", video, len(report["bad"]),
-                        report["bad_counts"], out.with_name(out.stem + ".report.json"))
+        extract_recording(video, out, self._settings(header), self._transcript())
 
     def setup(self, stage: str | None = None) -> None:
         if self._dataset is not None:
@@ -200,53 +154,12 @@ class RecordingDataModule(AffectDataModule):
         out = self._out_file()
         if not out.is_file():
             self.prepare_data()
-        data = load_feature_file(out)
-        header = _header(data, out)
-        for m in ("audio", "vision", "text"):
-            ours, theirs = header["feature_names"][m], ref_header["feature_names"][m]
-            if ours != theirs:
-                diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-                raise ValueError(f"RecordingDataModule: {m} features of {out} ({len(ours)}) differ from those of "
-                                 f"the reference {ref_path} ({len(theirs)}) from feature {diff} on (give the same "
-                                 "face_model / text_model as when the reference was extracted)")
-        dims = dict(header["feature_dims"])
-        lens = dict(ref_header["seq_lens"])
         hp, _ = self._checkpoint_hparams()
-        if hp.get("feature_dims"):
-            if {k: int(v) for k, v in hp["feature_dims"].items()} != dims:
-                raise ValueError(f"RecordingDataModule: the checkpoint {self._checkpoint_path()} expects feature "
-                                 f"dims {dict(hp['feature_dims'])} but the extractor gives {dims} for "
-                                 f"{self.hparams.video}; extract with the settings the model was trained with")
-            lens = {k: int(v) for k, v in (hp.get("seq_lens") or lens).items()}
-        self._dims, self._lens = dims, lens
-        split = data["test"]
-        n = len(split["id"])
-        if n == 0:
-            raise ValueError(f"RecordingDataModule: no usable utterance in {self.hparams.video} (see "
-                             f"{out.with_name(out.stem + '.report.json')})")
-
-        def fit(key: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-            arr = np.asarray(split[key], dtype=np.float32)[:, :length]
-            pad = np.zeros((n, length, arr.shape[2]), np.float32)
-            pad[:, :arr.shape[1]] = arr
-            lengths = np.minimum(np.asarray(split[f"{key}_lengths"]), length)
-            mask = torch.arange(length)[None, :] < torch.from_numpy(lengths)[:, None]
-            return torch.from_numpy(pad), mask
-
-        audio, amask = fit("audio", lens["audio"])
-        vision, vmask = fit("vision", lens["vision"])
-        tb = torch.from_numpy(np.asarray(split["text_bert"]).astype(np.int64))
-        ids = np.asarray(split["id"]).astype(str)
-        self._dataset = MMSADataset(MMSASplit(
-            text=torch.from_numpy(np.asarray(split["text"], dtype=np.float32)), audio=audio, vision=vision,
-            text_mask=tb[:, 1].bool(), audio_mask=amask, vision_mask=vmask,
-            label=torch.zeros(n), id=ids, text_bert=tb, raw_text=[str(t) for t in split["raw_text"]],
-        ))
-        self.utterances = {
-            i: {"source": str(split["source"][k]), "start_s": float(split["start_s"][k]),
-                "end_s": float(split["end_s"][k]), "text": str(split["raw_text"][k])}
-            for k, i in enumerate(ids.tolist())
-        }
+        inputs = recording_inputs(load_feature_file(out), out, ref_header, ref_path, OWNER, self.hparams.video, hp,
+                                  self._checkpoint_path())
+        self._dims, self._lens = inputs.feature_dims, inputs.seq_lens
+        self._dataset = MMSADataset(inputs.split)
+        self.utterances = inputs.utterances
 
     # ------------------------------------------------------------------------------------------ properties
     @property
