@@ -13,6 +13,8 @@ One value, ``pretrained: str | None``, used by every face net (:class:`models.ti
   (:func:`common.checkpoint.read_checkpoint` / safetensors). timm adapts it as it adapts hub weights: the classifier
   is dropped when the class count differs, the patch embedding is summed for another ``in_chans``, Swin position
   tables are resized.
+* a shipped model's name (``"fer2013_resnet18s"``, :data:`models.shipped.SHIPPED_MODELS`): its checkpoint inside the
+  package, as below (so a config needs no path that depends on the working directory);
 * a ``.ckpt`` of this project (a :class:`lightning_modules.fer.LitFER` checkpoint): the whole net's weights, read
   with :func:`common.checkpoint.read_checkpoint` (weights-only; this module never imports ``lightning``):
   ``state_dict`` minus its ``net.`` prefix. The classifier head is dropped when the class count differs (logged), so
@@ -102,11 +104,16 @@ def resolve_pretrained(pretrained: str | None, owner: str) -> PretrainedSource |
     value = str(pretrained)
     if value.lower() in HUB_VALUES:
         return PretrainedSource("hub")
+    from models.shipped import SHIPPED_MODELS, shipped_checkpoint
+
+    if value in SHIPPED_MODELS:
+        return PretrainedSource("checkpoint", shipped_checkpoint(value))
     path = Path(value).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"{owner}: pretrained={value!r} is neither 'hub' nor an existing file (accepted: 'hub' for timm's "
-            f"weights, a weight file {'/'.join(WEIGHT_SUFFIXES)}, or a {'/'.join(CHECKPOINT_SUFFIXES)} of this project)"
+            f"weights, a weight file {'/'.join(WEIGHT_SUFFIXES)}, a {'/'.join(CHECKPOINT_SUFFIXES)} of this project, "
+            f"or a shipped model's name: {', '.join(sorted(SHIPPED_MODELS))})"
         )
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:

@@ -8,6 +8,7 @@ import pytest
 
 from cli import cli_main
 from tests.fakes_images import CK_CLASSES, make_class_folders
+from tests.helpers.configs import config_args
 
 REPO = Path(__file__).resolve().parents[1]
 FER = REPO / "configs" / "fer"
@@ -21,7 +22,7 @@ def _fast_dev_run(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     root = tmp_path / "ck"
     make_class_folders(root, classes=CK_CLASSES, subjects=7, frames=1, size=32)
     args = [
-        "fit", "--config", str(config), "--config", str(REPO / "configs" / "data" / "ckplus48.yaml"),
+        "fit", *config_args(config), "--config", str(REPO / "configs" / "data" / "ckplus48.yaml"),
         "--data.init_args.root", str(root), "--data.init_args.cache_dir", str(tmp_path / "cache"),
         "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0", "--data.init_args.progress", "none",

@@ -32,7 +32,7 @@ def test_runs_cover_datasets_arms_and_seeds_with_their_configs(tmp_path: Path) -
         for c in r.configs:
             assert c.is_file(), c
     text = (REPO / "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml").read_text()
-    assert "pretrained: models/weights/fer2013_resnet18s.ckpt" in text
+    assert "pretrained: fer2013_resnet18s" in text
 
 
 def test_rows_and_report_from_records_and_resumed_strings(tmp_path: Path) -> None:

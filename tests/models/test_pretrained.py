@@ -145,3 +145,20 @@ def test_option_conflicts_name_the_class(tmp_path: Path) -> None:
     poster = POSTER(3, image_weights=str(path), **SMALL_POSTER)  # one backbone from a file
     assert torch.equal(poster.image_net.layer3[0].conv1.weight,
                        torch.load(path, weights_only=True)["layer3.0.conv1.weight"])
+
+
+def test_a_shipped_models_name_initialises_a_net_from_any_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """``pretrained: fer2013_resnet18s`` (the transfer configs): the shipped checkpoint inside the package, whatever
+    the working directory; the weights are the shipped net's."""
+    from models.shipped import load_face_model, shipped_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    src = resolve_pretrained("fer2013_resnet18s", "TimmClassifier")
+    assert src.kind == "checkpoint" and src.path == shipped_checkpoint("fer2013_resnet18s")
+    net = TimmClassifier(7, model_name="resnet18", pretrained="fer2013_resnet18s",
+                         model_kwargs={"channels": [32, 64, 128, 256]})
+    shipped = load_face_model().net
+    for (k, a), b in zip(net.state_dict().items(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(FileNotFoundError, match="shipped model's name: fer2013_resnet18s"):
+        resolve_pretrained("fer2013_resnet99", "TimmClassifier")
