@@ -79,7 +79,7 @@ def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(rows: list[dict[str, Any]], out: Path, note: str) -> None:
     recall_cols = sorted({k for r in rows for k in r if k.startswith("recall_")})
-    ex.write_rows(rows, out / "transfer.csv", [*COLUMNS, *recall_cols])
+    ex.write_rows(rows, out / "transfer.csv", [*COLUMNS, *recall_cols, "status", "error"])
     lines = ["# FER2013 -> JAFFE / CK+48 transfer (test split, best-on-val checkpoint)", "", note, "",
              "| dataset | init | seed | accuracy | macro F1 | mean class acc. | seconds | epochs | n test |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -46,6 +46,11 @@ def test_rows_and_report_from_records_and_resumed_strings(tmp_path: Path) -> Non
     md = (tmp_path / "transfer.md").read_text()
     assert "| jaffe | scratch | 1 | 0.5000 |" in md and "| jaffe | scratch | 2 | 0.5000 |" in md
     assert "0.500 ± 0.000" in md and (tmp_path / "transfer_summary.csv").is_file()
+    failed = {**run.identity("init"), "status": "failed", "error": "boom"}
+    tr.write_report([row, failed], tmp_path, "note")  # a failed run stays failed when read back (--resume)
+    back = ex.read_rows(tmp_path / "transfer.csv")
+    assert [ex.ok(r) for r in back] == [True, False] and back[1]["error"] == "boom"
+    assert "recall_happy" in back[0]
     try:
         tr.to_row(run, {"test": {}})
     except ex.RunFailed as e:
