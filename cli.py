@@ -62,7 +62,11 @@ class AffectCLI(LightningCLI):
         #: the command line as given, to tell a data flag set on it from a config file's
         given = args_given if args_given is not None else sys.argv[1:]
         self.data_flags = command_line_keys(given, "data")
-        self.model_flags = command_line_keys(given, "model")
+        # whole top-level model settings set on the command line (a nested flag such as
+        # --model.init_args.net.init_args.x changes only part of one, so it is not compared with the checkpoint)
+        self.model_flags = {k for k in command_line_keys(given, "model")
+                            if any(isinstance(a, str) and a.split("=")[0] in (f"--model.init_args.{k}", f"--model.{k}")
+                                   for a in given)}
         self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         self.safe_io = None
         super().__init__(*args, **kwargs)
