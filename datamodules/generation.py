@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -188,10 +189,10 @@ class GenerationDataModule(AffectDataModule):
     Args:
         source: datamodule of the real data (``FERDataModule``) when built in Python; its ``prepare_data``/
             ``setup("fit")`` are called to count the real train split. Not needed when ``class_counts`` is given.
-        source_config: the same as ``{"class_path": ..., "init_args": {...}}``, for YAML configs. It is instantiated
-            lazily (at first use) ON PURPOSE: a LightningDataModule nested in another one's init args and built by
-            LightningCLI inherits the OUTER module's hyper-parameters (Lightning's
-            ``_given_hyperparameters_context`` covers nested constructors), which breaks ``FERDataModule``.
+        source_config: a factory of that datamodule, for YAML configs: ``{"class_path": ..., "init_args": {...}}``
+            parsed by jsonargparse as a callable (so ``--data.init_args.source_config.init_args.root X`` overrides one
+            setting, checked against the class's signature). It is called lazily (at first use); the module
+            it builds keeps its own hyper-parameters (``datamodules.base``). From Python, pass ``source`` or e.g. ``functools.partial(FERDataModule, ...)``.
         class_counts: explicit real train counts ``{class: n}`` (instead of ``source``).
         output_root: folder of the generated set (manifest read to skip finished jobs); the ONE setting of it:
             ``callbacks.augmented_writer.AugmentedImageWriter`` writes there too.
@@ -210,7 +211,7 @@ class GenerationDataModule(AffectDataModule):
     def __init__(
         self,
         source: LightningDataModule | None = None,
-        source_config: dict | None = None,
+        source_config: Callable[[], AffectDataModule] | None = None,
         class_counts: dict[str, int] | None = None,
         output_root: str = "augmented/ckplus48",
         total_multiplier: float = 2.0,
@@ -225,12 +226,14 @@ class GenerationDataModule(AffectDataModule):
         super().__init__()
         if source is None and source_config is None and class_counts is None:
             raise ValueError("GenerationDataModule: give source, source_config or class_counts")
-        if source_config is not None and "class_path" not in source_config:
-            raise ValueError("GenerationDataModule: source_config needs 'class_path' (and 'init_args')")
+        if source_config is not None and not callable(source_config):
+            raise ValueError(f"GenerationDataModule: source_config must be a datamodule factory (class_path/init_args "
+                             f"in a config), got {type(source_config).__name__}")
         if batch_size < 1:
             raise ValueError(f"GenerationDataModule: batch_size must be >= 1, got {batch_size}")
-        self.save_hyperparameters(ignore=["source"])
+        self.save_hyperparameters(ignore=["source", "source_config"])
         self._source = source
+        self._source_factory = source_config
         self.plan: dict[str, int] | None = None
         self.counts: dict[str, int] | None = None
         self.jobs: list[tuple[int, int, int]] = []
@@ -242,12 +245,8 @@ class GenerationDataModule(AffectDataModule):
     @property
     def source(self) -> LightningDataModule | None:
         """The real-data datamodule (built from ``source_config`` on first use)."""
-        if self._source is None and self.hparams.source_config is not None:
-            import importlib
-
-            cfg = self.hparams.source_config
-            mod, _, cls = cfg["class_path"].rpartition(".")
-            self._source = getattr(importlib.import_module(mod), cls)(**dict(cfg.get("init_args") or {}))
+        if self._source is None and self._source_factory is not None:
+            self._source = self._source_factory()  # its own hyper-parameters: AffectDataModule.save_hyperparameters
         return self._source
 
     @property

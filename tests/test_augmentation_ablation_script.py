@@ -13,10 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow  # trains four tiny models on the real CK+48 faces
-# KNOWN BUG (session 10): one step of the driver-based ablation still reads the config's relative data/ckplus48
-# (cwd = the repository) instead of --data; on a clone without that folder it fails. Skipped there until fixed.
-@pytest.mark.skipif(not (REPO / "data" / "ckplus48").exists(),
-                    reason="known bug: the ablation needs data/ckplus48 in the repository (see the comment above)")
 def test_augmentation_ablation_runs_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     data = shared_data / "ckplus48"
     if not data.is_dir():
