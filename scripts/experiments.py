@@ -19,7 +19,8 @@ tests (``AffectCLI.after_fit``), the validation metrics after every training epo
 training seconds, epochs, parameter count, best checkpoint and, for systems that keep them (``LitFER``), the test
 confusion matrix.
 
-Config composition (``# base: <config>`` delta configs): :func:`config_chain` and :func:`compose_configs`.
+Delta configs (``--config <base> --config <delta>``): :func:`config_files` checks the files a manifest lists, base
+first, and :func:`compose_configs` reads the values they compose to.
 """
 
 from __future__ import annotations
@@ -55,37 +56,23 @@ RECORD_FILE = "run.json"
 LOG_FILE = "output.log"
 
 
-# ----------------------------------------------------------------------------------------------- delta configs
-# A config that is a small delta over another names its base in its leading comment block, ``# base: <path>``
-# (repository-relative), and runs as ``--config <base> --config <delta>``. One reader for the runner scripts and
-# the tests.
-def config_chain(path: str | os.PathLike, root: Path = REPO) -> list[Path]:
-    """The config files to pass, base first: follows ``# base: <path>`` lines of each file's leading comment block
-    (paths relative to ``root``), so a delta config brings its base along.
+# ----------------------------------------------------------------------------------------------- config files
+# A config that is a small delta over another (a MOSEI baseline over its MOSI config, a transfer arm over its
+# scratch config) is run as ``--config <base> --config <delta>``: the experiment manifests of the scripts list both
+# files, base first. jsonargparse 4.53 has no include of its own for this: a ``config: <base>`` key inside a YAML is
+# read, but the file's other top-level sections then replace the base's whole sections instead of merging into them,
+# and a partial ``model:`` (``init_args`` without ``class_path``) is rejected; ``__path__`` is only metadata.
+def config_files(paths: Iterable[str | os.PathLike], root: Path = REPO) -> tuple[Path, ...]:
+    """The ``--config`` files of a run, in the order given (base first), relative paths resolved against ``root``.
 
     Raises:
-        ValueError: on a missing base file or a cycle, naming the file.
+        ValueError: on a file that does not exist, naming it.
     """
-    chain: list[Path] = []
-    current = Path(path) if Path(path).is_absolute() else root / path
-    while True:
-        if not current.is_file():
-            who = f"(base of {chain[0]})" if chain else ""
-            raise ValueError(f"config_chain: {current} does not exist {who}".rstrip())
-        if current in chain:
-            raise ValueError(f"config_chain: cycle of '# base:' lines through {current}")
-        chain.insert(0, current)
-        base = None
-        for line in current.read_text(encoding="utf-8").splitlines():
-            if not line.startswith("#"):
-                break
-            text = line.lstrip("#").strip()
-            if text.startswith("base:"):
-                base = text.split(":", 1)[1].strip()
-                break
-        if base is None:
-            return chain
-        current = Path(base) if Path(base).is_absolute() else root / base
+    files = tuple(Path(p) if Path(p).is_absolute() else root / p for p in paths)
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"config_files: {f} does not exist")
+    return files
 
 
 def _merge(base: Any, delta: Any) -> Any:
@@ -102,7 +89,7 @@ def _merge(base: Any, delta: Any) -> Any:
 
 
 def compose_configs(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """The composed YAML of several config files (later files win), e.g. ``compose_configs(config_chain(delta))``."""
+    """The composed YAML of several config files (later files win), e.g. ``compose_configs([base, delta])``."""
     out: dict[str, Any] = {}
     for p in paths:
         out = _merge(out, yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {})
@@ -229,7 +216,7 @@ def grid(configs: Mapping[str, Sequence[str | os.PathLike]], seeds: Iterable[int
     partial sweep already covers them all).
 
     Args:
-        configs: name -> config files (each followed through :func:`config_chain`, so a delta brings its base).
+        configs: name -> config files, base first (a delta config after its base; :func:`config_files`).
         seeds: the ``--seed_everything`` values.
         out: runs go to ``<out>/runs/<config>[/<override>]/seed<seed>``.
         overrides: name -> ``cli.py`` arguments; ``None`` = one unnamed run per config.
@@ -243,12 +230,12 @@ def grid(configs: Mapping[str, Sequence[str | os.PathLike]], seeds: Iterable[int
     runs = []
     for seed in seeds:
         for cname, files in configs.items():
-            chain = tuple(dict.fromkeys(p for f in files for p in config_chain(f)))  # a base given twice: once
+            paths = config_files(files)
             for oname, args in sets.items():
                 name = f"{cname}/{oname}" if oname and len(configs) > 1 else (oname or cname)
                 run_dir = Path(out) / "runs" / cname / oname / f"seed{seed}" if oname else \
                     Path(out) / "runs" / cname / f"seed{seed}"
-                runs.append(Run(name, seed, chain, run_dir, tuple(args),
+                runs.append(Run(name, seed, paths, run_dir, tuple(args),
                                 {**(labels or {}), "config": cname, "override": oname}))
     return runs
 

@@ -2,7 +2,8 @@
 scratch, several seeds, person-independent splits.
 
 Arms (``configs/fer/transfer/``): ``scratch`` (``resnet18s_<ds>.yaml``: random init, lr 1e-3) and ``fer2013``
-(``resnet18s_<ds>_from_fer2013.yaml``: initialised from ``models/weights/fer2013_resnet18s.ckpt``, lr 1e-4); on
+(``resnet18s_<ds>_from_fer2013.yaml``, a delta passed after the scratch config: initialised from
+``models/weights/fer2013_resnet18s.ckpt``, lr 1e-4); on
 request ``fer2013_lr1e-3`` (the same init at the scratch arm's lr). JAFFE is
 split by poser and CK+48 by subject (the test people are never seen in training); the split is fixed, the seed
 (``seed_everything``: init of what is not loaded, augmentation, batch order) varies. Each run is one
@@ -28,12 +29,14 @@ from scripts import experiments as ex
 
 REPO = ex.REPO
 DATASETS = {"jaffe": "jaffe", "ckplus48": "ckplus48"}  # name -> folder under --data-root
-#: arm -> (config, extra cli.py arguments); ``fer2013_lr1e-3`` asks whether the fine-tuning lr held transfer back
-ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "scratch": ("configs/fer/transfer/resnet18s_{ds}.yaml", ()),
-    "fer2013": ("configs/fer/transfer/resnet18s_{ds}_from_fer2013.yaml", ()),
-    "fer2013_lr1e-3": ("configs/fer/transfer/resnet18s_{ds}_from_fer2013.yaml",
-                       ("--model.init_args.optimizer.init_args.lr", "1e-3")),
+_SCRATCH = "configs/fer/transfer/resnet18s_{ds}.yaml"
+_FROM_FER2013 = "configs/fer/transfer/resnet18s_{ds}_from_fer2013.yaml"  # a delta over the scratch config
+#: arm -> (its ``--config`` files, base first; extra cli.py arguments); ``fer2013_lr1e-3`` asks whether the
+#: fine-tuning lr held transfer back
+ARMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "scratch": ((_SCRATCH,), ()),
+    "fer2013": ((_SCRATCH, _FROM_FER2013), ()),
+    "fer2013_lr1e-3": ((_SCRATCH, _FROM_FER2013), ("--model.init_args.optimizer.init_args.lr", "1e-3")),
 }
 COLUMNS = ("dataset", "init", "seed", "accuracy", "macro_f1", "mean_class_accuracy", "seconds", "epochs", "n_test")
 SUMMARY = [ex.Metric("accuracy", "accuracy"), ex.Metric("macro_f1", "macro F1"),
@@ -57,9 +60,9 @@ def runs(args: argparse.Namespace, out: Path) -> list[ex.Run]:
                 ]
                 if args.epochs is not None:
                     overrides += ["--trainer.max_epochs", str(args.epochs)]
-                config, extra = ARMS[arm]
-                chain = tuple(ex.config_chain(config.format(ds=ds)))
-                todo.append(ex.Run(arm, seed, chain, run_dir, (*overrides, *extra), {"dataset": ds}))
+                configs, extra = ARMS[arm]
+                files = ex.config_files(c.format(ds=ds) for c in configs)
+                todo.append(ex.Run(arm, seed, files, run_dir, (*overrides, *extra), {"dataset": ds}))
     return todo
 
 

@@ -2,8 +2,8 @@
 several seeds, one command.
 
 Every (model, seed) is trained by ``python cli.py fit`` in its own process (the experiment driver,
-``scripts/experiments.py``), through the same experiment configs a user runs (``MODELS`` below; MOSEI configs are
-deltas over the MOSI ones, composed by following their ``# base: <config>`` header line), with early stopping on
+``scripts/experiments.py``), through the same experiment configs a user runs (``MODELS`` below lists the
+``--config`` files of each, base first: a MOSEI baseline config is a delta after its MOSI config), with early stopping on
 ``val/mae``; ``fit`` then tests the best-on-validation checkpoint (``AffectCLI.after_fit``) and the driver's
 recorder callback writes the test metrics to the run's ``run.json``. Each run is appended to ``<out>/results.csv``
 at once (the file is rewritten atomically; a failed run as a ``status: failed`` row with its error) and a rerun
@@ -44,19 +44,21 @@ import yaml
 
 from common.io import atomic_write
 from scripts import experiments as ex
-from scripts.experiments import compose_configs, config_chain
+from scripts.experiments import compose_configs
 
 REPO = ex.REPO
 
 log = logging.getLogger("run_msa_benchmark")
 
 DATASETS = ("mosi", "mosei")
-#: model key -> experiment config per dataset (MOSEI files of the baselines are deltas, see ``config_chain``).
-MODELS: dict[str, dict[str, str]] = {
-    "hgcl": {"mosi": "configs/hgcl_mosi.yaml", "mosei": "configs/hgcl_mosei.yaml"},
-    "tfn": {"mosi": "configs/tfn_mosi.yaml", "mosei": "configs/tfn_mosei.yaml"},
+#: model key -> the ``--config`` files of its run per dataset, base first: the MOSEI configs of TFN and the
+#: baselines are deltas over their MOSI configs (``--config <mosi> --config <mosei>``).
+MODELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "hgcl": {"mosi": ("configs/hgcl_mosi.yaml",), "mosei": ("configs/hgcl_mosei.yaml",)},
+    "tfn": {"mosi": ("configs/tfn_mosi.yaml",), "mosei": ("configs/tfn_mosi.yaml", "configs/tfn_mosei.yaml")},
     **{
-        m: {ds: f"configs/baselines/msa_{m}_{ds}.yaml" for ds in DATASETS}
+        m: {"mosi": (f"configs/baselines/msa_{m}_mosi.yaml",),
+            "mosei": (f"configs/baselines/msa_{m}_mosi.yaml", f"configs/baselines/msa_{m}_mosei.yaml")}
         for m in ("lmf", "mfn", "raven", "mfm", "mult", "misa", "mag_bert", "self_mm")
     },
 }
@@ -169,12 +171,12 @@ def _fresh_run_dir(run_dir: Path) -> None:
 
 
 def plan(model: str, seed: int, args: argparse.Namespace, out: Path) -> ex.Run:
-    """The run of ``model`` with ``seed``: its config chain, every ``--config`` piece, then the per-run
+    """The run of ``model`` with ``seed``: its config files (``MODELS``), every ``--config`` piece, then the per-run
     ``overrides.yaml`` (:func:`run_overrides`, written by :func:`launch`)."""
-    chain = config_chain(MODELS[model][args.dataset])
+    files = ex.config_files(MODELS[model][args.dataset])
     extra = [Path(c).resolve() for c in args.config]
     run_dir = out / "runs" / args.dataset / f"{model}_seed{seed}"
-    return ex.Run(model, seed, (*chain, *extra), run_dir, ("--config", str(run_dir / "overrides.yaml")),
+    return ex.Run(model, seed, (*files, *extra), run_dir, ("--config", str(run_dir / "overrides.yaml")),
                   {"dataset": args.dataset})
 
 

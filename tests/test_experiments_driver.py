@@ -46,13 +46,13 @@ def test_groups_by_config_and_override(tmp_path: Path) -> None:
     base = tmp_path / "base.yaml"
     base.write_text("model: {a: 1}\n")
     delta = tmp_path / "delta.yaml"
-    delta.write_text(f"# base: {base}\nmodel: {{b: 2}}\n")
-    runs = ex.grid({"base": [base], "delta": [delta]}, [1, 2], tmp_path / "out",
+    delta.write_text("model: {b: 2}\n")
+    runs = ex.grid({"base": [base], "delta": [base, delta]}, [1, 2], tmp_path / "out",
                    overrides={"lr1": ["--lr", "1"], "lr2": ["--lr", "2"]})
     assert len(runs) == 8
     assert [(r.name, r.seed) for r in runs[:4]] == [("base/lr1", 1), ("base/lr2", 1), ("delta/lr1", 1),
                                                    ("delta/lr2", 1)]  # seed-major
-    assert runs[2].configs == (base, delta)  # a delta brings its base
+    assert runs[2].configs == (base, delta)  # the files as listed, base first
     assert runs[3].run_dir == tmp_path / "out" / "runs" / "delta" / "lr2" / "seed1"
     cmd = ex.command(runs[3], python="py")
     assert cmd[:3] == ["py", str(ex.CLI), "fit"]
@@ -107,12 +107,12 @@ def test_launch_records_a_nonzero_exit(tmp_path: Path) -> None:
     assert "--no_such_option" in (tmp_path / "run" / "output.log").read_text()
 
 
-def test_config_chain_and_composition(tmp_path: Path) -> None:
+def test_config_files_and_composition(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("# the base\nmodel: {class_path: M, init_args: {x: 1, y: 2}}\n")
-    (tmp_path / "delta.yaml").write_text("# base: base.yaml\n# a delta\nmodel: {init_args: {y: 3}}\n")
-    chain = ex.config_chain("delta.yaml", root=tmp_path)
-    assert chain == [tmp_path / "base.yaml", tmp_path / "delta.yaml"]
-    assert ex.compose_configs(chain)["model"] == {"class_path": "M", "init_args": {"x": 1, "y": 3}}
+    (tmp_path / "delta.yaml").write_text("# a delta\nmodel: {init_args: {y: 3}}\n")
+    files = ex.config_files(["base.yaml", "delta.yaml"], root=tmp_path)
+    assert files == (tmp_path / "base.yaml", tmp_path / "delta.yaml")
+    assert ex.compose_configs(files)["model"] == {"class_path": "M", "init_args": {"x": 1, "y": 3}}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -18,7 +18,7 @@ import torch
 
 from cli import cli_main
 from scripts import run_msa_benchmark as bench
-from scripts.experiments import compose_configs, config_chain
+from scripts.experiments import compose_configs, config_files
 from tests.fakes import write_mmsa_pickle, write_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -396,8 +396,8 @@ EXPECTED: dict[tuple[str, str], dict[str, Any]] = {
 CASES = sorted(EXPECTED)
 
 
-def _chain(model: str, dataset: str) -> list[Path]:
-    return config_chain(bench.MODELS[model][dataset])
+def _chain(model: str, dataset: str) -> tuple[Path, ...]:
+    return config_files(bench.MODELS[model][dataset])
 
 
 def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -412,15 +412,16 @@ def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
 def test_every_baseline_has_a_mosi_config_and_a_mosei_delta() -> None:
     assert {m for m, _ in EXPECTED} == set(BASELINES) == set(bench.MODELS) - {"hgcl"}
     for model in BASELINES:
-        mosi, mosei = (REPO / bench.MODELS[model][ds] for ds in ("mosi", "mosei"))
+        assert len(bench.MODELS[model]["mosi"]) == 1, f"{model}: the MOSI config is a complete config"
+        (mosi,) = _chain(model, "mosi")
+        assert _chain(model, "mosei") == (mosi, mosi.with_name(mosi.name.replace("_mosi", "_mosei")))
+        mosei = _chain(model, "mosei")[1]
         text = mosi.read_text()
         assert text.startswith("#"), f"{mosi.name}: the first line must be a comment"
         assert str(mosi.relative_to(REPO)) in text, f"{mosi.name}: run command missing"
-        first = mosei.read_text().splitlines()[0]
-        assert first == f"# base: {mosi.relative_to(REPO)}", (
-            f"{mosei.name}: must start with '# base: <MOSI config>'"
+        assert f"--config {mosi.relative_to(REPO)} --config {mosei.relative_to(REPO)}" in mosei.read_text(), (
+            f"{mosei.name}: its header must show the command that composes it after {mosi.name}"
         )
-        assert _chain(model, "mosei") == [mosi, mosei]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{m}_{d}" for m, d in CASES])
@@ -456,7 +457,7 @@ def test_config_has_mmsa_hyperparameters(case: tuple[str, str]) -> None:
         assert sched["init_args"] == {"mode": "min", "factor": 0.1, "patience": exp["sched_patience"]}
     else:
         assert sched is None
-    assert cfg["checkpoint"]["dirpath"] == f"runs/{Path(bench.MODELS[model][dataset]).stem}/checkpoints"
+    assert cfg["checkpoint"]["dirpath"] == f"runs/{Path(bench.MODELS[model][dataset][-1]).stem}/checkpoints"
 
 
 @pytest.fixture(scope="module")

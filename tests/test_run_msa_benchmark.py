@@ -1,7 +1,8 @@
-"""scripts/run_msa_benchmark.py: config chains, composition, tables, resume; slow: all ten models end to end."""
+"""scripts/run_msa_benchmark.py: config files, composition, tables, resume; slow: all ten models end to end."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 from typing import Any
@@ -13,20 +14,25 @@ from scripts import run_msa_benchmark as bench
 from tests.fakes import write_mmsa_pickle, write_tiny_bert
 
 
-def test_config_chain_follows_base_headers_and_names_bad_files(tmp_path: Path) -> None:
+def test_config_files_keep_the_manifest_order_and_name_missing_files(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("# the base\nmodel: {a: 1}\n")
-    (tmp_path / "delta.yaml").write_text("# base: base.yaml\n# a delta\nmodel: {b: 2}\n")
-    assert ex.config_chain("delta.yaml", root=tmp_path) == [
-        tmp_path / "base.yaml",
-        tmp_path / "delta.yaml",
-    ]
-    (tmp_path / "orphan.yaml").write_text("# base: missing.yaml\n")
+    (tmp_path / "delta.yaml").write_text("# base: other.yaml (only a comment: nothing reads it)\nmodel: {b: 2}\n")
+    assert ex.config_files(["base.yaml", "delta.yaml"], root=tmp_path) == (tmp_path / "base.yaml",
+                                                                          tmp_path / "delta.yaml")
+    assert ex.config_files(["delta.yaml"], root=tmp_path) == (tmp_path / "delta.yaml",)  # no base from a comment
     with pytest.raises(ValueError, match="missing.yaml does not exist"):
-        ex.config_chain("orphan.yaml", root=tmp_path)
-    (tmp_path / "x.yaml").write_text("# base: y.yaml\n")
-    (tmp_path / "y.yaml").write_text("# base: x.yaml\n")
-    with pytest.raises(ValueError, match="cycle"):
-        ex.config_chain("x.yaml", root=tmp_path)
+        ex.config_files(["base.yaml", "missing.yaml"], root=tmp_path)
+
+
+def test_every_model_passes_its_configs_base_first(tmp_path: Path) -> None:
+    """A MOSEI delta runs after its MOSI config (the ``--config`` order of ``plan``), every file exists."""
+    args = argparse.Namespace(dataset="mosei", config=[])
+    for model, per_dataset in bench.MODELS.items():
+        run = bench.plan(model, 1, args, tmp_path)
+        assert run.configs == tuple(bench.REPO / c for c in per_dataset["mosei"])
+        assert ex.command(run, python="py")[3:3 + 2 * len(run.configs)] == [
+            a for c in run.configs for a in ("--config", str(c))]
+    assert bench.MODELS["tfn"]["mosei"] == ("configs/tfn_mosi.yaml", "configs/tfn_mosei.yaml")
 
 
 def test_compose_merges_like_jsonargparse(tmp_path: Path) -> None:

@@ -134,9 +134,8 @@ ABLATIONS = sorted(REPO.glob("configs/ablations/hgcl_*.yaml"))
 
 @pytest.mark.parametrize("config", ABLATIONS, ids=lambda p: p.stem)
 def test_ablation_is_a_small_delta_over_the_base(config: Path) -> None:
-    """Each ablation names its base and its run command in the header and sets only what it changes."""
+    """Each ablation is listed over the base, shows its run command in the header and sets only what it changes."""
     lines = config.read_text().splitlines()
-    assert lines[0] == "# base: configs/hgcl_mosi.yaml"
     assert config_base(config) == REPO / "configs/hgcl_mosi.yaml"
     rel = config.relative_to(REPO)
     assert f"#   python cli.py fit --config configs/hgcl_mosi.yaml --config {rel}" in lines
