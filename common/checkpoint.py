@@ -9,9 +9,12 @@ refused before anything in it runs.
 (``{"class_path": "models.hgcl.HGCL", ...}``, Lightning's ``_class_path`` / ``_instantiator``) that the loaders
 import. Each name read from a file is checked against an :class:`AllowList` before anything is imported:
 
-- the project-wide list (every system and net of the project and the library classes they take) is DERIVED from the
-  project's classes, so it lives where those classes can be seen: ``lightning_modules.checkpoint_io.PROJECT_CLASSES``
-  (this layer imports nothing from the project);
+- the classes of ``models/`` a checkpoint may name (every net and part, and which of them are MSA nets) are DERIVED
+  once, by importing ``models/`` (:func:`package_classes`), in ``models.registry`` (``MSA_NETS``, ``MODEL_PARTS``,
+  ``model_classes``), the lowest layer that can see them; ``pipelines.recording`` checks against those lists;
+- the project-wide list (those model classes, the systems of ``lightning_modules/`` and the library classes they
+  take) is ``lightning_modules.checkpoint_io.PROJECT_CLASSES``, built on ``models.registry``'s derivation (this layer
+  imports nothing from the project);
 - :data:`FACE_NETS`, the face-expression nets a face checkpoint may name, is read by ``features/`` (which may not
   import ``models/``) as well as by ``models/``, so it is defined here, once; a test checks that each entry is a net
   of ``models/`` and on the project-wide list.
@@ -21,10 +24,13 @@ This module never imports ``lightning`` (``models/`` and ``features/`` use it).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import io
 import os
 import pickle
+import pkgutil
 import re
 import zipfile
 from collections.abc import Callable, Collection
@@ -47,6 +53,7 @@ __all__ = [
     "CheckpointIsADirectoryError",
     "MapLocation",
     "local_checkpoint_path",
+    "package_classes",
     "read_checkpoint",
 ]
 
@@ -189,6 +196,34 @@ def _is_module_path(s: str) -> bool:
         return importlib.util.find_spec(s.split(".")[0]) is not None
     except (ImportError, ValueError):
         return False
+
+
+def package_classes(package: str, base: type, homes: Collection[str] = ()) -> dict[str, type]:
+    """``{class path: class}`` for every subclass of ``base`` importable from the package ``package`` (the package and
+    all its modules, imported with ``pkgutil.walk_packages``): the path of the module defining it, and the paths of
+    the modules of ``package`` that re-export it under its own name (``models.hgcl.HGCL`` beside
+    ``models.hgcl.hgcl.HGCL``).
+
+    The caller names a package of its own (or one below it): importing it runs only the project's code. This module
+    imports nothing from the project itself.
+
+    Args:
+        package: the package to walk (``"models"``).
+        base: the classes to collect (``torch.nn.Module``).
+        homes: top-level packages a class may be defined in (default: ``package``'s own); a class re-exported from
+            elsewhere (a library's) is left out.
+    """
+    top = package.split(".")[0]
+    allowed_homes = set(homes) | {top}
+    pkg = importlib.import_module(package)
+    names = [package] + [m.name for m in pkgutil.walk_packages(getattr(pkg, "__path__", []), package + ".")]
+    out: dict[str, type] = {}
+    for name in names:
+        for attr, obj in vars(importlib.import_module(name)).items():
+            if (inspect.isclass(obj) and issubclass(obj, base) and attr == obj.__name__
+                    and obj.__module__.split(".")[0] in allowed_homes):
+                out[f"{name}.{attr}"] = obj
+    return out
 
 
 @dataclass(frozen=True)

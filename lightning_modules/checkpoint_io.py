@@ -13,7 +13,9 @@ call. Every such name read from a file is checked (:class:`common.checkpoint.All
 :data:`PROJECT_CLASSES`, an allow-list DERIVED from the project:
 
 - the project's systems and nets: every ``nn.Module`` / ``LightningModule`` class defined in the packages
-  :data:`PROJECT_PACKAGES` (walked with ``pkgutil``; importing our own modules runs only our own code);
+  :data:`PROJECT_PACKAGES` (walked with ``pkgutil``; importing our own modules runs only our own code); the nets and
+  their parts are :func:`models.registry.model_classes`, the one derivation of ``models/``'s classes, which
+  ``pipelines.recording`` (``MSA_NETS``, ``MODEL_PARTS``) checks against too;
 - the library classes those systems take: the classes named in the type hints of the systems' ``__init__``
   (``OptimizerCallable`` -> ``torch.optim.Optimizer``, ``LRSchedulerCallable`` -> ``LRScheduler`` /
   ``ReduceLROnPlateau``), with their public subclasses from the same library; ``nn.Module``-typed arguments accept
@@ -31,11 +33,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import inspect
 import logging
 import os
-import pkgutil
 import sys
 import typing
 from pathlib import Path
@@ -54,9 +54,11 @@ from common.checkpoint import (
     CheckpointIsADirectoryError,
     MapLocation,
     local_checkpoint_path,
+    package_classes,
     read_checkpoint,
 )
 from common.io import atomic_path
+from models.registry import model_classes
 
 __all__ = [
     "PROJECT_CLASSES",
@@ -244,23 +246,15 @@ def _public_paths(cls: type) -> set[str]:
 
 def _project_classes() -> tuple[list[type], set[str]]:
     """The ``nn.Module`` classes defined in :data:`PROJECT_PACKAGES`, and every project module path they are
-    importable from (re-exports such as ``models.diffusion.FrozenImageEncoder`` kept for saved configs)."""
-    classes: list[type] = []
-    paths: set[str] = set()
+    importable from (re-exports such as ``models.diffusion.FrozenImageEncoder`` kept for saved configs).
+
+    The classes of ``models/`` are :func:`models.registry.model_classes` (the one derivation, which
+    ``pipelines.recording`` checks against too); the systems are walked here, in their own package."""
+    found = dict(model_classes())
     for pkg_name in PROJECT_PACKAGES:
-        pkg = importlib.import_module(pkg_name)
-        names = [pkg_name] + [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg_name + ".")]
-        for name in names:
-            mod = importlib.import_module(name)
-            for attr, obj in vars(mod).items():
-                if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
-                    continue
-                if obj.__module__.split(".")[0] not in PROJECT_PACKAGES or attr != obj.__name__:
-                    continue
-                paths.add(f"{name}.{attr}")
-                if obj.__module__ == name:
-                    classes.append(obj)
-    return classes, paths
+        if pkg_name != "models":
+            found.update(package_classes(pkg_name, nn.Module, homes=PROJECT_PACKAGES))
+    return list(dict.fromkeys(found.values())), set(found)
 
 
 def _hinted_classes(fn: Any) -> set[type]:

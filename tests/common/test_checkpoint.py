@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from common.checkpoint import (
     AllowList,
     CheckpointError,
     CheckpointIsADirectoryError,
+    package_classes,
     read_checkpoint,
 )
 
@@ -112,6 +114,26 @@ def test_face_nets_are_project_nets_on_the_project_allow_list() -> None:
         assert module.split(".")[0] == "models" and issubclass(cls, nn.Module)
         assert class_path in PROJECT_CLASSES and class_path in FACE_NET_ALLOW_LIST
     assert "os.system" not in FACE_NET_ALLOW_LIST and "lightning_modules.fer.LitFER" not in FACE_NET_ALLOW_LIST
+
+
+def test_package_classes_walks_a_package_with_its_re_exports(tmp_path: Path, monkeypatch) -> None:
+    """The derivation ``models.registry`` and ``lightning_modules.checkpoint_io`` build on: every subclass of ``base``
+    under its defining path and the paths of the package's modules re-exporting it; classes of other packages
+    (a library's ``nn.Linear`` imported into a module) and classes of another base are left out."""
+    pkg = tmp_path / "walked_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .sub.nets import Net\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "nets.py").write_text(
+        "from torch import nn\nfrom torch.nn import Linear\n"
+        "class Net(nn.Module):\n    pass\nclass Settings:\n    pass\nAlias = Net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = package_classes("walked_pkg", nn.Module)
+    assert set(found) == {"walked_pkg.Net", "walked_pkg.sub.nets.Net"}
+    assert found["walked_pkg.Net"] is found["walked_pkg.sub.nets.Net"]
+    assert "walked_pkg.sub.nets.Linear" in package_classes("walked_pkg", nn.Module, homes=("torch",))
+    for name in [m for m in sys.modules if m.split(".")[0] == "walked_pkg"]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 def test_checkpoint_io_re_exports_the_reader() -> None:
