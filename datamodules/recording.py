@@ -44,6 +44,7 @@ from features.recording import (
     reference_path,
     reference_settings,
 )
+from models.shipped import load_face_expression_model
 
 __all__ = ["TRAIN_ON_EXTRACTED", "RecordingDataModule", "RecordingInputError"]
 
@@ -145,7 +146,8 @@ class RecordingDataModule(AffectDataModule):
         video = Path(self.hparams.video)
         _, header = self._reference()
         out = self._out_file()
-        extract_recording(video, out, self._settings(header), self._transcript())
+        face_model = load_face_expression_model(self.hparams.face_model) if self.hparams.face_model else None
+        extract_recording(video, out, self._settings(header), self._transcript(), face_model)
 
     def setup(self, stage: str | None = None) -> None:
         if self._dataset is not None:

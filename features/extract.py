@@ -7,6 +7,7 @@ Usage::
     python -m features.extract my_videos/ --out data/my_videos.npz --split-by-recording 0.7,0.15,0.15   # labelled
     python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --shard 3/64   # one node
     python -m features.extract data/MOSEI --out mosei.npz --cache /scratch/mosei.cache --merge        # merge
+    python -m pipelines.extract my_videos/ --out runs/my_videos.npz --face-model runs/fer/last.ckpt   # face model
 
 Inputs (:func:`discover`):
 
@@ -44,6 +45,12 @@ Per utterance (modules :mod:`features.video`, :mod:`features.audio`, :mod:`featu
 :mod:`features.text`): frames at ``--fps`` and the audio track are decoded with PyAV, audio descriptors + prosody
 come from librosa, the speaker's face is detected, tracked and described per frame, and the transcript gives
 ``text_bert`` and MiniLM per-token ``text``.
+
+Face-expression features (``--face-model CKPT``: class probabilities and the pooled embedding of a LitFER checkpoint)
+need the face net, which ``features/`` does not build (it imports no model code): ``python -m pipelines.extract``
+takes the same arguments, reads the checkpoint with :func:`models.shipped.load_face_expression_model` and runs this
+extractor with the model injected (:func:`main`'s ``load_face_model``, :func:`extract`'s ``face_model``);
+``python -m features.extract --face-model`` stops with a message naming it.
 
 Output: the MMSA unaligned schema, one dict per split: ``audio [N, La, Da]``, ``audio_lengths``, ``vision
 [N, Lv, Dv]``, ``vision_lengths``, ``text [N, Lt, Dt]``, ``text_bert [N, 3, Lt]``, ``raw_text``, ``id``
@@ -87,7 +94,7 @@ import os
 import sys
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,7 +108,7 @@ from features.audio import PROSODY_FEATURES, AudioSettings, audio_feature_names,
 from features.mmsa_format import FILE_SPLITS, STANDARD_SPLIT_SIZES, ArrayStream, is_store_path
 from features.text import TRANSCRIPT_EXTENSIONS, TextEncoder, TranscriptError, read_transcript, read_utf8
 from features.video import VIDEO_EXTENSIONS, MediaError, decode_media
-from features.vision import FaceExpressionModel, VisionExtractor, VisionSettings
+from features.vision import FaceExpressionModel, VisionExtractor, VisionSettings, check_face_model
 
 __all__ = [
     "BadClip",
@@ -638,10 +645,11 @@ def _cache_load(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _models(settings: ExtractorSettings) -> tuple[VisionExtractor, TextEncoder]:
+def _models(settings: ExtractorSettings,
+            face_model: FaceExpressionModel | None = None) -> tuple[VisionExtractor, TextEncoder]:
     key = json.dumps(settings.as_dict(), sort_keys=True) + str(settings.vision.face_model)
-    if _WORKER.get("key") != key:
-        _WORKER.update(key=key, vision=VisionExtractor(settings.vision),
+    if _WORKER.get("key") != key or _WORKER["vision"].face_model is not face_model:
+        _WORKER.update(key=key, vision=VisionExtractor(settings.vision, face_model),
                        text=TextEncoder(settings.text_model, settings.text_max_len))
     return _WORKER["vision"], _WORKER["text"]
 
@@ -658,14 +666,21 @@ def _init_worker() -> None:
     threadpool_limits(limits=1)
 
 
+def _init_pool_worker(face_model: FaceExpressionModel | None) -> None:
+    """A worker process: :func:`_init_worker`, and the face model, sent once per worker (not with every task)."""
+    _init_worker()
+    _WORKER["face_model"] = face_model
+
+
 def _bad_entry(reason: str, detail: str) -> dict[str, np.ndarray]:
     return {"status": np.asarray(reason), "detail": np.asarray(detail)}
 
 
-def extract_source(path: str, clips: Sequence[Clip], settings: ExtractorSettings) -> list[dict[str, np.ndarray]]:
+def extract_source(path: str, clips: Sequence[Clip], settings: ExtractorSettings,
+                   face_model: FaceExpressionModel | None = None) -> list[dict[str, np.ndarray]]:
     """Extract every clip of one source file (decoded once). Returns one array dict per clip (``status`` "ok" or
-    a bad reason)."""
-    vision, text = _models(settings)
+    a bad reason). ``face_model``: the model of ``settings.vision.face_model`` (see :func:`extract`)."""
+    vision, text = _models(settings, face_model)
     try:
         media = decode_media(path, fps=settings.vision.fps, sample_rate=settings.audio.sample_rate,
                              max_side=settings.vision.max_side)
@@ -691,9 +706,12 @@ def extract_source(path: str, clips: Sequence[Clip], settings: ExtractorSettings
     return out
 
 
-def _run_task(task: tuple[str, list[Clip], list[str]], settings: ExtractorSettings, cache_dir: str) -> int:
+def _run_task(task: tuple[str, list[Clip], list[str]], settings: ExtractorSettings, cache_dir: str,
+              face_model: FaceExpressionModel | None = None) -> int:
     path, clips, keys = task
-    results = extract_source(path, clips, settings)
+    if face_model is None:  # in a pool worker: the one :func:`_init_pool_worker` received
+        face_model = _WORKER.get("face_model")
+    results = extract_source(path, clips, settings, face_model=face_model)
     for key, res in zip(keys, results):
         _cache_write(Path(cache_dir) / f"{key}.npz", res)
     return len(clips)
@@ -708,7 +726,7 @@ def _group_by_source(clips: Sequence[Clip]) -> list[tuple[str, list[Clip]]]:
 
 def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir: str | os.PathLike,
                    workers: int = 1, shard: tuple[int, int] = (0, 1), progress: bool = True,
-                   torn: list[str] | None = None) -> int:
+                   torn: list[str] | None = None, face_model: FaceExpressionModel | None = None) -> int:
     """Extract the clips of shard ``K/N`` (source files ``i`` with ``i % N == K``) that are not cached yet.
 
     A torn cache entry (truncated or corrupt, e.g. copied from another machine or left by a file system that lost
@@ -716,6 +734,7 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
 
     Args:
         torn: when given, the paths of the torn entries found are appended to it (for the report).
+        face_model: the model of ``settings.vision.face_model`` (see :func:`extract`); sent once to each worker.
 
     Returns:
         The number of clips extracted now (cached clips are skipped: a killed run resumes).
@@ -759,7 +778,7 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
                 with threadpool_limits(limits=1):
                     _init_worker()
                     for t in tasks:
-                        bar.update(_run_task(t, settings, str(cache_dir)))
+                        bar.update(_run_task(t, settings, str(cache_dir), face_model))
             finally:
                 torch.set_num_threads(threads)
                 cv2.setNumThreads(cv_threads)
@@ -768,7 +787,7 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
+                                     initializer=_init_pool_worker, initargs=(face_model,)) as pool:
                 futures = [pool.submit(_run_task, t, settings, str(cache_dir)) for t in tasks]
                 for fut in as_completed(futures):
                     bar.update(fut.result())
@@ -778,14 +797,15 @@ def run_extraction(clips: Sequence[Clip], settings: ExtractorSettings, cache_dir
 
 
 # ------------------------------------------------------------------------------------------------------ assembly
-def extractor_info(settings: ExtractorSettings, dims: dict[str, int] | None = None) -> dict[str, Any]:
-    """Settings, package versions and feature names (the feature file header's ``extractor`` entry)."""
+def extractor_info(settings: ExtractorSettings, dims: dict[str, int] | None = None,
+                   face_model: FaceExpressionModel | None = None) -> dict[str, Any]:
+    """Settings, package versions and feature names (the feature file header's ``extractor`` entry);
+    ``face_model``: the model of ``settings.vision.face_model`` (see :func:`extract`)."""
     from features.vision import GEOMETRY_FEATURES, descriptor_names
 
-    if settings.vision.face_model:
-        from features.vision import FaceExpressionModel
-
-        vision_names = list(GEOMETRY_FEATURES) + FaceExpressionModel(settings.vision.face_model).feature_names()
+    check_face_model(settings.vision, face_model, "extractor_info")
+    if face_model is not None:
+        vision_names = list(GEOMETRY_FEATURES) + face_model.feature_names()
     else:
         vision_names = list(GEOMETRY_FEATURES) + descriptor_names(settings.vision)
     info = {
@@ -904,7 +924,7 @@ def check_split_sizes(sizes: dict[str, int], dataset_name: str) -> dict[str, Any
 def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorSettings,
              cache_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, kind: str,
              dataset_name: str | None = None, overwrite: bool = False,
-             cache_reextracted: Sequence[str] = ()) -> dict[str, Any]:
+             cache_reextracted: Sequence[str] = (), face_model: FaceExpressionModel | None = None) -> dict[str, Any]:
     """Write the feature file and its report from the cached clips (the one code path of runs and merges).
 
     Streaming, in two passes over the cache entries: the first checks every entry and keeps only its sizes (so the
@@ -915,6 +935,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
 
     Args:
         cache_reextracted: torn cache entries this run extracted again (listed in the report).
+        face_model: the model of ``settings.vision.face_model`` (its feature names go into the header).
 
     Returns:
         The report (also written as ``<out stem>.report.json``).
@@ -1016,7 +1037,7 @@ def assemble(clips: Sequence[Clip], bad: Sequence[BadClip], settings: ExtractorS
         if all(labelled):
             entry_out["regression_labels"] = np.array([c.label for c in clips_of], dtype=np.float32)
         data[split] = entry_out
-    info = extractor_info(settings, dims)
+    info = extractor_info(settings, dims, face_model)
     info.update(seq_lens={"audio": la, "vision": lv, "text": settings.text_max_len}, input=kind,
                 labelled=all(labelled))
     data["extractor"] = json.dumps(info, sort_keys=True)
@@ -1049,12 +1070,23 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
             = None, merge: bool = False, split: str | None = None, dataset_name: str | None = None,
             overwrite: bool = False, progress: bool = True, transcript: str | os.PathLike | None = None,
             splits: str | os.PathLike | None = None, folds: str | os.PathLike | None = None,
-            split_by_recording: Sequence[float] | None = None, seed: int = 0) -> dict[str, Any] | None:
+            split_by_recording: Sequence[float] | None = None, seed: int = 0,
+            face_model: FaceExpressionModel | None = None) -> dict[str, Any] | None:
     """Discover, extract (resuming from the cache) and assemble; see the module docstring (the split arguments are
     those of :func:`discover`).
 
+    Args:
+        face_model: with ``settings.vision.face_model`` (the checkpoint file, recorded in the header and the cache
+            key), the :class:`~features.vision.FaceExpressionModel` read from it: ``features/`` reads no model
+            checkpoints, the caller builds it (:func:`models.shipped.load_face_expression_model`; the command
+            ``python -m pipelines.extract --face-model``).
+
     Returns:
         The report, or ``None`` for a ``shard`` run (which only fills the cache).
+
+    Raises:
+        ValueError: ``face_model`` and ``settings.vision.face_model`` disagree (one given without the other, or
+            another file), before any work.
     """
     if dataset_name is not None and dataset_name.lower() not in STANDARD_SPLIT_SIZES["mmsa"]:
         raise ValueError(f"extract: dataset_name must be one of {sorted(STANDARD_SPLIT_SIZES['mmsa'])}, "
@@ -1064,8 +1096,7 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
         raise ValueError(f"extract: --out must end in .npz (pickle-free), .pkl or .mmsa (feature store), got {out}")
     if out.exists() and not overwrite and shard is None:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
-    if settings.vision.face_model:
-        FaceExpressionModel(settings.vision.face_model)  # a bad checkpoint is refused before any work
+    check_face_model(settings.vision, face_model, "extract")  # before any work
     cache_dirs = list(cache_dirs or [out.with_name(out.name + ".cache")])
     clips, bad, kind = discover(source, split, transcript, splits=splits, folds=folds,
                                 split_by_recording=split_by_recording, seed=seed)
@@ -1074,13 +1105,13 @@ def extract(source: str | os.PathLike, out: str | os.PathLike, settings: Extract
     torn: list[str] = []
     if not merge:
         n = run_extraction(clips, settings, cache_dirs[0], workers=workers, shard=shard or (0, 1),
-                           progress=progress, torn=torn)
+                           progress=progress, torn=torn, face_model=face_model)
         log.info("extracted %d clips (the rest were cached%s)", n,
                  f"; {len(torn)} torn cache entries extracted again" if torn else "")
     if shard is not None:
         return None
     report = assemble(clips, bad, settings, cache_dirs, out, kind=kind, dataset_name=dataset_name,
-                      overwrite=overwrite, cache_reextracted=torn)
+                      overwrite=overwrite, cache_reextracted=torn, face_model=face_model)
     log.info("wrote %s: split sizes %s; bad clips %s (report %s)", out, report["split_sizes"],
              report["bad_counts"] or 0, out.with_name(out.stem + ".report.json"))
     return report
@@ -1103,9 +1134,13 @@ def _fractions(value: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The command that reads ``--face-model`` checkpoints (``features/`` imports no model code): the same arguments.
+FACE_MODEL_COMMAND = "python -m pipelines.extract"
+
+
+def build_parser(prog: str = "python -m features.extract") -> argparse.ArgumentParser:
     a, v = AudioSettings(), VisionSettings()
-    p = argparse.ArgumentParser(prog="python -m features.extract", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="dataset directory (label.csv + Raw/) or a folder of videos with transcripts")
     p.add_argument("--out", required=True, help="output feature file (.npz pickle-free, .pkl, or a .mmsa store)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -1128,7 +1163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of --split-by-recording (default 0)")
     p.add_argument("--fps", type=float, default=v.fps, help=f"video frames sampled per second ({v.fps:g})")
     p.add_argument("--detector", choices=("mtcnn", "haar"), default=v.detector)
-    p.add_argument("--face-model", default=None, help="LitFER checkpoint of the face-expression model")
+    p.add_argument("--face-model", default=None,
+                   help="LitFER checkpoint of the face-expression model (read by `python -m pipelines.extract`, "
+                        "which takes the same arguments; features.extract refuses it: features/ imports no model "
+                        "code)")
     p.add_argument("--descriptor", choices=("hog_lbp", "hog", "lbp"), default=v.descriptor,
                    help="appearance features without a face model")
     p.add_argument("--no-face-frames", choices=("flag", "drop"), default=v.no_face_frames)
@@ -1152,11 +1190,28 @@ def settings_from_args(args: argparse.Namespace) -> ExtractorSettings:
         max_vision_len=args.max_vision_len)
 
 
-def main(argv: Iterable[str] | None = None) -> dict[str, Any] | None:
-    """Command-line entry point (see the module docstring)."""
-    args = build_parser().parse_args(None if argv is None else list(argv))
+def main(argv: Iterable[str] | None = None, *,
+         load_face_model: Callable[[str], FaceExpressionModel] | None = None,
+         prog: str = "python -m features.extract") -> dict[str, Any] | None:
+    """Command-line entry point (see the module docstring).
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        load_face_model: reads ``--face-model`` (a checkpoint path) into the face model, injected by a caller that may
+            import ``models/`` (``python -m pipelines.extract``); without it ``--face-model`` is refused, naming that
+            command.
+        prog: the command's name in usage and errors.
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(None if argv is None else list(argv))
+    if args.face_model and load_face_model is None:
+        parser.error(f"--face-model: {prog} reads no face checkpoints (features/ imports no model code); run the same "
+                     f"command as `{FACE_MODEL_COMMAND} ... --face-model {args.face_model}`, which builds the face "
+                     "net from the checkpoint")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
+    # a bad checkpoint (pickled code, a net not allowed, no checkpoint) is refused here, before any work
+    face_model = load_face_model(args.face_model) if args.face_model else None
     if settings.audio.opensmile == "egemaps":
         from features.audio import egemaps
 
@@ -1164,7 +1219,7 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any] | None:
     report = extract(args.source, args.out, settings, workers=args.workers, cache_dirs=args.cache, shard=args.shard,
                      merge=args.merge, split=args.split, dataset_name=args.dataset, overwrite=args.overwrite,
                      progress=not args.no_progress, splits=args.splits, folds=args.folds,
-                     split_by_recording=args.split_by_recording, seed=args.seed)
+                     split_by_recording=args.split_by_recording, seed=args.seed, face_model=face_model)
     out = Path(args.out)
     cache = ", ".join(args.cache) if args.cache else str(out.with_name(out.name + ".cache"))
     if report is None:
@@ -1177,15 +1232,15 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any] | None:
     return report
 
 
-def _command_line() -> None:
-    """``python -m features.extract``: a user error (a bad input, a missing or existing file) ends with one line
-    naming it, not a traceback."""
+def command_line(entry: Callable[[], object] = main) -> None:
+    """``python -m features.extract`` (and ``python -m pipelines.extract``, which passes its ``main``): a user error
+    (a bad input, a missing or existing file, a refused checkpoint) ends with one line naming it, not a traceback."""
     try:
-        main()
+        entry()
     except (ValueError, OSError) as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    _command_line()
+    command_line()

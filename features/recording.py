@@ -32,6 +32,7 @@ import torch
 from features.extract import ExtractorSettings, extract
 from features.mmsa_format import MMSASplit, load_feature_file
 from features.text import TRANSCRIPT_EXTENSIONS
+from features.vision import FaceExpressionModel
 
 __all__ = [
     "TRAIN_ON_EXTRACTED",
@@ -151,11 +152,14 @@ def reference_settings(header: Mapping[str, Any], face_model: str | None = None,
 
 
 def extract_recording(video: str | Path, out: str | Path, settings: ExtractorSettings,
-                      transcript: str | Path) -> dict[str, Any] | None:
+                      transcript: str | Path, face_model: FaceExpressionModel | None = None) -> dict[str, Any] | None:
     """:func:`features.extract.extract` of one video into ``out`` (replaced), every utterance in the ``test`` split
-    whatever split column the transcript has; utterances that are not usable are logged as a warning."""
+    whatever split column the transcript has; utterances that are not usable are logged as a warning.
+    ``face_model``: the model of ``settings.vision.face_model``, built by the caller
+    (:func:`models.shipped.load_face_expression_model`; ``features/`` reads no model checkpoints)."""
     out = Path(out)
-    report = extract(Path(video), out, settings, transcript=transcript, overwrite=True, progress=False, split="test")
+    report = extract(Path(video), out, settings, transcript=transcript, overwrite=True, progress=False, split="test",
+                     face_model=face_model)
     if report and report["bad"]:
         log.warning("%s: %d utterance(s) not usable: %s (see %s)", video, len(report["bad"]), report["bad_counts"],
                     out.with_name(out.stem + ".report.json"))

@@ -28,10 +28,11 @@ Landmark columns are 0 when the detector gives no landmarks. Eye and mouth *open
 
 Appearance (on the face crop of :func:`features.detection.face_crop`: eye-aligned when landmarks exist):
 
-* with a face-expression checkpoint (a LitFER checkpoint written by ``cli.py fit``): ``prob_<class>`` (softmax
-  class probabilities) and ``emb_<i>`` (the pooled embedding: the input of the classifier's last linear layer); the
-  crop, normalisation and descriptor maps (SUN with its fitted statistics included) follow the preprocessing stored in
-  the checkpoint;
+* with a face-expression model (:class:`FaceExpressionModel`: the ready net of a LitFER checkpoint written by
+  ``cli.py fit`` and its stored preprocessing, given by the caller: ``python -m pipelines.extract --face-model CKPT``
+  or :func:`models.shipped.load_face_expression_model`): ``prob_<class>`` (softmax class probabilities) and
+  ``emb_<i>`` (the pooled embedding: the input of the classifier's last linear layer); the crop, normalisation and
+  descriptor maps (SUN with its fitted statistics included) follow the preprocessing stored in the checkpoint;
 * without one, the documented fallback: ``hog_<i>`` (``skimage.feature.hog`` of the grey ``crop_size`` crop,
   9 orientations, 16-pixel cells, 2x2-cell blocks, L2-Hys) and ``lbp_<cell>_<code>`` (uniform LBP, P=8, R=1,
   histograms of the 2x2 quadrants, each summing to 1).
@@ -44,25 +45,21 @@ sequence so that ``vision_lengths`` counts face frames only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
 
-from common import FER_PREPROCESSING_KEY
-from common.checkpoint import (
-    FACE_NET_ALLOW_LIST,
-    FACE_NETS,
-    WEIGHT_FILE_ARGS,
-    CheckpointError,
-    read_checkpoint,
-)
 from common.tensors import grey_rgb
 from features.detection import Detection, FaceDetector, build_detector, face_crop
 from features.tracking import IoUTracker
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +68,7 @@ __all__ = [
     "FaceExpressionModel",
     "VisionExtractor",
     "VisionSettings",
+    "check_face_model",
     "descriptor_features",
     "face_geometry",
     "follow_speaker",
@@ -81,10 +79,6 @@ GEOMETRY_FEATURES: tuple[str, ...] = (
     "box_scale_per_s", "det_score", "landmarks_present", "head_roll_deg", "eye_dist_rel", "mouth_width_rel",
     "nose_offset_rel", "nose_height_rel",
 )
-
-#: Face-model classes allowed from a checkpoint (class paths in a file never choose arbitrary code): the project's
-#: one list, :data:`common.checkpoint.FACE_NETS` (kept under this name for callers).
-ALLOWED_FACE_NETS = FACE_NETS
 
 
 @dataclass(frozen=True)
@@ -100,7 +94,9 @@ class VisionSettings:
         descriptor: fallback appearance features without a face model: ``"hog_lbp"``, ``"hog"`` or ``"lbp"``.
         crop_size: side of the face crop for the descriptors (pixels).
         margin: crop margin, fraction of the face side added on each side.
-        face_model: LitFER checkpoint (``.ckpt``) of the project's face-expression model, or ``None``.
+        face_model: the face-expression checkpoint (``.ckpt``) the :class:`FaceExpressionModel` given to
+            :class:`VisionExtractor` was read from, or ``None``: recorded by file name (and SHA-1 in the extractor's
+            cache key); ``features/`` never reads it.
         no_face_frames: ``"flag"`` (keep faceless frames, masked) or ``"drop"`` (remove them from the sequence).
     """
 
@@ -247,123 +243,109 @@ def descriptor_features(crop: np.ndarray, settings: VisionSettings) -> np.ndarra
 
 
 class FaceExpressionModel:
-    """The project's face-expression net, rebuilt from a LitFER checkpoint without Lightning.
+    """A face-expression net with the preprocessing it was trained with: face crops -> class probabilities and the
+    pooled embedding.
 
-    The checkpoint is read with :func:`common.checkpoint.read_checkpoint` (``weights_only=True``: a file holding
-    pickled code or objects is refused, naming it; nothing in it runs); the net's ``class_path`` (as saved by
-    ``cli.py fit``) must be one of :data:`common.checkpoint.FACE_NETS`, and the net is rebuilt from it here
-    (``features/`` may not import ``models/``; ``models.shipped.read_face_net`` is the same rebuild for the layers
-    above). Class names, crop size, margin, normalisation and descriptor settings come from the
-    preprocessing state LitFER stores (``checkpoint["fer_preprocessing"]``, see
-    ``FERDataModule.preprocessing_state``), else from the datamodule's hyper-parameters. Nets that also take a
-    descriptor map get it computed per crop as in training (quantised to 8 bits, then normalised), ``sun`` with the
-    fitted SUN statistics stored in the checkpoint.
+    ``features/`` reads no model checkpoint and imports no model code: the caller, in a layer that may import
+    ``models/``, gives the ready net and its preprocessing as plain data. :func:`models.shipped.read_face_net` returns
+    both for any face checkpoint of the project (its class path checked against :data:`common.checkpoint.FACE_NETS`,
+    read with ``weights_only=True``), :func:`models.shipped.load_face_expression_model` builds this class from a
+    checkpoint, and ``python -m pipelines.extract --face-model CKPT`` does it for the extractor's command line.
+
+    Crops are normalised as in training (grey faces for ``colour: grey``, then ``mean``/``std``); nets that also take
+    a descriptor map get it computed per crop as in training (quantised to 8 bits, then normalised with
+    ``descriptor_mean``/``descriptor_std``), ``sun`` with the fitted SUN statistics (``sun_params``).
 
     Args:
-        path: the ``.ckpt`` file.
+        net: the face net (eval mode), called as ``net(image)`` or ``net(image, descriptor)`` (see ``inputs``) and
+            returning logits ``[B, K]``; its last ``nn.Linear`` with ``K`` outputs gives the pooled embedding (that
+            layer's input).
+        preprocessing: plain data, as :func:`models.shipped.read_face_net` returns it: ``class_names``,
+            ``num_classes`` (default: the number of names), ``image_size`` (default 112), ``face_margin`` (0.2),
+            ``mean`` / ``std`` (ImageNet's), ``colour`` (``"rgb"``), ``inputs`` (default ``net.inputs``, else
+            ``("image",)``), ``descriptor`` (``"none"``) with ``lbp_points``, ``lbp_radius``, ``energy_sigma``,
+            ``sun_sigmas``, ``sun_ratio``, ``sun_channels``, ``descriptor_mean`` / ``descriptor_std`` (0.5), and
+            ``sun_params`` (the fitted SUN statistics).
+        source: where net and preprocessing were read from (the checkpoint file): named in errors, and the file
+            :attr:`VisionSettings.face_model` must name.
+
+    Shapes:
+        crops: ``N`` RGB uint8 ``[image_size, image_size, 3]`` -> ``[N, K + E]`` float32.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a safely readable checkpoint, not a face-expression checkpoint, a net not allowed, or a
-            descriptor the checkpoint lacks what to compute it with (all naming the file).
+        ValueError: preprocessing the net cannot be fed with (a descriptor net without a descriptor, SUN maps without
+            statistics, bad descriptor settings), class names that do not match the outputs, or a net without a final
+            linear layer of ``K`` outputs (all naming ``source``).
     """
 
-    def __init__(self, path: str) -> None:
-        import importlib
-
-        import torch
+    def __init__(self, net: nn.Module, preprocessing: Mapping[str, Any], source: str = "") -> None:
+        from torch import nn
 
         from features.descriptors import DescriptorSettings, SUNParams
 
-        path_p = Path(path)
-        if not path_p.is_file():
-            raise FileNotFoundError(f"FaceExpressionModel: face-model checkpoint {path} not found")
-        try:
-            ckpt = read_checkpoint(path_p, map_location="cpu")
-        except CheckpointError as err:  # pickled code / objects, truncated, not a checkpoint
-            raise ValueError(f"FaceExpressionModel: {path} is refused: it cannot be read safely as a PyTorch "
-                             f"checkpoint ({err})") from err
-        is_lightning = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
-        if not is_lightning:
-            raise ValueError(f"FaceExpressionModel: {path} is not a LitFER checkpoint (no state_dict)")
-        hp = ckpt.get("hyper_parameters") or {}
-        net_cfg = hp.get("net") if isinstance(hp, dict) else None
-        if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
-            raise ValueError(f"FaceExpressionModel: {path} has no `net` class_path in its hyper-parameters (train "
-                             "the face model with `cli.py fit` so the config is stored with the checkpoint)")
-        class_path = FACE_NET_ALLOW_LIST.check(net_cfg["class_path"], path, "hyper_parameters.net.class_path")
-        num_classes = hp.get("num_classes")
-        if not num_classes:
-            raise ValueError(f"FaceExpressionModel: {path} stores no num_classes")
-        module, name = class_path.rsplit(".", 1)
-        # the weights come from the checkpoint: a stored weight-file argument is never opened
-        init_args = {k: v for k, v in dict(net_cfg.get("init_args") or {}).items() if k not in WEIGHT_FILE_ARGS}
-        net = getattr(importlib.import_module(module), name)(int(num_classes), **init_args)
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
-        self.net = net.eval()
-        pre = ckpt.get(FER_PREPROCESSING_KEY)
-        pre = pre if isinstance(pre, dict) else {}
-        stored = pre.get("settings") if isinstance(pre.get("settings"), dict) else {}
-        dm = ckpt.get("datamodule_hyper_parameters") or {}
-        cfg = {**(dm if isinstance(dm, dict) else {}), **stored}  # the preprocessing state wins
-        self.image_size = int(cfg.get("image_size", 112))
+        name = f"FaceExpressionModel: {source or type(net).__name__}"
+        cfg = dict(preprocessing)
+        self.net = net
+        self.source = str(source)
+        self.image_size = int(cfg.get("image_size") or 112)
         self.margin = float(cfg.get("face_margin", 0.2))
         self.mean = np.asarray(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
         self.std = np.asarray(cfg.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
         self.colour = cfg.get("colour", "rgb")  # "grey": the model was trained on grey faces (common.tensors.grey_rgb)
-        inputs = tuple(getattr(net, "inputs", ("image",)))
-        self.descriptor = str(cfg.get("descriptor", "none")) if "descriptor" in inputs else "none"
+        inputs = tuple(cfg.get("inputs") or getattr(net, "inputs", ("image",)))
+        self.descriptor = str(cfg.get("descriptor") or "none") if "descriptor" in inputs else "none"
         if "descriptor" in inputs and self.descriptor == "none":
-            raise ValueError(f"FaceExpressionModel: {path}: net {class_path} takes a descriptor map but the checkpoint "
-                             "names no descriptor")
+            raise ValueError(f"{name}: net {type(net).__name__} takes a descriptor map but the preprocessing names no "
+                             "descriptor")
         self.descriptor_settings: DescriptorSettings | None = None
         self.sun_params: SUNParams | None = None
         if self.descriptor != "none":
             try:
                 self.descriptor_settings = DescriptorSettings(
-                    descriptor=self.descriptor, lbp_points=int(cfg.get("lbp_points", 8)),
+                    kind=self.descriptor, lbp_points=int(cfg.get("lbp_points", 8)),
                     lbp_radius=float(cfg.get("lbp_radius", 1.0)), energy_sigma=float(cfg.get("energy_sigma", 2.0)),
                     sun_sigmas=tuple(float(v) for v in cfg.get("sun_sigmas", (1.0, 2.0, 4.0, 8.0))),
                     sun_ratio=float(cfg.get("sun_ratio", 1.6)), sun_channels=cfg.get("sun_channels", "intensity"))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"FaceExpressionModel: {path}: bad descriptor settings ({err})") from err
+                raise ValueError(f"{name}: bad descriptor settings ({err})") from err
         if self.descriptor == "sun":
-            sun = pre.get("sun_params")
-            if not isinstance(sun, dict) or not sun:
-                raise ValueError(f"FaceExpressionModel: {path} uses SUN descriptor maps but holds no fitted SUN "
-                                 f"statistics (checkpoint[{FER_PREPROCESSING_KEY!r}]['sun_params'] is empty: the "
-                                 "model was saved before FERDataModule.prepare_data fitted them); retrain it, or use "
-                                 "a global-only or LBP/energy face model")
+            sun = cfg.get("sun_params")
+            if not isinstance(sun, Mapping) or not sun:
+                raise ValueError(f"{name} uses SUN descriptor maps but holds no fitted SUN statistics (the stored "
+                                 "preprocessing state's sun_params are empty: the model was saved before "
+                                 "FERDataModule.prepare_data fitted them); retrain it, or use a global-only or "
+                                 "LBP/energy face model")
             try:
                 self.sun_params = SUNParams(**sun)
             except TypeError as err:
-                raise ValueError(f"FaceExpressionModel: {path}: unreadable SUN statistics ({err})") from err
+                raise ValueError(f"{name}: unreadable SUN statistics ({err})") from err
         self.d_mean = float(cfg.get("descriptor_mean", 0.5))
         self.d_std = float(cfg.get("descriptor_std", 0.5))
-        names = cfg.get("class_names") or hp.get("class_names") or [str(i) for i in range(int(num_classes))]
-        self.class_names = [str(n) for n in names]
-        if len(self.class_names) != int(num_classes):
-            raise ValueError(f"FaceExpressionModel: {path} names {len(self.class_names)} classes for a net of "
-                             f"{num_classes} outputs")
-        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == int(num_classes)]
+        names = cfg.get("class_names") or []
+        num_classes = int(cfg.get("num_classes") or len(names))
+        self.class_names = [str(n) for n in names] or [str(i) for i in range(num_classes)]
+        if not num_classes or len(self.class_names) != num_classes:
+            raise ValueError(f"{name} names {len(self.class_names)} classes for a net of {num_classes} outputs")
+        linears = ([m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+                   if isinstance(net, nn.Module) else [])
         if not linears:
-            raise ValueError(f"FaceExpressionModel: {class_path} has no final linear layer with {num_classes} outputs")
-        self._pooled: list[Any] = []
-        linears[-1].register_forward_pre_hook(lambda mod, inp: self._pooled.append(inp[0].detach()))
-        self.embed_dim = int(linears[-1].in_features)
-        self._torch = torch
+            raise ValueError(f"{name}: {type(net).__name__} is not a torch nn.Module with a final linear layer of "
+                             f"{num_classes} outputs (its input is the pooled embedding)")
+        self._head = linears[-1]
+        self.embed_dim = int(self._head.in_features)
 
     def feature_names(self) -> list[str]:
         return [f"prob_{c}" for c in self.class_names] + [f"emb_{i}" for i in range(self.embed_dim)]
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, K + E]`` float32 (probabilities, pooled embedding) of ``N`` RGB crops of ``image_size``."""
+        import torch
+
         from features.descriptors import compute_descriptor, to_uint8_map
 
-        torch = self._torch
         if not len(crops):
             return np.zeros((0, len(self.feature_names())), np.float32)
+        device = self._head.weight.device
         x = np.stack(crops)
         x = (grey_rgb(x) if self.colour == "grey" else x).astype(np.float32) / 255.0
         x = (x - self.mean) / self.std
@@ -372,25 +354,60 @@ class FaceExpressionModel:
             maps = np.stack([to_uint8_map(compute_descriptor(c, self.descriptor_settings, self.sun_params))
                              for c in crops]).astype(np.float32) / 255.0
             tensors.append(torch.from_numpy((maps[:, None] - self.d_mean) / self.d_std))
-        self._pooled.clear()
-        with torch.inference_mode():
-            logits = self.net(*tensors)
-        pooled = self._pooled[-1].reshape(len(crops), -1)
-        return torch.cat([logits.float().softmax(1), pooled.float()], 1).numpy().astype(np.float32)
+        pooled: list[torch.Tensor] = []
+        # hooked for this call only: the net stays free of hooks (it can be pickled to worker processes and shared)
+        hook = self._head.register_forward_pre_hook(lambda mod, inp: pooled.append(inp[0].detach()))
+        try:
+            with torch.inference_mode():
+                logits = self.net(*(t.to(device) for t in tensors))
+        finally:
+            hook.remove()
+        emb = pooled[-1].reshape(len(crops), -1)
+        return torch.cat([logits.float().softmax(1), emb.float()], 1).cpu().numpy().astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------ extractor
+def check_face_model(settings: VisionSettings, face_model: FaceExpressionModel | None, owner: str) -> None:
+    """The face model given agrees with ``settings.face_model`` (the checkpoint file the settings record).
+
+    Raises:
+        ValueError: the settings name a checkpoint but no model was given (``features/`` does not read it), a model
+            was given but the settings name none, or the model was read from another file (naming ``owner``).
+    """
+    if settings.face_model and face_model is None:
+        raise ValueError(f"{owner}: the settings name the face model {settings.face_model}, but no face model was "
+                         "given: features/ reads no model checkpoints. Build it where models/ may be imported "
+                         f"(models.shipped.load_face_expression_model({str(settings.face_model)!r})) and pass it as "
+                         "face_model, or run the command `python -m pipelines.extract ... --face-model "
+                         f"{settings.face_model}`")
+    if face_model is not None and not settings.face_model:
+        raise ValueError(f"{owner}: a face model ({face_model.source or type(face_model.net).__name__}) was given but "
+                         "the settings name none: set VisionSettings.face_model to its checkpoint file (recorded in "
+                         "the feature file's header and the cache key)")
+    if (face_model is not None and face_model.source
+            and os.path.abspath(face_model.source) != os.path.abspath(settings.face_model)):
+        raise ValueError(f"{owner}: the face model was read from {face_model.source} but the settings name "
+                         f"{settings.face_model}")
+
+
 class VisionExtractor:
     """Frames -> per-frame speaker-face features (see the module docstring).
 
     Args:
         settings: :class:`VisionSettings`.
+        face_model: the face-expression model of ``settings.face_model`` (built by the caller, see
+            :class:`FaceExpressionModel`); ``None``: the descriptor fallback.
+
+    Raises:
+        ValueError: ``face_model`` and ``settings.face_model`` disagree (:func:`check_face_model`).
     """
 
-    def __init__(self, settings: VisionSettings = VisionSettings()) -> None:
+    def __init__(self, settings: VisionSettings = VisionSettings(),
+                 face_model: FaceExpressionModel | None = None) -> None:
+        check_face_model(settings, face_model, "VisionExtractor")
         self.settings = settings
         self.detector: FaceDetector = build_detector(settings.detector, min_face_size=settings.min_face_size)
-        self.face_model = FaceExpressionModel(settings.face_model) if settings.face_model else None
+        self.face_model = face_model
 
     def feature_names(self) -> list[str]:
         appearance = self.face_model.feature_names() if self.face_model else descriptor_names(self.settings)

@@ -2,6 +2,7 @@
 
 :class:`~pipelines.classroom.ClassroomPipeline`: classroom video -> per-face emotion table and per-student summary.
 :class:`~pipelines.recording.RecordingPipeline`: recording (video + transcript) -> per-utterance sentiment.
+:mod:`pipelines.extract`: ``python -m pipelines.extract``, the feature extractor with a face-expression checkpoint.
 """
 
 from pipelines.classroom import ClassroomPipeline, ClassroomResult

@@ -15,15 +15,15 @@ names and dims, pads to the checkpoint's ``seq_lens``; :mod:`features.sentiment_
 the plot), without a Trainer. The extracted features go to a temporary folder, removed after the call.
 
 Loading: the checkpoint is read weights-only (:func:`common.checkpoint.read_checkpoint`); the net's class path, and
-those of its nested parts, are checked against :data:`MSA_NETS` / :data:`MODEL_PARTS` (derived from the source of
-``models/`` without importing it) before anything is imported; the net is rebuilt as ``cls(feature_dims, seq_lens,
-**init_args)`` as ``LitMSA`` builds it (weight-file arguments, :data:`common.checkpoint.WEIGHT_FILE_ARGS`, are never
-opened: the checkpoint's weights replace them) and its ``net.`` weights are loaded strictly.
+those of its nested parts, are checked against :data:`MSA_NETS` / :data:`MODEL_PARTS` (``models.registry``: the one
+derivation of the classes of ``models/``, which ``lightning_modules.checkpoint_io`` builds on too) before anything the
+file names is imported; the net is rebuilt as ``cls(feature_dims, seq_lens, **init_args)`` as ``LitMSA`` builds it
+(weight-file arguments, :data:`common.checkpoint.WEIGHT_FILE_ARGS`, are never opened: the checkpoint's weights replace
+them) and its ``net.`` weights are loaded strictly.
 """
 
 from __future__ import annotations
 
-import ast
 import collections.abc
 import functools
 import importlib
@@ -62,6 +62,8 @@ from features.sentiment_report import (
     sort_rows,
     write_sentiment_csv,
 )
+from models.registry import MODEL_PARTS, MSA_NETS
+from models.shipped import load_face_expression_model
 
 __all__ = ["MODEL_PARTS", "MSA_NETS", "MSA_SYSTEM", "RecordingPipeline", "RecordingResult", "main"]
 
@@ -69,60 +71,14 @@ log = logging.getLogger(__name__)
 
 #: The system class path of an MSA checkpoint written by ``cli.py fit`` (compared as a string, never imported).
 MSA_SYSTEM = "lightning_modules.msa.LitMSA"
-_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The allow-lists, derived from the source of models/ (nothing is imported to build them)
+# Building the net: class paths checked against models.registry's lists (MSA_NETS, MODEL_PARTS)
 # ----------------------------------------------------------------------------------------------------------
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(_MODELS_DIR.parent).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
-
-
-@functools.cache
-def _model_classes() -> dict[str, bool]:
-    """``{class path: is an MSA net}`` for every top-level class of ``models/`` (and the names its packages re-export
-    with ``from .module import Name``); an MSA net's ``__init__`` starts with ``feature_dims, seq_lens``."""
-    defined: dict[str, bool] = {}
-    reexports: list[tuple[str, str]] = []  # (public path, defining path)
-    for path in sorted(_MODELS_DIR.rglob("*.py")):
-        module = _module_name(path)
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):
-                init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-                args = [a.arg for a in init.args.args[1:3]] if init is not None else []
-                defined[f"{module}.{node.name}"] = args == ["feature_dims", "seq_lens"]
-            elif isinstance(node, ast.ImportFrom) and node.level > 0 and path.name == "__init__.py":
-                base = module.split(".")
-                base = base[: len(base) - node.level + 1]
-                src = ".".join(base + ([node.module] if node.module else []))
-                for alias in node.names:
-                    reexports.append((f"{module}.{alias.asname or alias.name}", f"{src}.{alias.name}"))
-    for public, origin in reexports:
-        if origin in defined:
-            defined[public] = defined[origin]
-    return defined
-
-
-#: The MSA nets a recording checkpoint may name: classes of ``models/`` built as ``cls(feature_dims, seq_lens, ...)``.
-MSA_NETS = AllowList(
-    "the project's MSA nets (models/ classes built as cls(feature_dims, seq_lens, ...))",
-    lambda: [p for p, msa in _model_classes().items() if msa],
-    hint="A recording is scored by an MSA checkpoint written by `cli.py fit` with an MSA config (configs/hgcl_*.yaml, "
-         "configs/baselines/) on features from `python -m features.extract`; face models go through "
-         "pipelines.ClassroomPipeline.",
-)
-#: The parts an MSA net's ``init_args`` may name (``class_path`` entries, e.g. HGCL's ``graph_builder``): classes
-#: of ``models/``.
-MODEL_PARTS = AllowList("the classes of the project's models/ package", lambda: list(_model_classes()))
-
-
 def _import_checked(allow: AllowList, class_path: Any, source: str, where: str) -> type[nn.Module]:
-    """The ``nn.Module`` class ``class_path`` names, after checking it against ``allow`` (nothing is imported
-    before)."""
+    """The ``nn.Module`` class ``class_path`` names, after checking it against ``allow`` (nothing it names is
+    imported before)."""
     module, _, attr = allow.check(class_path, source, where).rpartition(".")
     obj = getattr(importlib.import_module(module), attr, None)
     if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
@@ -329,9 +285,10 @@ class RecordingPipeline:
                                   "overwrite='replace' (python -m pipelines.recording: --overwrite replace) or "
                                   "another output_dir")
         settings = reference_settings(self.reference_header, self.face_model, self.text_model)
+        face_model = load_face_expression_model(self.face_model) if self.face_model else None
         with tempfile.TemporaryDirectory(prefix="recording-") as tmp:
             feats = Path(tmp) / f"{video.stem}.features.npz"
-            extract_recording(video, feats, settings, found)
+            extract_recording(video, feats, settings, found, face_model)
             inputs = recording_inputs(load_feature_file(feats), feats, self.reference_header, self.reference, name,
                                       video, {"feature_dims": self.feature_dims, "seq_lens": self.seq_lens},
                                       self.checkpoint)

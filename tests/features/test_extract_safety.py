@@ -47,7 +47,7 @@ def fake_models(monkeypatch) -> list[str]:
     """Replace the media/model part of the extractor; returns the list of source files extracted."""
     calls: list[str] = []
 
-    def fake(path, clips, settings):
+    def fake(path, clips, settings, face_model=None):
         calls.append(path)
         return _fake_extract_source(path, clips, settings)
 

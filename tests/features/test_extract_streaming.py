@@ -30,7 +30,7 @@ SETTINGS = ExtractorSettings(text_max_len=8)
 TEXT_DIM = 6
 
 
-def fake_extract_source(path: str, clips, settings) -> list[dict[str, np.ndarray]]:
+def fake_extract_source(path: str, clips, settings, face_model=None) -> list[dict[str, np.ndarray]]:
     """Seeded cache entries: audio of 1..``max_audio`` steps (NaN in some), vision with faceless frames, one
     clip without any face, one corrupt file (ids ending in ``$_$bad``)."""
     out = []

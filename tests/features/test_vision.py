@@ -1,11 +1,16 @@
-"""Speaker-face features: geometry with known answers, the largest track, descriptors, masking, checkpoint safety."""
+"""Speaker-face features: geometry with known answers, the largest track, descriptors, masking, the face model (a
+ready net + preprocessing given by the caller; checkpoints read by ``models.shipped.load_face_expression_model``)
+and checkpoint safety."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from common.preprocessing import face_preprocessing
 from features.detection import Detection
 from features.vision import (
     GEOMETRY_FEATURES,
@@ -17,6 +22,7 @@ from features.vision import (
     face_geometry,
     follow_speaker,
 )
+from models.shipped import load_face_expression_model
 
 G = {n: i for i, n in enumerate(GEOMETRY_FEATURES)}
 
@@ -107,10 +113,10 @@ def _ckpt(tmp_path, class_path: str):
 
 
 def test_face_model_checkpoint_class_paths_are_allow_listed(tmp_path) -> None:
-    with pytest.raises(ValueError, match="not one of"):
-        FaceExpressionModel(str(_ckpt(tmp_path, "os.system")))
-    with pytest.raises(FileNotFoundError):
-        FaceExpressionModel(str(tmp_path / "missing.ckpt"))
+    with pytest.raises(ValueError, match=r"face\.ckpt' names 'os\.system'.*not one of"):
+        load_face_expression_model(_ckpt(tmp_path, "os.system"))
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+        load_face_expression_model(tmp_path / "missing.ckpt")
 
 
 def test_face_model_from_a_litfer_style_checkpoint(tmp_path) -> None:
@@ -123,8 +129,9 @@ def test_face_model_from_a_litfer_style_checkpoint(tmp_path) -> None:
                                      "num_classes": 3, "class_names": ["happy", "sad", "neutral"]},
                 "datamodule_hyper_parameters": {"image_size": 64, "face_margin": 0.2},
                 "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
-    fm = FaceExpressionModel(str(path))
+    fm = load_face_expression_model(path)
     assert fm.feature_names()[:3] == ["prob_happy", "prob_sad", "prob_neutral"]
+    assert fm.image_size == 64 and fm.source == str(path)  # an older checkpoint: the datamodule's hyper-parameters
     crops = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(2)]
     out = fm(crops)
     assert out.shape == (2, 3 + 512)
@@ -133,6 +140,63 @@ def test_face_model_from_a_litfer_style_checkpoint(tmp_path) -> None:
     with torch.inference_mode():
         ref = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).softmax(1).numpy()
     np.testing.assert_allclose(out[:, :3], ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ a net given by the caller
+def _tiny_net(num_classes: int = 3) -> torch.nn.Module:
+    from models.timm_classifier import TimmClassifier
+
+    torch.manual_seed(0)
+    return TimmClassifier(num_classes, model_name="resnet18", model_kwargs={"channels": [8, 8, 16, 16]}).eval()
+
+
+PREP = {"class_names": ["a", "b", "c"], "image_size": 32, "face_margin": 0.3, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "colour": "rgb", "descriptor": "none", "inputs": ("image",)}
+
+
+def test_face_model_takes_a_ready_net_and_plain_preprocessing() -> None:
+    """No checkpoint: the net and the preprocessing data are the caller's; probabilities and the pooled embedding (the
+    input of the last linear layer) come out, the net keeps no hook and the model pickles (as sent to workers)."""
+    net = _tiny_net()
+    fm = FaceExpressionModel(net, PREP, source="given.ckpt")
+    assert (fm.image_size, fm.margin, fm.class_names, fm.embed_dim) == (32, 0.3, ["a", "b", "c"], 16)
+    crops = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(3)]
+    out = fm(crops)
+    x = torch.from_numpy(((np.stack(crops).astype(np.float32) / 255 - 0.5) / 0.25).transpose(0, 3, 1, 2).copy())
+    with torch.inference_mode():
+        probs = net(x).softmax(1).numpy()
+        emb = net.model.forward_head(net.model.forward_features(x), pre_logits=True).numpy()  # timm's pooled features
+    np.testing.assert_allclose(out[:, :3], probs, atol=1e-6)
+    np.testing.assert_allclose(out[:, 3:], emb, atol=1e-6)
+    assert all(not m._forward_pre_hooks for m in net.modules())  # hooked for the call only
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fm))(crops), out)
+    assert fm([]).shape == (0, 3 + 16)
+
+
+def test_face_model_refuses_preprocessing_the_net_cannot_use() -> None:
+    with pytest.raises(ValueError, match=r"given\.ckpt names 2 classes for a net of 3 outputs"):
+        FaceExpressionModel(_tiny_net(), {**PREP, "class_names": ["a", "b"], "num_classes": 3}, source="given.ckpt")
+    with pytest.raises(ValueError, match=r"given\.ckpt: .*no descriptor"):
+        FaceExpressionModel(_tiny_net(), {**PREP, "inputs": ("image", "descriptor")}, source="given.ckpt")
+    with pytest.raises(ValueError, match=r"given\.ckpt uses SUN descriptor maps but holds no fitted SUN statistics"):
+        FaceExpressionModel(_tiny_net(), {**PREP, "inputs": ("image", "descriptor"), "descriptor": "sun"},
+                            source="given.ckpt")
+    with pytest.raises(ValueError, match=r"given\.ckpt: function is not a torch nn\.Module with a final linear"):
+        FaceExpressionModel(lambda x: x, PREP, source="given.ckpt")
+    with pytest.raises(ValueError, match="final linear layer of 5 outputs"):
+        FaceExpressionModel(_tiny_net(), {**PREP, "class_names": list("abcde")})
+
+
+def test_the_extractor_takes_the_face_model_its_settings_name(tmp_path) -> None:
+    fm = FaceExpressionModel(_tiny_net(), PREP, source=str(tmp_path / "face.ckpt"))
+    with pytest.raises(ValueError, match=r"name the face model .*face\.ckpt.*python -m pipelines\.extract"):
+        VisionExtractor(VisionSettings(detector="haar", face_model=str(tmp_path / "face.ckpt")))
+    with pytest.raises(ValueError, match="the settings name none"):
+        VisionExtractor(VisionSettings(detector="haar"), fm)
+    with pytest.raises(ValueError, match=r"read from .*face\.ckpt but the settings name .*other\.ckpt"):
+        VisionExtractor(VisionSettings(detector="haar", face_model=str(tmp_path / "other.ckpt")), fm)
+    vx = VisionExtractor(VisionSettings(detector="haar", face_model=str(tmp_path / "face.ckpt")), fm)
+    assert vx.feature_names() == list(GEOMETRY_FEATURES) + fm.feature_names()
 
 
 # ------------------------------------------------------------------------------------------------ unsafe checkpoints
@@ -150,28 +214,27 @@ def test_crafted_or_foreign_face_model_is_refused_naming_the_file(tmp_path) -> N
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"payload": _RunsCode(str(marker))}}, evil)
-    with pytest.raises(ValueError, match=r"evil\.ckpt is refused.*weights_only.*system"):
-        FaceExpressionModel(str(evil))
+    with pytest.raises(ValueError, match=r"evil\.ckpt' was refused.*weights_only.*system"):
+        load_face_expression_model(evil)
     assert not marker.exists()  # nothing in the file ran
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint at all")
-    with pytest.raises(ValueError, match=r"notes\.ckpt is refused"):
-        FaceExpressionModel(str(text))
+    with pytest.raises(ValueError, match=r"notes\.ckpt' was refused"):
+        load_face_expression_model(text)
     plain = tmp_path / "plain.ckpt"
     torch.save({"weight": torch.zeros(2)}, plain)
-    with pytest.raises(ValueError, match=r"plain\.ckpt is not a LitFER checkpoint"):
-        FaceExpressionModel(str(plain))
+    with pytest.raises(ValueError, match=r"plain\.ckpt' is not a face checkpoint"):
+        load_face_expression_model(plain)
 
 
-def test_extract_refuses_a_crafted_face_model_before_any_work(tmp_path) -> None:
+def test_extract_without_the_face_model_its_settings_name_stops_before_any_work(tmp_path) -> None:
+    """features/ reads no checkpoint: settings naming one without the model stop before the (missing) source is
+    even listed, naming the file and the command that reads it."""
     from features.extract import ExtractorSettings, extract
 
-    evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "x": _RunsCode(str(tmp_path / "ran"))}, evil)
-    settings = ExtractorSettings(vision=VisionSettings(face_model=str(evil)))
-    with pytest.raises(ValueError, match=r"evil\.ckpt is refused"):
+    settings = ExtractorSettings(vision=VisionSettings(face_model=str(tmp_path / "face.ckpt")))
+    with pytest.raises(ValueError, match=r"extract: the settings name the face model .*face\.ckpt.*pipelines\.extract"):
         extract(tmp_path / "no_videos_needed", tmp_path / "out.npz", settings, progress=False)
-    assert not (tmp_path / "ran").exists()
 
 
 # ------------------------------------------------------------------------------------------------ SUN face models
@@ -211,26 +274,27 @@ def _sun_checkpoint(path, with_statistics: bool = True):
 
 def _training_batch(crops, state: dict):
     """The batch the face datamodule builds for these crops (uint8 SUN maps, FaceBatchTransform normalisation)."""
-    from datamodules.datasets.images import FaceBatchTransform
     from features.descriptors import DescriptorSettings, SUNParams, compute_descriptor, to_uint8_map
+    from tests.helpers.fer import batch_transform
 
     s = state["settings"]
-    ds = DescriptorSettings(descriptor="sun", sun_sigmas=tuple(s["sun_sigmas"]), sun_ratio=s["sun_ratio"])
+    ds = DescriptorSettings(kind="sun", sun_sigmas=tuple(s["sun_sigmas"]), sun_ratio=s["sun_ratio"])
     sun = SUNParams(**state["sun_params"])
     samples = [{"image": torch.from_numpy(c.transpose(2, 0, 1).copy()),
                 "descriptor": torch.from_numpy(to_uint8_map(compute_descriptor(c, ds, sun))[None])} for c in crops]
-    return FaceBatchTransform(s["mean"], s["std"], s["descriptor_mean"], s["descriptor_std"], augment="none")(samples)
+    return batch_transform(mean=tuple(s["mean"]), std=tuple(s["std"]), descriptor_mean=s["descriptor_mean"],
+                           descriptor_std=s["descriptor_std"])(samples)
 
 
 def test_sun_face_model_uses_the_statistics_stored_in_the_checkpoint(tmp_path) -> None:
     path = tmp_path / "sun.ckpt"
     net = _sun_checkpoint(path)
-    fm = FaceExpressionModel(str(path))
+    fm = load_face_expression_model(path)
     assert fm.descriptor == "sun" and fm.sun_params is not None and fm.image_size == 32 and fm.margin == 0.3
     assert fm.feature_names()[:3] == ["prob_joy", "prob_focus", "prob_boredom"]
     crops = _faces32(3)
     out = fm(crops)
-    state = torch.load(path, weights_only=True)["fer_preprocessing"]
+    state = face_preprocessing(torch.load(path, weights_only=True))
     batch = _training_batch(crops, state)
     with torch.inference_mode():
         ref = net(batch["image"], batch["descriptor"]).softmax(1).numpy()
@@ -243,7 +307,7 @@ def test_sun_face_model_without_statistics_is_refused_naming_the_file(tmp_path) 
     path = tmp_path / "nostats.ckpt"
     _sun_checkpoint(path, with_statistics=False)
     with pytest.raises(ValueError, match=r"nostats\.ckpt uses SUN descriptor maps but holds no fitted SUN statistics"):
-        FaceExpressionModel(str(path))
+        load_face_expression_model(path)
 
 
 @pytest.mark.slow
@@ -254,9 +318,9 @@ def test_a_trained_litfer_sun_checkpoint_is_accepted(tmp_path) -> None:
     from tests.fakes_classroom import train_tiny_checkpoint
 
     path = train_tiny_checkpoint(tmp_path)
-    fm = FaceExpressionModel(str(path))
+    fm = load_face_expression_model(path)
     assert fm.descriptor == "sun" and fm.sun_params is not None
-    state = torch.load(path, weights_only=True)["fer_preprocessing"]
+    state = face_preprocessing(torch.load(path, weights_only=True))
     crops = _faces32(2)
     batch = _training_batch(crops, state)
     lit = LitFER.load_from_checkpoint(path, weights_only=False).eval()

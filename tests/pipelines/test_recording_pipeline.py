@@ -110,18 +110,27 @@ def test_a_face_checkpoint_is_refused_naming_it() -> None:
 
 
 def test_nets_outside_the_allow_list_are_refused_before_import(tmp_path, monkeypatch) -> None:
+    """A class path off the lists is refused naming the file; a module it names is never imported (``evil_net``, on
+    ``sys.path``, would leave a file behind). The lists come from importing ``models/`` (``models.registry``), so a
+    module of ``models/`` may be imported: only the project's own code runs."""
     import sys
 
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "evil_net.py").write_text(f"open({str(evil / 'imported')!r}, 'w').close()\n"
+                                      "import torch\nclass EvilNet(torch.nn.Module):\n"
+                                      "    def __init__(self, feature_dims, seq_lens):\n        super().__init__()\n")
+    monkeypatch.syspath_prepend(str(evil))
     ckpt, _ = _hgcl_checkpoint(tmp_path)
     raw = torch.load(ckpt, weights_only=True)
     del raw["hyper_parameters"]["_class_path"]  # a checkpoint that does not name its system
-    for path in ("models.timm_classifier.TimmClassifier", "os.system", "models.hgcl.hgcl.torch.nn.Linear"):
+    for path in ("models.timm_classifier.TimmClassifier", "os.system", "models.hgcl.hgcl.torch.nn.Linear",
+                 "evil_net.EvilNet", "torch.nn.Linear"):
         raw["hyper_parameters"]["net"]["class_path"] = path
         torch.save(raw, tmp_path / "bad.ckpt")
-        monkeypatch.delitem(sys.modules, "models.timm_classifier", raising=False)
         with pytest.raises(CheckpointError, match=rf"bad\.ckpt.*{path.replace('.', '[.]')}.*not one of"):
             RecordingPipeline.from_checkpoint(tmp_path / "bad.ckpt")
-        assert "models.timm_classifier" not in sys.modules
+    assert "evil_net" not in sys.modules and not (evil / "imported").exists()
     raw["hyper_parameters"]["net"] = {"class_path": "models.hgcl.HGCL",
                                       "init_args": {**HGCL_ARGS, "gnn": {"class_path": "builtins.eval"}}}
     torch.save(raw, tmp_path / "bad.ckpt")
