@@ -39,10 +39,11 @@ DEFAULT_CONFIG = REPO / "configs" / "fer" / "predict_video.yaml"
 
 
 def default_every_n_frames(config: str | Path = DEFAULT_CONFIG) -> int:
-    """The frame stride of the prediction config (``data.init_args.predict_every_n_frames``; 1 when it sets none):
-    the one default of ``cli.py predict``, :func:`analyze_video` and the page."""
+    """The frame stride of the prediction config (``data.init_args.every_n_frames`` of its
+    ``datamodules.face_video.FaceVideoDataModule``; 1 when it sets none): the one default of ``cli.py predict``,
+    :func:`analyze_video` and the page."""
     cfg = yaml.safe_load(Path(config).read_text()) or {}
-    value = (((cfg.get("data") or {}).get("init_args") or {}).get("predict_every_n_frames"))
+    value = (((cfg.get("data") or {}).get("init_args") or {}).get("every_n_frames"))
     return int(value) if value is not None else 1
 
 
@@ -81,9 +82,10 @@ def analyze_video(
             folder is refused unless ``overwrite``.
         config: the prediction config (its model section is replaced by the checkpoint's net and settings).
         overwrite: replace the outputs of an earlier run in ``output_dir``.
-        detector / min_face_size / every_n_frames / max_fps / max_frames: see ``FERDataModule``'s ``predict_*``;
-            ``every_n_frames=None`` takes the config's ``predict_every_n_frames`` (:func:`default_every_n_frames`:
-            5 in ``predict_video.yaml``), so the API, the page and ``cli.py predict`` analyse the same frames.
+        detector / min_face_size / every_n_frames / max_fps / max_frames: see
+            ``datamodules.face_video.FaceVideoDataModule``; ``every_n_frames=None`` takes the config's
+            ``every_n_frames`` (:func:`default_every_n_frames`: 5 in ``predict_video.yaml``), so the API, the page
+            and ``cli.py predict`` analyse the same frames.
         smooth_window: per-student moving average of the probabilities (observations).
         batch_size: faces per forward pass.
         annotated_video: ``"mp4"`` or ``"none"``.
@@ -145,9 +147,8 @@ def analyze_video(
                                cancelled=result.cancelled, pipeline="inference")
             return table
     data.update(
-        predict_source=str(source), predict_detector=detector, predict_min_face_size=int(min_face_size),
-        predict_every_n_frames=int(every_n_frames), predict_max_fps=max_fps, predict_max_frames=max_frames,
-        batch_size=int(batch_size), num_workers=0, progress="none",
+        source=str(source), detector=detector, min_face_size=int(min_face_size), every_n_frames=int(every_n_frames),
+        max_fps=max_fps, max_frames=max_frames, batch_size=int(batch_size), progress="none",
     )
     trainer = cfg.setdefault("trainer", {})
     trainer["logger"] = False

@@ -50,6 +50,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NET = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 4], "window_size": 4}
+LEARNING = ["joy", "focus", "thinking", "boredom", "confusion", "drowsiness"]  # the paper's six learning emotions
 
 
 class _Timed:
@@ -112,36 +113,45 @@ def run_pipeline(video: Path, out: Path, sample_fps: float, **settings) -> dict[
 def run_once(video: Path, net: str, sun, batch_size: int) -> dict[str, float]:
     from lightning.pytorch import Trainer
 
-    from datamodules.fer import FERDataModule
+    from datamodules.face_video import FaceVideoDataModule
     from lightning_modules.fer import LitFER
     from models.swin_two_branch import TwoBranchSwin
 
     cfg = yaml.safe_load((REPO / "configs" / "fer" / "predict_video.yaml").read_text())
     net_args = dict(cfg["model"]["init_args"]["net"]["init_args"])
     data = dict(cfg["data"]["init_args"])
+    size = 256  # the paper's crops
     if net == "tiny":
         net_args.update(TINY_NET)
-        data["image_size"] = 32
-    data.update(root="/nonexistent", predict_source=str(video), predict_every_n_frames=1, predict_max_fps=None,
-                batch_size=batch_size, progress="none", sun_sigmas=list(sun.sigmas))
-    net_args["img_size"] = data["image_size"]  # linked from data.image_size in the CLI (cli.DATA_LINKS)
-    dm = FERDataModule(**data)
-    dm._sun_params = sun
+        size = 32
+    data.update(source=str(video), every_n_frames=1, max_fps=None, batch_size=batch_size, progress="none")
+    net_args["img_size"] = size  # the checkpoint's image_size in cli.py predict
+    dm = FaceVideoDataModule(**data)
+    dm.use_preprocessing(paper_preprocessing(size, sun), origin=f"the {net} stand-in")  # a checkpoint's, in the CLI
     dm.setup("predict")
-    ds = dm.predict_dataset
-    det = _Timed(ds.stream.detector, "detect")
-    trk = _Timed(ds.stream.tracker, "update")
+    det = _Timed(dm.face_stream.detector, "detect")
+    trk = _Timed(dm.face_stream.tracker, "update")
     torch.manual_seed(0)
-    lit = LitFER(partial(TwoBranchSwin, **net_args), num_classes=len(data["class_names"]),
-                 class_names=data["class_names"]).eval()
+    lit = LitFER(partial(TwoBranchSwin, **net_args), num_classes=len(LEARNING), class_names=LEARNING).eval()
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       enable_checkpointing=False)
     t0 = time.perf_counter()
     trainer.predict(lit, datamodule=dm, return_predictions=False)
     wall = time.perf_counter() - t0
-    frames, faces = ds.stats["frames"], ds.stats["faces"]
+    frames, faces = dm.stats["frames"], dm.stats["faces"]
     return {"frames": frames, "faces": faces, "wall_s": wall, "frames_per_s": frames / wall,
             "faces_per_s": faces / wall, "detection_share": det.seconds / wall, "tracking_share": trk.seconds / wall}
+
+
+def paper_preprocessing(size: int, sun) -> dict:
+    """The preprocessing state a checkpoint of the paper's model stores (``FERDataModule.preprocessing_state``): the
+    six learning emotions, ``size`` px crops, ImageNet normalisation, SUN maps with the statistics ``sun``."""
+    settings = {"class_names": LEARNING, "image_size": size, "face_detection": "haar", "face_margin": 0.2,
+                "background": "black", "descriptor": "sun", "lbp_points": 8, "lbp_radius": 1.0, "energy_sigma": 2.0,
+                "sun_sigmas": list(sun.sigmas), "sun_ratio": sun.ratio, "sun_channels": sun.channels,
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "descriptor_mean": 0.5,
+                "descriptor_std": 0.5, "colour": "rgb"}
+    return {"version": 1, "settings": settings, "sun_params": dict(sun.__dict__)}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

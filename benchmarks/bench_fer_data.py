@@ -23,6 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.fer import FERDataModule
+from features.descriptors import DescriptorSettings
+from features.faces import FaceCropSettings
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 CLASSES = {
@@ -68,9 +70,8 @@ def main() -> None:
         dm = FERDataModule(
             str(root),
             CLASSES[dataset],
-            image_size=args.image_size,
-            face_detection=face_detection,
-            descriptor=args.descriptor,
+            crop=FaceCropSettings(image_size=args.image_size, face_detection=face_detection),
+            descriptor=DescriptorSettings(kind=args.descriptor),
             split="group",
             subject_pattern=PATTERNS[dataset],
             batch_size=args.batch_size,

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,9 +38,35 @@ from features.classroom_report import (
     write_csv_atomic,
 )
 
-__all__ = ["EmotionTimelineWriter", "check_output_parent", "plot_summary", "plot_timelines"]
+__all__ = ["AnalysedSource", "EmotionTimelineWriter", "check_output_parent", "plot_summary", "plot_timelines"]
 
 log = logging.getLogger(__name__)
+
+
+class AnalysedSource(Protocol):
+    """What the writer reads from the predict datamodule about the source it analysed
+    (``datamodules.face_video.FaceVideoDataModule``); a datamodule without it gives outputs from the batches alone
+    (no frame counts, no recording of a live source).
+
+    Attributes:
+        sources: the analysed source(s), as named in the batches' ``source``.
+        live: a webcam or stream (recorded to be annotated).
+        recording: where a live source is recorded (``None``: not recorded).
+        frame_stride: source frames per analysed frame (each box is held that long in the annotated video).
+        stats: counts of the run (``frames``, ``unreadable``, ``stopped_by_user``, ...).
+    """
+
+    sources: list[str]
+    live: bool
+    recording: Path | None
+    frame_stride: int
+    stats: dict[str, int]
+
+    def record_live_to(self, path: str | Path | None) -> None:
+        """Record a live source's frames to ``path``."""
+
+    def frames_summary(self) -> str:
+        """``"N of M frames (one in n)"``."""
 
 
 def check_output_parent(output_dir: str | Path, owner: str = "EmotionTimelineWriter") -> None:
@@ -173,11 +199,11 @@ class EmotionTimelineWriter(BasePredictionWriter):
         if trainer.global_rank == 0:
             self.check_output_dir()
         # a live source is recorded into the output folder (set here: the loader starts reading before
-        # on_predict_start; the datamodule's setup, which builds the dataset, runs before the callbacks')
-        ds = self._dataset(trainer)
-        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None) is None:
+        # on_predict_start)
+        src = self._source_info(trainer)
+        if src is not None and src.live and src.recording is None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            ds.record_to = self.output_dir / self._rank_name(trainer, "recording.mp4")
+            src.record_live_to(self.output_dir / self._rank_name(trainer, "recording.mp4"))
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._chunks, self.written, self.notes = [], [], []
@@ -185,8 +211,11 @@ class EmotionTimelineWriter(BasePredictionWriter):
         self._done = False
 
     @staticmethod
-    def _dataset(trainer: Trainer) -> Any:
-        return getattr(getattr(trainer, "datamodule", None), "predict_dataset", None)
+    def _source_info(trainer: Trainer) -> AnalysedSource | None:
+        """The datamodule when it describes the analysed source (:class:`AnalysedSource`, e.g.
+        ``datamodules.face_video.FaceVideoDataModule``), else ``None`` (the outputs then come from the batches)."""
+        dm = getattr(trainer, "datamodule", None)
+        return dm if callable(getattr(dm, "frames_summary", None)) and hasattr(dm, "record_live_to") else None
 
     # ------------------------------------------------------------------ collection
     def write_on_batch_end(
@@ -238,8 +267,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
 
     def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._done = True
-        ds = self._dataset(trainer)
-        sources = [ds.source] if ds is not None and hasattr(ds, "source") else []
+        src = self._source_info(trainer)
+        sources = list(src.sources) if src is not None else []
         if self._chunks:
             data = {key: np.concatenate([c[key] for c in self._chunks]) if key not in ("source", "path")
                     else [v for c in self._chunks for v in c[key]] for key in self._chunks[0]}
@@ -251,7 +280,7 @@ class EmotionTimelineWriter(BasePredictionWriter):
         else:
             names = self._class_names(pl_module, None)
             table = empty_table(names)
-        stats = dict(getattr(ds, "stats", {}) or {})
+        stats = dict(src.stats) if src is not None else {}
         for source in sources:
             if not (table["source"] == source).any():
                 self.notes.append(f"no face was found in {source} ({stats.get('frames', 0)} frames analysed): "
@@ -289,8 +318,8 @@ class EmotionTimelineWriter(BasePredictionWriter):
                                self.x_axis == "time")
                 self.written.append(p)
             if self.annotated_video == "mp4":
-                self._annotate(trainer, ds, source, sdf, out / self._rank_name(trainer, f"annotated_{name}.mp4"))
-        frames = ds.frames_summary() if hasattr(ds, "frames_summary") else f"{stats.get('frames', 0)} frames"
+                self._annotate(src, source, sdf, out / self._rank_name(trainer, f"annotated_{name}.mp4"))
+        frames = src.frames_summary() if src is not None else f"{stats.get('frames', 0)} frames"
         info = {"sources": sources, "frames_analysed": frames, "faces": len(table), "students": len(summary),
                 "stats": {k: int(v) for k, v in stats.items()}, "notes": self.notes,
                 "smooth_window": self.smooth_window, "class_names": names}
@@ -302,17 +331,17 @@ class EmotionTimelineWriter(BasePredictionWriter):
         log.info("EmotionTimelineWriter: %d faces, %d students -> %s", len(table), len(summary), out)
         self._chunks = []
 
-    def _annotate(self, trainer: Trainer, ds: Any, source: str, sdf: pd.DataFrame, path: Path) -> None:
+    def _annotate(self, src: AnalysedSource | None, source: str, sdf: pd.DataFrame, path: Path) -> None:
         from features.video import VIDEO_EXTENSIONS, VideoSourceError
 
         video = None
-        if ds is not None and getattr(ds, "live", False) and getattr(ds, "record_to", None):
-            video = Path(ds.record_to) if Path(ds.record_to).is_file() else None
+        if src is not None and src.live:
+            video = src.recording if src.recording is not None and src.recording.is_file() else None
         elif Path(source).is_file() and Path(source).suffix.lower() in VIDEO_EXTENSIONS:
             video = Path(source)
         if video is None:
             return
-        hold = int(getattr(ds, "every_n_frames", 1) or 1) if not getattr(ds, "live", False) else 1
+        hold = src.frame_stride if src is not None else 1
         try:
             annotate_video(video, sdf, path, hold_frames=hold)
         except VideoSourceError as err:

@@ -9,16 +9,18 @@ training split only through ``extra_roots``.
 
 Batch (``docs/architecture.md``, "Face images"): ``image`` ``[B, 3, H, W]`` float32 (normalised),
 ``descriptor`` ``[B, 1, H, W]`` float32 (when ``descriptor != "none"``), ``label`` ``[B]`` int64, ``origin``
-``list[str]``, ``path`` ``list[str]``. Predict batches (``predict_source``) replace ``label``/``origin`` with
-``frame`` ``[B]`` int64, ``time`` ``[B]`` float32 (seconds; 0 for still images), ``box`` ``[B, 4]`` int64
-``(x, y, w, h)`` in source pixels, ``track_id`` ``[B]`` int64 (the same student across frames,
-:mod:`features.tracking`), ``score`` ``[B]`` float32, ``landmarks`` ``[B, 5, 2]`` float32 (NaN without) and
-``source`` ``list[str]``.
+``list[str]``, ``path`` ``list[str]``. Prediction batches come from :mod:`datamodules.face_video` (this module keeps
+training data only).
 
-Portable checkpoints: :meth:`FERDataModule.preprocessing_state` (stored in every LitFER checkpoint) holds the
-class names, crop/alignment, normalisation and descriptor settings and the fitted SUN statistics;
-:meth:`FERDataModule.apply_preprocessing_state` makes a prediction-only datamodule use them, so predicting needs no
-training cache.
+Settings typed once: crop, descriptor, augmentation and normalisation are nested settings objects (``crop:
+{image_size: 64, face_detection: none}``, ``descriptor: {kind: none}``, ``augment: {...}``, ``normalisation:
+{...}``; on the command line ``--data.init_args.crop.image_size 64``).
+
+Portable checkpoints: the datamodule's :meth:`FERDataModule.state_dict` (Lightning stores it in every checkpoint,
+under ``"FERDataModule"``) is :meth:`FERDataModule.preprocessing_state`: class names, crop, normalisation and
+descriptor settings and the fitted SUN statistics, as plain data; :meth:`FERDataModule.load_state_dict` /
+:meth:`FERDataModule.apply_preprocessing_state` make a datamodule use them, so predicting needs no training cache
+(:func:`common.preprocessing.face_preprocessing` finds the state in a checkpoint, old ones included).
 
 Pipeline: ``prepare_data`` (rank 0, once) scans, detects/crops/caches faces with a manifest, writes or reuses the
 split file, fits the SUN statistics on the real training images and caches descriptor maps; ``setup`` reads the
@@ -27,25 +29,30 @@ caches into uint8 tensors (fast epochs >= 2). Caches default to ``cache/fer/<has
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from common.choices import check_choices
 from common.io import atomic_write
+from common.preprocessing import PREPROCESSING_KIND
+from common.settings import as_settings, plain_settings
 from common.splits import check_split_duplicates, warn_split_content
 from datamodules.base import AffectDataModule
 from datamodules.datasets.images import (
     SPLITS,
+    FaceAugment,
     FaceBatchTransform,
+    FaceNormalisation,
     FaceTensorDataset,
     class_balanced_weights,
     group_split,
@@ -55,20 +62,14 @@ from datamodules.datasets.images import (
 )
 from datamodules.distributed import eval_sampler
 from features.descriptors import (
-    Descriptor,
     DescriptorSettings,
-    SunChannels,
     SUNParams,
     compute_descriptor,
     fit_sun_params,
     to_uint8_map,
 )
-from features.detection import build_detector
-from features.face_stream import FaceStream
 from features.faces import (
     FaceCropSettings,
-    FaceDetection,
-    NoFacePolicy,
     _progress,
     preprocess_faces,
     read_manifest,
@@ -78,14 +79,10 @@ from features.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     REAL_ORIGIN,
-    BadImageError,
     ImageRecord,
-    load_image_rgb,
     scan_class_folders,
     scan_split_folders,
 )
-from features.tracking import IoUTracker
-from features.video import VIDEO_EXTENSIONS, is_live_source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +90,58 @@ log = logging.getLogger(__name__)
 PREPROCESSING_KEYS = (
     "class_names", "image_size", "face_detection", "face_margin", "background", "descriptor", "lbp_points",
     "lbp_radius", "energy_sigma", "sun_sigmas", "sun_ratio", "sun_channels", "mean", "std", "descriptor_mean",
-    "descriptor_std", "predict_alignment", "colour",
+    "descriptor_std", "colour",
 )
 #: Preprocessing settings that checkpoints written before they existed lack, with the value those models used.
 PREPROCESSING_DEFAULTS: dict[str, Any] = {"colour": "rgb"}
+#: The defaults of the nested settings: frozen dataclasses (immutable values, so sharing one default is safe, and
+#: jsonargparse lists each field with its default and choices in ``--help``).
+DEFAULT_CROP = FaceCropSettings()
+DEFAULT_DESCRIPTOR = DescriptorSettings()
+DEFAULT_AUGMENT = FaceAugment()
+DEFAULT_NORMALISATION = FaceNormalisation()
+#: The nested settings objects of :class:`FERDataModule` (attributes and hyper-parameters of these names).
+NESTED_SETTINGS = ("crop", "descriptor", "augment", "normalisation")
+#: Flat name of a setting (the stored preprocessing state's keys, and the arguments before the settings were nested)
+#: -> (nested settings, field) of :class:`FERDataModule`.
+FLAT_SETTINGS: dict[str, tuple[str, str]] = {
+    "image_size": ("crop", "image_size"), "face_detection": ("crop", "face_detection"),
+    "face_margin": ("crop", "margin"), "no_face": ("crop", "no_face"), "background": ("crop", "background"),
+    "descriptor": ("descriptor", "kind"), "lbp_points": ("descriptor", "lbp_points"),
+    "lbp_radius": ("descriptor", "lbp_radius"), "energy_sigma": ("descriptor", "energy_sigma"),
+    "sun_sigmas": ("descriptor", "sun_sigmas"), "sun_ratio": ("descriptor", "sun_ratio"),
+    "sun_channels": ("descriptor", "sun_channels"),
+    "hflip_prob": ("augment", "hflip_prob"), "affine_degrees": ("augment", "affine_degrees"),
+    "affine_translate": ("augment", "affine_translate"), "affine_scale": ("augment", "affine_scale"),
+    "brightness": ("augment", "brightness"), "contrast": ("augment", "contrast"),
+    "saturation": ("augment", "saturation"), "augment_policy": ("augment", "policy"),
+    "augment_ops": ("augment", "policy_ops"), "augment_magnitude": ("augment", "policy_magnitude"),
+    "random_erasing": ("augment", "random_erasing"),
+    "mean": ("normalisation", "mean"), "std": ("normalisation", "std"),
+    "descriptor_mean": ("normalisation", "descriptor_mean"), "descriptor_std": ("normalisation", "descriptor_std"),
+    "colour": ("normalisation", "colour"),
+}
+#: The flat keys of the stored preprocessing state that map to nested settings.
+PREPROCESSING_FIELDS: dict[str, tuple[str, str]] = {
+    k: FLAT_SETTINGS[k] for k in PREPROCESSING_KEYS if k in FLAT_SETTINGS
+}
+
+
+def nest_flat_settings(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"image_size": 64, "descriptor": "none", "root": ...}`` -> ``{"crop": {"image_size": 64}, "descriptor":
+    {"kind": "none"}, "root": ...}``: flat setting names (:data:`FLAT_SETTINGS`; the stored preprocessing state,
+    older configs) as :class:`FERDataModule`'s nested settings; other keys unchanged, nested ones merged."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in FLAT_SETTINGS and not isinstance(value, Mapping):
+            group, field = FLAT_SETTINGS[key]
+            out.setdefault(group, {})[field] = value
+        elif key in NESTED_SETTINGS and isinstance(value, Mapping):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
 PREPROCESSING_VERSION = 1
 
 
@@ -111,13 +156,13 @@ class FERDataModule(AffectDataModule):
             ``"ignore"``.
         extra_roots: folders of generated images (same class-folder layout; a top-level ``manifest.jsonl``
             is allowed and ignored by the scan). They join the TRAIN split only; ``origin`` = folder name.
-        image_size: side of the square face crop (paper: 256; CPU configs 64-112).
-        face_detection: ``"haar"`` (OpenCV frontal-face cascade, largest face) or ``"none"`` (pre-cropped).
-        face_margin: fraction of the face side added on each side of the detected box.
-        no_face: ``"keep"`` (whole image, padded square) or ``"skip"`` when no face is detected.
+        crop: how faces are found and cropped (:class:`features.faces.FaceCropSettings`: ``image_size``, the side of
+            the square crop (paper: 256; CPU configs 48-112); ``face_detection`` ``"haar"`` (OpenCV frontal-face
+            cascade, largest face) or ``"none"`` (pre-cropped); ``margin`` added on each side of the detected box;
+            ``no_face`` ``"keep"`` (whole image, padded square) or ``"skip"``; ``background`` under transparent
+            pixels; the cascade's parameters).
         on_bad_image: ``"skip"`` (corrupt / truncated / zero-byte / non-image files are counted, logged and
             recorded in the manifest) or ``"error"``.
-        background: ``"black"`` or ``"white"``: colour under transparent pixels (RGBA / LA / palette).
         max_pixels: files with more pixels (``width * height``, read from the header before decoding) are bad
             images (reason ``"too_many_pixels"``: counted and logged skips, or an error with
             ``on_bad_image="error"``); ``None`` leaves only PIL's decompression-bomb limit.
@@ -125,13 +170,9 @@ class FERDataModule(AffectDataModule):
 
         A class folder whose files are all unusable is an error naming the folder (every file unusable: an error
         naming the root); the same file content under two classes is a warning listing the files.
-        descriptor: ``"sun"``, ``"spectral_residual"``, ``"lbp"``, ``"energy"`` or ``"none"`` (no key).
-        lbp_points: LBP neighbours P.
-        lbp_radius: LBP radius R.
-        energy_sigma: Gaussian window of the energy map.
-        sun_sigmas: DoG centre scales of the SUN filter bank.
-        sun_ratio: DoG surround/centre ratio.
-        sun_channels: ``"intensity"`` or ``"opponent"`` (adds red-green / blue-yellow channels).
+        descriptor: the local descriptor map of the local branch (:class:`features.descriptors.DescriptorSettings`:
+            ``kind`` ``"sun"``, ``"spectral_residual"``, ``"lbp"``, ``"energy"`` or ``"none"`` (no ``descriptor``
+            key in batches), and each kind's parameters); default SUN.
         sun_params_file: where the SUN statistics live (default: inside the cache); needed for prediction
             without the training root.
         split: ``"stratified"`` (paper §3.1.1), ``"group"`` (subject-disjoint, by ``subject_pattern``) or
@@ -165,43 +206,17 @@ class FERDataModule(AffectDataModule):
         train_sampler: ``"none"`` (shuffle) or ``"class_balanced"`` (``WeightedRandomSampler``, 1/class count).
             (Not ``sampler``: Lightning logs the system's and the datamodule's hyper-parameters together and refuses
             a key both have with different values, and ``LitLDM.sampler`` is the diffusion sampler.)
-        hflip_prob: train-time horizontal flip probability.
-        affine_degrees: train-time rotation range (degrees).
-        affine_translate: train-time translation range (fraction of the size).
-        affine_scale: train-time scale range.
-        brightness: train-time brightness jitter.
-        contrast: train-time contrast jitter.
-        saturation: train-time saturation jitter.
-        mean: RGB normalisation mean (default ImageNet, as the Swin backbones).
-        std: RGB normalisation std.
-        descriptor_mean: descriptor normalisation mean (maps are in [0, 1] before it).
-        descriptor_std: descriptor normalisation std.
+        augment: train-time augmentation of the batches (:class:`datamodules.datasets.images.FaceAugment`: flip,
+            affine, colour jitter, TrivialAugment/RandAugment policy, random erasing).
+        normalisation: normalisation of image and descriptor map and the colour policy
+            (:class:`datamodules.datasets.images.FaceNormalisation`: ``mean``/``std`` (default ImageNet's),
+            ``descriptor_mean``/``descriptor_std``, ``colour`` ``"grey"`` turns every face grey before the model,
+            in training, evaluation and prediction alike, for models trained on grey faces). Stored in checkpoints
+            with the rest of the preprocessing (:meth:`state_dict`).
         batch_size: batch size of every loader.
-        num_workers: DataLoader workers (train/val/test; prediction always runs in the main process).
+        num_workers: DataLoader workers.
         seed: seed of the split, the SUN pixel subsample and the class-balanced sampler.
-        predict_source: what to run prediction on: a video file, a webcam (``0`` or ``webcam:0``), a stream URL
-            (``rtsp://...``), a folder of frames/images (sorted, tracked as a sequence) or one image.
-        predict_every_n_frames: frame stride: analyse one video frame in n.
-        predict_detector: face detector for prediction: ``"mtcnn"`` (CNN with landmarks, the default),
-            ``"haar"`` or ``"none"`` (each frame/image is one face, e.g. pre-cropped faces).
-        predict_min_face_size: smallest face side in source pixels (MTCNN: bounds its image pyramid).
-        predict_detector_thresholds: MTCNN P-/R-/O-Net thresholds.
-        predict_min_score: least MTCNN confidence of a kept face.
-        predict_alignment: ``"eyes"`` (similarity alignment by the eye landmarks, framed like the training crops)
-            or ``"none"`` (box crop).
-        predict_reid: ``"appearance"`` (re-link a track after occlusion by a face embedding) or ``"none"``.
-        predict_track_max_age: processed frames a track may miss and keep its id by IoU.
-        predict_max_fps: frame-rate cap of live sources (webcam/stream).
-        predict_max_frames: stop a live source after this many frames (None: until it ends or Ctrl-C).
         progress: ``"rich"`` progress bar during preprocessing, or ``"none"``.
-        augment_policy: extra train-time policy of :class:`~datamodules.datasets.images.FaceBatchTransform`:
-            ``"none"``, ``"trivial"`` (TrivialAugment) or ``"rand"`` (RandAugment) over ops chosen for grey faces.
-        augment_ops: RandAugment's number of ops per face.
-        augment_magnitude: RandAugment's magnitude in [0, 10].
-        random_erasing: per-face probability of timm's random erasing (train only).
-        colour: ``"grey"`` turns every face grey before the model (training, evaluation and prediction alike:
-            ``common.tensors.grey_rgb``), for models trained on grey faces (FER2013, CK+, JAFFE) that then predict on
-            colour video; ``"rgb"`` keeps the pixels. Stored in checkpoints with the other preprocessing.
         cache_backend: ``"memory"`` (every crop held as a uint8 tensor, fastest for sets that fit) or ``"litdata"``
             (crops written once as litdata chunks and streamed from disk: memory stays flat as the set grows, and
             litdata shards the train split across DDP ranks and nodes; see
@@ -221,21 +236,11 @@ class FERDataModule(AffectDataModule):
         class_aliases: dict[str, str] | None = None,
         unknown_folders: Literal["error", "ignore"] = "error",
         extra_roots: list[str] | None = None,
-        image_size: int = 112,
-        face_detection: FaceDetection = "haar",
-        face_margin: float = 0.2,
-        no_face: NoFacePolicy = "keep",
+        crop: FaceCropSettings = DEFAULT_CROP,
         on_bad_image: Literal["skip", "error"] = "skip",
-        background: Literal["black", "white"] = "black",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_image_side: int = DEFAULT_MIN_SIDE,
-        descriptor: Descriptor = "sun",
-        lbp_points: int = 8,
-        lbp_radius: float = 1.0,
-        energy_sigma: float = 2.0,
-        sun_sigmas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0),
-        sun_ratio: float = 1.6,
-        sun_channels: SunChannels = "intensity",
+        descriptor: DescriptorSettings = DEFAULT_DESCRIPTOR,
         sun_params_file: str | None = None,
         split: Literal["stratified", "group", "folders"] = "stratified",
         split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
@@ -247,37 +252,12 @@ class FERDataModule(AffectDataModule):
         resplit: Literal["never", "always"] = "never",
         cache_dir: str | None = None,
         train_sampler: Literal["none", "class_balanced"] = "none",
-        hflip_prob: float = 0.5,
-        affine_degrees: float = 10.0,
-        affine_translate: float = 0.05,
-        affine_scale: tuple[float, float] = (0.95, 1.05),
-        brightness: float = 0.2,
-        contrast: float = 0.2,
-        saturation: float = 0.0,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        descriptor_mean: float = 0.5,
-        descriptor_std: float = 0.5,
+        augment: FaceAugment = DEFAULT_AUGMENT,
+        normalisation: FaceNormalisation = DEFAULT_NORMALISATION,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 42,
-        predict_source: str | None = None,
-        predict_every_n_frames: int = 1,
-        predict_detector: Literal["mtcnn", "haar", "none"] = "mtcnn",
-        predict_min_face_size: int = 20,
-        predict_detector_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-        predict_min_score: float = 0.9,
-        predict_alignment: Literal["eyes", "none"] = "eyes",
-        predict_reid: Literal["appearance", "none"] = "appearance",
-        predict_track_max_age: int = 10,
-        predict_max_fps: float | None = None,
-        predict_max_frames: int | None = None,
         progress: Literal["rich", "none"] = "rich",
-        augment_policy: Literal["none", "trivial", "rand"] = "none",
-        augment_ops: int = 2,
-        augment_magnitude: float = 9.0,
-        random_erasing: float = 0.0,
-        colour: Literal["rgb", "grey"] = "rgb",
         cache_backend: Literal["memory", "litdata"] = "memory",
         stream_dir: str | None = None,
         stream_group_size: int | None = None,
@@ -299,8 +279,8 @@ class FERDataModule(AffectDataModule):
             raise ValueError(f"{name}: split='group' needs subject_pattern (e.g. '^(S\\d+)_' for CK+)")
         if (max_pixels is not None and max_pixels < 1) or min_image_side < 1:
             raise ValueError(f"{name}: max_pixels and min_image_side must be >= 1, got {max_pixels}, {min_image_side}")
-        if batch_size < 1 or num_workers < 0 or predict_every_n_frames < 1:
-            raise ValueError(f"{name}: batch_size and predict_every_n_frames must be >= 1, num_workers >= 0")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"{name}: batch_size must be >= 1 and num_workers >= 0")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"{name}: val_fraction must be in (0, 1), got {val_fraction}")
         if len(split_ratios) != 3 or min(split_ratios) < 0 or split_ratios[0] <= 0:
@@ -313,50 +293,20 @@ class FERDataModule(AffectDataModule):
             raise ValueError(
                 f"{name}: extra_roots need distinct folder names other than 'real', got {extra_names}"
             )
+        # the nested settings, validated by their own classes (a dict from Python is accepted too)
+        self.crop = as_settings(FaceCropSettings, crop, name, "crop")
+        self.descriptor = as_settings(DescriptorSettings, descriptor, name, "descriptor")
+        self.augment = as_settings(FaceAugment, augment, name, "augment")
+        self.normalisation = as_settings(FaceNormalisation, normalisation, name, "normalisation")
         self.save_hyperparameters()
-        # Validated here so that bad options fail at construction, not in prepare_data.
-        self._crop_settings = FaceCropSettings(
-            image_size=image_size,
-            face_detection=face_detection,
-            margin=face_margin,
-            no_face=no_face,
-            background=background,
-        )
-        self._desc_settings = DescriptorSettings(
-            descriptor=descriptor,
-            lbp_points=lbp_points,
-            lbp_radius=lbp_radius,
-            energy_sigma=energy_sigma,
-            sun_sigmas=tuple(float(s) for s in sun_sigmas),
-            sun_ratio=sun_ratio,
-            sun_channels=sun_channels,
-        )
+        # checkpoints hold plain data only (a weights-only reader refuses pickled dataclasses)
+        for key in NESTED_SETTINGS:
+            self.hparams[key] = plain_settings(getattr(self, key))
         self._extra_roots = extra
-        self._collate_train = FaceBatchTransform(
-            mean,
-            std,
-            descriptor_mean,
-            descriptor_std,
-            hflip_prob,
-            affine_degrees,
-            affine_translate,
-            affine_scale,
-            brightness,
-            contrast,
-            saturation,
-            augment="train",
-            policy=augment_policy,
-            policy_ops=augment_ops,
-            policy_magnitude=augment_magnitude,
-            random_erasing=random_erasing,
-            colour=colour,
-        )
-        self._collate_eval = FaceBatchTransform(mean, std, descriptor_mean, descriptor_std, augment="none",
-                                                colour=colour)
+        self._collate_train = FaceBatchTransform(self.normalisation, self.augment)
+        self._collate_eval = FaceBatchTransform(self.normalisation)
         self.datasets: dict[str, FaceTensorDataset] = {}
-        self.predict_dataset: FacePredictDataset | None = None
-        self._sun_params: SUNParams | None = None  # from a checkpoint (apply_preprocessing_state)
-        self._check_predict_options()
+        self._sun_params: SUNParams | None = None  # from a checkpoint (load_state_dict)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -370,24 +320,24 @@ class FERDataModule(AffectDataModule):
     @property
     def image_size(self) -> int:
         """Side of the square face crops (the CLI links it to the net's ``img_size``)."""
-        return int(self.hparams.image_size)
+        return int(self.crop.image_size)
 
     @property
     def mean(self) -> tuple[float, float, float]:
         """RGB normalisation mean of the batches (linked to ``LitVAE``/``LitLDM`` ``image_mean``)."""
-        return tuple(float(v) for v in self.hparams.mean)
+        return tuple(float(v) for v in self.normalisation.mean)
 
     @property
     def std(self) -> tuple[float, float, float]:
         """RGB normalisation std of the batches (linked to ``image_std``)."""
-        return tuple(float(v) for v in self.hparams.std)
+        return tuple(float(v) for v in self.normalisation.std)
 
     @property
     def cache_root(self) -> Path:
         """Cache directory (``cache_dir`` or ``cache/fer/<hash of root + crop settings>``)."""
         if self.hparams.cache_dir:
             return Path(self.hparams.cache_dir)
-        key = {"root": str(Path(self.hparams.root).resolve()), "crop": self._crop_settings.as_dict()}
+        key = {"root": str(Path(self.hparams.root).resolve()), "crop": self.crop.as_dict()}
         if self.hparams.split == "folders":  # another reading of the root: its own manifest and maps
             key["layout"] = "split_folders"
         return Path("cache") / "fer" / settings_hash(key)
@@ -418,7 +368,7 @@ class FERDataModule(AffectDataModule):
         return (
             self.cache_root
             / "descriptors"
-            / f"sun_params-{settings_hash(self._desc_settings.as_dict())}.json"
+            / f"sun_params-{settings_hash(self.descriptor.as_dict())}.json"
         )
 
     # ------------------------------------------------------------------ scanning / splitting helpers
@@ -599,10 +549,10 @@ class FERDataModule(AffectDataModule):
         return hashlib.sha1(json.dumps({s: sorted(split[s]) for s in SPLITS}).encode()).hexdigest()[:16]
 
     def _descriptor_dir(self, sun: SUNParams | None) -> Path:
-        key = {"desc": self._desc_settings.as_dict(), "crop": self._crop_settings.as_dict()}
+        key = {"desc": self.descriptor.as_dict(), "crop": self.crop.as_dict()}
         if sun is not None:
             key["sun"] = [sun.theta, sun.scale]
-        return self.cache_root / "descriptors" / f"{self._desc_settings.descriptor}-{settings_hash(key)}"
+        return self.cache_root / "descriptors" / f"{self.descriptor.kind}-{settings_hash(key)}"
 
     @staticmethod
     def _crop_path(cache: Path, entry: dict) -> Path:
@@ -617,24 +567,48 @@ class FERDataModule(AffectDataModule):
 
     # ------------------------------------------------------------------ portable checkpoints
     def preprocessing_state(self) -> dict[str, Any]:
-        """What a trained model needs to predict, as plain JSON types (stored in LitFER checkpoints):
-        ``{"version", "settings": {<PREPROCESSING_KEYS>}, "sun_params": dict | None}``."""
-        hp = self.hparams
-        settings = {k: list(hp[k]) if isinstance(hp[k], tuple) else hp[k] for k in PREPROCESSING_KEYS}
+        """What a trained model needs to predict, as plain JSON types:
+        ``{"version", "kind", "settings": {<PREPROCESSING_KEYS>}, "sun_params": dict | None}``.
+
+        It is this datamodule's :meth:`state_dict`, which Lightning stores in every checkpoint (under
+        ``"FERDataModule"``, the class name); the settings are flat (``image_size``, ``face_margin``, ``descriptor``,
+        ``mean``...), the schema every reader of face checkpoints knows (:data:`PREPROCESSING_FIELDS` maps them to
+        the nested settings)."""
+        settings = self._preprocessing_settings()
         sun = None
-        if hp.descriptor == "sun":
+        if self.descriptor.kind == "sun":
             try:
                 sun = dict(self.load_sun_params().__dict__)
             except FileNotFoundError:
                 log.warning("%s: no SUN statistics yet (prepare_data not run): the checkpoint will not hold them",
                             type(self).__name__)
-        return {"version": PREPROCESSING_VERSION, "settings": settings, "sun_params": sun}
+        return {"version": PREPROCESSING_VERSION, "kind": PREPROCESSING_KIND, "settings": settings,
+                "sun_params": sun}
+
+    def _preprocessing_settings(self) -> dict[str, Any]:
+        """The flat ``settings`` of :meth:`preprocessing_state` (plain JSON types)."""
+        settings: dict[str, Any] = {"class_names": list(self.class_names)}
+        for key, (group, field) in PREPROCESSING_FIELDS.items():
+            value = getattr(getattr(self, group), field)
+            settings[key] = list(value) if isinstance(value, tuple) else value
+        return settings
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's datamodule hook: the :meth:`preprocessing_state`, stored in every checkpoint."""
+        return self.preprocessing_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's datamodule hook (a checkpoint restored by ``trainer.fit/validate/test/predict(ckpt_path=)``):
+        :meth:`apply_preprocessing_state`. ``cli.py`` applies the checkpoint's state before any data is prepared;
+        when Lightning restores it again after ``setup`` it changes nothing. A state that differs from the settings
+        the datasets were already built with is an error (the model would see other crops than it was trained on)."""
+        self.apply_preprocessing_state(state_dict, origin="the restored checkpoint")
 
     def apply_preprocessing_state(
         self, state: dict[str, Any], origin: str = "the checkpoint", inputs: tuple[str, ...] | None = None,
         explicit: Collection[str] = (),
     ) -> None:
-        """Use a trained model's preprocessing (see :meth:`preprocessing_state`) for prediction.
+        """Use a trained model's preprocessing (see :meth:`preprocessing_state`).
 
         The stored settings replace this datamodule's (a model only works with the crops and descriptors it was
         trained on); every value that changes is logged.
@@ -643,75 +617,71 @@ class FERDataModule(AffectDataModule):
             state: the stored preprocessing state.
             origin: where it comes from (named in messages).
             inputs: the batch keys the model's net takes (``net.inputs``); a net that takes no ``descriptor``
-                (a timm classifier) gets no descriptor maps (``descriptor: none``: nothing computed, no SUN
+                (a timm classifier) gets no descriptor maps (``descriptor: {kind: none}``: nothing computed, no SUN
                 statistics needed), whatever descriptor its training used.
-            explicit: settings the user gave explicitly (on the command line): one that differs from the stored
-                value is an error naming the flag, instead of being replaced.
+            explicit: top-level settings the user gave explicitly (on the command line, e.g. ``crop`` for
+                ``--data.init_args.crop.image_size``): one whose stored value differs is an error naming the flag,
+                instead of being replaced.
 
         Raises:
-            ValueError: the state is not of a known version or lacks settings (naming ``origin``).
+            ValueError: the state is not of a known version or lacks settings, a setting given explicitly differs,
+                or the datasets were already built with other settings (all naming ``origin``).
         """
         name = type(self).__name__
         if not isinstance(state, dict) or state.get("version") != PREPROCESSING_VERSION or "settings" not in state:
             raise ValueError(f"{name}: {origin} holds no usable preprocessing state (version "
                              f"{state.get('version') if isinstance(state, dict) else None!r})")
-        settings = {**PREPROCESSING_DEFAULTS, **state["settings"]}
-        missing = [k for k in PREPROCESSING_KEYS if k not in settings]
+        stored = {**PREPROCESSING_DEFAULTS, **state["settings"]}
+        missing = [k for k in PREPROCESSING_KEYS if k not in stored]
         if missing:
             raise ValueError(f"{name}: {origin} lacks the preprocessing settings {missing}")
-        hp = self.hparams
-        changed = {k: (hp[k], settings[k]) for k in PREPROCESSING_KEYS
-                   if (list(hp[k]) if isinstance(hp[k], tuple) else hp[k]) != settings[k]}
-        clashes = [k for k in changed if k in explicit]
+        current = self._preprocessing_settings()
+        changed = {k: (current[k], stored[k]) for k in PREPROCESSING_KEYS if current[k] != stored[k]}
+        clashes = [k for k in changed if PREPROCESSING_FIELDS.get(k, (k,))[0] in explicit]
         if clashes:
+            flags = sorted({"--data.init_args." + ".".join(PREPROCESSING_FIELDS.get(k, (k,))) for k in clashes})
             raise ValueError(
                 f"{name}: " + "; ".join(f"{k} {changed[k][0]!r} (given explicitly) differs from {changed[k][1]!r} "
                                        f"stored in {origin}" for k in clashes)
-                + ". The model only works with the preprocessing it was trained with: drop "
-                + ", ".join(f"--data.init_args.{k}" for k in clashes)
+                + ". The model only works with the preprocessing it was trained with: drop " + ", ".join(flags)
             )
+        if changed and self.datasets:
+            raise ValueError(f"{name}: {origin} holds other preprocessing than the datasets were built with "
+                             f"({', '.join(f'{k}: {o!r} -> {n!r}' for k, (o, n) in changed.items())}); apply it "
+                             "before prepare_data/setup")
         for k, (old, new) in changed.items():
             log.warning("%s: %s = %r from %s (was %r)", name, k, new, origin, old)
-        hp.update({k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in settings.items()})
-        if inputs is not None and "descriptor" not in inputs and hp.descriptor != "none":
-            log.info("%s: descriptor = 'none' (the model of %s takes %s, no descriptor map; trained with %r)",
-                     name, origin, tuple(inputs), hp.descriptor)
-            hp.descriptor = "none"
+        groups = nest_flat_settings({k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()
+                                     if k in PREPROCESSING_FIELDS})
+        if inputs is not None and "descriptor" not in inputs and groups["descriptor"]["kind"] != "none":
+            log.info("%s: descriptor kind 'none' (the model of %s takes %s, no descriptor map; trained with %r)",
+                     name, origin, tuple(inputs), groups["descriptor"]["kind"])
+            groups["descriptor"]["kind"] = "none"
             state = {**state, "sun_params": None}
-        self._crop_settings = FaceCropSettings(
-            image_size=hp.image_size, face_detection=hp.face_detection, margin=hp.face_margin,
-            no_face=hp.no_face, background=hp.background,
-        )
-        self._desc_settings = DescriptorSettings(
-            descriptor=hp.descriptor, lbp_points=hp.lbp_points, lbp_radius=hp.lbp_radius,
-            energy_sigma=hp.energy_sigma, sun_sigmas=tuple(float(v) for v in hp.sun_sigmas),
-            sun_ratio=hp.sun_ratio, sun_channels=hp.sun_channels,
-        )
-        self._collate_eval = FaceBatchTransform(hp.mean, hp.std, hp.descriptor_mean, hp.descriptor_std,
-                                                augment="none", colour=hp.colour)
+        for group, fields in groups.items():
+            setattr(self, group, dataclasses.replace(getattr(self, group), **fields))
+            self.hparams[group] = plain_settings(getattr(self, group))
+        self.hparams["class_names"] = list(stored["class_names"])
+        self._collate_train = FaceBatchTransform(self.normalisation, self.augment)
+        self._collate_eval = FaceBatchTransform(self.normalisation)
         sun = state.get("sun_params")
         self._sun_params = SUNParams(**sun) if sun else None
-        if hp.descriptor == "sun" and self._sun_params is None:
+        if self.descriptor.kind == "sun" and self._sun_params is None:
             log.warning("%s: %s has no SUN statistics; they will be read from %s", name, origin,
                         self.sun_params_path)
-        self.predict_dataset = None
-        self._check_predict_options()
 
     # ------------------------------------------------------------------ LightningDataModule hooks
     def prepare_data(self) -> None:
         """Preprocess and cache everything once (no downloads; no state is set on ``self``)."""
         hp = self.hparams
         if not Path(hp.root).is_dir():
-            if hp.predict_source:
-                log.info("Training root %s absent: prediction only, nothing to prepare", hp.root)
-                return
             raise FileNotFoundError(
                 f"Image root {hp.root!r} does not exist (the data module never downloads)"
             )
         cache = self.cache_root
         real, extra = self._scan()
         entries = preprocess_faces(
-            real + extra, cache, self._crop_settings, self._roots(), hp.on_bad_image, hp.progress,
+            real + extra, cache, self.crop, self._roots(), hp.on_bad_image, hp.progress,
             max_pixels=hp.max_pixels, min_side=hp.min_image_side,
         )
         self._check_usable(real, extra, entries)
@@ -719,11 +689,11 @@ class FERDataModule(AffectDataModule):
         by_rel = {r.rel: r.path for r in real}
         check_split_duplicates(str(hp.root), {s: {by_rel[rel]: entries[by_rel[rel]].get("sha1") for rel in split[s]}
                                               for s in SPLITS}, hp.on_split_duplicate)
-        if hp.descriptor == "none":
+        if self.descriptor.kind == "none":
             self._write_streams(real, extra, entries, split, None)
             return
         sun = None
-        if hp.descriptor == "sun":
+        if self.descriptor.kind == "sun":
             sun = self._fit_or_load_sun(split, real, entries)
         out_dir = self._descriptor_dir(sun)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -734,14 +704,14 @@ class FERDataModule(AffectDataModule):
             target = out_dir / Path(e["cache_file"]).name
             if not target.is_file():
                 todo.append((e, target))
-        for e, target in _progress(todo, f"Descriptor maps ({hp.descriptor})", hp.progress == "rich"):
+        for e, target in _progress(todo, f"Descriptor maps ({self.descriptor.kind})", hp.progress == "rich"):
             crop = np.load(self._crop_path(cache, e))
-            m = to_uint8_map(compute_descriptor(crop, self._desc_settings, sun))
+            m = to_uint8_map(compute_descriptor(crop, self.descriptor, sun))
             with atomic_write(target) as f:
                 np.save(f, m)
         log.info(
             "Descriptor maps (%s): %d computed, %d cached in %s",
-            hp.descriptor,
+            self.descriptor.kind,
             len(todo),
             sum(e["status"] == "ok" for e in entries.values()) - len(todo),
             out_dir,
@@ -765,7 +735,7 @@ class FERDataModule(AffectDataModule):
         from datamodules.datasets.streaming import FORMAT_VERSION, TRAIN_WRITE_ORDER
 
         # the sample layout's version is part of the key: a stream of an older layout stays untouched in its folder
-        key = {"split": self._split_digest(split), "crop": self._crop_settings.as_dict(),
+        key = {"split": self._split_digest(split), "crop": self.crop.as_dict(),
                "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots(),
                "format": FORMAT_VERSION, "train_order": TRAIN_WRITE_ORDER, "group": self.stream_group_size}
         return self.cache_root / "litdata" / settings_hash(key)
@@ -811,8 +781,8 @@ class FERDataModule(AffectDataModule):
         for s in SPLITS:
             folder = root / s
             if not members[s]:
-                size = self._crop_settings.image_size
-                descs = None if hp.descriptor == "none" else torch.zeros(0, 1, size, size, dtype=torch.uint8)
+                size = self.crop.image_size
+                descs = None if self.descriptor.kind == "none" else torch.zeros(0, 1, size, size, dtype=torch.uint8)
                 self.datasets[s] = FaceTensorDataset(torch.zeros(0, 3, size, size, dtype=torch.uint8),
                                                      torch.zeros(0, dtype=torch.long), [], [], descs)
                 continue
@@ -838,9 +808,9 @@ class FERDataModule(AffectDataModule):
         crops = [np.load(self._crop_path(self.cache_root, entries[r.path])) for r in real if r.rel in train]
         params = fit_sun_params(
             crops,
-            self._desc_settings.sun_sigmas,
-            self._desc_settings.sun_ratio,
-            self._desc_settings.sun_channels,
+            self.descriptor.sun_sigmas,
+            self.descriptor.sun_ratio,
+            self.descriptor.sun_channels,
             seed=self.hparams.seed,
             source={
                 "split_file": str(self.split_path),
@@ -857,9 +827,8 @@ class FERDataModule(AffectDataModule):
         """Load the cached crops/maps into uint8 tensors and build the datasets for ``stage``."""
         hp = self.hparams
         if stage == "predict":
-            if self.predict_dataset is None:
-                self._setup_predict()
-            return
+            raise ValueError(f"{type(self).__name__} holds training data only: predict with "
+                             "datamodules.face_video.FaceVideoDataModule (configs/fer/predict_video.yaml)")
         if self.datasets:
             return
         cache = self.cache_root
@@ -875,9 +844,9 @@ class FERDataModule(AffectDataModule):
         self._check_usable(real, extra, entries, warn=False)
         split = self._load_or_make_split(real, entries, write=False)
         sun = None
-        if hp.descriptor == "sun":
+        if self.descriptor.kind == "sun":
             sun = self.load_sun_params()
-        desc_dir = self._descriptor_dir(sun) if hp.descriptor != "none" else None
+        desc_dir = self._descriptor_dir(sun) if self.descriptor.kind != "none" else None
         members = self._members(real, extra, entries, split)
         if hp.cache_backend == "litdata":
             self._setup_streams(members, split, desc_dir)
@@ -896,7 +865,7 @@ class FERDataModule(AffectDataModule):
                     )
                 descs = stack_hwc_uint8([np.load(f) for f in files], 1)
             if not recs:
-                size = self._crop_settings.image_size
+                size = self.crop.image_size
                 images = torch.zeros(0, 3, size, size, dtype=torch.uint8)
                 descs = None if desc_dir is None else torch.zeros(0, 1, size, size, dtype=torch.uint8)
             self.datasets[s] = FaceTensorDataset(
@@ -909,40 +878,6 @@ class FERDataModule(AffectDataModule):
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
         warn_split_content(str(self.hparams.root), {s: len(d) for s, d in self.datasets.items()},
                            {s: d.paths for s, d in self.datasets.items()}, val="val")
-
-    def _check_predict_options(self) -> None:
-        hp = self.hparams
-        check_choices(type(self), {k: hp[k] for k in ("predict_detector", "predict_alignment", "predict_reid")})
-        if hp.predict_max_fps is not None and hp.predict_max_fps <= 0:
-            raise ValueError(f"{type(self).__name__}: predict_max_fps must be > 0, got {hp.predict_max_fps}")
-
-    def _setup_predict(self) -> None:
-        """Build the prediction dataset (the source is opened here: a bad video fails before any prediction)."""
-        hp = self.hparams
-        if not hp.predict_source:
-            raise ValueError(f"{type(self).__name__}: predict_source is not set")
-        sun = self.load_sun_params() if hp.descriptor == "sun" else None
-        detector = None
-        if hp.predict_detector != "none":
-            detector = build_detector(
-                hp.predict_detector, min_face_size=hp.predict_min_face_size,
-                thresholds=tuple(hp.predict_detector_thresholds), min_score=hp.predict_min_score,
-            )
-        stream = FaceStream(
-            detector, hp.image_size, hp.face_margin, hp.predict_alignment,
-            IoUTracker(max_age=hp.predict_track_max_age), hp.predict_reid,
-        )
-        self.predict_dataset = FacePredictDataset(
-            hp.predict_source,
-            self._crop_settings,
-            stream,
-            self._desc_settings,
-            sun,
-            hp.predict_every_n_frames,
-            hp.predict_max_fps,
-            hp.predict_max_frames,
-            progress=hp.progress == "rich",
-        )
 
     # ------------------------------------------------------------------ loaders
     def _require(self, split: str) -> FaceTensorDataset:
@@ -983,16 +918,6 @@ class FERDataModule(AffectDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False, sampler=eval_sampler(self._require("test")))
 
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_dataset is None:
-            self._setup_predict()
-        return DataLoader(
-            self.predict_dataset,
-            batch_size=self.hparams.batch_size,
-            num_workers=0,
-            collate_fn=self._collate_eval,
-        )
-
     # ------------------------------------------------------------------ reporting
     def class_counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """``{split: {class: {origin: count}}}`` after ``setup``; every class appears (``{"real": 0}`` if empty)."""
@@ -1007,194 +932,3 @@ class FERDataModule(AffectDataModule):
                 by_origin.setdefault(REAL_ORIGIN, 0)
             out[s] = per
         return out
-
-
-class FacePredictDataset(IterableDataset):
-    """Every face of a video, a live source, a folder of frames or one image, tracked across frames, as samples.
-
-    Each frame goes through a :class:`features.face_stream.FaceStream` (detect all faces, link them to tracks,
-    eye-aligned crops), so a student keeps one ``track_id`` over the lesson. Frames without a face are counted in
-    :attr:`stats` and yield nothing; unreadable video frames and images are skipped and counted (``unreadable``,
-    ``skipped:<reason>``). A video that cannot be opened raises :class:`features.video.VideoSourceError` naming
-    it, at construction.
-
-    Args:
-        source: video file, webcam index / ``webcam:N``, stream URL, folder (searched recursively, sorted) or image.
-        crop: crop settings (background colour of images).
-        stream: the per-frame detect/track/crop pipeline.
-        descriptor: descriptor settings.
-        sun_params: SUN statistics fitted on the training images (needed for ``"sun"``).
-        every_n_frames: frame stride of videos.
-        max_fps: frame-rate cap of live sources.
-        max_frames: frame limit of live sources.
-        progress: show a progress bar over the frames (with a total and an ETA for a video file or a folder).
-
-    Attributes:
-        record_to: path where a live source's frames are recorded (set before iterating; the annotated video of a
-            live session is drawn on it).
-
-    Shapes:
-        Item: ``image`` ``[3, S, S]`` uint8, ``descriptor`` ``[1, S, S]`` uint8, ``frame`` ``[]`` int64,
-        ``time`` ``[]`` float32, ``box`` ``[4]`` int64, ``track_id`` ``[]`` int64, ``score`` ``[]`` float32,
-        ``landmarks`` ``[5, 2]`` float32 (NaN without), ``source``/``path`` str.
-    """
-
-    def __init__(
-        self,
-        source: str,
-        crop: FaceCropSettings,
-        stream: FaceStream,
-        descriptor: DescriptorSettings,
-        sun_params: SUNParams | None,
-        every_n_frames: int = 1,
-        max_fps: float | None = None,
-        max_frames: int | None = None,
-        progress: bool = False,
-    ) -> None:
-        super().__init__()
-        if descriptor.descriptor == "sun" and sun_params is None:
-            raise ValueError(
-                "FacePredictDataset: descriptor 'sun' needs SUN statistics fitted on the training images"
-            )
-        self.source = str(source)
-        self.live = is_live_source(self.source)
-        self._reader = None
-        if self.live:
-            self._reader = open_source(self.source, max_fps=max_fps, max_frames=max_frames)
-        else:
-            # a video file gets a reader; an image or a folder of frame images gives None (read by _frames); a
-            # missing path, a device, a non-video file or a folder without images is an error naming the source
-            self._reader = open_source(self.source, stride=every_n_frames)
-        self.crop = crop
-        self.stream = stream
-        self.descriptor = descriptor
-        self.sun_params = sun_params
-        self.every_n_frames = int(every_n_frames)
-        self.progress = bool(progress)
-        self.record_to: str | Path | None = None
-        self.stats: Counter = Counter()
-
-    @property
-    def fps(self) -> float:
-        return float(getattr(self._reader, "fps", 0.0) or 0.0)
-
-    def _image_files(self) -> list[Path]:
-        p = Path(self.source)
-        return [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-
-    @property
-    def source_frames(self) -> int | None:
-        """Frames of the source before the stride: the container's frame count of a video file (``None`` when the
-        container does not say), the number of images of a folder, ``None`` for a live source."""
-        if self.live:
-            return None
-        if self._reader is not None:
-            return int(getattr(self._reader, "n_frames", 0) or 0) or None
-        return len(self._image_files())
-
-    @property
-    def expected_frames(self) -> int | None:
-        """Frames that will be analysed (the progress total): ``ceil(source_frames / every_n_frames)`` for a video
-        file, every image of a folder, ``None`` when unknown (a live source, a container without a frame count)."""
-        total = self.source_frames
-        if total is None:
-            return None
-        return -(-total // self.every_n_frames) if self._reader is not None else total
-
-    def frames_summary(self) -> str:
-        """``"N of M frames (one in n)"`` after iterating: frames analysed of the frames the source had."""
-        n = int(self.stats.get("frames", 0))
-        if self.live:
-            return f"{n} frames taken from the live source"
-        if self._reader is None:
-            return f"{n} of {self.source_frames} images"
-        total = int(self.stats.get("source_frames", 0)) or self.source_frames
-        stride = "every frame" if self.every_n_frames == 1 else f"one in {self.every_n_frames}"
-        return f"{n} of {total if total else '?'} frames ({stride})"
-
-    def _with_progress(self, frames: Iterator) -> Iterator:
-        """``frames`` with a rich progress bar (frames analysed, total and ETA when known) when enabled."""
-        if not self.progress:
-            yield from frames
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as bar:
-            task = bar.add_task(f"Frames of {Path(self.source).name or self.source}", total=self.expected_frames)
-            for item in frames:
-                yield item
-                bar.advance(task)
-
-    def _is_video(self) -> bool:
-        return Path(self.source).is_file() and Path(self.source).suffix.lower() in VIDEO_EXTENSIONS
-
-    def _frames(self) -> Iterator[tuple[int, float, np.ndarray, str]]:
-        """(frame index, time in s, RGB frame, source path)."""
-        if self._reader is not None:
-            if self.live:
-                self._reader.record_to = Path(self.record_to) if self.record_to else None
-            for f in self._reader:
-                yield f.index, f.time, f.rgb, self.source
-            for k, v in self._reader.stats.items():
-                if k in ("unreadable", "dropped_by_fps_cap"):
-                    self.stats[k] += v
-            if not self.live:  # frames read from the container (kept or not by the stride), unreadable ones too
-                self.stats["source_frames"] = self._reader.stats.get("decoded", 0) + self._reader.stats.get(
-                    "unreadable", 0)
-            if getattr(self._reader, "stopped_by_user", False):
-                self.stats["stopped_by_user"] = 1
-            return
-        for i, f in enumerate(self._image_files()):
-            try:
-                rgb = load_image_rgb(f, self.crop.background)
-            except BadImageError as err:
-                log.warning("Prediction: skipping %s", err)
-                self.stats[f"skipped:{err.reason}"] += 1
-                continue
-            yield i, 0.0, rgb, str(f)
-
-    def __iter__(self) -> Iterator[dict]:
-        self.stats = Counter()
-        self.stream.reset()
-        no_landmarks = torch.full((5, 2), float("nan"))
-        tracks: set[int] = set()
-        for frame, t, rgb, src in self._with_progress(self._frames()):
-            self.stats["frames"] += 1
-            faces = self.stream.process(frame, t, rgb)
-            if not faces:
-                self.stats["frames_without_face"] += 1
-                continue
-            for face in faces:
-                tracks.add(face.track_id)
-                det = face.detection
-                item = {
-                    "image": torch.from_numpy(np.ascontiguousarray(face.crop.transpose(2, 0, 1))),
-                    "frame": torch.tensor(frame, dtype=torch.long),
-                    "time": torch.tensor(t, dtype=torch.float32),
-                    "box": torch.tensor(det.box, dtype=torch.long),
-                    "track_id": torch.tensor(face.track_id, dtype=torch.long),
-                    "score": torch.tensor(det.score, dtype=torch.float32),
-                    "landmarks": torch.from_numpy(det.landmarks) if det.landmarks is not None else no_landmarks,
-                    "source": self.source,
-                    "path": src,
-                }
-                if self.descriptor.descriptor != "none":
-                    m = to_uint8_map(compute_descriptor(face.crop, self.descriptor, self.sun_params))
-                    item["descriptor"] = torch.from_numpy(m[None])
-                self.stats["faces"] += 1
-                yield item
-        self.stats["tracks"] = len(tracks)
-        log.info(
-            "Prediction on %s: %s analysed, %d faces in %d tracks, %d frames without a face, %d unreadable "
-            "frames skipped, skipped images %s",
-            self.source,
-            self.frames_summary(),
-            self.stats["faces"],
-            self.stats["tracks"],
-            self.stats["frames_without_face"],
-            self.stats["unreadable"],
-            {k: v for k, v in self.stats.items() if k.startswith("skipped:")} or 0,
-        )
-        if self.stats["faces"] == 0:
-            log.warning("Prediction on %s: no face found in %d frames (no tracks)", self.source, self.stats["frames"])

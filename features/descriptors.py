@@ -264,11 +264,21 @@ def sun_map(rgb: np.ndarray, params: SUNParams) -> np.ndarray:
     return _minmax(s)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DescriptorSettings:
-    """Which descriptor to compute and its parameters (hashed into the descriptor cache key)."""
+    """Which descriptor to compute and its parameters (hashed into the descriptor cache key).
 
-    descriptor: Descriptor = "sun"
+    Args:
+        kind: ``"sun"`` (default), ``"spectral_residual"``, ``"lbp"``, ``"energy"`` or ``"none"`` (no map).
+        lbp_points: LBP neighbours P.
+        lbp_radius: LBP radius R.
+        energy_sigma: Gaussian window of the energy map.
+        sun_sigmas: DoG centre scales of the SUN filter bank.
+        sun_ratio: DoG surround/centre ratio.
+        sun_channels: ``"intensity"`` or ``"opponent"`` (adds red-green / blue-yellow channels).
+    """
+
+    kind: Descriptor = "sun"
     lbp_points: int = 8
     lbp_radius: float = 1.0
     energy_sigma: float = 2.0
@@ -280,14 +290,15 @@ class DescriptorSettings:
         check_choices(DescriptorSettings, vars(self))
         if not self.sun_sigmas or min(self.sun_sigmas) <= 0 or self.sun_ratio <= 1.0:
             raise ValueError("DescriptorSettings: sun_sigmas must be positive and sun_ratio > 1")
+        object.__setattr__(self, "sun_sigmas", tuple(float(v) for v in self.sun_sigmas))
 
     def as_dict(self) -> dict:
-        d = {"descriptor": self.descriptor}
-        if self.descriptor == "lbp":
+        d = {"descriptor": self.kind}  # the cache key's name of the kind (unchanged: existing caches stay valid)
+        if self.kind == "lbp":
             d.update(points=self.lbp_points, radius=self.lbp_radius)
-        elif self.descriptor == "energy":
+        elif self.kind == "energy":
             d.update(sigma=self.energy_sigma)
-        elif self.descriptor == "sun":
+        elif self.kind == "sun":
             d.update(sigmas=list(self.sun_sigmas), ratio=self.sun_ratio, channels=self.sun_channels)
         return d
 
@@ -303,7 +314,7 @@ def compute_descriptor(
     Raises:
         ValueError: ``descriptor="sun"`` without fitted ``sun_params``, or ``descriptor="none"``.
     """
-    name = settings.descriptor
+    name = settings.kind
     if name == "sun":
         if sun_params is None:
             raise ValueError(

@@ -152,7 +152,7 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaceCropSettings:
     """Settings that determine a face crop (hashed into the cache key).
 

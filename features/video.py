@@ -530,7 +530,7 @@ def check_file_source(source: str | os.PathLike) -> Literal["video", "image", "f
     """
     p = Path(source)
     if not p.exists():
-        raise FileNotFoundError(f"predict_source {str(source)!r} does not exist")
+        raise FileNotFoundError(f"source {str(source)!r} does not exist")
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
         if any(_image_problem(f) is None for f in files):

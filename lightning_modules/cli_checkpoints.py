@@ -188,19 +188,36 @@ def data_settings_from_checkpoint(data_cfg: Any, hparams: dict[str, Any], links:
 
 def apply_face_preprocessing(model: Any, datamodule: Any, ckpt_path: str | None, preloaded: dict[str, Any] | None,
                              given: Collection[str]) -> None:
-    """Portable face-expression checkpoints: the preprocessing stored in a LitFER checkpoint (class names, crop and
-    alignment, descriptor settings, fitted SUN statistics) replaces the datamodule's, so predicting needs no
-    training cache. ``preloaded``: the checkpoint already read (a remote one is not downloaded twice)."""
-    from lightning_modules.fer import PREPROCESSING_CKPT_KEY, LitFER, read_fer_preprocessing
+    """Portable face-expression checkpoints: the preprocessing stored in a LitFER checkpoint (class names, crop size
+    and margin, normalisation, descriptor settings, fitted SUN statistics) is handed to the datamodule, so predicting
+    needs no training cache. ``datamodules.face_video.FaceVideoDataModule`` has no preprocessing of its own and takes
+    it (``use_preprocessing``, with the net's ``inputs``: a net without a descriptor input gets no descriptor maps);
+    a training datamodule's settings are replaced by it (``apply_preprocessing_state``; a differing setting ``given``
+    on the command line is an error naming the flag). ``preloaded``: the checkpoint already read (a remote one is not
+    downloaded twice).
+
+    Raises:
+        ValueError: the checkpoint holds no preprocessing state and the datamodule has none of its own.
+    """
+    from common.preprocessing import face_preprocessing
+    from lightning_modules.fer import LitFER, read_fer_preprocessing
 
     if not isinstance(model, LitFER) or not ckpt_path or ckpt_path in ("best", "last"):
         return
     if preloaded is not None:
-        state = preloaded.get(PREPROCESSING_CKPT_KEY)
+        state = face_preprocessing(preloaded)
     else:
         state = read_fer_preprocessing(local_checkpoint_path(ckpt_path) or ckpt_path)
-    if state is None:
+    inputs = getattr(getattr(model, "net", None), "inputs", None)
+    if hasattr(datamodule, "use_preprocessing"):
+        if state is None:
+            raise ValueError(
+                f"checkpoint {ckpt_path} holds no face preprocessing state (class names, crops, normalisation, "
+                f"descriptor settings), and {type(datamodule).__name__} has none of its own: use a checkpoint "
+                "written by cli.py fit with a configs/fer/ config (or the shipped model: no --ckpt_path)"
+            )
+        datamodule.use_preprocessing(state, origin=str(ckpt_path), inputs=inputs)
+    elif state is None:
         rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
     elif hasattr(datamodule, "apply_preprocessing_state"):
-        datamodule.apply_preprocessing_state(state, origin=str(ckpt_path), inputs=getattr(model.net, "inputs", None),
-                                             explicit=given)
+        datamodule.apply_preprocessing_state(state, origin=str(ckpt_path), inputs=inputs, explicit=given)

@@ -25,8 +25,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from common import FER_PREPROCESSING_KEY
 from common.checkpoint import CheckpointError, read_checkpoint
+from common.preprocessing import FER_PREPROCESSING_KEY, face_preprocessing
 from lightning_modules.base import EpochMetricsSystem, NetModule, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from lightning_modules.schedulers import follow_trainer_epochs
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_id", "score", "landmarks", "label")
 #: Checkpoint key of the datamodule's preprocessing state (class names, crops, descriptors, SUN statistics).
-PREPROCESSING_CKPT_KEY = FER_PREPROCESSING_KEY
+PREPROCESSING_CKPT_KEY = FER_PREPROCESSING_KEY  # where checkpoints before the datamodule's state_dict kept it
 
 
 def _takes_argument(factory: Callable[..., Any], name: str) -> bool:
@@ -124,8 +124,6 @@ class LitFER(EpochMetricsSystem):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.confusion_matrices: dict[str, Tensor] = {}
-        #: the datamodule's preprocessing state read from a checkpoint (see :meth:`on_load_checkpoint`)
-        self.preprocessing: dict | None = None
         if num_classes is not None:
             self._build(num_classes=num_classes, class_names=class_names, image_size=image_size)
 
@@ -235,20 +233,6 @@ class LitFER(EpochMetricsSystem):
             values["top_pred_share"] = share
         return values
 
-    # ------------------------------------------------------------------ portable checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the datamodule's preprocessing state (``FERDataModule.preprocessing_state``: class names, crop and
-        alignment, normalisation, descriptor settings and the fitted SUN statistics) under
-        ``checkpoint["fer_preprocessing"]`` so that prediction needs nothing but the checkpoint."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        state = dm.preprocessing_state() if hasattr(dm, "preprocessing_state") else self.preprocessing
-        if state is not None:
-            checkpoint[PREPROCESSING_CKPT_KEY] = state
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.preprocessing = checkpoint.get(PREPROCESSING_CKPT_KEY)
-
-
     def _check_collapse(self, stage: str) -> Tensor | None:
         """Warn when a whole epoch's predictions fell on one class while its targets spanned several.
 
@@ -316,7 +300,8 @@ def read_fer_preprocessing(path: str | Path) -> dict | None:
     if class_path and class_path != ours:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {class_path} model, not a face-expression model "
                               f"({ours}): give a checkpoint trained with a configs/fer/ config")
-    if not class_path and PREPROCESSING_CKPT_KEY not in ckpt and not {"net", "num_classes"} <= set(hp):
+    state = face_preprocessing(ckpt)
+    if not class_path and state is None and not {"net", "num_classes"} <= set(hp):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a face-expression (LitFER) checkpoint "
                               f"(hyper-parameters {sorted(hp)[:8]})")
-    return ckpt.get(PREPROCESSING_CKPT_KEY)
+    return state

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import FER_PREPROCESSING_KEY
 from common.checkpoint import read_checkpoint
 from common.choices import check_choices
+from common.preprocessing import face_preprocessing
 
 __all__ = ["ClassifierView", "FrozenImageEncoder", "classifier_normalisation", "timm_forward", "timm_num_features"]
 
@@ -128,7 +128,7 @@ class FrozenImageEncoder(nn.Module):
                 )
             self.model.load_state_dict(matched, strict=False)
             log.info("FrozenImageEncoder: loaded %d tensors from %s", len(matched), path)
-            pre = raw.get(FER_PREPROCESSING_KEY)
+            pre = face_preprocessing(raw)
             settings = pre.get("settings", {}) if isinstance(pre, dict) else {}
             if settings.get("mean") is not None and settings.get("std") is not None:
                 self.image_mean = tuple(float(v) for v in settings["mean"])

@@ -16,7 +16,10 @@ face checkpoint of this project whose net consumes the face image only (no descr
 :func:`read_face_net` is the general reader under it: ANY face checkpoint of this project (timm nets, the two-branch
 Swin, POSTER, the shipped files) -> the ready net (eval mode) and its preprocessing as plain data (class names, image
 size, colour, mean/std, crop/alignment and descriptor settings, fitted SUN statistics: what
-``LitFER.on_save_checkpoint`` stores).
+``LitFER.on_save_checkpoint`` stores). :func:`load_face_expression_model` hands both to
+:class:`features.vision.FaceExpressionModel` (probabilities + pooled embedding per face crop, descriptor maps
+included), the face model of the feature extractor (``python -m pipelines.extract --face-model``): ``features/``
+imports no model code, so the net is built here and injected.
 
 Reading: :func:`common.checkpoint.read_checkpoint` (``torch.load(weights_only=True)``); the net's class path must be
 one of the project's face nets (:data:`common.checkpoint.FACE_NETS`), whatever the file says; any stored
@@ -40,13 +43,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common import FER_PREPROCESSING_KEY
 from common import checkpoint as _checkpoint
 from common.checkpoint import (
     FACE_NET_ALLOW_LIST,
@@ -56,11 +58,15 @@ from common.checkpoint import (
     read_checkpoint,
 )
 from common.io import atomic_write
+from common.preprocessing import FER_PREPROCESSING_KEY, face_preprocessing
 from common.tensors import grey_rgb
 from features.faces import crop_face
 
-__all__ = ["DEFAULT_MODEL", "FACE_NETS", "SHIPPED_MODELS", "FaceModel", "export_for_prediction", "load_face_model",
-           "read_face_net", "shipped_checkpoint"]
+if TYPE_CHECKING:
+    from features.vision import FaceExpressionModel
+
+__all__ = ["DEFAULT_MODEL", "FACE_NETS", "SHIPPED_MODELS", "FaceModel", "export_for_prediction",
+           "load_face_expression_model", "load_face_model", "read_face_net", "shipped_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,16 @@ FACE_NETS: dict[str, str] = {p: ":".join(p.rsplit(".", 1)) for p in _checkpoint.
 #: Default normalisation of a checkpoint that stores none (ImageNet's).
 DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: The face datamodule's preprocessing settings (``datamodules.fer.PREPROCESSING_KEYS``, the keys of the stored
+#: preprocessing state's ``settings``, :func:`common.preprocessing.face_preprocessing`): a checkpoint written before
+#: that state was stored holds them in its (flat) ``datamodule_hyper_parameters`` only, which :func:`read_face_net`
+#: then reads (the stored state wins).
+DATAMODULE_PREPROCESSING_KEYS: tuple[str, ...] = (
+    "class_names", "image_size", "face_detection", "face_margin", "background", "descriptor", "lbp_points",
+    "lbp_radius", "energy_sigma", "sun_sigmas", "sun_ratio", "sun_channels", "mean", "std", "descriptor_mean",
+    "descriptor_std", "colour",
+)
 
 
 def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
@@ -171,18 +187,21 @@ def read_face_net(path: str | os.PathLike, map_location: MapLocation = "cpu") ->
 
     Works for every LitFER checkpoint (timm nets, the two-branch Swin, POSTER) and the shipped files: the net is
     rebuilt from the stored ``net`` config as LitFER builds it (``num_classes``, ``img_size`` = the stored
-    ``image_size`` for nets that take it; weight-file arguments dropped) and loaded strictly.
+    ``image_size`` for nets that take it; weight-file arguments dropped) and loaded strictly. A checkpoint written
+    before LitFER stored its preprocessing state gives the settings its ``datamodule_hyper_parameters`` hold
+    (:data:`DATAMODULE_PREPROCESSING_KEYS`).
 
     Args:
         path: a ``.ckpt`` (local path or any fsspec URL, :func:`common.checkpoint.read_checkpoint`).
         map_location: where the weights are loaded.
 
     Returns:
-        ``(net, preprocessing)``: the net in eval mode, and plain data: the stored preprocessing settings
-        (``checkpoint["fer_preprocessing"]["settings"]``: ``class_names``, ``image_size``, ``face_detection``,
-        ``face_margin``, ``background``, ``predict_alignment``, ``colour``, ``mean``, ``std``, ``descriptor`` and its
-        settings, ``descriptor_mean``/``descriptor_std``) completed with ``num_classes``, ``class_names``,
-        ``image_size`` (from the hyper-parameters when not stored), ``colour`` (default ``"rgb"``), ``mean``/``std``
+        ``(net, preprocessing)``: the net in eval mode, and plain data: the stored preprocessing settings (the
+        ``settings`` of :func:`common.preprocessing.face_preprocessing`: ``class_names``, ``image_size``,
+        ``face_detection``, ``face_margin``, ``background``, ``predict_alignment``, ``colour``, ``mean``, ``std``,
+        ``descriptor`` and its settings, ``descriptor_mean``/``descriptor_std``) completed with ``num_classes``,
+        ``image_size`` (from the hyper-parameters when not stored), ``class_names`` (default ``"0"``, ``"1"``, ...,
+        as LitFER names them), ``colour`` (default ``"rgb"``), ``mean``/``std``
         (default ImageNet's), ``descriptor`` (default ``"none"``), ``sun_params`` (the fitted SUN statistics or
         ``None``), ``inputs`` (the batch keys the net takes, ``net.inputs``) and ``version`` (of the stored state,
         ``None`` when the checkpoint stores none).
@@ -200,9 +219,12 @@ def read_face_net(path: str | os.PathLike, map_location: MapLocation = "cpu") ->
     if not isinstance(net_cfg, dict) or "class_path" not in net_cfg:
         raise CheckpointError(f"Face model {src!r}: its hyper-parameters name no net class")
     cls = _net_class(net_cfg["class_path"], src)
-    stored = ckpt.get(FER_PREPROCESSING_KEY)
-    stored = stored if isinstance(stored, dict) else {}
-    prep: dict[str, Any] = dict(stored.get("settings") or {})
+    stored = face_preprocessing(ckpt) or {}
+    dm = ckpt.get("datamodule_hyper_parameters")
+    dm = dm if isinstance(dm, dict) else {}
+    # flat values only: a datamodule of nested settings (``descriptor: {"kind": ...}``) stores its state instead
+    older = {k: dm[k] for k in DATAMODULE_PREPROCESSING_KEYS if k in dm and not isinstance(dm[k], dict)}
+    prep: dict[str, Any] = {**older, **dict(stored.get("settings") or {})}
     num_classes = int(hp.get("num_classes") or len(prep.get("class_names") or hp.get("class_names") or []))
     if num_classes < 1:
         raise CheckpointError(f"Face model {src!r} stores no num_classes / class_names")
@@ -222,7 +244,7 @@ def read_face_net(path: str | os.PathLike, map_location: MapLocation = "cpu") ->
                               f"{str(e).splitlines()[0]}") from None
     if isinstance(map_location, (str, torch.device)):
         net.to(map_location)
-    class_names = prep.get("class_names") or hp.get("class_names") or [f"class_{i}" for i in range(num_classes)]
+    class_names = prep.get("class_names") or hp.get("class_names") or [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise CheckpointError(f"Face model {src!r} names {len(class_names)} classes for a net of {num_classes} "
                               "outputs")
@@ -276,9 +298,34 @@ def load_face_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torc
                      source=str(path), device=torch.device(device))
 
 
-#: Checkpoint keys a prediction needs (Lightning restores the model from them; no optimizer or loop state).
-PREDICTION_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "fer_preprocessing", "pytorch-lightning_version",
-                   "epoch", "global_step")
+def load_face_expression_model(path: str | os.PathLike, map_location: MapLocation = "cpu") -> FaceExpressionModel:
+    """The feature extractor's face model of any face checkpoint of this project: :func:`read_face_net`'s net and
+    preprocessing handed to :class:`features.vision.FaceExpressionModel` (class probabilities and the pooled
+    embedding per face crop, with the checkpoint's crop, normalisation and descriptor maps).
+
+    ``features/`` imports no model code; this is where its face model is built (``python -m pipelines.extract
+    --face-model``, and any caller of :func:`features.extract.extract` with ``VisionSettings(face_model=path)``).
+
+    Args:
+        path: a ``.ckpt`` written by ``cli.py fit`` with a ``configs/fer/`` config, or a shipped file.
+        map_location: where the net runs.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: (a :class:`~common.checkpoint.CheckpointError`) unreadable or code-carrying file, not a face
+            checkpoint, a net outside :data:`~common.checkpoint.FACE_NETS`, weights that do not fit the net; or
+            preprocessing the net cannot be fed with (SUN maps without statistics, ...); each naming the file.
+    """
+    from features.vision import FaceExpressionModel
+
+    net, prep = read_face_net(path, map_location=map_location)
+    return FaceExpressionModel(net, prep, source=os.fspath(path))
+
+
+#: Checkpoint keys a prediction needs (Lightning restores the model from them; no optimizer or loop state), besides
+#: the preprocessing state (:func:`common.preprocessing.face_preprocessing`, kept under the key it was found at).
+PREDICTION_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version", "epoch",
+                   "global_step")
 
 
 def export_for_prediction(src: str | Path, dst: str | Path, colour: Literal["grey", "rgb"] | None = None) -> Path:
@@ -294,6 +341,10 @@ def export_for_prediction(src: str | Path, dst: str | Path, colour: Literal["gre
     """
     ckpt = _read(Path(src))
     out = {k: ckpt[k] for k in PREDICTION_KEYS if k in ckpt}
+    state = face_preprocessing(ckpt)
+    state_key = next((k for k, v in ckpt.items() if v is state), FER_PREPROCESSING_KEY) if state is not None else None
+    if state_key is not None:
+        out[state_key] = state
     hp = dict(out["hyper_parameters"])
     net = dict(hp.get("net") or {})
     if "init_args" in net:
@@ -301,9 +352,10 @@ def export_for_prediction(src: str | Path, dst: str | Path, colour: Literal["gre
     hp["net"] = net
     out["hyper_parameters"] = hp
     if colour is not None:
-        prep = dict(out.get("fer_preprocessing") or {})
+        key = state_key or FER_PREPROCESSING_KEY
+        prep = dict(out.get(key) or {})
         prep["settings"] = {**(prep.get("settings") or {}), "colour": colour}
-        out["fer_preprocessing"] = prep
+        out[key] = prep
     with atomic_write(dst) as f:
         torch.save(out, f)
     load_face_model(dst)  # refuses (naming the file) what would not load

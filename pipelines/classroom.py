@@ -26,7 +26,7 @@ rows (frames, track ids, boxes), but:
   ``cancelled``).
 
 Frame sampling: ``every_n_frames`` is the primary setting (one source frame in n, the same stride as
-``cli.py predict``'s ``predict_every_n_frames``; default 5); ``sample_fps`` is the alternative (frames per second of
+``cli.py predict``'s ``--data.init_args.every_n_frames``; default 5); ``sample_fps`` is the alternative (frames per second of
 video time, turned into a stride ``round(video fps / sample_fps)`` once the video is opened). Give one of them.
 
 Stages timed (:attr:`ClassroomResult.seconds`): ``decode`` (PyAV, all frames incl. the skipped ones), ``detect``,
@@ -267,9 +267,10 @@ class ClassroomPipeline:
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
                         backend: Literal["torch", "onnxruntime"] = "torch", **settings: Any) -> ClassroomPipeline:
         """The pipeline of a face checkpoint of this project (or a shipped model's name); ``None``: the shipped
-        default (:data:`models.shipped.DEFAULT_MODEL`). ``settings`` are the constructor's; ``margin`` and
-        ``alignment`` default to the checkpoint's stored crop settings (``face_margin``, ``predict_alignment``), as
-        ``cli.py predict`` takes them. ``backend="onnxruntime"`` runs the model through ONNX Runtime
+        default (:data:`models.shipped.DEFAULT_MODEL`). ``settings`` are the constructor's; ``margin`` defaults to
+        the checkpoint's stored crop margin (``face_margin``), as ``cli.py predict`` takes it; ``alignment`` is the
+        pipeline's own setting (``"eyes"``), as it is ``cli.py predict``'s datamodule's (a stored
+        ``predict_alignment`` is not read). ``backend="onnxruntime"`` runs the model through ONNX Runtime
         (:func:`models.onnx_export.load_face_runner`: exported in memory and checked against torch within 1e-4 at
         load; needs ``pip install 'affect-lightning[onnx]'``), on ``model_threads`` intra-op threads."""
         name = DEFAULT_MODEL if path is None else path
@@ -283,8 +284,7 @@ class ClassroomPipeline:
             raise ValueError(f"{cls.__name__}: backend must be 'torch' or 'onnxruntime', got {backend!r}")
         stored = read_checkpoint(model.source, mmap=True).get("fer_preprocessing") or {}
         crop = stored.get("settings") or {} if isinstance(stored, dict) else {}
-        settings = {"margin": float(crop.get("face_margin", 0.2)),
-                    "alignment": crop.get("predict_alignment", "eyes"), **settings}
+        settings = {"margin": float(crop.get("face_margin", 0.2)), **settings}
         return cls(model, **settings)
 
     @property

@@ -58,7 +58,7 @@ log = logging.getLogger("ablation")
 def data_args(args: argparse.Namespace, out: Path, prefix: str = "--data.init_args.", batch_size: int | None = None,
               extra: list[str] | None = None) -> list[str]:
     """The face data of every step: CK+48 at ``--size`` px, no descriptor, one split file, local cache."""
-    a = {"root": str(Path(args.data).resolve()), "image_size": args.size, "descriptor": "none",
+    a = {"root": str(Path(args.data).resolve()), "crop.image_size": args.size, "descriptor.kind": "none",
          "batch_size": batch_size or args.batch_size, "num_workers": 0, "seed": args.seed, "progress": "none",
          "cache_dir": str(out / "cache"), "split_file": str(out / "split.json")}
     if extra:

@@ -194,7 +194,7 @@ def fer_run(model: str, dataset: str, seed: int, args: argparse.Namespace, out: 
         "--config", str(REPO / "configs" / "data" / f"{dataset}.yaml"),
         "--data.init_args.root", str(Path(args.data_root).resolve() / dataset),
         "--data.init_args.cache_dir", str(out / "cache" / dataset),
-        "--data.init_args.image_size", str(args.image_size),
+        "--data.init_args.crop.image_size", str(args.image_size),
         "--data.init_args.batch_size", str(args.batch_size),
         "--data.init_args.num_workers", "0",
         "--data.init_args.progress", "none",

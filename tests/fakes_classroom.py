@@ -19,12 +19,12 @@ TINY_NET = {"img_size": 32, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads":
 
 
 def tiny_predict_config(tmp: Path, output_dir: Path) -> Path:
-    """configs/fer/predict_video.yaml with the tiny net and a training root that does not exist."""
+    """configs/fer/predict_video.yaml with the tiny net, every frame analysed and faces from 24 px (its data section,
+    ``FaceVideoDataModule``, has no preprocessing: that comes from the checkpoint)."""
     cfg = yaml.safe_load((REPO / "configs" / "fer" / "predict_video.yaml").read_text())
     cfg["model"]["init_args"]["net"]["init_args"].update(TINY_NET)
     # every frame (the shipped config analyses one in 5): the tests count rows per frame
-    cfg["data"]["init_args"].update(root=str(tmp / "no_training_root"), cache_dir=str(tmp / "no_cache"),
-                                    progress="none", predict_min_face_size=24, predict_every_n_frames=1)
+    cfg["data"]["init_args"].update(progress="none", min_face_size=24, every_n_frames=1)
     cfg["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(output_dir)
     cfg["trainer"]["enable_progress_bar"] = False
     path = tmp / "predict_tiny.yaml"
@@ -38,9 +38,9 @@ TINY_RESNET = {"class_path": "models.timm_classifier.TimmClassifier",
 
 
 def train_tiny_checkpoint(tmp: Path, net: dict | None = None, descriptor: str = "sun") -> Path:
-    """``cli.py fit`` (one epoch) of a tiny net on cartoon faces (32 px): the two-branch Swin of the predict config
-    with SUN maps by default, or ``net`` (``class_path`` + ``init_args``, e.g. :data:`TINY_RESNET`) with
-    ``descriptor``; the training cache is deleted afterwards so prediction can only use the checkpoint."""
+    """``cli.py fit`` (one epoch, ``FERDataModule``) of a tiny net on cartoon faces (32 px): the two-branch Swin of
+    the predict config with SUN maps by default, or ``net`` (``class_path`` + ``init_args``, e.g. :data:`TINY_RESNET`)
+    with ``descriptor``; the training cache is deleted afterwards so prediction can only use the checkpoint."""
     from cli import cli_main
 
     cfg = yaml.safe_load((REPO / "configs" / "fer" / "predict_video.yaml").read_text())
@@ -51,10 +51,11 @@ def train_tiny_checkpoint(tmp: Path, net: dict | None = None, descriptor: str = 
     root = tmp / "train"
     make_class_folders(root, classes=LEARNING, subjects=3, frames=1, size=32)
     cache = tmp / "train_cache"
-    cfg["data"]["init_args"] = {
-        "root": str(root), "class_names": LEARNING, "image_size": 32, "face_detection": "none",
-        "descriptor": descriptor, "sun_sigmas": [1.0, 2.0], "batch_size": 4, "cache_dir": str(cache), "progress": "none",
-    }
+    cfg["data"] = {"class_path": "datamodules.fer.FERDataModule", "init_args": {
+        "root": str(root), "class_names": LEARNING, "crop": {"image_size": 32, "face_detection": "none"},
+        "descriptor": {"kind": descriptor, "sun_sigmas": [1.0, 2.0]}, "batch_size": 4, "cache_dir": str(cache),
+        "progress": "none",
+    }}
     cfg["trainer"] = {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "accelerator": "cpu",
                       "enable_model_summary": False}
     path = tmp / "fit_tiny.yaml"

@@ -188,13 +188,13 @@ def test_system_and_datamodule_share_only_linked_argument_names() -> None:
 
 
 def test_the_net_input_side_follows_data_image_size(tmp_path: Path, monkeypatch) -> None:
-    """data.image_size is the one setting of the image side: the two-branch Swin is built for 32 px when the data
+    """data.crop.image_size is the one setting of the image side: the two-branch Swin is built for 32 px when the data
     says 32 (the config writes no img_size for the net; before the link, a differing size asserted in forward)."""
     config = next(c for c in training_configs() if c.id == "fer/swin2b_ckplus48.yaml")
     monkeypatch.chdir(tmp_path)
     override = tiny_overrides(config, tmp_path, devices=1)
     args = [a for f in [*config.files, override] for a in ("--config", str(f))]
-    cli = cli_main([*args, "--data.init_args.image_size", "32", "--trainer.logger", "false"], run=False)
+    cli = cli_main([*args, "--data.init_args.crop.image_size", "32", "--trainer.logger", "false"], run=False)
     assert cli.model.hparams.image_size == 32
     with torch.no_grad():
         logits = cli.model.net(torch.zeros(2, 3, 32, 32), torch.zeros(2, 1, 32, 32))

@@ -56,8 +56,9 @@ def test_subcommand_help_lists_the_project_classes_and_literal_choices(monkeypat
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         cli_main(["fit", "--data.help", "datamodules.fer.FERDataModule"])
-    for option in ("--data.face_detection {haar,none}", "--data.no_face {keep,skip}",
-                   "--data.descriptor {sun,spectral_residual,lbp,energy,none}"):
+    for option in ("--data.crop.face_detection {haar,none}", "--data.crop.no_face {keep,skip}",
+                   "--data.descriptor.kind {sun,spectral_residual,lbp,energy,none}",
+                   "--data.augment.policy {none,trivial,rand}", "--data.normalisation.colour {rgb,grey}"):
         assert option in buf.getvalue(), option
 
 
@@ -65,7 +66,7 @@ def test_face_detection_is_checked_for_python_callers_too() -> None:
     from datamodules.fer import FERDataModule
 
     with pytest.raises(ValueError, match="face_detection must be one of .'haar', 'none'., got 'mtcnn'"):
-        FERDataModule(root="x", class_names=["a", "b"], face_detection="mtcnn")
+        FERDataModule(root="x", class_names=["a", "b"], crop={"face_detection": "mtcnn"})
 
 
 def test_test_writes_its_own_config_and_every_command_names_its_outputs(tmp_path, caplog) -> None:

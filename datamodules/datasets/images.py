@@ -16,6 +16,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -160,19 +161,40 @@ def group_split(
 # ----------------------------------------------------------------------------------------------------------
 # Batched augmentation + normalisation (applied in the collate function: vectorised over the batch)
 # ----------------------------------------------------------------------------------------------------------
-class FaceBatchTransform:
-    """Turn a list of samples into a normalised batch; optional train-time augmentation, vectorised.
-
-    The geometric part (horizontal flip, affine rotation/translation/scale) is drawn once per sample and applied
-    identically to the RGB image and the descriptor map (they are warped together as one 4-channel tensor with
-    :func:`torch.nn.functional.grid_sample`, bilinear, zero padding). Colour jitter (brightness, contrast,
-    saturation; no hue) is applied to the image only.
+@dataclass(frozen=True)
+class FaceNormalisation:
+    """How a face batch is normalised before the model (stored in checkpoints: a model predicts with the same).
 
     Args:
-        mean: per-channel RGB mean for normalisation (images first scaled to [0, 1]).
+        mean: per-channel RGB mean (images first scaled to [0, 1]; default ImageNet's, as the Swin backbones).
         std: per-channel RGB std.
         descriptor_mean: mean subtracted from the [0, 1] descriptor map.
         descriptor_std: std dividing the descriptor map.
+        colour: ``"grey"`` turns every face grey first (:func:`common.tensors.grey_rgb`), for models trained on grey
+            faces (FER2013, CK+, JAFFE) that then predict on colour video; ``"rgb"`` keeps the pixels.
+    """
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    descriptor_mean: float = 0.5
+    descriptor_std: float = 0.5
+    colour: Literal["rgb", "grey"] = "rgb"
+
+    def __post_init__(self) -> None:
+        check_choices(FaceNormalisation, vars(self))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"FaceNormalisation: mean and std need 3 values, got {self.mean}, {self.std}")
+        if self.descriptor_std <= 0 or min(self.std) <= 0:
+            raise ValueError("FaceNormalisation: std values must be positive")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+@dataclass(frozen=True)
+class FaceAugment:
+    """Train-time augmentation of face batches (:class:`FaceBatchTransform`).
+
+    Args:
         hflip_prob: probability of a horizontal flip.
         affine_degrees: rotation drawn uniformly from [-d, d] degrees.
         affine_translate: translation drawn uniformly from [-t, t] as a fraction of the image size.
@@ -180,7 +202,6 @@ class FaceBatchTransform:
         brightness: brightness factor drawn from [1 - b, 1 + b].
         contrast: contrast factor drawn from [1 - c, 1 + c] (blend with the image's mean grey level).
         saturation: saturation factor drawn from [1 - s, 1 + s] (blend with the grey image).
-        augment: ``"train"`` applies the random transforms, ``"none"`` only converts and normalises.
         policy: after flip/affine/colour jitter, ``"trivial"`` applies one op of :data:`FACE_AUGMENT_OPS` per face
             with a uniformly drawn magnitude (TrivialAugment, Müller & Hutter 2021); ``"rand"`` applies
             ``policy_ops`` ops drawn uniformly at the fixed magnitude ``policy_magnitude`` / 10 of each op's
@@ -191,8 +212,55 @@ class FaceBatchTransform:
         policy_magnitude: RandAugment's M in [0, 10].
         random_erasing: probability of timm's ``RandomErasing`` (``mode="pixel"``: per-pixel normal noise in the
             normalised space) per face, applied after normalisation to the same box of image and descriptor.
-        colour: ``"grey"`` turns every face grey first (:func:`common.tensors.grey_rgb`), for models trained on grey
-            faces; ``"rgb"`` keeps the pixels.
+    """
+
+    hflip_prob: float = 0.5
+    affine_degrees: float = 10.0
+    affine_translate: float = 0.05
+    affine_scale: tuple[float, float] = (0.95, 1.05)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.0
+    policy: Literal["none", "trivial", "rand"] = "none"
+    policy_ops: int = 2
+    policy_magnitude: float = 9.0
+    random_erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choices(FaceAugment, vars(self))
+        if self.policy_ops < 1 or not 0 <= self.policy_magnitude <= 10:
+            raise ValueError(f"FaceAugment: need policy_ops >= 1 and policy_magnitude in [0, 10], got "
+                             f"{self.policy_ops}, {self.policy_magnitude}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"FaceAugment: random_erasing must be in [0, 1], got {self.random_erasing}")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ValueError(f"FaceAugment: hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        if len(self.affine_scale) != 2 or not 0 < self.affine_scale[0] <= self.affine_scale[1]:
+            raise ValueError(f"FaceAugment: affine_scale must be (min, max) with 0 < min <= max, got "
+                             f"{self.affine_scale}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"FaceAugment: {name} must be in [0, 1), got {getattr(self, name)}")
+        object.__setattr__(self, "affine_scale", (float(self.affine_scale[0]), float(self.affine_scale[1])))
+
+
+#: No train-time change: the identity augmentation (``FaceAugment`` with every probability and range at zero).
+NO_AUGMENT = FaceAugment(hflip_prob=0.0, affine_degrees=0.0, affine_translate=0.0, affine_scale=(1.0, 1.0),
+                         brightness=0.0, contrast=0.0)
+
+
+class FaceBatchTransform:
+    """Turn a list of samples into a normalised batch; optional train-time augmentation, vectorised.
+
+    The geometric part (horizontal flip, affine rotation/translation/scale) is drawn once per sample and applied
+    identically to the RGB image and the descriptor map (they are warped together as one 4-channel tensor with
+    :func:`torch.nn.functional.grid_sample`, bilinear, zero padding). Colour jitter (brightness, contrast,
+    saturation; no hue) is applied to the image only.
+
+    Args:
+        normalisation: mean/std of image and descriptor map, and the colour policy (:class:`FaceNormalisation`).
+        augment: train-time augmentation (:class:`FaceAugment`); ``None``: none (evaluation and prediction batches
+            are only converted and normalised).
 
     Shapes:
         Input samples: ``image`` ``[3, H, W]`` uint8, ``descriptor`` ``[1, H, W]`` uint8 (optional).
@@ -200,64 +268,30 @@ class FaceBatchTransform:
         keys stacked, string keys as lists.
     """
 
-    def __init__(
-        self,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
-        descriptor_mean: float = 0.5,
-        descriptor_std: float = 0.5,
-        hflip_prob: float = 0.0,
-        affine_degrees: float = 0.0,
-        affine_translate: float = 0.0,
-        affine_scale: Sequence[float] = (1.0, 1.0),
-        brightness: float = 0.0,
-        contrast: float = 0.0,
-        saturation: float = 0.0,
-        augment: Literal["train", "none"] = "none",
-        policy: Literal["none", "trivial", "rand"] = "none",
-        policy_ops: int = 2,
-        policy_magnitude: float = 9.0,
-        random_erasing: float = 0.0,
-        colour: Literal["rgb", "grey"] = "rgb",
-    ) -> None:
-        check_choices(FaceBatchTransform, locals())
-        if policy_ops < 1 or not 0 <= policy_magnitude <= 10:
-            raise ValueError(
-                f"FaceBatchTransform: need policy_ops >= 1 and policy_magnitude in [0, 10], got {policy_ops}, "
-                f"{policy_magnitude}"
-            )
-        if not 0.0 <= random_erasing <= 1.0:
-            raise ValueError(f"FaceBatchTransform: random_erasing must be in [0, 1], got {random_erasing}")
-        if not 0.0 <= hflip_prob <= 1.0:
-            raise ValueError(f"FaceBatchTransform: hflip_prob must be in [0, 1], got {hflip_prob}")
-        if len(affine_scale) != 2 or not 0 < affine_scale[0] <= affine_scale[1]:
-            raise ValueError(
-                f"FaceBatchTransform: affine_scale must be (min, max) with 0 < min <= max, got {affine_scale}"
-            )
-        for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"FaceBatchTransform: {name} must be in [0, 1), got {v}")
-        if descriptor_std <= 0 or min(std) <= 0:
-            raise ValueError("FaceBatchTransform: std values must be positive")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.descriptor_mean = float(descriptor_mean)
-        self.descriptor_std = float(descriptor_std)
-        self.hflip_prob = float(hflip_prob)
-        self.affine_degrees = float(affine_degrees)
-        self.affine_translate = float(affine_translate)
-        self.affine_scale = (float(affine_scale[0]), float(affine_scale[1]))
-        self.brightness = float(brightness)
-        self.contrast = float(contrast)
-        self.saturation = float(saturation)
-        self.augment = augment
-        self.policy = policy
-        self.policy_ops = int(policy_ops)
-        self.policy_magnitude = float(policy_magnitude)
-        self.random_erasing = float(random_erasing)
-        self.colour = colour
+    def __init__(self, normalisation: FaceNormalisation | None = None, augment: FaceAugment | None = None) -> None:
+        self.normalisation = normalisation = normalisation or FaceNormalisation()
+        self.augment_settings = augment
+        aug = augment or NO_AUGMENT
+        self.mean = torch.tensor(normalisation.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(normalisation.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.descriptor_mean = float(normalisation.descriptor_mean)
+        self.descriptor_std = float(normalisation.descriptor_std)
+        self.colour = normalisation.colour
+        self.augment = "none" if augment is None else "train"
+        self.hflip_prob = aug.hflip_prob
+        self.affine_degrees = aug.affine_degrees
+        self.affine_translate = aug.affine_translate
+        self.affine_scale = aug.affine_scale
+        self.brightness = aug.brightness
+        self.contrast = aug.contrast
+        self.saturation = aug.saturation
+        self.policy = aug.policy
+        self.policy_ops = int(aug.policy_ops)
+        self.policy_magnitude = float(aug.policy_magnitude)
+        self.random_erasing = float(aug.random_erasing)
         self._eraser = (
-            RandomErasing(probability=random_erasing, mode="pixel", device="cpu") if random_erasing > 0 else None
+            RandomErasing(probability=aug.random_erasing, mode="pixel", device="cpu") if aug.random_erasing > 0
+            else None
         )
         self._grids: dict[tuple[int, int], Tensor] = {}
 

@@ -31,7 +31,7 @@ def _predict_config(cfg: Path, tmp: Path, out: Path, net: dict | None = None, ev
     if net is not None:
         conf["model"]["init_args"]["net"] = net
     if every_n is not None:
-        conf["data"]["init_args"]["predict_every_n_frames"] = every_n
+        conf["data"]["init_args"]["every_n_frames"] = every_n
     path = tmp / "predict.yaml"
     path.write_text(yaml.safe_dump(conf))
     return path
@@ -47,9 +47,9 @@ def test_resnet_checkpoint_through_the_cli_with_the_swin_predict_config(resnet, 
     training_config = (run_dir / "config.yaml").read_text()
     out = tmp_path / "out"
     cli = cli_main(["predict", "--config", str(_predict_config(cfg, tmp_path, out)), "--ckpt_path", str(ckpt),
-                    "--data.init_args.predict_source", str(video)])
+                    "--data.init_args.source", str(video)])
     assert type(cli.model.net).__name__ == "TimmClassifier"
-    assert cli.datamodule.hparams.descriptor == "none"  # trained with 'sun', but the net reads no descriptor
+    assert cli.datamodule.preprocessing.descriptor.kind == "none"  # trained with 'sun'; the net reads no descriptor
     files = {p.name for p in out.iterdir()}
     assert {"emotions.csv", "summary.csv", "run_info.json", "annotated_lesson.mp4", "config_predict.yaml"} <= files
     assert "config.yaml" not in files
@@ -78,26 +78,27 @@ def test_swin_checkpoint_through_a_config_that_names_a_resnet(tmp_path_factory, 
     video = classroom_video(tmp_path / "lesson.mp4", n_frames=4)
     cfg = _predict_config(tiny_predict_config(tmp, tmp / "unused"), tmp_path, tmp_path / "out", net=TINY_RESNET)
     cli = cli_main(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt),
-                    "--data.init_args.predict_source", str(video)])
-    assert type(cli.model.net).__name__ == "TwoBranchSwin" and cli.datamodule.hparams.descriptor == "sun"
+                    "--data.init_args.source", str(video)])
+    assert type(cli.model.net).__name__ == "TwoBranchSwin" and cli.datamodule.preprocessing.descriptor.kind == "sun"
     assert json.loads((tmp_path / "out" / "run_info.json").read_text())["faces"] == 8
 
 
 def test_the_shipped_config_and_the_page_share_one_stride() -> None:
     from apps.classroom_api import DEFAULT_CONFIG
 
-    shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())["data"]["init_args"]["predict_every_n_frames"]
+    shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())["data"]["init_args"]["every_n_frames"]
     assert default_every_n_frames() == shipped == 5
 
 
-@pytest.mark.parametrize("flag,value", [("image_size", "64"), ("descriptor", "lbp")])
-def test_a_preprocessing_flag_that_contradicts_the_checkpoint_is_an_error_naming_it(resnet, tmp_path, flag,
-                                                                                   value) -> None:
-    """The config file's values are replaced by the checkpoint's (logged); a value given on the command line is
-    not silently replaced: the error names the flag to drop."""
+@pytest.mark.parametrize("flag,value", [("image_size", "64"), ("descriptor", "lbp"), ("predict_source", "x.mp4")])
+def test_a_preprocessing_or_misspelt_data_flag_is_an_error_naming_it(resnet, tmp_path, capsys, flag, value) -> None:
+    """The preprocessing is the checkpoint's, not a setting of the prediction datamodule: a flag that would change
+    it (or an old ``predict_*`` name) is refused by the parser, which names it, before anything runs."""
     from cli import cli_main
 
     ckpt, cfg, video = resnet
-    with pytest.raises(ValueError, match=rf"--data\.init_args\.{flag}"):
+    with pytest.raises(SystemExit):
         cli_main(["predict", "--config", str(_predict_config(cfg, tmp_path, tmp_path / "out")), "--ckpt_path",
-                  str(ckpt), "--data.init_args.predict_source", str(video), f"--data.init_args.{flag}", value])
+                  str(ckpt), "--data.init_args.source", str(video), f"--data.init_args.{flag}", value])
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

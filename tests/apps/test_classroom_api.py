@@ -24,7 +24,9 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_checkpoint_holds_the_preprocessing_and_sun_statistics(tiny) -> None:
     ckpt, _ = tiny
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")["fer_preprocessing"]
+    from common.preprocessing import face_preprocessing
+
+    state = face_preprocessing(torch.load(ckpt, weights_only=True, map_location="cpu"))
     assert state["settings"]["class_names"] == LEARNING and state["settings"]["image_size"] == 32
     assert state["settings"]["descriptor"] == "sun" and len(state["sun_params"]["theta"]) == 2
 
@@ -181,7 +183,7 @@ def test_cli_predict_command_with_only_the_checkpoint(tiny, tmp_path) -> None:
     cfg2.write_text(yaml.safe_dump(conf))
     repo = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "cli.py", "predict", "--config", str(cfg2), "--ckpt_path", str(ckpt),
-           "--data.init_args.predict_source", str(video)]
+           "--data.init_args.source", str(video)]
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     first = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -225,7 +227,7 @@ def test_a_source_that_is_no_video_is_an_error_naming_it(tiny, tmp_path, kind: s
 
 @pytest.mark.parametrize("kind", ["dev_zero", "junk_folder"])
 def test_cli_predict_on_a_source_that_is_no_video_fails_naming_it(tiny, tmp_path, kind: str) -> None:
-    """The ``cli.py predict --data.init_args.predict_source ...`` path (the datamodule's own check)."""
+    """The ``cli.py predict --data.init_args.source ...`` path (the datamodule's own check)."""
     import yaml
 
     from cli import cli_main
@@ -238,7 +240,7 @@ def test_cli_predict_on_a_source_that_is_no_video_fails_naming_it(tiny, tmp_path
     (tmp_path / "predict.yaml").write_text(yaml.safe_dump(conf))
     with pytest.raises(VideoSourceError, match=source):
         cli_main(["predict", "--config", str(tmp_path / "predict.yaml"), "--ckpt_path", str(ckpt),
-                  "--data.init_args.predict_source", source])
+                  "--data.init_args.source", source])
     assert not list((tmp_path / "out").glob("*.csv"))
 
 
@@ -279,8 +281,9 @@ def test_no_checkpoint_means_the_shipped_face_model(tiny, tmp_path) -> None:
     assert df["track_id"].nunique() == 2 and len(df) == 16 and set(df["class"]) <= set(shipped.class_names)
     conf = yaml.safe_load(Path(cfg).read_text())
     conf["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / "cli")
-    cli = cli_main(["predict", "--config", yaml.safe_dump(conf), "--data.init_args.predict_source", str(video)])
-    assert cli.datamodule.hparams.colour == "grey" and cli.datamodule.hparams.class_names == shipped.class_names
+    cli = cli_main(["predict", "--config", yaml.safe_dump(conf), "--data.init_args.source", str(video)])
+    prep = cli.datamodule.preprocessing  # the shipped checkpoint's
+    assert prep.normalisation.colour == "grey" and cli.datamodule.class_names == shipped.class_names
     cli_df = pd.read_csv(tmp_path / "cli" / "emotions.csv")
     pd.testing.assert_frame_equal(cli_df[["frame", "track_id", "class"]].reset_index(drop=True),
                                   df[["frame", "track_id", "class"]].reset_index(drop=True), check_dtype=False)

@@ -158,3 +158,38 @@ def test_bad_options_raise() -> None:
         EmotionTimelineWriter("x", plot="all")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="EmotionTimelineWriter.*smooth_window"):
         EmotionTimelineWriter("x", smooth_window=0)
+
+
+class DescribedSource(VideoDataModule):
+    """A predict datamodule that describes its source as ``FaceVideoDataModule`` does (``AnalysedSource``)."""
+
+    live = False
+    recording = None
+    frame_stride = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources = ["class_a.mp4", "empty_room.mp4"]
+        self.stats = {"frames": 9, "unreadable": 1, "faces": 11}
+
+    def record_live_to(self, path) -> None:
+        raise AssertionError("not a live source")
+
+    def frames_summary(self) -> str:
+        return "9 of 18 frames (one in 2)"
+
+
+def test_the_datamodules_description_of_the_source_reaches_run_info(tmp_path) -> None:
+    """Frame counts, skipped frames and sources without a face come from the datamodule's public API (sources,
+    stats, frames_summary), not from its dataset."""
+    out = tmp_path / "pred"
+    writer = EmotionTimelineWriter(output_dir=str(out))
+    lit = LitFER(partial(TimmClassifier, model_name="test_resnet"), num_classes=6, class_names=CLASSES)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[writer],
+                      default_root_dir=str(tmp_path))
+    trainer.predict(lit, datamodule=DescribedSource())
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["frames_analysed"] == "9 of 18 frames (one in 2)" and info["stats"]["unreadable"] == 1
+    assert info["sources"][:2] == ["class_a.mp4", "empty_room.mp4"]
+    assert any("no face was found in empty_room.mp4" in n for n in info["notes"])
+    assert any("1 unreadable frame" in n for n in info["notes"])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.datasets.images import FACE_AUGMENT_OPS, FaceBatchTransform, _apply_face_op
+from datamodules.datasets.images import FACE_AUGMENT_OPS, _apply_face_op
+from tests.helpers.fer import batch_transform
 
 
 def _samples(n: int = 6) -> list[dict]:
@@ -37,21 +38,21 @@ def test_geometric_ops_move_the_descriptor_with_the_face_photometric_ops_do_not(
 
 @pytest.mark.parametrize("policy", ["trivial", "rand"])
 def test_policies_change_train_batches_only(policy: str) -> None:
-    plain = FaceBatchTransform(augment="train")
-    aug = FaceBatchTransform(augment="train", policy=policy, random_erasing=1.0)
+    plain = batch_transform(augment="train")
+    aug = batch_transform(augment="train", policy=policy, random_erasing=1.0)
     torch.manual_seed(1)
     a = plain(_samples())
     torch.manual_seed(1)
     b = aug(_samples())
     assert a["image"].shape == b["image"].shape and a["descriptor"].shape == b["descriptor"].shape
     assert not torch.equal(a["image"], b["image"])
-    ev = FaceBatchTransform(augment="none", policy=policy, random_erasing=1.0)
-    torch.testing.assert_close(ev(_samples())["image"], FaceBatchTransform()(_samples())["image"])
+    ev = batch_transform(augment="none", policy=policy, random_erasing=1.0)
+    torch.testing.assert_close(ev(_samples())["image"], batch_transform()(_samples())["image"])
 
 
 def test_random_erasing_hits_image_and_descriptor_in_the_same_box() -> None:
-    plain = FaceBatchTransform(augment="train")
-    erase = FaceBatchTransform(augment="train", random_erasing=1.0)
+    plain = batch_transform(augment="train")
+    erase = batch_transform(augment="train", random_erasing=1.0)
     torch.manual_seed(3)
     a = plain(_samples())
     torch.manual_seed(3)
@@ -63,11 +64,11 @@ def test_random_erasing_hits_image_and_descriptor_in_the_same_box() -> None:
 
 def test_bad_policy_options_raise() -> None:
     with pytest.raises(ValueError, match="policy must be"):
-        FaceBatchTransform(policy="auto")
+        batch_transform(policy="auto")
     with pytest.raises(ValueError, match="policy_magnitude"):
-        FaceBatchTransform(policy="rand", policy_magnitude=11)
+        batch_transform(policy="rand", policy_magnitude=11)
     with pytest.raises(ValueError, match="random_erasing"):
-        FaceBatchTransform(random_erasing=1.5)
+        batch_transform(random_erasing=1.5)
 
 
 def test_grey_colour_turns_faces_grey_for_training_and_evaluation() -> None:
@@ -77,14 +78,14 @@ def test_grey_colour_turns_faces_grey_for_training_and_evaluation() -> None:
     rng = np.random.default_rng(0)
     samples = [{"image": torch.from_numpy(rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)),
                 "label": torch.tensor(0)} for _ in range(4)]
-    ev = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), colour="grey")(samples)["image"]
+    ev = batch_transform(mean=(0, 0, 0), std=(1, 1, 1), colour="grey")(samples)["image"]
     want = grey_rgb(torch.stack([s["image"] for s in samples]), channel_dim=1).float() / 255
     torch.testing.assert_close(ev, want)
-    tr = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), augment="train", hflip_prob=0.5, affine_degrees=10,
+    tr = batch_transform(mean=(0, 0, 0), std=(1, 1, 1), augment="train", hflip_prob=0.5, affine_degrees=10,
                             colour="grey")(samples)["image"]
     torch.testing.assert_close(tr[:, 0], tr[:, 1])
     torch.testing.assert_close(tr[:, 1], tr[:, 2])
     grey = [{"image": grey_rgb(s["image"], channel_dim=0), "label": s["label"]} for s in samples]
-    torch.testing.assert_close(FaceBatchTransform(colour="grey")(grey)["image"], FaceBatchTransform()(grey)["image"])
+    torch.testing.assert_close(batch_transform(colour="grey")(grey)["image"], batch_transform()(grey)["image"])
     with pytest.raises(ValueError, match="colour"):
-        FaceBatchTransform(colour="gray")
+        batch_transform(colour="gray")

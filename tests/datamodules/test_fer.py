@@ -5,27 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
 from torch.utils.data import SequentialSampler, WeightedRandomSampler
 
-from datamodules.fer import FERDataModule
+from datamodules.fer import FERDataModule, nest_flat_settings
 from features.descriptors import fit_sun_params
 from features.faces import HaarFaceDetector
-from features.images import load_image_rgb
 from tests.fakes_images import (
     CK_CLASSES,
     JAFFE_CLASSES,
     REPO,
     make_class_folders,
     real_root,
-    synthetic_face,
     tree_fingerprint,
     write_bad_files,
 )
+from tests.helpers.fer import fer_datamodule
 
 CLASSES = ["happy", "sad", "neutral"]
 
@@ -46,7 +44,7 @@ def _dm(tmp_path: Path, root: Path | None = None, **kwargs) -> FERDataModule:
         "sun_sigmas": (1.0, 2.0),
     }
     defaults.update(kwargs)
-    return FERDataModule(str(root), **defaults)
+    return FERDataModule(str(root), **nest_flat_settings(defaults))
 
 
 def _ready(dm: FERDataModule, stage: str | None = None) -> FERDataModule:
@@ -88,7 +86,7 @@ def test_prepare_data_sets_no_state_and_setup_needs_it(tmp_path: Path) -> None:
         dm.train_dataloader()
     dm.setup("fit")
     assert sum(len(d) for d in dm.datasets.values()) == 24
-    assert dm.hparams.image_size == 16 and dm.hparams.class_names == CLASSES
+    assert dm.hparams.crop["image_size"] == 16 and dm.hparams.class_names == CLASSES
 
 
 def test_extra_roots_join_train_only_with_origin(tmp_path: Path) -> None:
@@ -252,109 +250,6 @@ def test_invalid_arguments_name_the_class(tmp_path: Path) -> None:
         _dm(tmp_path, root=tmp_path / "absent").prepare_data()
 
 
-# ------------------------------------------------------------------ prediction
-def test_predict_on_a_folder(tmp_path: Path) -> None:
-    dm = _ready(_dm(tmp_path, descriptor="sun"))
-    folder = tmp_path / "to_predict"
-    make_class_folders(folder, ["x"], subjects=3, frames=1, size=24, seed=3)
-    (folder / "x" / "broken.png").write_bytes(b"")
-    pdm = _dm(tmp_path, descriptor="sun", predict_source=str(folder), predict_detector="none")
-    pdm.setup("predict")
-    batches = list(pdm.predict_dataloader())
-    b = batches[0]
-    assert set(b) == {"image", "descriptor", "frame", "time", "box", "track_id", "score", "landmarks", "source",
-                      "path"}
-    assert b["image"].shape == (3, 3, 16, 16) and b["descriptor"].shape == (3, 1, 16, 16)
-    assert (
-        b["frame"].dtype == torch.int64 and b["time"].dtype == torch.float32 and b["box"].dtype == torch.int64
-    )
-    assert b["box"].tolist() == [[0, 0, 24, 24]] * 3 and b["track_id"].tolist() == [0, 0, 0]
-    assert b["landmarks"].shape == (3, 5, 2) and b["landmarks"].isnan().all()
-    assert pdm.predict_dataset.stats["skipped:empty_file"] == 1
-    assert dm.sun_params_path == pdm.sun_params_path
-
-
-def test_predict_sun_without_statistics_is_a_clear_error(tmp_path: Path) -> None:
-    folder = tmp_path / "imgs"
-    make_class_folders(folder, ["x"], subjects=1, frames=1)
-    dm = _dm(tmp_path, root=tmp_path / "no_training_data", descriptor="sun", predict_source=str(folder))
-    dm.prepare_data()  # no training root: nothing to prepare for prediction
-    with pytest.raises(FileNotFoundError, match="SUN statistics"):
-        dm.setup("predict")
-
-
-def _face_tiles(n: int) -> list[np.ndarray]:
-    """n face images (RGB uint8, 96 px): real JAFFE faces when present, cartoons otherwise."""
-    root = real_root("jaffe")
-    if root is not None:
-        files = sorted(root.glob("*/*.tiff"))[:n]
-        return [
-            cv2.resize(load_image_rgb(f)[20:236, 20:236], (96, 96), interpolation=cv2.INTER_AREA)
-            for f in files
-        ]
-    return [np.repeat(synthetic_face(96, i, i)[:, :, None], 3, axis=2) for i in range(n)]
-
-
-def test_predict_on_a_video_all_faces(tmp_path: Path) -> None:
-    if real_root("jaffe") is None:  # MTCNN finds no face in the synthetic cartoons of _face_tiles
-        pytest.skip("needs real JAFFE faces (../shared/data/jaffe); MTCNN detects none in the synthetic stand-ins")
-    video = tmp_path / "class.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (224, 112))
-    assert writer.isOpened()
-    tiles = _face_tiles(2)
-    n_frames = 6
-    for i in range(n_frames):
-        frame = np.full((112, 224, 3), 90, dtype=np.uint8)
-        if i % 3 != 2:  # frames 2 and 5: nobody
-            frame[8:104, 8:104] = tiles[0]
-            frame[8:104, 120:216] = tiles[1]
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    dm = _dm(
-        tmp_path,
-        root=tmp_path / "absent",
-        face_detection="haar",
-        descriptor="lbp",
-        predict_source=str(video),
-        predict_every_n_frames=1,
-        predict_min_face_size=30,
-        batch_size=3,
-    )
-    dm.prepare_data()
-    dm.setup("predict")
-    batches = list(dm.predict_dataloader())
-    frames = torch.cat([b["frame"] for b in batches])
-    boxes = torch.cat([b["box"] for b in batches])
-    times = torch.cat([b["time"] for b in batches])
-    stats = dm.predict_dataset.stats
-    assert stats["frames"] == n_frames and stats["frames_without_face"] == 2
-    assert sorted(set(frames.tolist())) == [0, 1, 3, 4]
-    assert len(frames) == 8 and stats["faces"] == 8  # both faces in each frame with people
-    torch.testing.assert_close(times, frames.float() / 10.0)
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 224).all()
-    for f in (0, 1, 3, 4):
-        xs = sorted(boxes[frames == f][:, 0].tolist())
-        assert xs[0] < 104 and xs[1] >= 104  # one face on each side
-    assert batches[0]["source"] == [str(video)] * 3
-    tracks = torch.cat([b["track_id"] for b in batches])
-    left = boxes[:, 0] < 104
-    assert tracks[left].unique().numel() == 1 and tracks[~left].unique().numel() == 1  # one student, one track
-    assert tracks[left][0] != tracks[~left][0] and stats["tracks"] == 2
-    assert not torch.cat([b["landmarks"] for b in batches]).isnan().any()  # MTCNN gives the 5 landmarks
-    # every 3rd frame only
-    dm3 = _dm(
-        tmp_path,
-        root=tmp_path / "absent",
-        face_detection="haar",
-        descriptor="none",
-        predict_source=str(video),
-        predict_every_n_frames=3,
-    )
-    dm3.setup("predict")
-    frames3 = torch.cat([b["frame"] for b in dm3.predict_dataloader()])
-    assert sorted(set(frames3.tolist())) == [0, 3]
-
-
 # ------------------------------------------------------------------ configs
 @pytest.mark.parametrize("name,n_classes", [("learning_emotions", 6), ("ckplus48", 7), ("jaffe", 7), ("fer2013", 7)])
 def test_data_configs_instantiate(name: str, n_classes: int) -> None:
@@ -367,9 +262,9 @@ def test_data_configs_instantiate(name: str, n_classes: int) -> None:
     if name == "learning_emotions":
         assert dm.class_names == ["joy", "focus", "thinking", "boredom", "confusion", "drowsiness"]
     if name == "jaffe":
-        assert args["face_detection"] == "haar" and args["split"] == "group"
+        assert args["crop"]["face_detection"] == "haar" and args["split"] == "group"
     if name == "fer2013":  # validation carved from train/, val/ (PublicTest) reported as the test split
-        assert args["split"] == "folders" and args["val_from"] == "train" and args["image_size"] == 48
+        assert args["split"] == "folders" and args["val_from"] == "train" and args["crop"]["image_size"] == 48
 
 
 # ------------------------------------------------------------------ real data (slow)
@@ -379,7 +274,7 @@ def test_ckplus48_full_group_split(tmp_path: Path) -> None:
     if root is None:
         pytest.skip("CK+48 not found at <repo>/../shared/data/ckplus48")
     dm = _ready(
-        FERDataModule(
+        fer_datamodule(
             str(root),
             CK_CLASSES,
             face_detection="none",
@@ -407,7 +302,7 @@ def test_jaffe_full_with_haar(tmp_path: Path) -> None:
     if root is None:
         pytest.skip("JAFFE not found at <repo>/../shared/data/jaffe")
     dm = _ready(
-        FERDataModule(
+        fer_datamodule(
             str(root),
             JAFFE_CLASSES,
             face_detection="haar",
@@ -446,32 +341,3 @@ def test_data_configs_parse_with_lightning_cli(tmp_path: Path, name: str, monkey
     )
     assert isinstance(cli.datamodule, FERDataModule)
     assert cli.datamodule.hparams.cache_dir == str(tmp_path / "c")
-
-
-def test_predict_progress_has_a_total_and_the_run_says_n_of_m_frames(tmp_path, monkeypatch) -> None:
-    """A video file: the progress total is the container's frame count divided by the stride (it was `1/--`),
-    and the dataset reports how many frames it analysed of how many."""
-    import rich.progress
-
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    for _ in range(10):
-        writer.write(np.full((48, 64, 3), 90, dtype=np.uint8))
-    writer.release()
-    totals: list = []
-    real_add_task = rich.progress.Progress.add_task
-
-    def add_task(self, description, *args, total=None, **kwargs):
-        totals.append(total)
-        return real_add_task(self, description, *args, total=total, **kwargs)
-
-    monkeypatch.setattr(rich.progress.Progress, "add_task", add_task)
-    dm = _dm(tmp_path, root=tmp_path / "absent", predict_source=str(video), predict_every_n_frames=3,
-             predict_detector="none", progress="rich")
-    dm.prepare_data()
-    dm.setup("predict")
-    ds = dm.predict_dataset
-    assert ds.source_frames == 10 and ds.expected_frames == 4
-    list(dm.predict_dataloader())
-    assert totals == [4]
-    assert ds.stats["frames"] == 4 and ds.frames_summary() == "4 of 10 frames (one in 3)"

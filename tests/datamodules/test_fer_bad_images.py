@@ -47,7 +47,7 @@ def root(tmp_path) -> Path:
 
 
 def datamodule(root: Path, tmp_path: Path, **kw) -> FERDataModule:
-    return FERDataModule(str(root), CLASSES, face_detection="none", descriptor="none", image_size=16,
+    return FERDataModule(str(root), CLASSES, crop={"face_detection": "none", "image_size": 16}, descriptor={"kind": "none"},
                          cache_dir=str(tmp_path / "cache"), progress="none", batch_size=2, **kw)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.splits import SplitContentWarning
-from datamodules.fer import FERDataModule
+from datamodules.fer import FERDataModule, nest_flat_settings
 from features.images import scan_split_folders
 from tests.fakes_images import make_class_folders, real_root
 
@@ -31,7 +31,7 @@ def _dm(tmp_path: Path, root: Path, **kwargs) -> FERDataModule:
     args = {"class_names": CLASSES, "split": "folders", "image_size": 16, "face_detection": "none",
             "descriptor": "energy", "batch_size": 4, "cache_dir": str(tmp_path / "cache"), "progress": "none"}
     args.update(kwargs)
-    return FERDataModule(str(root), **args)
+    return FERDataModule(str(root), **nest_flat_settings(args))
 
 
 def _ready(dm: FERDataModule) -> FERDataModule:
@@ -175,7 +175,7 @@ def test_real_fer2013_scan_and_split_sizes(tmp_path: Path) -> None:
     parts = scan_split_folders(root, FER2013_CLASSES)
     assert {s: len(r) for s, r in parts.items()} == {"train": 28709, "val": 3589}
     assert Counter(r.class_name for r in parts["val"])["disgust"] == 56
-    dm = FERDataModule(str(root), FER2013_CLASSES, split="folders", face_detection="none", image_size=48,
+    dm = FERDataModule(str(root), FER2013_CLASSES, split="folders", crop={"face_detection": "none", "image_size": 48},
                        cache_dir=str(tmp_path / "c"), progress="none")
     real, _ = dm._scan()
     split = dm._compute_split(real)

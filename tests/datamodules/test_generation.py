@@ -96,7 +96,7 @@ def test_plan_from_real_fer_datamodule(tmp_path):
 
     root = tmp_path / "faces"
     make_class_folders(root, classes=("happy", "sad"), subjects=4, frames=2, size=16, kind="noise")
-    src = fer.FERDataModule(str(root), ["happy", "sad"], face_detection="none", descriptor="none", image_size=16,
+    src = fer.FERDataModule(str(root), ["happy", "sad"], crop={"face_detection": "none", "image_size": 16}, descriptor={"kind": "none"},
                             split="group", subject_pattern=r"^(S\d+)_", split_ratios=(0.5, 0.25, 0.25),
                             cache_dir=str(tmp_path / "cache"), progress="none", batch_size=2)
     dm = GenerationDataModule(source=src, output_root=str(tmp_path / "gen"), total_multiplier=1.0,
@@ -107,3 +107,4 @@ def test_plan_from_real_fer_datamodule(tmp_path):
     assert sum(counts.values()) == 8  # 2 of 4 subjects x 2 frames x 2 classes
     assert sum(dm.plan.values()) == 8
     assert dm.data_root == str(root)
+

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from datamodules.datasets.images import (
-    FaceBatchTransform,
     FaceTensorDataset,
     class_balanced_weights,
     group_split,
@@ -21,6 +20,7 @@ from datamodules.datasets.images import (
 )
 from features.images import BadImageError, load_image_rgb, scan_class_folders
 from tests.fakes_images import make_class_folders, real_root, save_in_mode, synthetic_face, write_bad_files
+from tests.helpers.fer import batch_transform
 
 
 # ------------------------------------------------------------------ scanning
@@ -184,7 +184,7 @@ def _samples(n: int = 4, size: int = 16, with_desc: bool = True) -> list[dict]:
 
 
 def test_batch_transform_eval_normalises_exactly() -> None:
-    t = FaceBatchTransform(
+    t = batch_transform(
         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), descriptor_mean=0.5, descriptor_std=0.5
     )
     samples = _samples()
@@ -198,7 +198,7 @@ def test_batch_transform_eval_normalises_exactly() -> None:
 
 def test_batch_transform_geometry_identical_on_image_and_descriptor() -> None:
     torch.manual_seed(0)
-    t = FaceBatchTransform(
+    t = batch_transform(
         mean=(0, 0, 0),
         std=(1, 1, 1),
         descriptor_mean=0.0,
@@ -219,7 +219,7 @@ def test_batch_transform_geometry_identical_on_image_and_descriptor() -> None:
 
 def test_batch_transform_colour_jitter_only_touches_image() -> None:
     torch.manual_seed(0)
-    t = FaceBatchTransform(
+    t = batch_transform(
         mean=(0, 0, 0),
         std=(1, 1, 1),
         descriptor_mean=0.0,
@@ -234,7 +234,7 @@ def test_batch_transform_colour_jitter_only_touches_image() -> None:
     torch.testing.assert_close(b["descriptor"], ref)
     assert not torch.allclose(b["image"][:, :1], ref)
     with pytest.raises(ValueError, match="FaceBatchTransform"):
-        FaceBatchTransform(augment="maybe")
+        batch_transform(augment="maybe")
 
 
 def test_tensor_dataset_and_balanced_weights() -> None:
@@ -251,9 +251,9 @@ def test_tensor_dataset_and_balanced_weights() -> None:
 def test_batch_transform_pure_flip_is_exact_and_identity_is_noop() -> None:
     samples = _samples(3)
     ref = torch.stack([s["image"] for s in samples]).float() / 255
-    flip = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), hflip_prob=1.0, augment="train")
+    flip = batch_transform(mean=(0, 0, 0), std=(1, 1, 1), hflip_prob=1.0, augment="train")
     torch.testing.assert_close(flip(samples)["image"], ref.flip(-1), atol=1e-5, rtol=0)
-    ident = FaceBatchTransform(mean=(0, 0, 0), std=(1, 1, 1), affine_degrees=0.0, augment="train")
+    ident = batch_transform(mean=(0, 0, 0), std=(1, 1, 1), affine_degrees=0.0, augment="train")
     torch.testing.assert_close(ident(samples)["image"], ref)
 
 

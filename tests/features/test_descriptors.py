@@ -30,16 +30,16 @@ def test_descriptor_maps_shape_dtype_range(name: str) -> None:
     faces = _faces()
     params = fit_sun_params(faces) if name == "sun" else None
     for rgb in faces:
-        m = compute_descriptor(rgb, DescriptorSettings(descriptor=name), params)
+        m = compute_descriptor(rgb, DescriptorSettings(kind=name), params)
         assert m.shape == (32, 32) and m.dtype == np.float32
         assert m.min() >= 0.0 and m.max() <= 1.0 and m.max() > m.min()
 
 
 def test_descriptor_errors() -> None:
-    with pytest.raises(ValueError, match="descriptor"):
-        DescriptorSettings(descriptor="hog")
+    with pytest.raises(ValueError, match="DescriptorSettings: kind"):
+        DescriptorSettings(kind="hog")
     with pytest.raises(ValueError, match="SUN statistics"):
-        compute_descriptor(_faces(1)[0], DescriptorSettings(descriptor="sun"), None)
+        compute_descriptor(_faces(1)[0], DescriptorSettings(kind="sun"), None)
     with pytest.raises(FileNotFoundError, match="SUN statistics file"):
         SUNParams.load("/nonexistent/sun.json")
 

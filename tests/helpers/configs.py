@@ -2,8 +2,8 @@
 
 Discovery: every ``configs/**/*.yaml`` outside ``configs/trainer/`` and ``configs/data/`` (generic pieces) whose
 usage header runs ``cli.py fit`` (``predict``-only configs such as ``configs/fer/predict_video.yaml`` are not
-training configs). A config that is a delta over a base says so in a header comment line
-``# base: configs/hgcl_mosi.yaml`` and is run as ``--config <base> --config <delta>``.
+training configs). A config that is a delta over a base (a config without ``model.class_path``) is run as
+``--config <base> --config <delta>``; :data:`DELTAS` lists the base each delta is documented (and tested) with.
 
 :func:`tiny_overrides` writes one more ``--config`` file that swaps the data for tiny generated data in ``tmp``
 (an MMSA-schema pickle for the MSA datamodule, class folders of cartoon faces for the face datamodule), sends every
@@ -14,7 +14,6 @@ sizes stay as shipped: the point is that the shipped config runs.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -23,12 +22,27 @@ from typing import Any
 
 import yaml
 
-from scripts.experiments import compose_configs, config_chain
+from scripts.experiments import compose_configs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 GENERIC_DIRS = ("trainer", "data")
-_BASE_RE = re.compile(r"^#\s*base:\s*(\S+)\s*$")
+#: delta config -> the base its header's command passes before it (repository-relative). jsonargparse has no include
+#: that composes (scripts/experiments.py), so the pairing is explicit here, as in the scripts' experiment manifests;
+#: tests/test_delta_configs.py checks this list against the configs and the manifests.
+DELTAS: dict[str, str] = {
+    **{f"configs/ablations/hgcl_{a}.yaml": "configs/hgcl_mosi.yaml"
+       for a in ("cooccur_edges", "gcn", "global_only", "local_only", "no_augmentation", "no_contrast",
+                 "no_fusion_head", "no_local_loss", "offline_codebooks")},
+    **{f"configs/baselines/msa_{m}_mosei.yaml": f"configs/baselines/msa_{m}_mosi.yaml"
+       for m in ("lmf", "mag_bert", "mfm", "mfn", "misa", "mult", "raven", "self_mm")},
+    "configs/tfn_mosei.yaml": "configs/tfn_mosi.yaml",
+    "configs/fer/recipes/paper.yaml": "configs/fer/swin2b_ckplus48.yaml",
+    "configs/fer/variants/sigmoid_gate.yaml": "configs/fer/swin2b_ckplus48.yaml",
+    "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml": "configs/fer/transfer/resnet18s_ckplus48.yaml",
+    "configs/fer/transfer/resnet18s_jaffe_from_fer2013.yaml": "configs/fer/transfer/resnet18s_jaffe.yaml",
+    "configs/ldm/swin2b_ckplus48_augmented.yaml": "configs/fer/swin2b_ckplus48.yaml",
+}
 
 MSA_DATA = ("datamodules.mosei.MOSEIDataModule", "datamodules.mosei.MMSADataModule", "datamodules.mmsa.MMSADataModule")
 FER_DATA = ("datamodules.fer.FERDataModule",)
@@ -63,16 +77,17 @@ def header_lines(path: Path) -> list[str]:
     return lines
 
 
+def is_delta(path: Path) -> bool:
+    """Whether ``path`` is a delta config: one that names no system (``model.class_path``), so it needs a base."""
+    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
+    return not (isinstance(model, dict) and "class_path" in model)
+
+
 def base_of(path: Path) -> Path | None:
-    """The base config named by a ``# base: <path>`` header line (relative to the repository), or ``None``."""
-    for line in header_lines(path):
-        m = _BASE_RE.match(line)
-        if m:
-            base = REPO / m.group(1)
-            if not base.is_file():
-                raise FileNotFoundError(f"{path}: header names base config {m.group(1)}, which does not exist")
-            return base
-    return None
+    """The base of a delta config (:data:`DELTAS`), ``None`` for a full config."""
+    path = Path(path).resolve()
+    rel = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else None
+    return REPO / DELTAS[rel] if rel in DELTAS else None
 
 
 def is_training_config(path: Path) -> bool:
@@ -183,8 +198,8 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
     else:
         dargs = cfg["data"]["init_args"]
         names = list(dargs["class_names"])
-        data_args = {"root": str(write_faces(tmp / "faces", names, per_class=8, size=max(32, int(dargs.get("image_size", 32))))),
-                     "cache_dir": str(tmp / "cache"), "face_detection": "none", "num_workers": 0,
+        data_args = {"root": str(write_faces(tmp / "faces", names, per_class=8, size=max(32, int(dargs.get("crop", {}).get("image_size", 32))))),
+                     "cache_dir": str(tmp / "cache"), "crop": {"face_detection": "none"}, "num_workers": 0,
                      "batch_size": 4, "split_file": str(tmp / "split.json"), "progress": "none"}
         if dargs.get("split") == "group":
             data_args["subject_pattern"] = r"^(S\d+)_"
@@ -198,7 +213,7 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
         if fam == "ldm":
             margs = cfg["model"]["init_args"]
             model_args["vae_path"] = str(write_vae_dir(tmp / "vae", CONFIGS / "ldm" / "vae_ckplus48.yaml",
-                                                       int(dargs.get("image_size", 32))))
+                                                       int(dargs.get("crop", {}).get("image_size", 32))))
             enc = margs.get("consistency_encoder")
             if isinstance(enc, dict) and enc.get("init_args", {}).get("checkpoint_path"):
                 e = enc["init_args"]
@@ -235,15 +250,22 @@ def tiny_overrides(config: TrainingConfig, tmp: Path, devices: int = 2, max_epoc
 
 # ---------------------------------------------------------------------- composing one config as a user runs it
 def config_base(path: Path) -> Path | None:
-    """The base named by the header comment of ``path`` (repository-relative), ``None`` for a full config."""
+    """The base of the delta config ``path`` (:data:`DELTAS`), ``None`` for a full config."""
     return base_of(Path(path))
+
+
+def config_files(path: Path) -> list[Path]:
+    """The ``--config`` files of ``path`` as a user runs it: its base first for a delta (:data:`DELTAS`)."""
+    base = base_of(Path(path))
+    return [base, Path(path)] if base is not None else [Path(path)]
 
 
 def config_args(path: Path) -> list[str]:
     """``["--config", base, "--config", path]`` (just ``path`` for a full config)."""
-    return [arg for p in config_chain(path) for arg in ("--config", str(p))]
+    return [arg for p in config_files(path) for arg in ("--config", str(p))]
 
 
 def composed_config(path: Path) -> dict[str, Any]:
-    """The merged YAML mapping of :func:`scripts.experiments.config_chain`, as jsonargparse composes the files."""
-    return compose_configs(config_chain(path))
+    """The merged YAML mapping of :func:`config_files`, as jsonargparse composes the files."""
+    return compose_configs(config_files(path))
+

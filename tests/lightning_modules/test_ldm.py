@@ -148,7 +148,7 @@ def test_vae_config_takes_the_image_size_from_the_data(tmp_path, monkeypatch):
     assert c.model.hparams.image_size == 48 and "vae" not in c.model.hparams
     with pytest.raises(ValueError, match="image_size is 32, the vae's sample_size is 48"):
         cli.cli_main(["--config", str(CONFIGS / "vae_ckplus48.yaml"), "--trainer.logger", "false",
-                      "--data.init_args.image_size", "32"], run=False)
+                      "--data.init_args.crop.image_size", "32"], run=False)
 
 
 def test_ldm_fast_dev_run_with_consistency_loss_updates_only_the_unet(tmp_path, vae_dir):
@@ -242,6 +242,30 @@ def test_ldm_configs_instantiate(tmp_path, monkeypatch, name, subcommand):
         assert c.datamodule.data_root == "data/ckplus48", dict(c.datamodule.source.hparams)
 
 
+def test_generation_source_config_takes_command_line_overrides(tmp_path, monkeypatch):
+    """``--data.init_args.source_config.init_args.X`` changes that one setting of the real-data datamodule (a
+    dict-typed ``source_config`` used to drop such flags silently, so the augmentation ablation read the config's
+    relative ``data/ckplus48``); the nested datamodule keeps its own hyper-parameters, not the outer module's; a
+    misspelt setting is an error."""
+    cli = pytest.importorskip("cli")
+    from tests.fakes_images import make_class_folders
+
+    monkeypatch.chdir(tmp_path)
+    _fake_ldm_inputs(tmp_path)
+    other = tmp_path / "elsewhere"
+    make_class_folders(other, classes=CK_CLASSES, subjects=2, frames=1, size=16, kind="noise")
+    flags = ["--config", str(CONFIGS / "generate_ckplus48.yaml"), "--trainer.logger", "false",
+             "--data.init_args.source_config.init_args.root", str(other),
+             "--data.init_args.source_config.init_args.crop.image_size", "16"]
+    c = cli.cli_main(flags, run=False)
+    src = c.datamodule.source
+    assert src.hparams.root == str(other) and src.image_size == 16
+    assert "output_root" not in src.hparams  # not the GenerationDataModule's settings
+    assert c.datamodule.data_root == str(other)
+    with pytest.raises(SystemExit):
+        cli.cli_main([*flags, "--data.init_args.source_config.init_args.rooot", "x"], run=False)
+
+
 def _fake_ldm_inputs(tmp_path: Path) -> None:
     """The local files the configs/ldm/* configs name (faces, VAEs, the recognition checkpoint), tiny and random."""
     from tests.fakes_images import make_class_folders
@@ -269,7 +293,7 @@ def test_ldm_systems_take_the_normalisation_from_the_data(tmp_path, monkeypatch,
     cfg = yaml.safe_load((CONFIGS / name).read_text())
     data = cfg["data"]["init_args"]
     data = data["source_config"]["init_args"] if "source_config" in data else data
-    data["mean"], data["std"] = [0.2, 0.3, 0.4], [0.25, 0.5, 0.75]
+    data["normalisation"] = {**data.get("normalisation", {}), "mean": [0.2, 0.3, 0.4], "std": [0.25, 0.5, 0.75]}
     cfg["model"]["init_args"]["image_mean"] = [0.9, 0.9, 0.9]  # typed a second time, differently: loses
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
