@@ -15,9 +15,8 @@ import. Each name read from a file is checked against an :class:`AllowList` befo
 - the project-wide list (those model classes, the systems of ``lightning_modules/`` and the library classes they
   take) is ``lightning_modules.checkpoint_io.PROJECT_CLASSES``, built on ``models.registry``'s derivation (this layer
   imports nothing from the project);
-- :data:`FACE_NETS`, the face-expression nets a face checkpoint may name, is read by ``features/`` (which may not
-  import ``models/``) as well as by ``models/``, so it is defined here, once; a test checks that each entry is a net
-  of ``models/`` and on the project-wide list.
+- the face-expression nets a face checkpoint may name are ``models.registry.FACE_NETS`` (``features/`` reads no
+  checkpoint of a net: it is handed a ready one).
 
 This module never imports ``lightning`` (``models/`` and ``features/`` use it).
 """
@@ -45,8 +44,6 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 __all__ = [
-    "FACE_NETS",
-    "FACE_NET_ALLOW_LIST",
     "WEIGHT_FILE_ARGS",
     "AllowList",
     "CheckpointError",
@@ -59,15 +56,6 @@ __all__ = [
 
 #: ``torch.load``'s ``map_location``.
 MapLocation = str | torch.device | dict | Callable | None
-
-#: The face-expression nets (class paths) a face checkpoint may name: what ``models.shipped.read_face_net`` and
-#: ``features.vision.FaceExpressionModel`` import. Each is a net of ``models/`` with ``net.inputs`` (checked by
-#: ``tests/common/test_checkpoint.py``).
-FACE_NETS: tuple[str, ...] = (
-    "models.timm_classifier.TimmClassifier",
-    "models.swin_two_branch.TwoBranchSwin",
-    "models.poster.POSTER",
-)
 
 #: Init arguments of the project's nets naming where their INITIAL weights come from (``pretrained``: ``"hub"``, a
 #: weight file or a project checkpoint, and its older name ``pretrained_file``, :mod:`models.pretrained`; POSTER's
@@ -284,10 +272,3 @@ class AllowList:
                 self.check_hparams(v, source, f"{where}[{i}]")
         elif isinstance(hparams, str) and hparams not in self and _is_module_path(hparams):
             self.check(hparams, source, where)
-
-
-#: :data:`FACE_NETS` as an :class:`AllowList`.
-FACE_NET_ALLOW_LIST = AllowList(
-    "the project's face nets " + str(sorted(FACE_NETS)), lambda: FACE_NETS,
-    hint="A face checkpoint is one written by `cli.py fit` with a configs/fer/ config.",
-)

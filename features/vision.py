@@ -248,7 +248,7 @@ class FaceExpressionModel:
 
     ``features/`` reads no model checkpoint and imports no model code: the caller, in a layer that may import
     ``models/``, gives the ready net and its preprocessing as plain data. :func:`models.shipped.read_face_net` returns
-    both for any face checkpoint of the project (its class path checked against :data:`common.checkpoint.FACE_NETS`,
+    both for any face checkpoint of the project (its class path checked against :data:`models.registry.FACE_NETS`,
     read with ``weights_only=True``), :func:`models.shipped.load_face_expression_model` builds this class from a
     checkpoint, and ``python -m pipelines.extract --face-model CKPT`` does it for the extractor's command line.
 

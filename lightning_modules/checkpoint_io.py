@@ -26,7 +26,7 @@ Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen`` ...) is re
 :class:`CheckpointError` naming the file and the class path, BEFORE anything is imported. Dotted strings elsewhere
 in the hyper-parameters that name an importable module (jsonargparse turns such strings into callables for
 ``Callable``-typed arguments) count as class paths too. The face nets a face checkpoint may name
-(:data:`common.checkpoint.FACE_NETS`, read by ``models/`` and ``features/``) are a subset of this list.
+(:data:`models.registry.FACE_NETS`, read by ``models.shipped``) are a subset of this list.
 """
 
 from __future__ import annotations

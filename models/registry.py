@@ -11,8 +11,8 @@ is imported:
 - :data:`MSA_NETS`: the MSA nets among them, built as ``cls(feature_dims, seq_lens, ...)`` (:func:`is_msa_net`), what
   an MSA checkpoint's ``net`` may name;
 - :data:`MODEL_PARTS`: all of them, what a net's ``init_args`` may name;
-- :data:`common.checkpoint.FACE_NETS` (re-exported here): the face nets, a list written out once in ``common/``
-  because ``features/`` (below this package) reads it too; a test checks it against :func:`model_classes`.
+- :data:`FACE_NETS`: the face-expression nets a face checkpoint may name (written out: a face net is a design
+  choice, not a property of the class); a test checks each is one of :func:`model_classes` with ``net.inputs``.
 
 ``pipelines.recording`` checks against these lists; ``lightning_modules.checkpoint_io.PROJECT_CLASSES`` (the
 project-wide list: these classes, the systems and the library classes they take) is built on :func:`model_classes`.
@@ -28,7 +28,7 @@ import inspect
 
 from torch import nn
 
-from common.checkpoint import FACE_NET_ALLOW_LIST, FACE_NETS, AllowList, package_classes
+from common.checkpoint import AllowList, package_classes
 
 __all__ = ["FACE_NETS", "FACE_NET_ALLOW_LIST", "MODEL_PARTS", "MSA_NETS", "is_msa_net", "model_classes",
            "msa_net_paths"]
@@ -61,6 +61,18 @@ def msa_net_paths() -> frozenset[str]:
     """The class paths of :func:`model_classes` that are MSA nets (:func:`is_msa_net`)."""
     return frozenset(path for path, cls in model_classes().items() if is_msa_net(cls))
 
+
+#: The face-expression nets (class paths) a face checkpoint may name: what ``models.shipped.read_face_net`` imports.
+FACE_NETS: tuple[str, ...] = (
+    "models.timm_classifier.TimmClassifier",
+    "models.swin_two_branch.TwoBranchSwin",
+    "models.poster.POSTER",
+)
+#: :data:`FACE_NETS` as an :class:`~common.checkpoint.AllowList`.
+FACE_NET_ALLOW_LIST = AllowList(
+    "the project's face nets " + str(sorted(FACE_NETS)), lambda: FACE_NETS,
+    hint="A face checkpoint is one written by `cli.py fit` with a configs/fer/ config.",
+)
 
 #: The MSA nets a checkpoint's ``net`` may name: classes of ``models/`` built as ``cls(feature_dims, seq_lens, ...)``.
 MSA_NETS = AllowList(

@@ -22,7 +22,7 @@ included), the face model of the feature extractor (``python -m pipelines.extrac
 imports no model code, so the net is built here and injected.
 
 Reading: :func:`common.checkpoint.read_checkpoint` (``torch.load(weights_only=True)``); the net's class path must be
-one of the project's face nets (:data:`common.checkpoint.FACE_NETS`), whatever the file says; any stored
+one of the project's face nets (:data:`models.registry.FACE_NETS`), whatever the file says; any stored
 ``pretrained`` source (:data:`common.checkpoint.WEIGHT_FILE_ARGS`) is ignored (the weights are the file's). This
 module never imports ``lightning``.
 
@@ -49,9 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common import checkpoint as _checkpoint
 from common.checkpoint import (
-    FACE_NET_ALLOW_LIST,
     WEIGHT_FILE_ARGS,
     CheckpointError,
     MapLocation,
@@ -61,6 +59,8 @@ from common.io import atomic_write
 from common.preprocessing import FER_PREPROCESSING_KEY, face_preprocessing
 from common.tensors import grey_rgb
 from features.faces import crop_face
+from models import registry as _registry
+from models.registry import FACE_NET_ALLOW_LIST
 
 if TYPE_CHECKING:
     from features.vision import FaceExpressionModel
@@ -78,9 +78,9 @@ SHIPPED_MODELS: dict[str, tuple[str, Literal["grey", "rgb"]]] = {
 }
 DEFAULT_MODEL = "fer2013_resnet18s"
 
-#: The face nets a checkpoint may name: :data:`common.checkpoint.FACE_NETS` (the one list), as class path ->
+#: The face nets a checkpoint may name: :data:`models.registry.FACE_NETS` (the one list), as class path ->
 #: ``module:attribute``; nothing else is imported.
-FACE_NETS: dict[str, str] = {p: ":".join(p.rsplit(".", 1)) for p in _checkpoint.FACE_NETS}
+FACE_NETS: dict[str, str] = {p: ":".join(p.rsplit(".", 1)) for p in _registry.FACE_NETS}
 
 #: Default normalisation of a checkpoint that stores none (ImageNet's).
 DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -169,7 +169,7 @@ class FaceModel:
 
 
 def _net_class(class_path: str, source: str) -> type[nn.Module]:
-    """The face net ``class_path`` names (:data:`common.checkpoint.FACE_NETS` only; nothing else is imported)."""
+    """The face net ``class_path`` names (:data:`models.registry.FACE_NETS` only; nothing else is imported)."""
     module, _, attr = FACE_NET_ALLOW_LIST.check(class_path, source, "hyper_parameters.net.class_path").rpartition(".")
     return getattr(importlib.import_module(module), attr)
 
@@ -209,7 +209,7 @@ def read_face_net(path: str | os.PathLike, map_location: MapLocation = "cpu") ->
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: unreadable or code-carrying (:func:`~common.checkpoint.read_checkpoint`), not a face
-            checkpoint, a net outside :data:`common.checkpoint.FACE_NETS`, or weights that do not fit the net (each
+            checkpoint, a net outside :data:`models.registry.FACE_NETS`, or weights that do not fit the net (each
             naming the file).
     """
     src = os.fspath(path)
@@ -273,7 +273,7 @@ def load_face_model(name_or_path: str | Path = DEFAULT_MODEL, device: str | torc
     Raises:
         FileNotFoundError: neither a shipped name nor an existing file.
         ValueError: (a :class:`~common.checkpoint.CheckpointError`) unreadable file, a net outside
-            :data:`~common.checkpoint.FACE_NETS`, a net that needs descriptor maps, or weights that do not fit the net
+            :data:`~models.registry.FACE_NETS`, a net that needs descriptor maps, or weights that do not fit the net
             (each naming the file).
     """
     if str(name_or_path) in SHIPPED_MODELS:
@@ -313,7 +313,7 @@ def load_face_expression_model(path: str | os.PathLike, map_location: MapLocatio
     Raises:
         FileNotFoundError: no such file.
         ValueError: (a :class:`~common.checkpoint.CheckpointError`) unreadable or code-carrying file, not a face
-            checkpoint, a net outside :data:`~common.checkpoint.FACE_NETS`, weights that do not fit the net; or
+            checkpoint, a net outside :data:`~models.registry.FACE_NETS`, weights that do not fit the net; or
             preprocessing the net cannot be fed with (SUN maps without statistics, ...); each naming the file.
     """
     from features.vision import FaceExpressionModel

@@ -8,7 +8,7 @@ Usage (the arguments of ``python -m features.extract``, see :mod:`features.extra
 ``features/`` imports no model code (``docs/architecture.md``), so it cannot rebuild a face net from a checkpoint.
 This command, in a layer that may import ``models/``, reads the ``--face-model`` checkpoint with
 :func:`models.shipped.load_face_expression_model` (:func:`models.shipped.read_face_net`: weights-only, the net's
-class path checked against :data:`common.checkpoint.FACE_NETS`, the preprocessing as plain data) and runs
+class path checked against :data:`models.registry.FACE_NETS`, the preprocessing as plain data) and runs
 :func:`features.extract.main` with it injected; without ``--face-model`` it is ``python -m features.extract``. The
 features are the same as the extractor's own for the same checkpoint; a refused checkpoint (pickled code, a net
 not allowed, no face checkpoint) ends the command with one line naming the file, before any work.

@@ -14,8 +14,6 @@ import torch
 from torch import nn
 
 from common.checkpoint import (
-    FACE_NET_ALLOW_LIST,
-    FACE_NETS,
     AllowList,
     CheckpointError,
     CheckpointIsADirectoryError,
@@ -104,9 +102,9 @@ def test_a_class_path_not_on_the_allow_list_is_refused_naming_it(tmp_path: Path)
 
 
 def test_face_nets_are_project_nets_on_the_project_allow_list() -> None:
-    """FACE_NETS (the list ``features/`` and ``models/`` read) is defined once, and is a subset of the project-wide
-    list ``lightning_modules.checkpoint_io`` derives from the project's classes."""
+    """FACE_NETS (the list face-checkpoint readers check) is defined once, names nets of ``models/``, and is a subset of the project-wide list ``lightning_modules.checkpoint_io`` derives."""
     from lightning_modules.checkpoint_io import PROJECT_CLASSES
+    from models.registry import FACE_NET_ALLOW_LIST, FACE_NETS
 
     for class_path in FACE_NETS:
         module, _, name = class_path.rpartition(".")

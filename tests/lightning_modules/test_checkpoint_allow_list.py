@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import FACE_NETS, CheckpointError
+from common.checkpoint import CheckpointError
 from lightning_modules.checkpoint_io import PROJECT_CLASSES, _project_classes, load_system
 from lightning_modules.msa import LitMSA
-from models.registry import MODEL_PARTS, MSA_NETS, is_msa_net, model_classes, msa_net_paths
+from models.registry import FACE_NETS, MODEL_PARTS, MSA_NETS, is_msa_net, model_classes, msa_net_paths
 from pipelines import RecordingPipeline, recording
 
 DIMS = {"text": 16, "audio": 5, "vision": 7}
