@@ -22,9 +22,11 @@ descriptor settings and the fitted SUN statistics, as plain data; :meth:`FERData
 :meth:`FERDataModule.apply_preprocessing_state` make a datamodule use them, so predicting needs no training cache
 (:func:`common.preprocessing.face_preprocessing` finds the state in a checkpoint, old ones included).
 
-Pipeline: ``prepare_data`` (rank 0, once) scans, detects/crops/caches faces with a manifest, writes or reuses the
-split file, fits the SUN statistics on the real training images and caches descriptor maps; ``setup`` reads the
-caches into uint8 tensors (fast epochs >= 2). Caches default to ``cache/fer/<hash of root + crop settings>``.
+Pipeline: ``prepare_data`` (rank 0, once) scans the folders, has the face cache (:class:`features.face_cache.FaceCache`,
+:attr:`FERDataModule.cache`) detect/crop/record the faces, writes or reuses the split file, has the cache fit the SUN
+statistics on the real training images and compute the descriptor maps; ``setup`` reads crops and maps back as uint8
+tensors (fast epochs >= 2). The cache lives in ``cache/fer/<hash of root + crop settings>`` by default; split files
+and litdata streams are written beside it by this module.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -56,25 +57,13 @@ from datamodules.datasets.images import (
     FaceTensorDataset,
     class_balanced_weights,
     group_split,
-    stack_hwc_uint8,
     stratified_split,
     subject_from_name,
 )
 from datamodules.distributed import eval_sampler
-from features.descriptors import (
-    DescriptorSettings,
-    SUNParams,
-    compute_descriptor,
-    fit_sun_params,
-    to_uint8_map,
-)
-from features.faces import (
-    FaceCropSettings,
-    _progress,
-    preprocess_faces,
-    read_manifest,
-    settings_hash,
-)
+from features.descriptors import DescriptorSettings, SUNParams
+from features.face_cache import FaceCache, FaceCacheMiss
+from features.faces import FaceCropSettings, settings_hash
 from features.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
@@ -307,6 +296,7 @@ class FERDataModule(AffectDataModule):
         self._collate_eval = FaceBatchTransform(self.normalisation)
         self.datasets: dict[str, FaceTensorDataset] = {}
         self._sun_params: SUNParams | None = None  # from a checkpoint (load_state_dict)
+        self.cache = self._make_cache()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -363,13 +353,14 @@ class FERDataModule(AffectDataModule):
     @property
     def sun_params_path(self) -> Path:
         """SUN statistics file (``sun_params_file`` or inside the cache, keyed by the filter bank)."""
-        if self.hparams.sun_params_file:
-            return Path(self.hparams.sun_params_file)
-        return (
-            self.cache_root
-            / "descriptors"
-            / f"sun_params-{settings_hash(self.descriptor.as_dict())}.json"
-        )
+        return self.cache.sun_params_path
+
+    def _make_cache(self) -> FaceCache:
+        """The face cache of the current settings (:attr:`cache`; rebuilt when a checkpoint's settings are applied)."""
+        hp = self.hparams
+        return FaceCache(self.cache_root, self.crop, self.descriptor, sun_params_file=hp.sun_params_file or None,
+                         on_bad_image=hp.on_bad_image, max_pixels=hp.max_pixels, min_side=hp.min_image_side,
+                         progress=hp.progress)
 
     # ------------------------------------------------------------------ scanning / splitting helpers
     def _folder_roles(self) -> dict[str, str | None]:
@@ -539,8 +530,8 @@ class FERDataModule(AffectDataModule):
         if not write:
             raise RuntimeError(f"Split file {str(path)!r} is missing: call prepare_data() before setup()")
         split = self._compute_split(usable)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(split, indent=1))
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(split, indent=1))
         log.info("Wrote split %s (%s)", path, {s: len(v) for s, v in split.items()})
         return split
 
@@ -548,22 +539,12 @@ class FERDataModule(AffectDataModule):
     def _split_digest(split: dict[str, list[str]]) -> str:
         return hashlib.sha1(json.dumps({s: sorted(split[s]) for s in SPLITS}).encode()).hexdigest()[:16]
 
-    def _descriptor_dir(self, sun: SUNParams | None) -> Path:
-        key = {"desc": self.descriptor.as_dict(), "crop": self.crop.as_dict()}
-        if sun is not None:
-            key["sun"] = [sun.theta, sun.scale]
-        return self.cache_root / "descriptors" / f"{self.descriptor.kind}-{settings_hash(key)}"
-
-    @staticmethod
-    def _crop_path(cache: Path, entry: dict) -> Path:
-        return cache / entry["cache_file"]
-
     def load_sun_params(self) -> SUNParams:
         """The SUN statistics fitted on the training images: from the checkpoint when one was applied
         (:meth:`apply_preprocessing_state`), else from :attr:`sun_params_path` (clear error when missing)."""
         if self._sun_params is not None:
             return self._sun_params
-        return SUNParams.load(self.sun_params_path)
+        return self.cache.load_sun()
 
     # ------------------------------------------------------------------ portable checkpoints
     def preprocessing_state(self) -> dict[str, Any]:
@@ -666,6 +647,7 @@ class FERDataModule(AffectDataModule):
         self._collate_eval = FaceBatchTransform(self.normalisation)
         sun = state.get("sun_params")
         self._sun_params = SUNParams(**sun) if sun else None
+        self.cache = self._make_cache()
         if self.descriptor.kind == "sun" and self._sun_params is None:
             log.warning("%s: %s has no SUN statistics; they will be read from %s", name, origin,
                         self.sun_params_path)
@@ -678,45 +660,21 @@ class FERDataModule(AffectDataModule):
             raise FileNotFoundError(
                 f"Image root {hp.root!r} does not exist (the data module never downloads)"
             )
-        cache = self.cache_root
         real, extra = self._scan()
-        entries = preprocess_faces(
-            real + extra, cache, self.crop, self._roots(), hp.on_bad_image, hp.progress,
-            max_pixels=hp.max_pixels, min_side=hp.min_image_side,
-        )
+        entries = self.cache.crop_faces(real + extra, self._roots())
         self._check_usable(real, extra, entries)
         split = self._load_or_make_split(real, entries, write=True)
         by_rel = {r.rel: r.path for r in real}
         check_split_duplicates(str(hp.root), {s: {by_rel[rel]: entries[by_rel[rel]].get("sha1") for rel in split[s]}
                                               for s in SPLITS}, hp.on_split_duplicate)
-        if self.descriptor.kind == "none":
-            self._write_streams(real, extra, entries, split, None)
-            return
         sun = None
         if self.descriptor.kind == "sun":
-            sun = self._fit_or_load_sun(split, real, entries)
-        out_dir = self._descriptor_dir(sun)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        todo = []
-        for e in entries.values():
-            if e["status"] != "ok":
-                continue
-            target = out_dir / Path(e["cache_file"]).name
-            if not target.is_file():
-                todo.append((e, target))
-        for e, target in _progress(todo, f"Descriptor maps ({self.descriptor.kind})", hp.progress == "rich"):
-            crop = np.load(self._crop_path(cache, e))
-            m = to_uint8_map(compute_descriptor(crop, self.descriptor, sun))
-            with atomic_write(target) as f:
-                np.save(f, m)
-        log.info(
-            "Descriptor maps (%s): %d computed, %d cached in %s",
-            self.descriptor.kind,
-            len(todo),
-            sum(e["status"] == "ok" for e in entries.values()) - len(todo),
-            out_dir,
-        )
-        self._write_streams(real, extra, entries, split, out_dir)
+            train = set(split["train"])
+            sun = self.cache.fit_or_load_sun([entries[r.path] for r in real if r.rel in train],
+                                             self._split_digest(split), self.split_path, hp.seed)
+        if self.descriptor.kind != "none":
+            self.cache.compute_maps(entries, sun)
+        self._write_streams(real, extra, entries, split, sun)
 
     # ------------------------------------------------------------------ split members / streaming cache
     def _members(
@@ -728,15 +686,15 @@ class FERDataModule(AffectDataModule):
         members["train"] += [r for r in extra if entries[r.path]["status"] == "ok"]
         return members
 
-    def _stream_dir(self, desc_dir: Path | None, split: dict) -> Path:
+    def _stream_dir(self, split: dict, sun: SUNParams | None) -> Path:
         """``stream_dir`` or ``<cache>/litdata/<hash of split + crop + descriptor settings>``."""
         if self.hparams.stream_dir:
             return Path(self.hparams.stream_dir)
         from datamodules.datasets.streaming import FORMAT_VERSION, TRAIN_WRITE_ORDER
 
         # the sample layout's version is part of the key: a stream of an older layout stays untouched in its folder
-        key = {"split": self._split_digest(split), "crop": self.crop.as_dict(),
-               "desc": desc_dir.name if desc_dir is not None else None, "extra": self._roots(),
+        desc = None if self.descriptor.kind == "none" else self.cache.descriptor_dir(sun).name
+        key = {"split": self._split_digest(split), "crop": self.crop.as_dict(), "desc": desc, "extra": self._roots(),
                "format": FORMAT_VERSION, "train_order": TRAIN_WRITE_ORDER, "group": self.stream_group_size}
         return self.cache_root / "litdata" / settings_hash(key)
 
@@ -749,14 +707,15 @@ class FERDataModule(AffectDataModule):
 
     def _write_streams(
         self, real: list[ImageRecord], extra: list[ImageRecord], entries: dict[str, dict], split: dict,
-        desc_dir: Path | None,
+        sun: SUNParams | None,
     ) -> None:
         """``cache_backend="litdata"``: write each split's cached crops once as litdata chunks (rank 0)."""
         if self.hparams.cache_backend != "litdata":
             return
         from datamodules.datasets.streaming import StreamRecord, train_write_order, write_face_stream
 
-        root = self._stream_dir(desc_dir, split)
+        root = self._stream_dir(split, sun)
+        maps = self.descriptor.kind != "none"
         for s, recs in self._members(real, extra, entries, split).items():
             if not recs:
                 continue
@@ -764,20 +723,20 @@ class FERDataModule(AffectDataModule):
                 recs = train_write_order(recs, self._split_digest(split))
             rows = [
                 StreamRecord(
-                    str(self._crop_path(self.cache_root, entries[r.path])),
-                    None if desc_dir is None else str(desc_dir / Path(entries[r.path]["cache_file"]).name),
+                    str(self.cache.crop_path(entries[r.path])),
+                    str(self.cache.map_path(entries[r.path], sun)) if maps else None,
                     r.label, r.origin, r.path,
                 )
                 for r in recs
             ]
             write_face_stream(rows, root / s, group_size=self.stream_group_size)
 
-    def _setup_streams(self, members: dict[str, list[ImageRecord]], split: dict, desc_dir: Path | None) -> None:
+    def _setup_streams(self, members: dict[str, list[ImageRecord]], split: dict, sun: SUNParams | None) -> None:
         """Open the litdata streams written by :meth:`prepare_data` (same items as the in-memory datasets)."""
         from datamodules.datasets.streaming import INDEX_FILE, FaceStreamingDataset
 
         hp = self.hparams
-        root = self._stream_dir(desc_dir, split)
+        root = self._stream_dir(split, sun)
         for s in SPLITS:
             folder = root / s
             if not members[s]:
@@ -796,33 +755,6 @@ class FERDataModule(AffectDataModule):
         log.info("FER litdata streams under %s (groups of %d faces): %s", root, self.stream_group_size,
                  {s: getattr(d, "num_faces", len(d)) for s, d in self.datasets.items()})
 
-    def _fit_or_load_sun(self, split: dict, real: list[ImageRecord], entries: dict[str, dict]) -> SUNParams:
-        path = self.sun_params_path
-        digest = self._split_digest(split)
-        if path.is_file():
-            params = SUNParams.load(path)
-            if params.source.get("split_sha1") == digest or self.hparams.sun_params_file:
-                return params
-            log.info("SUN statistics in %s came from another split: refitting", path)
-        train = set(split["train"])
-        crops = [np.load(self._crop_path(self.cache_root, entries[r.path])) for r in real if r.rel in train]
-        params = fit_sun_params(
-            crops,
-            self.descriptor.sun_sigmas,
-            self.descriptor.sun_ratio,
-            self.descriptor.sun_channels,
-            seed=self.hparams.seed,
-            source={
-                "split_file": str(self.split_path),
-                "split_sha1": digest,
-                "split": "train",
-                "origin": REAL_ORIGIN,
-            },
-        )
-        params.save(path)
-        log.info("Fitted SUN statistics on %d real training images -> %s", len(crops), path)
-        return params
-
     def setup(self, stage: str | None = None) -> None:
         """Load the cached crops/maps into uint8 tensors and build the datasets for ``stage``."""
         hp = self.hparams
@@ -831,50 +763,29 @@ class FERDataModule(AffectDataModule):
                              "datamodules.face_video.FaceVideoDataModule (configs/fer/predict_video.yaml)")
         if self.datasets:
             return
-        cache = self.cache_root
         real, extra = self._scan()
-        manifest = read_manifest(cache / "manifest.jsonl")
-        missing = [r.path for r in real + extra if r.path not in manifest]
-        if missing:
-            raise RuntimeError(
-                f"{len(missing)} image(s) (e.g. {missing[0]!r}) are not in the cache {str(cache)!r}: "
-                "call prepare_data() before setup()"
-            )
-        entries = {r.path: manifest[r.path] for r in real + extra}
-        self._check_usable(real, extra, entries, warn=False)
-        split = self._load_or_make_split(real, entries, write=False)
-        sun = None
-        if self.descriptor.kind == "sun":
-            sun = self.load_sun_params()
-        desc_dir = self._descriptor_dir(sun) if self.descriptor.kind != "none" else None
-        members = self._members(real, extra, entries, split)
-        if hp.cache_backend == "litdata":
-            self._setup_streams(members, split, desc_dir)
-            return
-        for s in SPLITS:
-            recs = members[s]
-            crops = [np.load(self._crop_path(cache, entries[r.path])) for r in recs]
-            images = stack_hwc_uint8(crops, 3)
-            descs = None
-            if desc_dir is not None:
-                files = [desc_dir / Path(entries[r.path]["cache_file"]).name for r in recs]
-                absent = [f for f in files if not f.is_file()]
-                if absent:
-                    raise RuntimeError(
-                        f"Descriptor map {str(absent[0])!r} missing: call prepare_data() before setup()"
-                    )
-                descs = stack_hwc_uint8([np.load(f) for f in files], 1)
-            if not recs:
-                size = self.crop.image_size
-                images = torch.zeros(0, 3, size, size, dtype=torch.uint8)
-                descs = None if desc_dir is None else torch.zeros(0, 1, size, size, dtype=torch.uint8)
-            self.datasets[s] = FaceTensorDataset(
-                images,
-                torch.tensor([r.label for r in recs], dtype=torch.long),
-                [r.origin for r in recs],
-                [r.path for r in recs],
-                descs,
-            )
+        try:
+            entries = self.cache.entries(real + extra)
+            self._check_usable(real, extra, entries, warn=False)
+            split = self._load_or_make_split(real, entries, write=False)
+            sun = self.load_sun_params() if self.descriptor.kind == "sun" else None
+            members = self._members(real, extra, entries, split)
+            if hp.cache_backend == "litdata":
+                self._setup_streams(members, split, sun)
+                return
+            datasets = {}
+            for s in SPLITS:  # all splits read before any is kept: a missing file leaves no half-built datasets
+                recs = [entries[r.path] for r in members[s]]
+                datasets[s] = FaceTensorDataset(
+                    self.cache.load_crops(recs),
+                    torch.tensor([r.label for r in members[s]], dtype=torch.long),
+                    [r.origin for r in members[s]],
+                    [r.path for r in members[s]],
+                    None if self.descriptor.kind == "none" else self.cache.load_maps(recs, sun),
+                )
+        except FaceCacheMiss as err:
+            raise RuntimeError(f"{err}: call prepare_data() before setup()") from None
+        self.datasets = datasets
         log.info("FER datasets: %s", {s: len(d) for s, d in self.datasets.items()})
         warn_split_content(str(self.hparams.root), {s: len(d) for s, d in self.datasets.items()},
                            {s: d.paths for s, d in self.datasets.items()}, val="val")

@@ -40,6 +40,7 @@ from scipy.optimize import brentq
 from scipy.special import gammaln
 
 from common.choices import check_choices
+from common.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +191,28 @@ class SUNParams:
     source: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=1, sort_keys=True))
+        """Write the statistics as JSON (atomically: a reader never sees half a file)."""
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(self.__dict__, indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> SUNParams:
+        """Read statistics written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not such statistics (unreadable JSON, other fields), naming it.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"SUN statistics file {str(path)!r} is missing: they are fitted on the training images by "
                 "FERDataModule.prepare_data (or pass sun_params_file=... pointing at a fitted file)"
             )
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise ValueError(f"SUN statistics file {str(path)!r} is unreadable ({err})") from None
 
 
 def fit_sun_params(

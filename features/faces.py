@@ -147,6 +147,23 @@ def file_sha1(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def npy_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a whole ``.npy`` file: its header reads and the file holds exactly the data it announces
+    (a missing file, a torn write or a copy cut short is not; the data are not read)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return False
+            return os.fstat(f.fileno()).st_size == f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError):
+        return False
+
+
 def settings_hash(settings: dict) -> str:
     """Short stable hash of a JSON-serialisable settings dict."""
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -259,8 +276,9 @@ def preprocess_faces(
 ) -> dict[str, dict]:
     """Detect, crop and cache every record once; reuse the cache for unchanged files.
 
-    A source file is reprocessed only if it has no manifest entry, or its size/mtime changed and its
-    SHA-1 differs, or its crop file is missing, or the settings differ. A summary line (processed, cached,
+    A source file is reprocessed only if it has no manifest entry (a torn manifest line counts as none), or its
+    size/mtime changed and its SHA-1 differs, or its crop file is missing or not a whole ``.npy`` file
+    (:func:`npy_complete`), or the settings differ. A summary line (processed, cached,
     skipped by reason, faces not found) is logged at the end.
 
     Args:
@@ -308,7 +326,7 @@ def preprocess_faces(
             unchanged = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns
             if not unchanged and st.st_size > 0 and old.get("sha1") == file_sha1(rec.path):
                 unchanged = True
-            crop_ok = old["status"] != "ok" or (cache_dir / old["cache_file"]).is_file()
+            crop_ok = old["status"] != "ok" or npy_complete(cache_dir / old["cache_file"])
             limits = {"max_pixels": max_pixels, "min_side": min_side}
             if unchanged and crop_ok and old.get("limits") != limits:  # also caches written before the limits
                 crop_ok = _still_within(old, rec.path, max_pixels, min_side)
@@ -369,7 +387,7 @@ def preprocess_faces(
         crop = crop_face(rgb, box, settings.image_size, settings.margin)
         rel_file = f"faces/{entry['sha1']}-{settings_hash(sdict)}.npy"
         target = cache_dir / rel_file
-        if not target.is_file():
+        if not npy_complete(target):
             with atomic_write(target) as f:
                 np.save(f, crop)
         entry["cache_file"] = rel_file
