@@ -22,7 +22,6 @@ if __name__ == "__main__" and sys.argv[1:] in (["--help"], ["-h"]):  # before Li
     sys.stdout.write(overview())
     raise SystemExit(0)
 
-import traceback
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -36,8 +35,13 @@ from lightning_modules import cli_checkpoints as ckpts
 from lightning_modules import cli_run as run_tools
 from lightning_modules.base import EpochMeanLogging
 from lightning_modules.checkpoint_io import local_checkpoint_path, with_safe_checkpoint_io
-from lightning_modules.cli_errors import ErrorSummaryParser, project_errors, reported_error, show_project_logs
-from lightning_modules.cli_support import asks_for_help, command_line_keys, import_project_classes
+from lightning_modules.cli_errors import ErrorSummaryParser, run_reporting_errors
+from lightning_modules.cli_support import (
+    asks_for_help,
+    command_line_keys,
+    import_project_classes,
+    whole_model_flags,
+)
 
 __all__ = ["DATA_LINKS", "AffectCLI", "cli_main", "main"]
 
@@ -59,14 +63,8 @@ class AffectCLI(LightningCLI):
     """LightningCLI with the project's links and defaults and a checked ``--ckpt_path`` (module docstring)."""
 
     def __init__(self, *args: Any, args_given: ArgsType = None, **kwargs: Any) -> None:
-        #: the command line as given, to tell a data flag set on it from a config file's
-        given = args_given if args_given is not None else sys.argv[1:]
-        self.data_flags = command_line_keys(given, "data")
-        # whole top-level model settings set on the command line (a nested flag such as
-        # --model.init_args.net.init_args.x changes only part of one, so it is not compared with the checkpoint)
-        self.model_flags = {k for k in command_line_keys(given, "model")
-                            if any(isinstance(a, str) and a.split("=")[0] in (f"--model.init_args.{k}", f"--model.{k}")
-                                   for a in given)}
+        given = args_given if args_given is not None else sys.argv[1:]  # a flag on it, not in a config file
+        self.data_flags, self.model_flags = command_line_keys(given, "data"), whole_model_flags(given)
         self.checkpoint: dict[str, Any] | None = None  # the --ckpt_path file, read once
         self.safe_io = None
         super().__init__(*args, **kwargs)
@@ -87,30 +85,8 @@ class AffectCLI(LightningCLI):
         })
 
     def _parse_ckpt_path(self) -> None:
-        """The one override: the checkpoint is read and checked before its hyper-parameters reach the config
-        (:mod:`lightning_modules.cli_checkpoints`); ``predict`` without one uses the system's default checkpoint
-        (LitFER: the shipped face model)."""
-        sub = self.config.get("subcommand")
-        if not sub:
-            return
-        cfg = self.config[sub]
-        model_cls = ckpts.resolve_class(cfg["model"].get("class_path") or "")
-        if not cfg.get("ckpt_path") and sub == "predict" and hasattr(model_cls, "default_predict_checkpoint"):
-            cfg["ckpt_path"] = str(model_cls.default_predict_checkpoint())
-            print(f"predict without --ckpt_path: {model_cls.__name__}'s default checkpoint {cfg['ckpt_path']}")
-        path = cfg.get("ckpt_path")
-        if not path or path in ("best", "last", "hpc"):
-            return  # resolved later (before_<stage>, Lightning), then loaded by SafeCheckpointIO
-        self.checkpoint = ckpts.read_checked_checkpoint(str(path), cfg["model"], sub)
-        model = ckpts.checkpoint_model_config(self.checkpoint, str(path), cfg["model"], self.model_flags)
-        if model is not None:
-            ckpts.data_settings_from_checkpoint(cfg.get("data"), self.checkpoint.get("hyper_parameters") or {},
-                                                DATA_LINKS, self.data_flags, str(path))
-            try:
-                self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
-            except SystemExit:
-                sys.stderr.write(f"Parsing the hyper-parameters of checkpoint {path} failed!\n")
-                raise
+        """The one override: the checkpoint is read and checked before its hyper-parameters reach the config."""
+        ckpts.parse_ckpt_path(self, DATA_LINKS)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
@@ -122,12 +98,7 @@ class AffectCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
 
     def _before_evaluation(self) -> None:
-        cfg, ckpt = self.config_init[self.subcommand], self.trainer.checkpoint_callback
-        if cfg.get("ckpt_path") == "best" and ckpt is not None and not getattr(ckpt, "best_model_path", ""):
-            if not ckpt.dirpath:
-                raise ValueError("--ckpt_path best needs checkpoint.dirpath in the config (where fit wrote last.ckpt)")
-            cfg["ckpt_path"] = ckpts.best_checkpoint(str(ckpt.dirpath), ckpt.state_key,
-                                                     self.config[self.subcommand]["model"], self.subcommand)
+        ckpts.resolve_best_checkpoint(self)
 
     before_validate = before_test = _before_evaluation
 
@@ -166,21 +137,8 @@ def cli_main(args: ArgsType = None, run: bool = True) -> AffectCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """:func:`cli_main` with the project's INFO lines shown and, on failure, the project error that explains it as
-    the last line (after the traceback, except for errors marked ``user_error``)."""
-    show_project_logs()
-    try:
-        cli_main(args)
-    except Exception as err:
-        root = reported_error(err)
-        if root is err and not project_errors(err):
-            raise
-        if not getattr(root, "user_error", False):
-            traceback.print_exception(err)
-        print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        shutdown_process_group()
+    """:func:`cli_main`, its failure reported as one last line (:func:`lightning_modules.cli_errors.run_reporting_errors`)."""
+    run_reporting_errors(lambda: cli_main(args), cleanup=shutdown_process_group)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,41 @@ def apply_face_preprocessing(model: Any, datamodule: Any, ckpt_path: str | None,
         rank_zero_info(f"{ckpt_path} holds no preprocessing state (an older checkpoint): using the config's")
     elif hasattr(datamodule, "apply_preprocessing_state"):
         datamodule.apply_preprocessing_state(state, origin=str(ckpt_path), inputs=inputs, explicit=given)
+
+
+def parse_ckpt_path(cli: Any, links: Sequence[tuple[str, str]]) -> None:
+    """``AffectCLI._parse_ckpt_path``: the checkpoint is read and checked before its hyper-parameters reach the
+    config; ``predict`` without one uses the system's default checkpoint (LitFER: the shipped face model). The file
+    read is kept in ``cli.checkpoint`` (read once)."""
+    sub = cli.config.get("subcommand")
+    if not sub:
+        return
+    cfg = cli.config[sub]
+    model_cls = resolve_class(cfg["model"].get("class_path") or "")
+    if not cfg.get("ckpt_path") and sub == "predict" and hasattr(model_cls, "default_predict_checkpoint"):
+        cfg["ckpt_path"] = str(model_cls.default_predict_checkpoint())
+        print(f"predict without --ckpt_path: {model_cls.__name__}'s default checkpoint {cfg['ckpt_path']}")
+    path = cfg.get("ckpt_path")
+    if not path or path in ("best", "last", "hpc"):
+        return  # resolved later (before_<stage>, Lightning), then loaded by SafeCheckpointIO
+    cli.checkpoint = read_checked_checkpoint(str(path), cfg["model"], sub)
+    model = checkpoint_model_config(cli.checkpoint, str(path), cfg["model"], cli.model_flags)
+    if model is not None:
+        data_settings_from_checkpoint(cfg.get("data"), cli.checkpoint.get("hyper_parameters") or {}, links,
+                                      cli.data_flags, str(path))
+        try:
+            cli.config = cli.parser.parse_object({sub: {"model": model}}, cli.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing the hyper-parameters of checkpoint {path} failed!\n")
+            raise
+
+
+def resolve_best_checkpoint(cli: Any) -> None:
+    """Before validate/test/predict: ``--ckpt_path best`` in a fresh process is the best checkpoint that fit wrote
+    under ``checkpoint.dirpath`` (checked like any other)."""
+    cfg, ckpt = cli.config_init[cli.subcommand], cli.trainer.checkpoint_callback
+    if cfg.get("ckpt_path") == "best" and ckpt is not None and not getattr(ckpt, "best_model_path", ""):
+        if not ckpt.dirpath:
+            raise ValueError("--ckpt_path best needs checkpoint.dirpath in the config (where fit wrote last.ckpt)")
+        cfg["ckpt_path"] = best_checkpoint(str(ckpt.dirpath), ckpt.state_key, cli.config[cli.subcommand]["model"],
+                                           cli.subcommand)

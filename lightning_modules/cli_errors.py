@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -148,3 +149,22 @@ class ErrorSummaryParser(LightningArgumentParser):
             if summary := parser_error_summary(message):
                 sys.stderr.write(f"error: {summary}\n")
             raise
+
+
+def run_reporting_errors(command: Callable[[], object], cleanup: Callable[[], None] = lambda: None) -> None:
+    """``cli.py``'s ``main``: run ``command`` with the project's INFO lines shown and, on failure, the project error
+    that explains it as the last line (after the traceback, except for errors marked ``user_error``), exit status 1;
+    ``cleanup`` runs in every case."""
+    show_project_logs()
+    try:
+        command()
+    except Exception as err:
+        root = reported_error(err)
+        if root is err and not project_errors(err):
+            raise
+        if not getattr(root, "user_error", False):
+            traceback.print_exception(err)
+        print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()

@@ -144,6 +144,14 @@ def command_line_keys(args: Any, section: str) -> set[str]:
     return keys
 
 
+def whole_model_flags(args: Any) -> set[str]:
+    """The top-level model settings set WHOLE on the command line (``--model.init_args.lr``); a nested flag such as
+    ``--model.init_args.net.init_args.x`` changes only part of one, so it is not compared with a checkpoint."""
+    given = args if isinstance(args, (list, tuple)) else []
+    return {k for k in command_line_keys(args, "model")
+            if any(isinstance(a, str) and a.split("=")[0] in (f"--model.init_args.{k}", f"--model.{k}") for a in given)}
+
+
 # ---------------------------------------------------------------------- saved configs and outputs
 def saved_config_name(stage: Any, filename: str = "config.yaml") -> str:
     """``config.yaml`` for ``fit``; ``config_<stage>.yaml`` for the other subcommands, so that ``test`` or
