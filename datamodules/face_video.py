@@ -44,7 +44,12 @@ from common.choices import check_choices
 from common.preprocessing import PREPROCESSING_KIND
 from datamodules.base import AffectDataModule
 from datamodules.datasets.images import FaceBatchTransform, FaceNormalisation
-from datamodules.fer import PREPROCESSING_DEFAULTS, PREPROCESSING_FIELDS, PREPROCESSING_VERSION
+from datamodules.fer import (
+    PREPROCESSING_DEFAULTS,
+    PREPROCESSING_FIELDS,
+    PREPROCESSING_VERSION,
+    nest_flat_settings,
+)
 from features.descriptors import DescriptorSettings, SUNParams, compute_descriptor, to_uint8_map
 from features.detection import build_detector
 from features.face_stream import FaceStream
@@ -114,10 +119,8 @@ class FacePreprocessing:
         names = stored["class_names"]
         if not isinstance(names, (list, tuple)) or not names or len(set(names)) != len(names):
             raise ValueError(f"{OWNER}: {origin} holds no usable class_names ({names!r})")
-        groups: dict[str, dict[str, Any]] = {}
-        for key, (group, field) in PREPROCESSING_FIELDS.items():
-            value = stored[key]
-            groups.setdefault(group, {})[field] = tuple(value) if isinstance(value, list) else value
+        groups = nest_flat_settings({k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()
+                                     if k in PREPROCESSING_FIELDS})
         sun = state.get("sun_params")
         if inputs is not None and "descriptor" not in inputs and groups["descriptor"]["kind"] != "none":
             log.info("%s: no descriptor maps (the model of %s takes %s; trained with descriptor %r)", OWNER, origin,

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from common.checkpoint import CheckpointError, read_checkpoint
-from common.preprocessing import FER_PREPROCESSING_KEY, face_preprocessing
+from common.preprocessing import face_preprocessing
 from lightning_modules.base import EpochMetricsSystem, NetModule, drop_foreign_hparams
 from lightning_modules.optim import build_optimization
 from lightning_modules.schedulers import follow_trainer_epochs
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_id", "score", "landmarks", "label")
-#: Checkpoint key of the datamodule's preprocessing state (class names, crops, descriptors, SUN statistics).
-PREPROCESSING_CKPT_KEY = FER_PREPROCESSING_KEY  # where checkpoints before the datamodule's state_dict kept it
 
 
 def _takes_argument(factory: Callable[..., Any], name: str) -> bool:
