@@ -10,6 +10,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
+from lightning_modules.schedulers import scheduler_interval
+
 log = logging.getLogger(__name__)
 
 __all__ = ["NO_DECAY_NAME_PARTS", "build_optimization", "build_param_groups", "no_weight_decay_names"]
@@ -121,7 +123,8 @@ def build_optimization(
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimizer over :func:`build_param_groups` (each group's learning
     rate scaled by its multiplier, its weight decay overridden where given) and, when given, the scheduler stepped
-    per epoch and watching ``monitor``.
+    per epoch (per optimizer step for one that asks, :func:`lightning_modules.schedulers.scheduler_interval`) and
+    watching ``monitor``.
 
     A ``fused`` optimizer (``torch.optim.AdamW(fused=True)``, the face configs' CPU fast path) unscales gradients
     inside its step, so Lightning's mixed-precision plugin refuses to clip its gradients ("does not allow for gradient
@@ -137,7 +140,8 @@ def build_optimization(
         group["lr"] = group["lr"] * group.get("lr_multiplier", 1.0)
     if scheduler is None:
         return opt
+    sched = scheduler(opt)
     return {
         "optimizer": opt,
-        "lr_scheduler": {"scheduler": scheduler(opt), "monitor": monitor, "interval": "epoch"},
+        "lr_scheduler": {"scheduler": sched, "monitor": monitor, "interval": scheduler_interval(sched)},
     }

@@ -1,5 +1,10 @@
 """Learning-rate schedules built from torch's own schedulers, with plain-number arguments for LightningCLI configs.
 
+:class:`BudgetCosineLR` is the same warm-up + cosine shape laid over a wall-clock budget instead of an epoch count,
+for time-capped runs (``trainer.max_time``): the learning rate reaches its floor when the budget ends, whatever the
+model's speed, so that models compared at an equal budget are each fully annealed (Li et al., "Budgeted Training",
+ICLR 2020, https://arxiv.org/abs/1905.04753).
+
 :class:`WarmupCosineLR` is the schedule of timm's transformer recipes (Swin, DeiT: linear warm-up, then cosine
 decay to ``eta_min``), stepped once per epoch like timm's default (``t_in_epochs=True``). It is torch's
 ``SequentialLR(LinearLR, CosineAnnealingLR)``; the subclass only exists so that a YAML ``class_path`` can build it
@@ -11,15 +16,17 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WarmupCosineLR", "follow_trainer_epochs"]
+__all__ = ["BudgetCosineLR", "WarmupCosineLR", "follow_trainer_epochs", "scheduler_interval"]
 
 
 class WarmupCosineLR(SequentialLR):
@@ -100,3 +107,91 @@ def follow_trainer_epochs(
                      extra["warmup_epochs"], max_epochs)
         return functools.partial(factory, **extra)
     return factory
+
+
+class BudgetCosineLR(LRScheduler):
+    """Warm-up + cosine over a wall-clock budget: stepped after every optimizer step, at progress ``p`` the learning
+    rate is ``lr * (f + (1 - f) p / w)`` while ``p < w`` and ``eta_min + (lr - eta_min) (1 + cos(pi (p - w) /
+    (1 - w))) / 2`` after, with ``w = warmup_fraction``, ``f = warmup_start_factor`` and
+
+    ``p = min(1, max(seconds since the first step / (60 budget_minutes), steps / total_steps))``
+
+    so the schedule ends at the budget or at ``total_steps`` (``None``: no step limit), whichever comes first. Give
+    ``budget_minutes`` equal to the trainer's ``max_time`` so that training stops when the rate reaches ``eta_min``.
+
+    The rate depends on the machine's speed (a faster machine takes more steps at each rate): a time-capped run is
+    reproducible in what it measures (accuracy at a budget), not step for step. The elapsed time is part of the
+    state dict, so a resumed run continues where the budget stood.
+
+    Args:
+        optimizer: the optimizer (every parameter group follows the same shape from its own lr).
+        budget_minutes: the wall-clock budget (> 0).
+        total_steps: optional step limit (the trainer's estimated optimizer steps).
+        warmup_fraction: share of the budget spent warming up, in [0, 1).
+        warmup_start_factor: lr multiplier at the start of the warm-up, in (0, 1].
+        eta_min: final learning rate.
+    """
+
+    interval = "step"
+
+    def __init__(self, optimizer: Optimizer, budget_minutes: float, total_steps: int | None = None,
+                 warmup_fraction: float = 0.05, warmup_start_factor: float = 0.1, eta_min: float = 1e-6) -> None:
+        if not budget_minutes > 0:
+            raise ValueError(f"BudgetCosineLR: budget_minutes must be > 0, got {budget_minutes}")
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"BudgetCosineLR: total_steps must be >= 1 or None, got {total_steps}")
+        if not 0 <= warmup_fraction < 1:
+            raise ValueError(f"BudgetCosineLR: warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not 0 < warmup_start_factor <= 1:
+            raise ValueError(f"BudgetCosineLR: warmup_start_factor must be in (0, 1], got {warmup_start_factor}")
+        self.budget_seconds = 60.0 * budget_minutes
+        self.total_steps = total_steps
+        self.warmup_fraction = warmup_fraction
+        self.warmup_start_factor = warmup_start_factor
+        self.eta_min = eta_min
+        self.elapsed = 0.0  # seconds of training before the current process (a resumed run)
+        self._t0: float | None = None
+        super().__init__(optimizer)
+
+    def seconds(self) -> float:
+        """Training seconds so far (this process's, from its first step, plus a resumed run's)."""
+        return self.elapsed + (0.0 if self._t0 is None else time.monotonic() - self._t0)
+
+    def progress(self) -> float:
+        """Fraction of the budget used, in [0, 1]."""
+        p = self.seconds() / self.budget_seconds
+        if self.total_steps is not None:
+            p = max(p, self.last_epoch / self.total_steps)
+        return min(1.0, max(0.0, p))
+
+    def factor(self, p: float) -> float:
+        """The multiplier of the base rate at progress ``p`` (without ``eta_min``'s floor: see :meth:`get_lr`)."""
+        w = self.warmup_fraction
+        if p < w:
+            return self.warmup_start_factor + (1 - self.warmup_start_factor) * p / w
+        return 0.5 * (1 + math.cos(math.pi * (p - w) / (1 - w)))
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch >= 1 and self._t0 is None:  # the clock starts at the first optimizer step
+            self._t0 = time.monotonic()
+        p = self.progress()
+        f = self.factor(p)
+        if p < self.warmup_fraction:
+            return [base * f for base in self.base_lrs]
+        return [self.eta_min + (base - self.eta_min) * f for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["elapsed"] = self.seconds()
+        state.pop("_t0", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._t0 = None
+
+
+def scheduler_interval(scheduler: Any) -> str:
+    """How often Lightning steps ``scheduler``: ``"step"`` for a scheduler that says so (:class:`BudgetCosineLR`),
+    else ``"epoch"``."""
+    return "step" if getattr(scheduler, "interval", "epoch") == "step" else "epoch"

@@ -246,3 +246,40 @@ def test_model_name_picks_the_architecture_and_explicit_args_override() -> None:
     small = TwoBranchSwin(3, model_name="swin_small_patch4_window7_224", branches="global", embed_dim=32,
                           depths=(1, 1, 1, 1), img_size=64, window_size=4)
     assert small.global_branch.embed_dim == 32 and small.global_branch.patch_embed.img_size == (64, 64)
+
+
+def test_conv_stem_replaces_the_patch_embedding_of_both_branches_with_the_same_token_grid() -> None:
+    from models.swin_two_branch import ConvStem
+
+    net = TwoBranchSwin(4, stem="conv", fusion_init="gate_closed", **TINY)  # the local branch gets gradient at step 0
+    plain = TwoBranchSwin(4, **TINY)
+    image, desc = _inputs()
+    for branch, x in ((net.global_branch, image), (net.local_branch, desc)):
+        assert isinstance(branch.patch_embed, ConvStem)
+        # patch 4 -> two stride-2 3x3 convs (widths embed/2, embed), a 1x1 projection, the Swin's LayerNorm
+        convs = [m for m in branch.patch_embed.convs if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(x.shape[1], 8, (2, 2)), (8, 8, (2, 2))]
+        assert branch.patch_embed(x).shape == (2, 8, 8, 8)  # [B, 32/4, 32/4, embed_dim], NHWC
+    assert net(image, desc).shape == (2, 4)
+    assert set(net.fusions.state_dict()) == set(plain.fusions.state_dict())  # only the embedding differs
+    net(image, desc).sum().backward()
+    assert net.global_branch.patch_embed.convs[0].weight.grad.abs().sum() > 0
+    assert net.local_branch.patch_embed.convs[0].weight.grad.abs().sum() > 0
+
+
+def test_conv_stem_bad_sizes_and_hub_weights_are_refused(tmp_path) -> None:
+    from models.swin_two_branch import ConvStem
+
+    with pytest.raises(ValueError, match="ConvStem: patch_size"):
+        ConvStem(img_size=32, patch_size=3, embed_dim=8)
+    with pytest.raises(ValueError, match="ConvStem: img_size"):
+        ConvStem(img_size=30, patch_size=4, embed_dim=8)
+    with pytest.raises(ValueError, match="ConvStem: input"):
+        ConvStem(img_size=32, patch_size=4, embed_dim=8)(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="TwoBranchSwin.*stem"):
+        TwoBranchSwin(3, stem="resnet", **TINY)
+    src = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **TINY)
+    path = tmp_path / "swin.pth"
+    torch.save(src.state_dict(), path)
+    with pytest.raises(ValueError, match="stem='conv' has no file weights"):
+        TwoBranchSwin(3, stem="conv", pretrained=str(path), **TINY)
