@@ -149,7 +149,8 @@ def write_tables(rows: list[dict], out: Path, note: str) -> None:
         folder = run_dir(out, r["model"], r["minutes"], r["seed"])
         record = ex.read_record(folder) if (folder / ex.RECORD_FILE).is_file() else {}
         curve = curve_points({"model": r["model"], "dataset": "fer2013", "seed": r["seed"], **record})
-        points += [{**p, "minutes_budget": f"{float(r['minutes']):g}"} for p in curve]
+        # a resumed row's seed is a string, a new row's an int: one type, so that runs sort together
+        points += [{**p, "seed": str(p["seed"]), "minutes_budget": f"{float(r['minutes']):g}"} for p in curve]
     with atomic_write(out / "curves.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["minutes_budget", *CURVE_COLUMNS])
         writer.writeheader()

@@ -79,12 +79,16 @@ def test_rows_tables_curves_and_diagnostics_from_records_and_resumed_strings(tmp
     assert row["recall_fear"] != row["recall_fear"]  # no fear faces: NaN, not 0
     assert row["wall_minutes"] == pytest.approx(20.0) and row["n_test"] == 11
     resumed = {k: str(v) for k, v in {**row, "seed": 2}.items()}  # as ex.read_rows gives them back
-    fb.write_tables([row, resumed], out, "note")
+    seed2 = fb.run_dir(out, "swin2b", "20", "2")
+    seed2.mkdir(parents=True)
+    (seed2 / ex.RECORD_FILE).write_text(json.dumps(record))
+    fb.write_tables([row, resumed], out, "note")  # an int seed and a string seed: one figure
     md = (out / "results.md").read_text()
     assert "| swin2b | 20 | 1 | 0.6000 | 0.4000 | 0.75 | 1.00 | nan |" in md
     assert "| swin2b | 20 | 2 | 0.6000 |" in md and "0.600 ± 0.000" in md
     curves = list(csv.DictReader((out / "curves.csv").open()))
-    assert [(c["seed"], c["epoch"], c["val_acc"]) for c in curves] == [("1", "0", "0.4"), ("1", "1", "0.5")]
+    assert [(c["seed"], c["epoch"], c["val_acc"]) for c in curves] == [("1", "0", "0.4"), ("1", "1", "0.5"),
+                                                                        ("2", "0", "0.4"), ("2", "1", "0.5")]
     assert (out / "curves.png").stat().st_size > 0
     diag = {d["diagnostic"]: d for d in csv.DictReader((out / "diagnostics.csv").open())}
     # early = mean of the first 2 of 20 logged steps, late = mean of the last 2
