@@ -40,7 +40,7 @@ from typing import Any
 from common.io import atomic_write
 from scripts import experiments as ex
 from scripts import run_fer_experiment as exp
-from scripts.run_fer_learning_curves import CURVE_COLUMNS, curve_points
+from scripts.run_fer_learning_curves import CURVE_COLUMNS, curve_points, plot_curves
 
 REPO = ex.REPO
 log = logging.getLogger("run_fer2013_budget")
@@ -155,8 +155,9 @@ def write_tables(rows: list[dict], out: Path, note: str) -> None:
         writer = csv.DictWriter(fh, fieldnames=["minutes_budget", *CURVE_COLUMNS])
         writer.writeheader()
         writer.writerows(points)
-    if points:
-        plot_curves(points, out / "curves.png")
+    if points:  # one panel per budget
+        plot_curves([{**p, "dataset": f"FER2013, {p['minutes_budget']}-minute budget"} for p in points],
+                    out / "curves.png")
     write_diagnostics(rows, out)
 
 
@@ -209,33 +210,6 @@ def write_diagnostics(rows: list[dict], out: Path) -> None:
     ex.write_rows(table, out / "diagnostics.csv", ("model", "minutes", "seed", "diagnostic", "early", "late"))
     with atomic_write(out / "diagnostics.md", "w", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
-
-
-def plot_curves(points: list[dict], path: Path) -> Path:
-    """Validation accuracy against wall-clock minutes, one panel per budget, one colour per model."""
-    from matplotlib.figure import Figure
-
-    budgets = sorted({p["minutes_budget"] for p in points}, key=float)
-    fig = Figure(figsize=(6 * len(budgets), 4.2))
-    models = sorted({p["model"] for p in points})
-    colours = {m: f"C{k}" for k, m in enumerate(models)}
-    for i, budget in enumerate(budgets):
-        ax = fig.add_subplot(1, len(budgets), i + 1)
-        runs = sorted({(p["model"], p["seed"]) for p in points if p["minutes_budget"] == budget})
-        labelled: set[str] = set()
-        for model, seed in runs:
-            pts = [p for p in points if p["minutes_budget"] == budget and p["model"] == model and p["seed"] == seed]
-            ax.plot([p["minutes"] for p in pts], [p["val_acc"] for p in pts], color=colours[model], marker=".",
-                    alpha=0.8, label=None if model in labelled else model)
-            labelled.add(model)
-        ax.set_xlabel("wall-clock training minutes")
-        ax.set_ylabel("validation accuracy (10 % of Training)")
-        ax.set_title(f"FER2013, {budget}-minute budget")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
