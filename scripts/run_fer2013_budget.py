@@ -25,6 +25,7 @@ time of ``fit`` on an otherwise idle machine: time nothing beside other jobs.
 
     python scripts/run_fer2013_budget.py --out runs/fer2013_budget --minutes 20 --seeds 42
     python scripts/run_fer2013_budget.py --out runs/fer2013_budget --minutes 20 60 --seeds 42 1 2
+    python scripts/run_fer2013_budget.py --out runs/fer2013_budget --models swin2b --delta configs/fer/variants/x.yaml
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ SUMMARY = [ex.Metric("accuracy", "accuracy"), ex.Metric("macro_f1", "macro F1"),
 def budget_run(model: str, minutes: float, seed: int, args: argparse.Namespace, out: Path) -> ex.Run:
     """The ``cli.py fit`` run of ``model`` for ``minutes`` with ``seed``: its shipped config, the data at
     ``--data-root``, the learning rate over the budget, the best-on-validation checkpoint tested."""
-    config = REPO / MODELS[model]
-    composed = ex.compose_configs([config])
+    configs = (REPO / MODELS[model], *(Path(d).resolve() for d in args.delta))
+    name = model_name(model, args.delta)
+    composed = ex.compose_configs(configs)
     size = composed["data"]["init_args"]["crop"]["image_size"]
-    folder = run_dir(out, model, minutes, seed)
+    folder = run_dir(out, name, minutes, seed)
     cli_args = [
         "--data.init_args.root", str(Path(args.data_root).resolve()),
         "--data.init_args.cache_dir", str(out / "cache" / f"{size}px"),
@@ -96,7 +98,13 @@ def budget_run(model: str, minutes: float, seed: int, args: argparse.Namespace, 
     if "callbacks.training_diagnostics.TrainingDiagnostics" in names:  # per-stage gradient norms, the gate
         cli_args += ["--trainer.callbacks+=callbacks.training_diagnostics.TrainingDiagnostics",
                      "--trainer.callbacks.every_n_steps", str(args.diagnostics_every)]
-    return ex.Run(model, seed, (config,), folder, tuple(cli_args), {"minutes": f"{minutes:g}"})
+    return ex.Run(name, seed, configs, folder, tuple(cli_args), {"minutes": f"{minutes:g}"})
+
+
+def model_name(model: str, deltas: list[str]) -> str:
+    """The results name of ``model`` with ``deltas`` composed over its config: ``swin2b+low_reg`` for
+    ``configs/fer/variants/low_reg.yaml`` (the bare key without deltas)."""
+    return "+".join([model, *(Path(d).stem for d in deltas)])
 
 
 def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +228,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", default=["swin2b", "swin_global", "resnet18"], choices=sorted(MODELS))
     parser.add_argument("--minutes", type=float, nargs="+", default=[20.0], help="wall-clock budgets (one run each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds; the split stays fixed")
+    parser.add_argument("--delta", nargs="+", default=[], metavar="YAML",
+                        help="delta configs composed over every model's config, in order (a recipe variant); the "
+                             "rows are named <model>+<delta file stem>")
     parser.add_argument("--warmup-fraction", type=float, default=0.05, help="share of the budget spent warming up")
     parser.add_argument("--diagnostics-every", type=int, default=100,
                         help="steps between the Swins' diagnostics (gradient norms per stage, gate activations)")
@@ -236,6 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not (Path(args.data_root) / split).is_dir():
             raise SystemExit(f"run_fer2013_budget: {Path(args.data_root) / split} not found (FER2013 in per-split "
                              "class folders: see ../shared/data/README.md)")
+    for d in args.delta:
+        if not Path(d).is_file():
+            parser.error(f"--delta {d}: no such config file")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     note = (f"Budgets {', '.join(f'{m:g}' for m in args.minutes)} min of `fit` wall time per run, "

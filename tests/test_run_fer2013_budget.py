@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = {"data_root": str(tmp_path / "fer2013"), "warmup_fraction": 0.05, "diagnostics_every": 100,
-            "limit_batches": None}
+            "limit_batches": None, "delta": []}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -47,6 +47,27 @@ def test_each_model_runs_its_shipped_config_for_the_budget_with_the_schedule_ove
         assert (REPO / config).is_file(), model
     text = (REPO / fb.MODELS["swin2b"]).read_text()
     assert "stem: conv" in text and "policy: trivial" not in text  # the FER2013 recipe
+
+
+def test_a_delta_config_is_composed_over_the_models_config_and_names_its_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    deltas = [str(REPO / "configs/fer/variants/drop_path_0.yaml"), str(REPO / "configs/fer/variants/lr_1e-3.yaml")]
+    run = fb.budget_run("swin2b", 7.0, 1, _args(tmp_path, delta=deltas), tmp_path / "out")
+    assert [c.name for c in run.configs] == ["swin2b_fer2013.yaml", "drop_path_0.yaml", "lr_1e-3.yaml"]
+    assert run.name == "swin2b+drop_path_0+lr_1e-3"
+    assert run.run_dir == tmp_path / "out" / "runs" / "7min" / "swin2b+drop_path_0+lr_1e-3" / "seed1"
+    composed = ex.compose_configs(run.configs)
+    assert composed["model"]["init_args"]["net"]["init_args"]["drop_path_rate"] == 0.0
+    assert composed["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 1e-3
+    # the rest of the model's config is kept
+    assert composed["model"]["init_args"]["net"]["init_args"]["stem"] == "conv"
+    for split in ("train", "val"):
+        (tmp_path / "fer2013" / split).mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        fb.main(["--out", str(tmp_path / "o"), "--data-root", str(tmp_path / "fer2013"),
+                 "--delta", str(tmp_path / "no.yaml")])
+    assert "no.yaml: no such config file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def _record(acc: float) -> dict:
