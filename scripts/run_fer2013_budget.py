@@ -25,7 +25,8 @@ time of ``fit`` on an otherwise idle machine: time nothing beside other jobs.
 
     python scripts/run_fer2013_budget.py --out runs/fer2013_budget --minutes 20 --seeds 42
     python scripts/run_fer2013_budget.py --out runs/fer2013_budget --minutes 20 60 --seeds 42 1 2
-    python scripts/run_fer2013_budget.py --out runs/fer2013_budget --models swin2b --delta configs/fer/variants/x.yaml
+    python scripts/run_fer2013_budget.py --out runs/fer2013_budget --models swin2b --minutes 7 \
+        --delta configs/fer/variants/drop_path_0.yaml
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ SUMMARY = [ex.Metric("accuracy", "accuracy"), ex.Metric("macro_f1", "macro F1"),
 def budget_run(model: str, minutes: float, seed: int, args: argparse.Namespace, out: Path) -> ex.Run:
     """The ``cli.py fit`` run of ``model`` for ``minutes`` with ``seed``: its shipped config, the data at
     ``--data-root``, the learning rate over the budget, the best-on-validation checkpoint tested."""
-    configs = (REPO / MODELS[model], *(Path(d).resolve() for d in args.delta))
+    configs = ex.config_files([MODELS[model], *(Path(d).resolve() for d in args.delta)])  # base first
     name = model_name(model, args.delta)
     composed = ex.compose_configs(configs)
     size = composed["data"]["init_args"]["crop"]["image_size"]
