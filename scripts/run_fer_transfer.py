@@ -4,7 +4,11 @@ scratch, several seeds, person-independent splits.
 Arms (``configs/fer/transfer/``): ``scratch`` (``resnet18s_<ds>.yaml``: random init, lr 1e-3) and ``fer2013``
 (``resnet18s_<ds>_from_fer2013.yaml``, a delta passed after the scratch config: initialised from
 ``models/weights/fer2013_resnet18s.ckpt``, lr 1e-4); on
-request ``fer2013_lr1e-3`` (the same init at the scratch arm's lr). JAFFE is
+request ``fer2013_lr1e-3`` (the same init at the scratch arm's lr). The paper's model, the two-branch Swin
+(``configs/fer/swin2b_<ds>.yaml`` with the delta ``configs/fer/transfer/swin2b_<ds>.yaml``: the FER2013 recipe's
+convolutional stem): ``swin2b_scratch`` (random init, lr 5e-4) and ``swin2b_fer2013`` (initialised from a
+two-branch FER2013 checkpoint of this project, ``--swin2b-source``, fine-tuned at lr 1e-4), on request
+``swin2b_fer2013_lr5e-4`` (the same init at the scratch arm's lr). JAFFE is
 split by poser and CK+48 by subject (the test people are never seen in training); the split is fixed, the seed
 (``seed_everything``: init of what is not loaded, augmentation, batch order) varies. Each run is one
 ``python cli.py fit`` through the experiment driver (``scripts/experiments.py``); ``<out>/transfer.md`` holds the
@@ -15,6 +19,8 @@ Usage (repository root; the datasets under ``--data-root``, never copied)::
     python scripts/run_fer_transfer.py --out runs/fer_transfer                      # 2 datasets x 2 arms x 3 seeds
     python scripts/run_fer_transfer.py --out runs/fer_transfer --resume --inits scratch fer2013 fer2013_lr1e-3
     python scripts/run_fer_transfer.py --out runs/fer_transfer_quick --datasets jaffe --seeds 1 --epochs 2
+    python scripts/run_fer_transfer.py --out runs/fer_transfer_swin2b --inits swin2b_scratch swin2b_fer2013 \
+        --swin2b-source runs/fer2013_budget/runs/60min/swin2b+drop_path_0/seed42   # a run folder or its .ckpt
 """
 
 from __future__ import annotations
@@ -31,13 +37,21 @@ REPO = ex.REPO
 DATASETS = {"jaffe": "jaffe", "ckplus48": "ckplus48"}  # name -> folder under --data-root
 _SCRATCH = "configs/fer/transfer/resnet18s_{ds}.yaml"
 _FROM_FER2013 = "configs/fer/transfer/resnet18s_{ds}_from_fer2013.yaml"  # a delta over the scratch config
+_SWIN2B = ("configs/fer/swin2b_{ds}.yaml", "configs/fer/transfer/swin2b_{ds}.yaml")  # shipped recipe + conv stem
+_LR = "--model.init_args.optimizer.init_args.lr"
 #: arm -> (its ``--config`` files, base first; extra cli.py arguments); ``fer2013_lr1e-3`` asks whether the
 #: fine-tuning lr held transfer back
 ARMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "scratch": ((_SCRATCH,), ()),
     "fer2013": ((_SCRATCH, _FROM_FER2013), ()),
-    "fer2013_lr1e-3": ((_SCRATCH, _FROM_FER2013), ("--model.init_args.optimizer.init_args.lr", "1e-3")),
+    "fer2013_lr1e-3": ((_SCRATCH, _FROM_FER2013), (_LR, "1e-3")),
+    "swin2b_scratch": (_SWIN2B, ()),
+    "swin2b_fer2013": (_SWIN2B, (_LR, "1e-4")),
+    "swin2b_fer2013_lr5e-4": (_SWIN2B, ()),
 }
+#: arms initialised from ``--swin2b-source`` (no two-branch FER2013 model ships: it is trained by
+#: ``scripts/run_fer2013_budget.py``)
+FROM_SWIN2B_SOURCE = ("swin2b_fer2013", "swin2b_fer2013_lr5e-4")
 COLUMNS = ("dataset", "init", "seed", "accuracy", "macro_f1", "mean_class_accuracy", "seconds", "epochs", "n_test")
 SUMMARY = [ex.Metric("accuracy", "accuracy"), ex.Metric("macro_f1", "macro F1"),
            ex.Metric("mean_class_accuracy", "mean class acc."), ex.Metric("seconds", "seconds", ".0f")]
@@ -61,9 +75,35 @@ def runs(args: argparse.Namespace, out: Path) -> list[ex.Run]:
                 if args.epochs is not None:
                     overrides += ["--trainer.max_epochs", str(args.epochs)]
                 configs, extra = ARMS[arm]
+                if arm.startswith("swin2b"):  # its config's callback folders, into the run folder
+                    overrides += ["--trainer.callbacks", "callbacks.confusion_matrix.ConfusionMatrixLogger",
+                                  "--trainer.callbacks.dirpath", str(run_dir / "confusion_matrices")]
+                if arm in FROM_SWIN2B_SOURCE:
+                    if getattr(args, "swin2b_source", None) is None:
+                        raise ValueError(f"arm {arm}: give the two-branch FER2013 checkpoint (--swin2b-source)")
+                    extra = ("--model.init_args.net.init_args.pretrained", str(args.swin2b_source), *extra)
                 files = ex.config_files(c.format(ds=ds) for c in configs)
                 todo.append(ex.Run(arm, seed, files, run_dir, (*overrides, *extra), {"dataset": ds}))
     return todo
+
+
+def swin2b_source(value: str) -> Path:
+    """``--swin2b-source``: a two-branch FER2013 ``.ckpt``, or a run folder holding exactly one ``best-*.ckpt``
+    (what ``scripts/run_fer2013_budget.py`` leaves in ``<run>/checkpoints/``).
+
+    Raises:
+        ValueError: naming the path, when it is neither.
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ValueError(f"{value}: no such checkpoint file or run folder")
+    found = sorted(path.rglob("best-*.ckpt"))
+    if len(found) != 1:
+        listed = ", ".join(str(f) for f in found) or "none"
+        raise ValueError(f"{value}: a run folder must hold exactly one best-*.ckpt (found: {listed}); name the file")
+    return found[0]
 
 
 def to_row(run: ex.Run, record: dict[str, Any]) -> dict[str, Any]:
@@ -111,16 +151,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inits", nargs="+", default=["scratch", "fer2013"], choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=None, help="override the configs' max_epochs (smoke runs)")
+    parser.add_argument("--swin2b-source", default=None,
+                        help="two-branch FER2013 checkpoint (or the run folder holding its best-*.ckpt) for the "
+                             f"arms {', '.join(FROM_SWIN2B_SOURCE)}")
     parser.add_argument("--resume", action="store_true", help="keep finished runs of an earlier call")
     args = parser.parse_args(argv)
+    if any(arm in FROM_SWIN2B_SOURCE for arm in args.inits):
+        if args.swin2b_source is None:
+            parser.error(f"--inits {' '.join(args.inits)}: the swin2b FER2013 arms need --swin2b-source")
+        try:
+            args.swin2b_source = swin2b_source(args.swin2b_source).resolve()
+        except ValueError as e:
+            parser.error(f"--swin2b-source {e}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for ds in args.datasets:
         if not (Path(args.data_root) / DATASETS[ds]).is_dir():
             parser.error(f"--data-root {args.data_root}: no {DATASETS[ds]}/ folder in it")
-    epochs = args.epochs if args.epochs is not None else "the configs' (JAFFE 60, CK+48 30)"
+    epochs = args.epochs if args.epochs is not None else "the configs' (ResNet-18 arms JAFFE 60, CK+48 30; swin2b 40)"
     note = f"Seeds {args.seeds}; epochs: {epochs}; splits fixed (JAFFE by poser, CK+48 by subject)."
+    if args.swin2b_source is not None:
+        note += f" Two-branch FER2013 source: {args.swin2b_source}."
     previous = ex.read_rows(out / "transfer.csv") if args.resume and (out / "transfer.csv").is_file() else []
     rows = ex.run_all(runs(args, out), to_row, results=out / "transfer.csv", columns=COLUMNS, rows=previous,
                       resume=args.resume, name_column="init", on_row=lambda rs: write_report(rs, out, note))

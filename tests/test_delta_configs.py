@@ -75,6 +75,7 @@ def test_manifests_pass_each_delta_after_a_full_config() -> None:
                                                                "mag_bert", "self_mm")),
         "configs/tfn_mosei.yaml", "configs/fer/transfer/resnet18s_jaffe_from_fer2013.yaml",
         "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml", "configs/fer/variants/sigmoid_gate.yaml",
+        "configs/fer/transfer/swin2b_ckplus48.yaml", "configs/fer/transfer/swin2b_jaffe.yaml",
     }
     for name, files in manifests.items():
         for f in files:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scripts import experiments as ex
 from scripts import run_fer_transfer as tr
 
@@ -14,7 +16,7 @@ def _args(tmp_path: Path, **kw):
     import argparse
 
     base = {"data_root": str(tmp_path / "data"), "datasets": ["jaffe", "ckplus48"], "inits": ["scratch", "fer2013"],
-                "seeds": [1, 2], "epochs": None}
+                "seeds": [1, 2], "epochs": None, "swin2b_source": None}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -33,6 +35,48 @@ def test_runs_cover_datasets_arms_and_seeds_with_their_configs(tmp_path: Path) -
             assert c.is_file(), c
     text = (REPO / "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml").read_text()
     assert "pretrained: fer2013_resnet18s" in text
+
+
+def test_swin2b_arms_compose_the_conv_stem_delta_and_load_the_given_source(tmp_path: Path) -> None:
+    src = tmp_path / "fer" / "checkpoints" / "best-023.ckpt"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"not read here")
+    arms = ["swin2b_scratch", "swin2b_fer2013", "swin2b_fer2013_lr5e-4"]
+    runs = tr.runs(_args(tmp_path, inits=arms, seeds=[1], swin2b_source=src), tmp_path / "out")
+    by = {(r.labels["dataset"], r.name): r for r in runs}
+    assert [c.relative_to(REPO).as_posix() for c in by["jaffe", "swin2b_scratch"].configs] == [
+        "configs/fer/swin2b_jaffe.yaml", "configs/fer/transfer/swin2b_jaffe.yaml"]
+    pretrained = "--model.init_args.net.init_args.pretrained"
+    for (ds, arm), r in by.items():
+        run_dir = tmp_path / "out" / "runs" / ds / arm / "seed1"
+        assert str(run_dir / "confusion_matrices") in r.args  # nothing written under the config's own run folder
+        if arm == "swin2b_scratch":
+            assert pretrained not in r.args and "--model.init_args.optimizer.init_args.lr" not in r.args
+        else:
+            assert r.args[r.args.index(pretrained) + 1] == str(src)
+    assert by["ckplus48", "swin2b_fer2013"].args[-2:] == ("--model.init_args.optimizer.init_args.lr", "1e-4")
+    # a run folder resolves to its one best checkpoint; anything else is refused naming the path
+    assert tr.swin2b_source(str(tmp_path / "fer")) == src
+    (src.parent / "best-030.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match="exactly one best-"):
+        tr.swin2b_source(str(tmp_path / "fer"))
+    with pytest.raises(ValueError, match="no such checkpoint file or run folder"):
+        tr.swin2b_source(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="--swin2b-source"):
+        tr.runs(_args(tmp_path, inits=["swin2b_fer2013"], seeds=[1]), tmp_path / "out")
+
+
+def test_swin2b_source_is_required_and_checked_before_any_run(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    for ds in ("jaffe", "ckplus48"):
+        (data / ds).mkdir(parents=True)
+    out = tmp_path / "out"
+    for extra, said in (([], "need --swin2b-source"), (["--swin2b-source", str(tmp_path / "nope")], "no such")):
+        with pytest.raises(SystemExit):
+            tr.main(["--out", str(out), "--data-root", str(data), "--inits", "swin2b_fer2013", *extra])
+        assert said in capsys.readouterr().err
+    assert not (out / "transfer.csv").exists()
 
 
 def test_rows_and_report_from_records_and_resumed_strings(tmp_path: Path) -> None:

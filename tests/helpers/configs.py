@@ -43,6 +43,8 @@ DELTAS: dict[str, str] = {
     "configs/fer/variants/lr_1e-3.yaml": "configs/fer/swin2b_fer2013.yaml",
     "configs/fer/transfer/resnet18s_ckplus48_from_fer2013.yaml": "configs/fer/transfer/resnet18s_ckplus48.yaml",
     "configs/fer/transfer/resnet18s_jaffe_from_fer2013.yaml": "configs/fer/transfer/resnet18s_jaffe.yaml",
+    "configs/fer/transfer/swin2b_ckplus48.yaml": "configs/fer/swin2b_ckplus48.yaml",
+    "configs/fer/transfer/swin2b_jaffe.yaml": "configs/fer/swin2b_jaffe.yaml",
     "configs/ldm/swin2b_ckplus48_augmented.yaml": "configs/fer/swin2b_ckplus48.yaml",
 }
 
