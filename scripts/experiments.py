@@ -240,6 +240,13 @@ def grid(configs: Mapping[str, Sequence[str | os.PathLike]], seeds: Iterable[int
     return runs
 
 
+def confusion_matrix_callbacks(run_dir: Path) -> list[str]:
+    """``cli.py`` arguments that replace a config's callback list by one ``ConfusionMatrixLogger`` writing into
+    ``<run_dir>/confusion_matrices`` (not the config's own ``runs/<name>/``); add more with ``--trainer.callbacks+=``."""
+    return ["--trainer.callbacks", "callbacks.confusion_matrix.ConfusionMatrixLogger",
+            "--trainer.callbacks.dirpath", str(Path(run_dir) / "confusion_matrices")]
+
+
 def command(run: Run, python: str = sys.executable) -> list[str]:
     """The ``cli.py`` command of ``run``, with :class:`RunRecorder` appended to its callbacks."""
     recorder = {"class_path": "scripts.experiments.RunRecorder", "init_args": {"path": str(run.run_dir / RECORD_FILE)}}

@@ -93,8 +93,7 @@ def budget_run(model: str, minutes: float, seed: int, args: argparse.Namespace, 
         "--model.init_args.scheduler.init_args.warmup_fraction", str(args.warmup_fraction),
     ]
     # the configs' callbacks, re-given so that they write into the run folder (not the config's runs/<name>/)
-    cli_args += ["--trainer.callbacks", "callbacks.confusion_matrix.ConfusionMatrixLogger",
-                 "--trainer.callbacks.dirpath", str(folder / "confusion_matrices")]
+    cli_args += ex.confusion_matrix_callbacks(folder)
     names = [cb.get("class_path", "") for cb in composed["trainer"].get("callbacks") or []]
     if "callbacks.training_diagnostics.TrainingDiagnostics" in names:  # per-stage gradient norms, the gate
         cli_args += ["--trainer.callbacks+=callbacks.training_diagnostics.TrainingDiagnostics",

@@ -75,11 +75,10 @@ def runs(args: argparse.Namespace, out: Path) -> list[ex.Run]:
                 if args.epochs is not None:
                     overrides += ["--trainer.max_epochs", str(args.epochs)]
                 configs, extra = ARMS[arm]
-                if arm.startswith("swin2b"):  # its config's callback folders, into the run folder
-                    overrides += ["--trainer.callbacks", "callbacks.confusion_matrix.ConfusionMatrixLogger",
-                                  "--trainer.callbacks.dirpath", str(run_dir / "confusion_matrices")]
+                if configs == _SWIN2B:  # the shipped Swin configs' callbacks write into the run folder
+                    overrides += ex.confusion_matrix_callbacks(run_dir)
                 if arm in FROM_SWIN2B_SOURCE:
-                    if getattr(args, "swin2b_source", None) is None:
+                    if args.swin2b_source is None:
                         raise ValueError(f"arm {arm}: give the two-branch FER2013 checkpoint (--swin2b-source)")
                     extra = ("--model.init_args.net.init_args.pretrained", str(args.swin2b_source), *extra)
                 files = ex.config_files(c.format(ds=ds) for c in configs)
