@@ -17,7 +17,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ __all__ = ["FERNet", "LitFER", "read_fer_preprocessing"]
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
+#: test-time augmentation at test and predict: "flip" averages the class probabilities of each face and its mirror
+TTA = Literal["none", "flip"]
 PREDICT_META_KEYS = ("path", "origin", "source", "frame", "time", "box", "track_id", "score", "landmarks", "label")
 
 
@@ -83,6 +85,10 @@ class LitFER(EpochMetricsSystem):
         class_names: Data-derived like ``num_classes`` (metric keys ``test/recall_<class>``, plots).
         image_size: Data-derived (linked from ``data.image_size``): the side of the input images, passed to the net
             factory as ``img_size`` when the net takes that argument, so the net cannot be built for another size.
+        tta: Test-time augmentation at ``test`` and ``predict`` (never at ``val``, which picks the checkpoint):
+            ``"flip"`` averages the softmax of each face and of its horizontal mirror (every image-like input, the
+            descriptor map included, flipped together, as the training flip does), at twice the inference cost;
+            the test loss is then the cross-entropy of the averaged probabilities.
 
     Logged keys: ``{stage}/loss`` and, per epoch, ``{stage}/acc``, ``{stage}/mean_class_acc``,
     ``{stage}/f1_macro``, ``{stage}/precision_macro``, ``{stage}/recall_macro``; for ``val`` and ``test`` also
@@ -112,8 +118,11 @@ class LitFER(EpochMetricsSystem):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         image_size: int | None = None,
+        tta: TTA = "none",
     ) -> None:
         super().__init__()
+        if tta not in get_args(TTA):
+            raise ValueError(f"LitFER: tta must be one of {get_args(TTA)}, got {tta!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"LitFER: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
@@ -124,6 +133,10 @@ class LitFER(EpochMetricsSystem):
         self.confusion_matrices: dict[str, Tensor] = {}
         if num_classes is not None:
             self._build(num_classes=num_classes, class_names=class_names, image_size=image_size)
+
+    #: hyper-parameters that say how to evaluate, not what the weights are: with ``--ckpt_path`` the config's or
+    #: command line's value is kept, not the checkpoint's (``lightning_modules.cli_checkpoints``)
+    inference_settings: tuple[str, ...] = ("tta",)
 
     #: ``cli.py predict --ckpt_path``: the checkpoint's net (class path and settings) is used whatever net the
     #: config names, so one prediction config (``configs/fer/predict_video.yaml``) serves every face checkpoint.
@@ -190,8 +203,25 @@ class LitFER(EpochMetricsSystem):
             )
         return self.net(*(batch[k] for k in self.net.inputs))
 
+    def _tta_log_probs(self, batch: dict[str, Any]) -> Tensor:
+        """Log of the class probabilities ``[B, K]`` averaged over the face and its horizontal mirror (every
+        ``[B, C, H, W]`` input of the net flipped along ``W``); usable wherever logits are (softmax, argmax)."""
+        mirrored = dict(batch)
+        for key in self.net.inputs:
+            value = batch[key]
+            if isinstance(value, Tensor) and value.ndim == 4:
+                mirrored[key] = value.flip(-1)
+        probs = (self(batch).float().softmax(dim=1) + self(mirrored).float().softmax(dim=1)) / 2
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+    def _eval_logits(self, batch: dict[str, Any]) -> Tensor:
+        """The logits of ``test``/``predict``: the plain forward, or the flip average when ``tta="flip"``."""
+        if self.hparams.get("tta", "none") == "flip":
+            return self._tta_log_probs(batch)
+        return self(batch)
+
     def _shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
-        logits = self(batch)
+        logits = self._eval_logits(batch) if stage == "test" else self(batch)
         label = batch["label"]
         target = batch.get("label_soft", label) if stage == "train" else label
         loss = F.cross_entropy(
@@ -214,7 +244,7 @@ class LitFER(EpochMetricsSystem):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{"probs": [B, K], "pred": [B]}`` plus the batch metadata present (``path``, ``frame``, ``time``,
         ``box``, ``track_id``, ``landmarks``, ``source``, ``label`` ...), tensors moved to CPU."""
-        probs = self(batch).float().softmax(dim=1).cpu()
+        probs = self._eval_logits(batch).float().softmax(dim=1).cpu()
         out: dict[str, Any] = {"probs": probs, "pred": probs.argmax(dim=1)}
         for key in PREDICT_META_KEYS:
             if key in batch:

@@ -418,3 +418,24 @@ def test_stored_pretrained_file_is_not_opened_by_the_cli(swin_args, tmp_path, ca
     assert cli.model.hparams["net"]["init_args"]["pretrained_file"] is None
     assert any("not opening the weight files" in r.getMessage() and "net.init_args.pretrained_file" in
                r.getMessage() for r in caplog.records)
+
+
+def test_tta_given_by_the_user_wins_over_the_checkpoints(swin_args, tmp_path, caplog) -> None:
+    """``tta`` says how to evaluate, not what the weights are: ``test --ckpt_path ... --model.init_args.tta flip``
+    on a checkpoint trained (and stored) with ``tta: none`` evaluates with the flip, instead of the explicit flag
+    being refused as a contradiction of the checkpoint."""
+    cli = cli_main(swin_args, run=False)
+    hp = json.loads(json.dumps(dict(cli.model.hparams), default=list))
+    assert hp["tta"] == "none"
+    hp["_class_path"] = "lightning_modules.fer.LitFER"
+    ckpt = tmp_path / "swin.ckpt"
+    import lightning
+
+    torch.save({"state_dict": cli.model.state_dict(), "hyper_parameters": hp,
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    with caplog.at_level(logging.INFO):
+        cli = cli_main(["test", *swin_args, "--ckpt_path", str(ckpt), "--model.init_args.tta", "flip",
+                        "--trainer.limit_test_batches", "1"])
+    assert cli.model.hparams["tta"] == "flip"
+    assert "test/acc" in cli.trainer.callback_metrics
+    assert any("kept from the config/command line: tta" in r.getMessage() for r in caplog.records)

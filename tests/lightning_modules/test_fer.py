@@ -156,3 +156,49 @@ def test_missing_descriptor_and_bad_net_raise() -> None:
         LitFER(lambda k: torch.nn.Linear(4, k), num_classes=3)
     with pytest.raises(ValueError, match="LitFER.*class_names"):
         _lit(num_classes=3, class_names=["a", "b"])
+
+
+def test_flip_tta_averages_face_and_mirror_at_test_and_predict_only(tmp_path) -> None:
+    lit = _lit(num_classes=3, class_names=CLASSES, tta="flip").eval()
+    batch = next(iter(TinyFaceDataModule().test_dataloader()))
+    # a batch whose mirror differs, so that the average is not the plain forward
+    batch["image"][..., :16] += 1.0
+    batch["descriptor"][..., :8] = 0.0
+    mirror = {**batch, "image": batch["image"].flip(-1), "descriptor": batch["descriptor"].flip(-1)}
+    with torch.no_grad():
+        plain, flipped = lit(batch).softmax(1), lit(mirror).softmax(1)
+        expected = (plain + flipped) / 2
+        assert not torch.allclose(plain, expected, atol=1e-4)  # the test can fail: the mirror changes the output
+        test = lit._shared_step(batch, "test")
+        val = lit._shared_step(batch, "val")
+    torch.testing.assert_close(lit.test_metrics.compute(CLASSES)["acc"],
+                               (expected.argmax(1) == batch["label"]).float().mean())
+    torch.testing.assert_close(test["preds"], expected.argmax(1))
+    torch.testing.assert_close(test["loss"], torch.nn.functional.nll_loss(expected.log(), batch["label"]))
+    torch.testing.assert_close(val["loss"], torch.nn.functional.cross_entropy(lit(batch), batch["label"]))
+    with torch.no_grad():
+        out = lit.predict_step(batch, 0)
+    torch.testing.assert_close(out["probs"], expected)
+
+
+def test_flip_tta_of_a_mirror_invariant_net_changes_nothing_and_bad_tta_raises(tmp_path) -> None:
+    # timm's test_resnet ends in global average pooling but its convolutions are not symmetric: check with a net
+    # that is exactly mirror-invariant (mean over width), so TTA must give the plain probabilities back
+    class WidthMean(torch.nn.Module):
+        inputs = ("image",)
+
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32, num_classes)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.fc(image.mean(-1).flatten(1))
+
+    plain = LitFER(WidthMean, num_classes=3, class_names=CLASSES).eval()
+    tta = LitFER(WidthMean, num_classes=3, class_names=CLASSES, tta="flip").eval()
+    tta.load_state_dict(plain.state_dict())
+    batch = next(iter(TinyFaceDataModule().predict_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(tta.predict_step(batch, 0)["probs"], plain.predict_step(batch, 0)["probs"])
+    with pytest.raises(ValueError, match="LitFER: tta must be one of"):
+        LitFER(WidthMean, num_classes=3, tta="ten_crop")
