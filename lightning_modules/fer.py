@@ -216,7 +216,7 @@ class LitFER(EpochMetricsSystem):
 
     def _eval_logits(self, batch: dict[str, Any]) -> Tensor:
         """The logits of ``test``/``predict``: the plain forward, or the flip average when ``tta="flip"``."""
-        if self.hparams.get("tta", "none") == "flip":
+        if self.hparams.tta == "flip":
             return self._tta_log_probs(batch)
         return self(batch)
 
